@@ -1,0 +1,113 @@
+// Package storage defines the one small interface every walferry repository
+// backend implements. Backends move bytes under keys; they never know what a
+// WAL segment or a backup is (only internal/repo names keys).
+//
+// Keys are slash-separated relative paths ("wal/0000000100000000/000000010000000000000001.lz4"),
+// never starting with "/" and never containing "." or ".." elements. A backend
+// created with a prefix prepends it to every key and strips it from listings.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"time"
+)
+
+// Store is a key/value object store with streaming reads and writes.
+//
+// Every method takes a context; cancelling it aborts the operation. Errors
+// are classified with errors.Is against ErrNotExist, ErrExist, ErrPermission,
+// ErrNoBucket and with IsRetryable.
+type Store interface {
+	// Put stores everything read from r under key, replacing any existing
+	// object. It is atomic: when Put returns an error, or ctx is cancelled
+	// mid-upload, no partial object is visible under key (a previous object
+	// under key, if any, is either still there or fully replaced).
+	Put(ctx context.Context, key string, r io.Reader) error
+
+	// Get opens the object for streaming. A missing key returns an error
+	// matching ErrNotExist. The caller must Close the reader.
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+
+	// GetRange opens length bytes of the object starting at offset. A
+	// negative length reads to the end. Reading past the end returns what
+	// there is (possibly nothing); a missing key matches ErrNotExist.
+	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
+
+	// Stat returns the object's metadata; a missing key matches ErrNotExist.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+
+	// List calls fn for every object whose key starts with prefix, in
+	// lexical key order, across as many pages as the backend needs. Keys
+	// passed to fn are relative to the store (the backend's own prefix
+	// stripped). An error from fn stops the listing and is returned.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+
+	// Delete removes the object. Deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+
+	// String names the store for messages ("s3://bucket/prefix"), with no
+	// secret in it.
+	String() string
+
+	// Close releases connections. The Store must not be used afterwards.
+	Close() error
+}
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// ConditionalCreator is implemented by stores that can create an object only
+// if its key is free, atomically. Exactly one of several concurrent callers
+// for the same key succeeds; the others get an error matching ErrExist and
+// the winner's object is left intact.
+type ConditionalCreator interface {
+	PutIfAbsent(ctx context.Context, key string, r io.Reader) error
+}
+
+// Copier is implemented by stores that copy objects server-side.
+type Copier interface {
+	Copy(ctx context.Context, srcKey, dstKey string) error
+}
+
+// Errors every backend maps its provider's errors onto. They alias io/fs's so
+// that errors.Is(err, fs.ErrNotExist) works across the code base.
+var (
+	ErrNotExist   = fs.ErrNotExist
+	ErrExist      = fs.ErrExist
+	ErrPermission = fs.ErrPermission
+	// ErrNoBucket means the bucket, container or root directory itself is
+	// missing, as opposed to one key in it.
+	ErrNoBucket = errors.New("bucket does not exist")
+)
+
+// retryableError marks an error as transient: the same call may succeed if
+// repeated (timeouts, connection resets, throttling, 5xx answers).
+type retryableError struct{ err error }
+
+func (e *retryableError) Error() string { return e.err.Error() }
+func (e *retryableError) Unwrap() error { return e.err }
+
+// Retryable marks err as transient. A nil err stays nil.
+func Retryable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &retryableError{err: err}
+}
+
+// IsRetryable reports whether err, or any error it wraps, was marked with
+// Retryable. Context cancellation is never retryable.
+func IsRetryable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var r *retryableError
+	return errors.As(err, &r)
+}
