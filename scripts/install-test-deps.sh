@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs everything the integration tests need, idempotently:
+#   PostgreSQL 15 (Debian package), MinIO, fake-gcs-server, Azurite, curl.
+# Tools that are not Debian packages go to a cache outside the clone,
+# ${WALFERRY_CACHE:-$HOME/.cache/walferry}, so fresh clones (CI) reuse them.
+# Whatever is already present is left alone. Any failed install exits non-zero.
+set -euo pipefail
+
+CACHE="${WALFERRY_CACHE:-$HOME/.cache/walferry}"
+MINIO_VERSION="${WALFERRY_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
+FAKEGCS_VERSION="${WALFERRY_FAKEGCS_VERSION:-v1.56.1}"
+AZURITE_VERSION="${WALFERRY_AZURITE_VERSION:-3}"
+PGBIN="${WALFERRY_TEST_PGBIN:-/usr/lib/postgresql/15/bin}"
+
+log() { echo "install-test-deps: $*" >&2; }
+die() { echo "install-test-deps: ERROR: $*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+fi
+
+apt_updated=0
+apt_install() {
+	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+	if [ "$apt_updated" -eq 0 ]; then
+		log "apt-get update"
+		$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 ||
+			die "apt-get update failed"
+		apt_updated=1
+	fi
+	log "apt-get install -y $*"
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+		die "apt-get install $* failed"
+}
+
+mkdir -p "$CACHE/bin" || die "cannot create cache directory $CACHE"
+
+# --- curl --------------------------------------------------------------------
+if command -v curl >/dev/null 2>&1; then
+	log "found curl: $(command -v curl)"
+else
+	apt_install curl ca-certificates
+	command -v curl >/dev/null 2>&1 || die "curl still missing after install"
+	log "installed curl"
+fi
+
+# --- PostgreSQL 15 -------------------------------------------------------------
+if [ -x "$PGBIN/initdb" ]; then
+	log "found PostgreSQL: $("$PGBIN/postgres" --version 2>/dev/null || echo "$PGBIN")"
+else
+	apt_install postgresql-15
+	[ -x "$PGBIN/initdb" ] || die "postgresql-15 installed but $PGBIN/initdb is missing"
+	log "installed PostgreSQL: $("$PGBIN/postgres" --version)"
+fi
+# Tests run PostgreSQL as the postgres OS user (it refuses to run as root).
+if ! id postgres >/dev/null 2>&1; then
+	log "creating OS user postgres"
+	$SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres ||
+		die "could not create the postgres user"
+fi
+log "found OS user postgres: $(id postgres)"
+
+# --- Go tools --------------------------------------------------------------------
+go_tool() { # name module version
+	local name=$1 module=$2 version=$3
+	if [ -x "$CACHE/bin/$name" ]; then
+		log "found $name: $CACHE/bin/$name"
+		return
+	fi
+	command -v go >/dev/null 2>&1 || die "go is required to install $name"
+	log "installing $name ($module@$version) into $CACHE/bin (this takes a few minutes)"
+	(cd "$CACHE" && GOBIN="$CACHE/bin" go install "$module@$version") >&2 ||
+		die "go install $module@$version failed"
+	[ -x "$CACHE/bin/$name" ] || die "go install succeeded but $CACHE/bin/$name is missing"
+	log "installed $name: $CACHE/bin/$name"
+}
+go_tool minio github.com/minio/minio "$MINIO_VERSION"
+go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKEGCS_VERSION"
+
+# --- Azurite (npm) ---------------------------------------------------------------
+AZURITE_BIN="$CACHE/azurite/node_modules/.bin/azurite-blob"
+if [ -x "$AZURITE_BIN" ]; then
+	log "found azurite-blob: $AZURITE_BIN"
+else
+	if ! command -v npm >/dev/null 2>&1; then
+		apt_install nodejs npm
+	fi
+	command -v node >/dev/null 2>&1 || die "node is required for Azurite"
+	log "installing azurite@$AZURITE_VERSION into $CACHE/azurite"
+	mkdir -p "$CACHE/azurite"
+	npm install --no-audit --no-fund --loglevel=error --prefix "$CACHE/azurite" "azurite@$AZURITE_VERSION" >&2 ||
+		die "npm install azurite@$AZURITE_VERSION failed"
+	[ -x "$AZURITE_BIN" ] || die "npm install succeeded but $AZURITE_BIN is missing"
+	log "installed azurite-blob: $AZURITE_BIN"
+fi
+
+log "all test dependencies present (cache: $CACHE)"
