@@ -1,0 +1,491 @@
+package pg
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ControlFilePath is the control file's path inside a data directory.
+const ControlFilePath = "global/pg_control"
+
+// ControlFileSize is the physical size of global/pg_control
+// (PG_CONTROL_FILE_SIZE); only its first few hundred bytes are used.
+const ControlFileSize = 8192
+
+// DBState is the cluster state recorded in pg_control.
+type DBState uint32
+
+// The states of DBState, numbered as in pg_control.h (PostgreSQL 9.4+).
+const (
+	DBStartup              DBState = 0
+	DBShutdowned           DBState = 1
+	DBShutdownedInRecovery DBState = 2
+	DBShutdowning          DBState = 3
+	DBInCrashRecovery      DBState = 4
+	DBInArchiveRecovery    DBState = 5
+	DBInProduction         DBState = 6
+)
+
+// String returns the text pg_controldata prints for s.
+func (s DBState) String() string {
+	switch s {
+	case DBStartup:
+		return "starting up"
+	case DBShutdowned:
+		return "shut down"
+	case DBShutdownedInRecovery:
+		return "shut down in recovery"
+	case DBShutdowning:
+		return "shutting down"
+	case DBInCrashRecovery:
+		return "in crash recovery"
+	case DBInArchiveRecovery:
+		return "in archive recovery"
+	case DBInProduction:
+		return "in production"
+	}
+	return "unrecognized status code"
+}
+
+// CleanlyShutDown reports whether the state is one a cluster is left in by
+// a clean shutdown (of a primary or of a standby).
+func (s DBState) CleanlyShutDown() bool {
+	return s == DBShutdowned || s == DBShutdownedInRecovery
+}
+
+// WALLevel is the wal_level setting recorded in pg_control.
+type WALLevel int32
+
+// The wal_level values, numbered as in xlog.h.
+const (
+	WALLevelMinimal WALLevel = 0
+	WALLevelReplica WALLevel = 1
+	WALLevelLogical WALLevel = 2
+)
+
+// String returns the setting's name as in postgresql.conf.
+func (l WALLevel) String() string {
+	switch l {
+	case WALLevelMinimal:
+		return "minimal"
+	case WALLevelReplica:
+		return "replica"
+	case WALLevelLogical:
+		return "logical"
+	}
+	return "unrecognized wal_level"
+}
+
+// ControlData is the content of global/pg_control (ControlFileData), with
+// the copy of the latest checkpoint record flattened in.
+type ControlData struct {
+	SystemIdentifier uint64
+	ControlVersion   uint32 // pg_control_version: 1300 (PostgreSQL 13-16), 1700, 1800
+	CatalogVersion   uint32 // catalog_version_no, e.g. 202209061
+	// Major is the PostgreSQL major version. From the control file alone it
+	// is inferred from ControlVersion and CatalogVersion (exact for released
+	// versions); ReadControlData takes it from PG_VERSION, which is
+	// authoritative.
+	Major int
+
+	State         DBState
+	Time          time.Time // last update of pg_control
+	CheckpointLSN LSN       // latest checkpoint record
+
+	// The latest checkpoint record (checkPointCopy).
+	RedoLSN            LSN
+	TimeLineID         TimeLineID
+	PrevTimeLineID     TimeLineID
+	FullPageWrites     bool
+	CheckpointWALLevel WALLevel // PostgreSQL 17+; zero before
+	NextXID            uint64   // full transaction ID: epoch<<32 | xid
+	NextOID            uint32
+	NextMultiXactID    uint32
+	NextMultiOffset    uint32
+	OldestXID          uint32
+	OldestXIDDB        uint32
+	OldestMultiXactID  uint32
+	OldestMultiDB      uint32
+	CheckpointTime     time.Time
+	OldestCommitTsXID  uint32
+	NewestCommitTsXID  uint32
+	OldestActiveXID    uint32
+
+	UnloggedLSN         LSN
+	MinRecoveryPoint    LSN
+	MinRecoveryPointTLI TimeLineID
+	BackupStartPoint    LSN
+	BackupEndPoint      LSN
+	BackupEndRequired   bool
+
+	// Settings that decide whether the WAL serves archiving and standbys.
+	WALLevel             WALLevel
+	WALLogHints          bool
+	MaxConnections       int32
+	MaxWorkerProcesses   int32
+	MaxWALSenders        int32
+	MaxPreparedXacts     int32
+	MaxLocksPerXact      int32
+	TrackCommitTimestamp bool
+
+	// Build parameters the server binary must match.
+	MaxAlign             uint32
+	BlockSize            uint32 // blcksz
+	RelSegSize           uint32 // blocks per segment of a large relation
+	WALBlockSize         uint32 // xlog_blcksz
+	WALSegmentSize       uint32 // xlog_seg_size, bytes
+	NameDataLen          uint32
+	IndexMaxKeys         uint32
+	ToastMaxChunkSize    uint32
+	LargeObjectChunkSize uint32 // loblksize
+	Float8ByVal          bool
+	DataChecksumVersion  uint32 // 0 when data checksums are off
+	// DefaultCharSigned is PostgreSQL 18's default_char_signedness; false
+	// before 18.
+	DefaultCharSigned bool
+	MockAuthNonce     [32]byte
+}
+
+// DataChecksums reports whether data page checksums are enabled.
+func (c *ControlData) DataChecksums() bool { return c.DataChecksumVersion != 0 }
+
+// SegmentSize returns the WAL segment size as a validated WALSegmentSize.
+func (c *ControlData) SegmentSize() (WALSegmentSize, error) {
+	return NewWALSegmentSize(int64(c.WALSegmentSize))
+}
+
+// controlLayout gives the byte offsets of ControlFileData's fields that
+// differ between pg_control versions; the others are the same for all
+// supported versions (13 and later, 64-bit builds).
+type controlLayout struct {
+	walLevelInCheckpoint bool // CheckPoint.wal_level at 60 (17+)
+	charSignedness       int  // offset of default_char_signedness, or -1
+	nonce                int
+	crc                  int
+}
+
+// Offsets shared by every supported layout. Derived from ControlFileData in
+// src/include/catalog/pg_control.h with 8-byte alignment of 64-bit fields
+// (every 64-bit platform PostgreSQL supports).
+const (
+	offSystemIdentifier    = 0
+	offControlVersion      = 8
+	offCatalogVersion      = 12
+	offState               = 16
+	offTime                = 24
+	offCheckPoint          = 32
+	offCkpt                = 40 // CheckPoint checkPointCopy
+	offCkptRedo            = offCkpt + 0
+	offCkptTLI             = offCkpt + 8
+	offCkptPrevTLI         = offCkpt + 12
+	offCkptFullPageWrites  = offCkpt + 16
+	offCkptWALLevel        = offCkpt + 20
+	offCkptNextXID         = offCkpt + 24
+	offCkptNextOID         = offCkpt + 32
+	offCkptNextMulti       = offCkpt + 36
+	offCkptNextMultiOffset = offCkpt + 40
+	offCkptOldestXID       = offCkpt + 44
+	offCkptOldestXIDDB     = offCkpt + 48
+	offCkptOldestMulti     = offCkpt + 52
+	offCkptOldestMultiDB   = offCkpt + 56
+	offCkptTime            = offCkpt + 64
+	offCkptOldestCommitTs  = offCkpt + 72
+	offCkptNewestCommitTs  = offCkpt + 76
+	offCkptOldestActiveXID = offCkpt + 80
+	offUnloggedLSN         = 128
+	offMinRecoveryPoint    = 136
+	offMinRecoveryTLI      = 144
+	offBackupStartPoint    = 152
+	offBackupEndPoint      = 160
+	offBackupEndRequired   = 168
+	offWALLevel            = 172
+	offWALLogHints         = 176
+	offMaxConnections      = 180
+	offMaxWorkerProcesses  = 184
+	offMaxWALSenders       = 188
+	offMaxPreparedXacts    = 192
+	offMaxLocksPerXact     = 196
+	offTrackCommitTs       = 200
+	offMaxAlign            = 204
+	offFloatFormat         = 208
+	offBlockSize           = 216
+	offRelSegSize          = 220
+	offWALBlockSize        = 224
+	offWALSegSize          = 228
+	offNameDataLen         = 232
+	offIndexMaxKeys        = 236
+	offToastMaxChunkSize   = 240
+	offLOBlockSize         = 244
+	offFloat8ByVal         = 248
+	offDataChecksumVersion = 252
+)
+
+// floatFormatValue is FLOATFORMAT_VALUE, stored to detect a foreign layout.
+const floatFormatValue = 1234567.0
+
+// controlLayouts maps pg_control_version to its layout.
+var controlLayouts = map[uint32]controlLayout{
+	1300: {charSignedness: -1, nonce: 256, crc: 288},                              // 13, 14, 15, 16
+	1700: {walLevelInCheckpoint: true, charSignedness: -1, nonce: 256, crc: 288},  // 17
+	1800: {walLevelInCheckpoint: true, charSignedness: 256, nonce: 257, crc: 292}, // 18
+}
+
+// releaseCatalogVersions are the catalog versions of released majors that
+// share pg_control version 1300, newest last.
+var releaseCatalogVersions = []struct {
+	major   int
+	catalog uint32
+}{
+	{13, 202007201},
+	{14, 202107181},
+	{15, 202209061},
+	{16, 202307071},
+}
+
+// MajorFromControlVersion infers the PostgreSQL major version from
+// pg_control_version and catalog_version_no. It is exact for released
+// versions; a development or beta build maps to the release whose catalog
+// version is the first at or above its own.
+func MajorFromControlVersion(controlVersion, catalogVersion uint32) (int, error) {
+	switch controlVersion {
+	case 1300:
+		for _, r := range releaseCatalogVersions {
+			if catalogVersion <= r.catalog {
+				return r.major, nil
+			}
+		}
+		return 16, nil
+	case 1700:
+		return 17, nil
+	case 1800:
+		return 18, nil
+	}
+	return 0, fmt.Errorf("pg: unsupported pg_control version %d: walferry reads PostgreSQL 13 to 18", controlVersion)
+}
+
+// ErrControlFileCRC is returned (wrapped) when the control file's CRC does
+// not match its content.
+var ErrControlFileCRC = errors.New("control file CRC mismatch")
+
+// ParseControlFile decodes the bytes of a pg_control file (at least the used
+// part; normally all 8192 bytes). It detects the byte order, checks the
+// layout version, the float-format sentinel and the CRC-32C, and fails with a
+// clear error on a short, foreign or corrupt file.
+func ParseControlFile(b []byte) (*ControlData, error) {
+	if len(b) < offCatalogVersion+4 {
+		return nil, fmt.Errorf("pg: control file is %d bytes, too short to hold a version", len(b))
+	}
+	order, layout, version, err := detectLayout(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < layout.crc+4 {
+		return nil, fmt.Errorf("pg: control file is %d bytes, shorter than the %d bytes of pg_control version %d", len(b), layout.crc+4, version)
+	}
+	want := order.Uint32(b[layout.crc:])
+	if got := crc32.Checksum(b[:layout.crc], crc32.MakeTable(crc32.Castagnoli)); got != want {
+		return nil, fmt.Errorf("pg: %w: computed %08X, stored %08X (corrupt file, or read while being written)", ErrControlFileCRC, got, want)
+	}
+	if f := math.Float64frombits(order.Uint64(b[offFloatFormat:])); f != floatFormatValue {
+		return nil, fmt.Errorf("pg: control file float format check failed (got %v): written by an incompatible build (32-bit or other alignment?)", f)
+	}
+
+	u32 := func(off int) uint32 { return order.Uint32(b[off:]) }
+	i32 := func(off int) int32 { return int32(order.Uint32(b[off:])) }
+	u64 := func(off int) uint64 { return order.Uint64(b[off:]) }
+	boolean := func(off int) bool { return b[off] != 0 }
+	unix := func(off int) time.Time { return time.Unix(int64(u64(off)), 0).UTC() }
+
+	c := &ControlData{
+		SystemIdentifier: u64(offSystemIdentifier),
+		ControlVersion:   version,
+		CatalogVersion:   u32(offCatalogVersion),
+		State:            DBState(u32(offState)),
+		Time:             unix(offTime),
+		CheckpointLSN:    LSN(u64(offCheckPoint)),
+
+		RedoLSN:           LSN(u64(offCkptRedo)),
+		TimeLineID:        TimeLineID(u32(offCkptTLI)),
+		PrevTimeLineID:    TimeLineID(u32(offCkptPrevTLI)),
+		FullPageWrites:    boolean(offCkptFullPageWrites),
+		NextXID:           u64(offCkptNextXID),
+		NextOID:           u32(offCkptNextOID),
+		NextMultiXactID:   u32(offCkptNextMulti),
+		NextMultiOffset:   u32(offCkptNextMultiOffset),
+		OldestXID:         u32(offCkptOldestXID),
+		OldestXIDDB:       u32(offCkptOldestXIDDB),
+		OldestMultiXactID: u32(offCkptOldestMulti),
+		OldestMultiDB:     u32(offCkptOldestMultiDB),
+		CheckpointTime:    unix(offCkptTime),
+		OldestCommitTsXID: u32(offCkptOldestCommitTs),
+		NewestCommitTsXID: u32(offCkptNewestCommitTs),
+		OldestActiveXID:   u32(offCkptOldestActiveXID),
+
+		UnloggedLSN:         LSN(u64(offUnloggedLSN)),
+		MinRecoveryPoint:    LSN(u64(offMinRecoveryPoint)),
+		MinRecoveryPointTLI: TimeLineID(u32(offMinRecoveryTLI)),
+		BackupStartPoint:    LSN(u64(offBackupStartPoint)),
+		BackupEndPoint:      LSN(u64(offBackupEndPoint)),
+		BackupEndRequired:   boolean(offBackupEndRequired),
+
+		WALLevel:             WALLevel(i32(offWALLevel)),
+		WALLogHints:          boolean(offWALLogHints),
+		MaxConnections:       i32(offMaxConnections),
+		MaxWorkerProcesses:   i32(offMaxWorkerProcesses),
+		MaxWALSenders:        i32(offMaxWALSenders),
+		MaxPreparedXacts:     i32(offMaxPreparedXacts),
+		MaxLocksPerXact:      i32(offMaxLocksPerXact),
+		TrackCommitTimestamp: boolean(offTrackCommitTs),
+
+		MaxAlign:             u32(offMaxAlign),
+		BlockSize:            u32(offBlockSize),
+		RelSegSize:           u32(offRelSegSize),
+		WALBlockSize:         u32(offWALBlockSize),
+		WALSegmentSize:       u32(offWALSegSize),
+		NameDataLen:          u32(offNameDataLen),
+		IndexMaxKeys:         u32(offIndexMaxKeys),
+		ToastMaxChunkSize:    u32(offToastMaxChunkSize),
+		LargeObjectChunkSize: u32(offLOBlockSize),
+		Float8ByVal:          boolean(offFloat8ByVal),
+		DataChecksumVersion:  u32(offDataChecksumVersion),
+	}
+	if layout.walLevelInCheckpoint {
+		c.CheckpointWALLevel = WALLevel(i32(offCkptWALLevel))
+	}
+	if layout.charSignedness >= 0 {
+		c.DefaultCharSigned = boolean(layout.charSignedness)
+	}
+	copy(c.MockAuthNonce[:], b[layout.nonce:layout.nonce+len(c.MockAuthNonce)])
+	if c.Major, err = MajorFromControlVersion(c.ControlVersion, c.CatalogVersion); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// detectLayout finds the byte order in which pg_control_version names a
+// supported layout.
+func detectLayout(b []byte) (binary.ByteOrder, controlLayout, uint32, error) {
+	for _, order := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
+		v := order.Uint32(b[offControlVersion:])
+		if l, ok := controlLayouts[v]; ok {
+			return order, l, v, nil
+		}
+	}
+	v := binary.LittleEndian.Uint32(b[offControlVersion:])
+	return nil, controlLayout{}, 0, fmt.Errorf("pg: unsupported pg_control version %d: walferry reads PostgreSQL 13 to 18", v)
+}
+
+// controlReadAttempts is how often ReadControlFile rereads a file whose CRC
+// does not match: a running server rewrites pg_control in place, so a read
+// can race with a write.
+const controlReadAttempts = 3
+
+// ReadControlFile reads and parses the control file at path.
+func ReadControlFile(path string) (*ControlData, error) {
+	var lastErr error
+	for range controlReadAttempts {
+		b, err := readHead(path, ControlFileSize)
+		if err != nil {
+			return nil, fmt.Errorf("pg: read control file %s: %w", path, err)
+		}
+		c, err := ParseControlFile(b)
+		if err == nil {
+			return c, nil
+		}
+		lastErr = fmt.Errorf("pg: control file %s: %w", path, err)
+		if !errors.Is(err, ErrControlFileCRC) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// readHead reads up to n bytes from the start of path.
+func readHead(path string, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	got, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return b[:got], nil
+}
+
+// ReadControlData reads dataDir's global/pg_control and PG_VERSION. Major is
+// taken from PG_VERSION, which must agree with the control file's version.
+func ReadControlData(dataDir string) (*ControlData, error) {
+	c, err := ReadControlFile(filepath.Join(dataDir, ControlFilePath))
+	if err != nil {
+		return nil, err
+	}
+	major, err := ReadPGVersion(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMajorMatchesControl(major, c.ControlVersion); err != nil {
+		return nil, fmt.Errorf("pg: data directory %s: %w", dataDir, err)
+	}
+	c.Major = major
+	return c, nil
+}
+
+func checkMajorMatchesControl(major int, controlVersion uint32) error {
+	ok := false
+	switch controlVersion {
+	case 1300:
+		ok = major >= 13 && major <= 16
+	case 1700:
+		ok = major == 17
+	case 1800:
+		ok = major == 18
+	}
+	if !ok {
+		return fmt.Errorf("PG_VERSION says %d but pg_control version %d does not belong to that major", major, controlVersion)
+	}
+	return nil
+}
+
+// ReadPGVersion returns the major version in dataDir/PG_VERSION ("15").
+func ReadPGVersion(dataDir string) (int, error) {
+	path := filepath.Join(dataDir, "PG_VERSION")
+	b, err := readHead(path, 64)
+	if err != nil {
+		return 0, fmt.Errorf("pg: read %s: %w", path, err)
+	}
+	major, err := ParsePGVersion(b)
+	if err != nil {
+		return 0, fmt.Errorf("pg: %s: %w", path, err)
+	}
+	return major, nil
+}
+
+// ParsePGVersion parses the content of a PG_VERSION file: a major version
+// ("15") followed by a newline; pre-10 versions ("9.6") give 9.
+func ParsePGVersion(b []byte) (int, error) {
+	s := strings.TrimSpace(string(bytes.TrimRight(b, "\x00")))
+	major, _, _ := strings.Cut(s, ".")
+	n, err := strconv.Atoi(major)
+	if err != nil || n <= 0 || len(major) > 3 {
+		return 0, fmt.Errorf("invalid PG_VERSION content %q", s)
+	}
+	return n, nil
+}
+
+// NonceHex returns the mock authentication nonce in the hex form
+// pg_controldata prints.
+func (c *ControlData) NonceHex() string { return hex.EncodeToString(c.MockAuthNonce[:]) }
