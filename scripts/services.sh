@@ -6,6 +6,8 @@
 #   eval "$(scripts/services.sh start)"   # start, export WALFERRY_TEST_* vars
 #   scripts/services.sh env                # print the exports again
 #   scripts/services.sh stop               # stop them, remove the state dir
+#   scripts/services.sh run -- CMD ARGS... # start, run CMD with the vars set,
+#                                          # always stop; exits with CMD's status
 #
 # The state directory is ${WALFERRY_SERVICES_DIR:-$(mktemp -d)}; stop and env
 # find it through WALFERRY_SERVICES_DIR (or take it as their argument).
@@ -25,7 +27,7 @@ log() { echo "services: $*" >&2; }
 die() { echo "services: ERROR: $*" >&2; exit 1; }
 
 usage() {
-	echo "usage: $0 start|stop|env [STATE_DIR]" >&2
+	echo "usage: $0 start|stop|env [STATE_DIR] | run -- CMD [ARGS...]" >&2
 	exit 2
 }
 
@@ -388,7 +390,34 @@ cmd_env() {
 	cat "$dir/env"
 }
 
+cmd_run() {
+	[ "${1:-}" = "--" ] && shift
+	[ $# -gt 0 ] || usage
+	local out rc
+	if [ -n "${WALFERRY_SERVICES_DIR:-}" ] && all_running "$WALFERRY_SERVICES_DIR"; then
+		# Services someone started by hand: use them, leave them running.
+		log "using the services already running in $WALFERRY_SERVICES_DIR"
+		eval "$(cat "$WALFERRY_SERVICES_DIR/env")"
+	else
+		out=$(cmd_start) || exit 1
+		eval "$out"
+		# Stop them however we leave: normal exit, failure, Ctrl-C, TERM.
+		trap 'cmd_stop "$WALFERRY_SERVICES_DIR"' EXIT
+	fi
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	set +e
+	"$@"
+	rc=$?
+	set -e
+	exit "$rc"
+}
+
 case "${1:-}" in
+run)
+	shift
+	cmd_run "$@"
+	;;
 start)
 	[ $# -le 2 ] || usage
 	[ $# -eq 2 ] && WALFERRY_SERVICES_DIR=$2

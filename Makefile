@@ -1,0 +1,147 @@
+# walferry: build, test and tooling entry points. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# go test -timeout (per test binary).
+TEST_TIMEOUT ?= 30m
+# How long `make fuzz` runs each Fuzz* target.
+FUZZTIME ?= 10s
+# Storage backends whose conformance suite must run and pass in `make test`
+# (package ./storage/NAME, a top-level test named Test*Conformance*).
+CONFORMANCE_BACKENDS ?= fs s3 gcs azure
+# Tests run PostgreSQL as the postgres OS user, which must be able to reach
+# the test temp dirs: keep them under a world-traversable directory.
+TEST_TMPDIR ?= /tmp
+
+.PHONY: help build test test-unit test-with-services vet fmt deps fuzz demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
+
+build: ## build bin/walferry (static, version and commit stamped)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/walferry ./cmd/walferry
+
+deps: ## install PostgreSQL 15, MinIO, fake-gcs-server, Azurite (idempotent)
+	@bash scripts/install-test-deps.sh
+
+vet: ## go vet + gofmt check
+	$(GO) vet ./...
+	@files=$$(find . -name '*.go' -not -path './.git/*' -not -path './bin/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -l); \
+	if [ -n "$$files" ]; then echo "gofmt: these files need formatting (run: make fmt):"; echo "$$files"; exit 1; fi
+	@echo "vet: ok"
+
+fmt: ## gofmt -w every Go file
+	@find . -name '*.go' -not -path './.git/*' -not -path './bin/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -w
+
+test-unit: ## unit tests only: go test -short, no services
+	TMPDIR=$(TEST_TMPDIR) $(GO) test -short -timeout $(TEST_TIMEOUT) ./...
+
+test: vet deps ## vet, install deps, start services, run all tests, stop services
+	@TMPDIR=$(TEST_TMPDIR) bash scripts/services.sh run -- $(MAKE) --no-print-directory test-with-services
+
+# The summary reads `go test -v` output, which go prints one package at a time
+# when it tests several packages: it shows each package's result line, the
+# conformance results of the storage backends and the full output of failing
+# packages, then a per-backend conformance table and the test counts.
+define TEST_SUMMARY_AWK
+function flush(pkg, failed,   i, l) {
+	for (i = 1; i <= n; i++) {
+		l = buf[i]
+		if (failed) {
+			if (l !~ /^ *=== (RUN|PAUSE|CONT|NAME)/) print l
+		} else if (l ~ /^# / || l ~ /^[^ \t].*\.go:[0-9]+:[0-9]+: /) {
+			print l
+		} else if (l ~ /^--- (PASS|FAIL|SKIP): Test[A-Za-z0-9_]*Conformance/) {
+			print "    " l
+		} else if (i == n) {
+			print l
+		}
+	}
+	n = 0
+}
+BEGIN {
+	nb = split(backends, want, " ")
+	passed = failed = skipped = pkgfail = 0
+}
+{ buf[++n] = $$0 }
+/^--- PASS: / { passed++; pkgtests++ }
+/^--- FAIL: / { failed++; pkgtests++; pkgfailed++ }
+/^--- SKIP: / { skipped++ }
+/^--- (PASS|FAIL|SKIP): Test[A-Za-z0-9_]*Conformance/ {
+	name = $$3
+	cres[name] = cres[name] $$2 " "
+}
+/^(ok|FAIL|\?)[ \t]+[^ \t]+/ && NF >= 2 {
+	pkg = $$2
+	isfail = ($$1 == "FAIL")
+	for (b = 1; b <= nb; b++) {
+		if (pkg ~ ("/storage/" want[b] "$$")) {
+			res = ""
+			for (t in cres) res = res cres[t]
+			conf[want[b]] = res
+			if (isfail && res == "") conf[want[b]] = "FAIL: "
+		}
+	}
+	flush(pkg, isfail)
+	if (isfail && pkgfailed == 0) pkgfail++
+	pkgtests = pkgfailed = 0
+	delete cres
+}
+END {
+	if (n > 0) flush("", 1)
+	bad = 0
+	print ""
+	print "==> storage conformance suite"
+	for (b = 1; b <= nb; b++) {
+		r = conf[want[b]]
+		if (!(want[b] in conf)) { st = "MISSING (package ./storage/" want[b] " not tested)"; bad = 1 }
+		else if (r == "") { st = "MISSING (no Test*Conformance in ./storage/" want[b] ")"; bad = 1 }
+		else if (r ~ /FAIL/) { st = "FAIL"; bad = 1 }
+		else if (r ~ /SKIP/) { st = "SKIPPED (a backend must never be skipped)"; bad = 1 }
+		else st = "PASS"
+		printf "    %-8s %s\n", want[b], st
+	}
+	print ""
+	printf "tests: %d passed, %d failed, %d skipped\n", passed, failed + pkgfail, skipped
+	exit bad
+}
+endef
+export TEST_SUMMARY_AWK
+
+test-with-services: ## all tests against services already started (scripts/services.sh start)
+	@export TMPDIR=$(TEST_TMPDIR) WALFERRY_TEST_REQUIRE_SERVICES=1; \
+	log=$$(mktemp "$(TEST_TMPDIR)/walferry-test.XXXXXX.log"); \
+	echo "==> go test -v -timeout $(TEST_TIMEOUT) ./...  (WALFERRY_TEST_REQUIRE_SERVICES=1; full log in $$log)"; \
+	set +e; \
+	$(GO) test -v -timeout $(TEST_TIMEOUT) ./... 2>&1 | tee "$$log" | \
+		awk -v backends="$(CONFORMANCE_BACKENDS)" "$$TEST_SUMMARY_AWK"; \
+	st=("$${PIPESTATUS[@]}"); \
+	set -e; \
+	if [ "$${st[0]}" -ne 0 ] || [ "$${st[2]}" -ne 0 ]; then \
+		echo "FAIL: make test (go test exit $${st[0]}, conformance check exit $${st[2]}; full log in $$log)"; exit 1; \
+	fi; \
+	rm -f "$$log"
+
+fuzz: ## run each Fuzz* target for FUZZTIME (default 10s)
+	@found=0; \
+	while read -r pkg dir; do \
+		grep -qs '^func Fuzz' "$$dir"/*_test.go || continue; \
+		for t in $$(TMPDIR=$(TEST_TMPDIR) $(GO) test -list '^Fuzz' "$$pkg" | grep '^Fuzz' || true); do \
+			found=$$((found + 1)); \
+			echo "==> $$pkg $$t (fuzztime $(FUZZTIME))"; \
+			TMPDIR=$(TEST_TMPDIR) $(GO) test -run "^$$t\$$" -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+		done; \
+	done < <($(GO) list -f '{{.ImportPath}} {{.Dir}}' ./...); \
+	echo "fuzz: $$found target(s) ran for $(FUZZTIME) each"
+
+demo: build ## run the end-to-end demo (scripts/demo.sh)
+	bash scripts/demo.sh
+
+clean: ## remove build and coverage outputs
+	rm -rf bin/ dist/ coverage.out coverage.html *.coverprofile *.test
