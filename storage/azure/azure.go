@@ -146,8 +146,9 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// blobName maps a store key to the blob's name in the container.
-func (c *Client) blobName(key string) string { return c.cfg.prefix + key }
+// blobName maps a store key to the blob's name in the container (see
+// names.go for the escaping of dots that end a path segment).
+func (c *Client) blobName(key string) string { return encodeName(c.cfg.prefix + key) }
 
 // checkKey enforces the key syntax of package storage.
 func checkKey(op, key string) error {
@@ -337,12 +338,12 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 }
 
 // List calls fn for every object whose key starts with prefix, in lexical
-// order (Azure lists blob names sorted), fetching pages of up to 5000 names
-// as fn consumes them. Directory markers of accounts with a hierarchical
+// order (Azure lists blob names sorted; see names.go for the one exception),
+// fetching pages of up to 5000 names as fn consumes them. Directory markers of accounts with a hierarchical
 // namespace are skipped. An error from fn stops the listing and is returned
 // as is.
 func (c *Client) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
-	full := c.cfg.prefix + prefix
+	full := listPrefix(c.cfg.prefix + prefix)
 	opts := &container.ListBlobsFlatOptions{Include: container.ListBlobsInclude{Metadata: true}}
 	if full != "" {
 		opts.Prefix = &full
@@ -360,8 +361,8 @@ func (c *Client) List(ctx context.Context, prefix string, fn func(storage.Object
 			if item == nil || item.Name == nil || isDirectoryMarker(item.Metadata) {
 				continue
 			}
-			key, ok := strings.CutPrefix(*item.Name, c.cfg.prefix)
-			if !ok {
+			key, ok := strings.CutPrefix(decodeName(*item.Name), c.cfg.prefix)
+			if !ok || !strings.HasPrefix(key, prefix) {
 				continue
 			}
 			info := storage.ObjectInfo{Key: key}
