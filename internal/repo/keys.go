@@ -1,0 +1,52 @@
+package repo
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/walferry/walferry/internal/pg"
+)
+
+// The key layout. Only this package knows it; docs/repository-format.md
+// describes it for humans.
+const (
+	// MetadataKey names the repository metadata object, written once by
+	// repo init and read by every command.
+	MetadataKey = "walferry.repository"
+	// WALPrefix holds every archived WAL file.
+	WALPrefix = "wal/"
+	// HistoryPrefix holds timeline history files (wal/history/00000002.history).
+	HistoryPrefix = WALPrefix + "history/"
+	// BackupsPrefix holds base backups, one sub-prefix per backup.
+	BackupsPrefix = "backups/"
+	// FenceKey is the fence record promote/demote write.
+	FenceKey = "fence"
+	// probePrefix holds the short-lived objects repo check writes.
+	probePrefix = "check/"
+)
+
+// WALKey returns the key of an archived WAL file: segments, .partial and
+// .backup files under wal/<timeline+log id>/ (16 hex digits, at most 256
+// to 4096 names each depending on segment size, so listings stay short),
+// history files under wal/history/. The name is validated for the
+// repository's segment size.
+func WALKey(name string, segSize pg.WALSegmentSize) (string, error) {
+	f, err := pg.ParseWALFileName(name, segSize)
+	if err != nil {
+		return "", fmt.Errorf("WAL file name %q: %w", name, err)
+	}
+	if f.Kind == pg.KindHistory {
+		return HistoryPrefix + name, nil
+	}
+	return WALPrefix + name[:16] + "/" + name, nil
+}
+
+// WALNameFromKey is the inverse of WALKey: it returns the file name a key
+// stores, or false for keys outside the WAL area.
+func WALNameFromKey(key string) (string, bool) {
+	if !strings.HasPrefix(key, WALPrefix) {
+		return "", false
+	}
+	return path.Base(key), true
+}
