@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
@@ -50,8 +49,9 @@ func (c *Client) wrap(ctx context.Context, op, key string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("s3: %s %s: %w", op, key, ctx.Err())
 	}
-	out := fmt.Errorf("s3: %s %s: %w", op, key, c.classify(err))
-	if isRetryable(err) {
+	ce := c.classify(err)
+	out := fmt.Errorf("s3: %s %s: %w", op, key, ce)
+	if isRetryable(err) && !errors.Is(ce, storage.ErrPermission) {
 		return storage.Retryable(out)
 	}
 	return out
@@ -87,8 +87,7 @@ func (c *Client) classify(err error) error {
 	case code == "NotImplemented" || status == http.StatusNotImplemented:
 		return &classified{kind: errors.ErrUnsupported, msg: "the store does not implement this request (" + detail(err) + ")", err: err}
 	}
-	var se *v4.SigningError
-	if errors.As(err, &se) && strings.Contains(se.Error(), "credentials") {
+	if isCredentialsError(err) {
 		return &classified{kind: storage.ErrPermission,
 			msg: "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or IRSA / pod identity (" + rootCause(err) + ")",
 			err: err}
@@ -99,6 +98,15 @@ func (c *Client) classify(err error) error {
 		return &classified{msg: fmt.Sprintf("cannot reach endpoint %s: %s", endpointOf(ue.URL), netReason(err)), err: err}
 	}
 	return err
+}
+
+// isCredentialsError reports a failure to obtain credentials from the
+// chain before any request was sent. The SDK has no type for it.
+func isCredentialsError(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "get identity: ") ||
+		strings.Contains(msg, "failed to refresh cached credentials") ||
+		strings.Contains(msg, "failed to retrieve credentials")
 }
 
 func (c *Client) noBucket(err error) error {

@@ -24,7 +24,6 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -167,9 +166,10 @@ type Client struct {
 	copyPartSize int64
 
 	// sem holds one token per part buffer in use, so that all Puts of this
-	// Client together buffer at most cap(sem) x partSize bytes.
+	// Client together buffer at most cap(sem) x partSize bytes; free keeps
+	// returned buffers for reuse. At most cap(sem) buffers ever exist.
 	sem  chan struct{}
-	bufs sync.Pool // of *[]byte, len partSize
+	free chan []byte
 
 	// bucketSeen records that the bucket was shown to exist, so that a
 	// HEAD 404 (which carries no error code) needs no HeadBucket to tell a
@@ -270,10 +270,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		partSize:     partSize,
 		copyPartSize: defaultCopyPartSize,
 		sem:          make(chan struct{}, concurrency),
-	}
-	c.bufs.New = func() any {
-		b := make([]byte, c.partSize)
-		return &b
+		free:         make(chan []byte, concurrency),
 	}
 	return c, nil
 }
@@ -326,10 +323,16 @@ func (c *Client) String() string {
 	return s
 }
 
-// Close releases idle connections. The Client must not be used afterwards.
+// Close releases idle connections and part buffers. The Client must not be used afterwards.
 func (c *Client) Close() error {
 	c.transport.CloseIdleConnections()
-	return nil
+	for {
+		select {
+		case <-c.free: // let the part buffers be collected
+		default:
+			return nil
+		}
+	}
 }
 
 // objectKey validates key and returns the full object key in the bucket.
@@ -420,8 +423,11 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 	if err != nil {
 		if isNotFound(err) && !c.bucketSeen.Load() {
 			// HEAD answers 404 without a code for a missing key and a
-			// missing bucket alike: ask once which one it is.
-			if berr := c.checkBucket(ctx); berr != nil {
+			// missing bucket alike: ask once which one it is. Any other
+			// HeadBucket failure (say, no s3:ListBucket) says nothing
+			// about the key, which stays missing.
+			var nb *noBucketError
+			if berr := c.checkBucket(ctx); errors.As(berr, &nb) {
 				return storage.ObjectInfo{}, c.wrap(ctx, "stat", key, berr)
 			}
 		}

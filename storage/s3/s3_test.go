@@ -615,3 +615,50 @@ func TestClassify(t *testing.T) {
 		t.Errorf("cancelled: %v (retryable %t)", err, storage.IsRetryable(err))
 	}
 }
+
+func TestNoCredentials(t *testing.T) {
+	for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+		"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
+		t.Setenv(v, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	c, err := New(t.Context(), Config{Bucket: "b", Endpoint: "http://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Stat(t.Context(), "k")
+	if !errors.Is(err, storage.ErrPermission) || storage.IsRetryable(err) {
+		t.Fatalf("Stat without credentials = %v, want a permanent ErrPermission", err)
+	}
+	if !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
+		t.Errorf("Stat without credentials = %q, want it to name AWS_ACCESS_KEY_ID", err)
+	}
+}
+
+// TestSharedBuffers runs more multipart Puts at once than the Client has
+// part buffers: they share them, all finish, and no more are allocated.
+func TestSharedBuffers(t *testing.T) {
+	c := newTestClient(t, func(c *Config) { c.Concurrency = 2 })
+	const writers = 6
+	size := func(i int) int64 { return 11*mib + int64(i) }
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			errs[i] = c.Put(t.Context(), fmt.Sprintf("shared/%d", i), storagetest.OnlyReader(storagetest.NewReader(uint64(i), size(i))))
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Put %d: %v", i, err)
+		}
+		checkObject(t, c, fmt.Sprintf("shared/%d", i), uint64(i), size(i))
+	}
+	if len(c.sem) != 0 || len(c.free) > 2 {
+		t.Errorf("after all Puts: %d buffers held, %d idle; want 0 held, at most 2 idle", len(c.sem), len(c.free))
+	}
+}

@@ -223,13 +223,17 @@ func (c *Client) getBuf(ctx context.Context) ([]byte, error) {
 		<-c.sem
 		return nil, err
 	}
-	return *c.bufs.Get().(*[]byte), nil
+	select {
+	case b := <-c.free:
+		return b, nil
+	default:
+		return make([]byte, c.partSize), nil
+	}
 }
 
 // putBuf returns a buffer taken with getBuf.
 func (c *Client) putBuf(b []byte) {
-	b = b[:cap(b)]
-	c.bufs.Put(&b)
+	c.free <- b[:cap(b)] // never blocks: one slot per token
 	<-c.sem
 }
 
