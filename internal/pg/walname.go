@@ -77,7 +77,8 @@ func (s WALSegmentSize) SegNoOf(lsn LSN) SegNo { return SegNo(uint64(lsn) >> s.l
 
 // SegNoBefore returns the segment that contains the byte just before lsn
 // (XLByteToPrevSeg): for a segment-aligned end position that is the segment
-// that was just completed. It returns 0 for lsn 0.
+// that was just completed; pg_walfile_name uses this rule. It returns 0 for
+// lsn 0 (where PostgreSQL's macro wraps around to the last segment).
 func (s WALSegmentSize) SegNoBefore(lsn LSN) SegNo {
 	if lsn == 0 {
 		return 0

@@ -12,6 +12,7 @@ import (
 )
 
 func TestStartQueryAndControlFile(t *testing.T) {
+	t.Parallel()
 	c := pgtest.Start(t, pgtest.Options{})
 
 	c.Exec(t, "CREATE TABLE ferry (id int PRIMARY KEY, name text)")
@@ -40,6 +41,7 @@ func TestStartQueryAndControlFile(t *testing.T) {
 }
 
 func TestConnVariantsAndCommand(t *testing.T) {
+	t.Parallel()
 	c := pgtest.Start(t, pgtest.Options{Conf: []string{"wal_level = logical"}})
 	ctx := context.Background()
 
@@ -74,6 +76,7 @@ func TestConnVariantsAndCommand(t *testing.T) {
 }
 
 func TestStopRestartAndOptions(t *testing.T) {
+	t.Parallel()
 	c := pgtest.Start(t, pgtest.Options{WALSegSizeMB: 64, DataChecksums: true})
 	c.Exec(t, "CREATE TABLE kept (v int)")
 	c.Exec(t, "INSERT INTO kept VALUES (42)")
@@ -117,6 +120,7 @@ func TestStopRestartAndOptions(t *testing.T) {
 }
 
 func TestArchiveCommandRunsAsServerUser(t *testing.T) {
+	t.Parallel()
 	c := pgtest.New(t, pgtest.Options{})
 	archive := c.MkdirOwned(t, "archive")
 	c.AppendConf(t,
