@@ -22,7 +22,9 @@ import (
 // once complete: on any error, including a read error from r or the
 // cancellation of ctx, the multipart upload is aborted and no partial object
 // is left. r is read sequentially and never seeked; errors reading it are
-// returned wrapped (not retryable: r has been consumed).
+// returned wrapped and are never retryable. An error matching
+// storage.IsRetryable means the Put may succeed if repeated with a fresh
+// reader (each request has already been tried MaxAttempts times).
 //
 // A Put holds Client part buffers while it runs; all Puts of one Client
 // share Concurrency buffers, so r must not wait for another Put on the same
@@ -186,7 +188,7 @@ func (c *Client) multipart(ctx context.Context, op, key, full string, first []by
 		Key:             &full,
 		UploadId:        &uploadID,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
-		// The server refuses to complete with another size (AWS S3).
+		// AWS S3 refuses to complete with another size; MinIO ignores it.
 		MpuObjectSize: aws.Int64(total),
 	}
 	if ifAbsent {
