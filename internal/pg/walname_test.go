@@ -149,7 +149,7 @@ func TestParseWALFileName(t *testing.T) {
 		{name: "0000002.history", wantErr: true},
 		{name: "00000002.History", wantErr: true},
 		{name: "00000002.history.partial", wantErr: true},
-		{name: "000000010000000000000100", wantErr: true},             // low 0x100 impossible with 16 MiB
+		{name: "000000010000000000000100", wantErr: true}, // low 0x100 impossible with 16 MiB
 		{name: "000000010000000000000100", size: s1, wantErr: false, // ... fine with 1 MiB
 			want: WALFile{Kind: KindSegment, TLI: 1, SegNo: 0x100}},
 		{name: "000000010000000000001000", size: s1, wantErr: true}, // 0x1000 impossible with 1 MiB
