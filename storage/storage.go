@@ -84,7 +84,7 @@ var (
 	ErrPermission = fs.ErrPermission
 	// ErrNoBucket means the bucket, container or root directory itself is
 	// missing, as opposed to one key in it.
-	ErrNoBucket = errors.New("bucket does not exist")
+	ErrNoBucket = errors.New("bucket, container or directory does not exist")
 )
 
 // retryableError marks an error as transient: the same call may succeed if

@@ -32,6 +32,7 @@ type Config struct {
 	// environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, ...).
 	PGConn Secret `yaml:"pg_conn"`
 	// Compression for new objects: none, lz4, zstd[:level], gzip[:level].
+	// Empty means the repository's default (lz4 for a new repository).
 	Compression string `yaml:"compression"`
 	// EncryptionPassphrase enables encryption of new objects and decrypts
 	// existing ones. Prefer EncryptionPassphraseFile or the environment
@@ -61,7 +62,6 @@ type Storage struct {
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
 	return Config{
-		Compression: "lz4",
 		LogFormat:   "auto",
 		LogLevel:    "info",
 		Storage: Storage{
@@ -96,7 +96,7 @@ func (c *Config) Validate() error {
 			return &Error{Field: fmt.Sprintf("repo[%d]", i), Problem: err.Error(), Fix: "fix --repo / WALFERRY_REPO"}
 		}
 	}
-	if err := ValidateCompression(c.Compression); err != nil {
+	if err := ValidateCompression(c.Compression); c.Compression != "" && err != nil {
 		return &Error{Field: "compression", Problem: err.Error(), Fix: "use none, lz4, zstd, zstd:1..22, gzip or gzip:1..9"}
 	}
 	switch c.LogFormat {

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/internal/config"
+	"github.com/walferry/walferry/storage/open"
+	"github.com/walferry/walferry/storage/retry"
+)
+
+type buildInfo struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+	Go      string `json:"go"`
+}
+
+// app holds what every command shares: where output goes and the build.
+type app struct {
+	stdout, stderr io.Writer
+	build          buildInfo
+	cli            *cli.App
+	// logFormat remembers the chosen format so errors are reported in it.
+	logFormat string
+}
+
+func newApp(stdout, stderr io.Writer, build buildInfo) *app {
+	a := &app{stdout: stdout, stderr: stderr, build: build, logFormat: "text"}
+	a.cli = &cli.App{
+		Name:    "walferry",
+		Usage:   "ship PostgreSQL WAL and base backups to S3, GCS, Azure or a filesystem, and restore them",
+		Version: build.Version,
+		Description: `walferry archives PostgreSQL WAL (as archive_command / restore_command),
+takes and restores base backups, streams WAL with a replication receiver, and wires
+standby clusters across Kubernetes clusters.
+
+A repository is a bucket prefix or directory that holds one cluster lineage
+(one system identifier): file:///path, s3://bucket/prefix, gs://bucket/prefix,
+azure://container/prefix. Create it with "walferry repo init".
+
+Settings come from flags, then WALFERRY_* environment variables, then the YAML
+file given by --config, then defaults. Cloud credentials come from each SDK's
+standard environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS,
+AZURE_STORAGE_CONNECTION_STRING, workload identity, ...); see README.md.
+
+EXIT CODES
+   0 success; 1 other failure; 2 bad usage or configuration, or a command not in
+   this build; 3 store or server unreachable (transient, retry later); 4 access
+   denied or wrong credentials/passphrase; 5 no such bucket, repository not
+   initialized or belonging to another cluster; 6 corrupt object; 7 PostgreSQL
+   unreachable or data directory unreadable; 130 interrupted.`,
+		Flags:                commonFlags(),
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		HideVersion:          true,
+		EnableBashCompletion: true,
+		// Exit codes are decided in main, never inside cli.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usage(err)
+		},
+		Commands: append([]*cli.Command{
+			a.repoCommand(),
+			a.versionCommand(),
+		}, plannedCommands()...),
+	}
+	a.cli.CommandNotFound = func(c *cli.Context, name string) {}
+	return a
+}
+
+// Run runs the command line.
+func (a *app) Run(ctx context.Context, args []string) error {
+	if len(args) > 1 {
+		if name := args[1]; !strings.HasPrefix(name, "-") && a.cli.Command(name) == nil && name != "help" {
+			return usage(fmt.Errorf("unknown command %q; run walferry --help for the list", name))
+		}
+	}
+	return a.cli.RunContext(ctx, args)
+}
+
+// reportError prints the one line a failed command leaves: plain text on a
+// terminal or in PostgreSQL's log, a JSON record when logging JSON (pods).
+func (a *app) reportError(err error, code int) {
+	if a.logFormat == "json" {
+		slog.New(slog.NewJSONHandler(a.stderr, nil)).Error("command failed", "err", err.Error(), "exit_code", code)
+		return
+	}
+	if _, werr := fmt.Fprintf(a.stderr, "walferry: error: %v\n", err); werr != nil {
+		fail("%v", err)
+	}
+}
+
+// commonFlags are accepted before the command and after it
+// ("walferry --repo X repo init" and "walferry repo init --repo X").
+func commonFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "repo", Aliases: []string{"r"}, EnvVars: []string{"WALFERRY_REPO"},
+			Usage: "repository `URL` (repeatable, or comma-separated in the environment): file:///path, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix"},
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, EnvVars: []string{"WALFERRY_CONFIG"},
+			Usage: "YAML configuration `FILE` (see docs/configuration.md)"},
+		&cli.StringFlag{Name: "pgdata", Aliases: []string{"D"}, EnvVars: []string{"PGDATA"},
+			Usage: "PostgreSQL data `DIR`ectory"},
+		&cli.StringFlag{Name: "pg-conn", EnvVars: []string{"WALFERRY_PG_CONN"},
+			Usage: "libpq connection `STRING` (default: libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, ...)"},
+		&cli.StringFlag{Name: "compression", EnvVars: []string{"WALFERRY_COMPRESSION"},
+			Usage: "compression of new objects: none, lz4, zstd[:1-22], gzip[:1-9] (default: the repository's)"},
+		&cli.StringFlag{Name: "encryption-passphrase-file", EnvVars: []string{"WALFERRY_ENCRYPTION_PASSPHRASE_FILE"},
+			Usage: "`FILE` holding the repository passphrase (or set WALFERRY_ENCRYPTION_PASSPHRASE)"},
+		&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALFERRY_CONCURRENCY"},
+			Value: config.Defaults().Storage.Concurrency, Usage: "simultaneous requests per repository"},
+		&cli.StringFlag{Name: "log-format", EnvVars: []string{"WALFERRY_LOG_FORMAT"},
+			Value: config.Defaults().LogFormat, Usage: "auto (JSON in Kubernetes, text elsewhere), text or json"},
+		&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALFERRY_LOG_LEVEL"},
+			Value: config.Defaults().LogLevel, Usage: "debug, info, warn or error"},
+	}
+}
+
+// withCommonFlags adds the common flags to a command's own.
+func withCommonFlags(own ...cli.Flag) []cli.Flag {
+	return append(own, commonFlags()...)
+}
+
+// settings is what a command's action gets: validated configuration, a
+// logger and the store options derived from them.
+type settings struct {
+	cfg   config.Config
+	log   *slog.Logger
+	store open.Options
+}
+
+// load layers defaults, the YAML file, then environment and flags (urfave
+// applies the environment to flags; a flag given on the command line wins),
+// and validates the result before any work.
+func (a *app) load(c *cli.Context) (*settings, error) {
+	cfg := config.Defaults()
+	if path := c.String("config"); path != "" {
+		if err := cfg.LoadFile(path); err != nil {
+			return nil, err
+		}
+	}
+	if c.IsSet("repo") {
+		cfg.Repos = splitList(c.StringSlice("repo"))
+	}
+	if c.IsSet("pgdata") {
+		cfg.PGData = c.String("pgdata")
+	}
+	if c.IsSet("pg-conn") {
+		cfg.PGConn = config.Secret(c.String("pg-conn"))
+	}
+	if c.IsSet("compression") {
+		cfg.Compression = c.String("compression")
+	}
+	if p := os.Getenv("WALFERRY_ENCRYPTION_PASSPHRASE"); p != "" {
+		cfg.EncryptionPassphrase = config.Secret(p)
+	}
+	if c.IsSet("encryption-passphrase-file") {
+		cfg.EncryptionPassphraseFile = c.String("encryption-passphrase-file")
+	}
+	if c.IsSet("concurrency") {
+		cfg.Storage.Concurrency = c.Int("concurrency")
+	}
+	if c.IsSet("log-format") {
+		cfg.LogFormat = c.String("log-format")
+	}
+	if c.IsSet("log-level") {
+		cfg.LogLevel = c.String("log-level")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a.logFormat = resolveLogFormat(cfg.LogFormat)
+	level, _ := config.ParseLogLevel(cfg.LogLevel)
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(a.stderr, hopts)
+	if a.logFormat == "json" {
+		h = slog.NewJSONHandler(a.stderr, hopts)
+	}
+	log := slog.New(h)
+	return &settings{
+		cfg: cfg,
+		log: log,
+		store: open.Options{
+			Concurrency: cfg.Storage.Concurrency,
+			PartSize:    cfg.Storage.PartSize,
+			Retry:       retry.Policy{MaxAttempts: cfg.Storage.RetryAttempts, MaxElapsed: cfg.Storage.RetryMaxElapsed},
+			Logger:      log,
+		},
+	}, nil
+}
+
+// requireRepos fails with a usage error when no repository is configured.
+func (s *settings) requireRepos() error {
+	if len(s.cfg.Repos) == 0 {
+		return usage(errors.New("no repository configured: pass --repo URL or set WALFERRY_REPO (e.g. file:///var/lib/walferry or s3://bucket/prefix)"))
+	}
+	return nil
+}
+
+// resolveLogFormat picks JSON inside Kubernetes pods and text elsewhere.
+func resolveLogFormat(f string) string {
+	if f != "auto" {
+		return f
+	}
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return "json"
+	}
+	return "text"
+}
+
+// splitList accepts repeated flags and comma-separated values alike.
+func splitList(in []string) []string {
+	var out []string
+	for _, v := range in {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// printJSON writes v as indented JSON.
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

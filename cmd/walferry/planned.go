@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+// plannedCommands are the commands of DESIGN.md that this build does not
+// have yet. They are listed so scripts and users see the whole interface,
+// and they refuse to run (exit 2) instead of pretending.
+func plannedCommands() []*cli.Command {
+	planned := []struct {
+		name, usage, usageText string
+		aliases                []string
+	}{
+		{"archive-push", "archive one WAL file (archive_command)", "walferry archive-push <path>", []string{"wal-push"}},
+		{"archive-get", "fetch one WAL file (restore_command)", "walferry archive-get <name> <dest>", []string{"wal-fetch"}},
+		{"backup-push", "take a base backup", "walferry backup-push [--pgdata DIR | --remote] [--incremental] [--full]", nil},
+		{"backup-list", "list backups", "walferry backup-list [--json]", nil},
+		{"backup-show", "show one backup", "walferry backup-show <id|LATEST> [--json]", nil},
+		{"backup-delete", "delete backups and the WAL only they need", "walferry backup-delete (--retain-full N | --before TIME | <id>) [--dry-run]", nil},
+		{"restore", "restore a backup, optionally to a point in time", "walferry restore <id|LATEST> --pgdata DIR [--delta] [--standby] [--target-...]", nil},
+		{"verify", "re-read and check backups and WAL continuity", "walferry verify [<id>] [--wal]", nil},
+		{"wal-receive", "stream WAL into the repository over the replication protocol", "walferry wal-receive [--slot NAME] [--synchronous]", nil},
+		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
+		{"sidecar", "sidecar agent: hooks socket, backups, WAL streaming, metrics", "walferry sidecar", nil},
+		{"status", "show archiving, replication and backup status", "walferry status [--json]", nil},
+		{"promote", "promote this site's standby without split-brain", "walferry promote", nil},
+		{"demote", "fence and demote this site's primary", "walferry demote", nil},
+		{"rejoin", "turn an old primary into a standby (pg_rewind or delta restore)", "walferry rejoin", nil},
+		{"k8s", "render Kubernetes manifests for a primary or standby site", "walferry k8s render --site primary|standby", nil},
+	}
+	cmds := make([]*cli.Command, 0, len(planned))
+	for _, p := range planned {
+		name := p.name
+		cmds = append(cmds, &cli.Command{
+			Name:            name,
+			Aliases:         p.aliases,
+			Usage:           p.usage + " (not in this build yet)",
+			UsageText:       p.usageText,
+			Category:        "planned (not in this build yet)",
+			SkipFlagParsing: true,
+			Action: func(*cli.Context) error {
+				return usage(fmt.Errorf("walferry %s is not in this build yet: it is planned (see README.md, \"Status\"); nothing was done", name))
+			},
+		})
+	}
+	return cmds
+}

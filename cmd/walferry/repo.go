@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/open"
+)
+
+func (a *app) repoCommand() *cli.Command {
+	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}
+	return &cli.Command{
+		Name:  "repo",
+		Usage: "create, check and describe repositories",
+		Description: `A repository holds one PostgreSQL cluster lineage: its metadata records the
+system identifier, major version and WAL segment size, and every command
+refuses a cluster that does not match.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "init",
+				Usage:     "create a repository for the local cluster",
+				UsageText: "walferry repo init --repo URL (--pgdata DIR | --pg-conn STRING) [--compression lz4] [--json]",
+				Description: `Reads the cluster's system identifier, major version and WAL segment size
+from the control file of --pgdata (or, without --pgdata, from a connection
+built from --pg-conn or libpq's PG* variables) and writes the repository
+metadata to every --repo. Running it again for the same cluster changes
+nothing; a location that holds another cluster's repository, or objects
+that are not a walferry repository, is refused.
+
+With WALFERRY_ENCRYPTION_PASSPHRASE (or --encryption-passphrase-file) set,
+the repository is encrypted: every object is sealed with AES-256-GCM under
+a key derived from the passphrase; keep the passphrase, it cannot be
+recovered.`,
+				Flags:  withCommonFlags(jsonFlag),
+				Action: a.repoInit,
+			},
+			{
+				Name:      "check",
+				Usage:     "verify a repository is reachable, writable and belongs to this cluster",
+				UsageText: "walferry repo check --repo URL (--pgdata DIR | --pg-conn STRING) [--json]",
+				Description: `For every --repo: reads the metadata, compares the system identifier,
+major version and segment size with the cluster's, then writes, reads back
+and deletes a small test object. Exits non-zero at the first problem, naming
+it and the fix.`,
+				Flags:  withCommonFlags(jsonFlag),
+				Action: a.repoCheck,
+			},
+			{
+				Name:      "info",
+				Usage:     "show what a repository holds",
+				UsageText: "walferry repo info --repo URL [--json]",
+				Description: `Prints the repository metadata and a summary of its contents: WAL
+segments per timeline (first, last, gaps), history files, backups and
+sizes.`,
+				Flags:  withCommonFlags(jsonFlag),
+				Action: a.repoInfo,
+			},
+		},
+	}
+}
+
+func (a *app) repoInit(c *cli.Context) error {
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	cl, err := clusterIdentity(c.Context, s)
+	if err != nil {
+		return err
+	}
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return err
+	}
+	compression := s.cfg.Compression
+	if compression == "" {
+		compression = "lz4"
+	}
+	var results []repo.InitResult
+	for _, url := range s.cfg.Repos {
+		opts := s.store
+		opts.CreateRoot = true
+		res, err := withStore(c.Context, url, opts, func(st storage.Store) (repo.InitResult, error) {
+			return repo.Init(c.Context, st, repo.InitOptions{
+				Cluster: cl, Compression: compression, Passphrase: pass,
+				CreatedBy: "walferry " + a.build.Version,
+			})
+		})
+		if err != nil {
+			return err
+		}
+		results = append(results, res)
+		if !c.Bool("json") {
+			verb := "initialized"
+			if !res.Created {
+				verb = "already initialized"
+			}
+			m := res.Metadata
+			enc := "not encrypted"
+			if m.Encrypted() {
+				enc = "encrypted, key id " + m.EncryptionKeyID
+			}
+			fmt.Fprintf(a.stdout, "%s %s: system identifier %d, PostgreSQL %d, %s WAL segments, compression %s, %s\n",
+				url, verb, m.SystemID, m.PGMajor, humanBytes(m.WALSegmentSize), m.Compression, enc)
+		}
+	}
+	if c.Bool("json") {
+		return a.printJSON(results)
+	}
+	return nil
+}
+
+func (a *app) repoCheck(c *cli.Context) error {
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	cl, err := clusterIdentity(c.Context, s)
+	if err != nil {
+		return err
+	}
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return err
+	}
+	var results []repo.CheckResult
+	for _, url := range s.cfg.Repos {
+		res, err := withStore(c.Context, url, s.store, func(st storage.Store) (repo.CheckResult, error) {
+			return repo.Check(c.Context, st, cl, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression})
+		})
+		if err != nil {
+			return err
+		}
+		results = append(results, res)
+		if !c.Bool("json") {
+			fmt.Fprintf(a.stdout, "%s: ok (system identifier %d matches %s; read, write and delete work)\n",
+				url, res.Metadata.SystemID, cl.Source)
+		}
+	}
+	if c.Bool("json") {
+		return a.printJSON(results)
+	}
+	return nil
+}
+
+func (a *app) repoInfo(c *cli.Context) error {
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return err
+	}
+	var infos []repo.Info
+	for _, url := range s.cfg.Repos {
+		info, err := withStore(c.Context, url, s.store, func(st storage.Store) (repo.Info, error) {
+			r, err := repo.Open(c.Context, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression})
+			if err != nil {
+				return repo.Info{}, err
+			}
+			return r.Inspect(c.Context)
+		})
+		if err != nil {
+			return err
+		}
+		infos = append(infos, info)
+	}
+	if c.Bool("json") {
+		return a.printJSON(infos)
+	}
+	for i, info := range infos {
+		if i > 0 {
+			fmt.Fprintln(a.stdout)
+		}
+		a.printInfo(s.cfg.Repos[i], info)
+	}
+	return nil
+}
+
+func (a *app) printInfo(url string, info repo.Info) {
+	m := info.Metadata
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "repository\t%s\n", url)
+	fmt.Fprintf(w, "system identifier\t%d\n", m.SystemID)
+	fmt.Fprintf(w, "PostgreSQL\t%d\n", m.PGMajor)
+	fmt.Fprintf(w, "WAL segment size\t%s\n", humanBytes(m.WALSegmentSize))
+	fmt.Fprintf(w, "compression\t%s\n", m.Compression)
+	if m.Encrypted() {
+		fmt.Fprintf(w, "encryption\tAES-256-GCM, key id %s\n", m.EncryptionKeyID)
+	} else {
+		fmt.Fprintf(w, "encryption\tnone\n")
+	}
+	fmt.Fprintf(w, "created\t%s by %s\n", m.CreatedAt.Format("2006-01-02 15:04:05 MST"), m.CreatedBy)
+	fmt.Fprintf(w, "WAL\t%s stored, %d history, %d backup labels, %d partial\n",
+		humanBytes(info.WALBytes), info.HistoryFiles, info.BackupLabels, info.Partials)
+	if !info.LastWALTime.IsZero() {
+		fmt.Fprintf(w, "last WAL upload\t%s\n", info.LastWALTime.Format("2006-01-02 15:04:05 MST"))
+	}
+	fmt.Fprintf(w, "backups\t%d (%s stored)\n", info.Backups, humanBytes(info.BackupBytes))
+	w.Flush()
+	if len(info.Timelines) > 0 {
+		fmt.Fprintln(a.stdout)
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIMELINE\tSEGMENTS\tFIRST\tLAST\tGAPS")
+		for _, t := range info.Timelines {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\n", t.Timeline, t.Segments, t.First, t.Last, t.Gaps)
+		}
+		tw.Flush()
+	}
+}
+
+// withStore opens url, runs fn, and closes the store.
+func withStore[T any](ctx context.Context, url string, o open.Options, fn func(storage.Store) (T, error)) (T, error) {
+	var zero T
+	st, err := open.Store(ctx, url, o)
+	if err != nil {
+		return zero, classifyOpenError(err)
+	}
+	defer st.Close()
+	return fn(st)
+}
+
+// classifyOpenError turns URL mistakes into usage errors; other failures
+// (missing credentials, unreadable config) keep their own class.
+func classifyOpenError(err error) error {
+	if strings.Contains(err.Error(), "invalid repository URL") {
+		return usage(err)
+	}
+	return err
+}
+
+// clusterIdentity reads the local cluster's identity from its data
+// directory, or asks the server when no data directory is given.
+func clusterIdentity(ctx context.Context, s *settings) (repo.Cluster, error) {
+	if dir := s.cfg.PGData; dir != "" {
+		cd, err := pg.ReadControlData(dir)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return repo.Cluster{}, &postgresError{fmt.Errorf("%s is not a PostgreSQL data directory (%v): fix --pgdata / PGDATA", dir, err)}
+			}
+			return repo.Cluster{}, &postgresError{fmt.Errorf("read the control file of %s: %w", dir, err)}
+		}
+		cl, err := repo.ClusterFromControlData(cd, dir)
+		if err != nil {
+			return repo.Cluster{}, &postgresError{err}
+		}
+		return cl, nil
+	}
+	connStr := s.cfg.PGConn.Reveal()
+	if connStr == "" && os.Getenv("PGHOST") == "" && os.Getenv("PGPORT") == "" {
+		return repo.Cluster{}, usage(errors.New("which cluster? pass --pgdata DIR (or set PGDATA), or --pg-conn / PGHOST to ask a running server"))
+	}
+	conn, err := pg.Connect(ctx, connStr)
+	if err != nil {
+		return repo.Cluster{}, &postgresError{err}
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	info, err := pg.ClusterInfo(ctx, conn)
+	if err != nil {
+		return repo.Cluster{}, &postgresError{err}
+	}
+	cfg := conn.Config()
+	return repo.ClusterFromInfo(info, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)), nil
+}
+
+// humanBytes formats a byte count with binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	v := float64(n) / float64(div)
+	if v == float64(int64(v)) {
+		return fmt.Sprintf("%d %ciB", int64(v), "KMGTPE"[exp])
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGTPE"[exp])
+}
