@@ -74,7 +74,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	tr.DialContext = (&net.Dialer{Timeout: r.dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.TLSHandshakeTimeout = 10 * time.Second
 	tr.ResponseHeaderTimeout = r.tryTimeout
-	tr.MaxIdleConnsPerHost = r.concurrency + 4
+	// Several Puts (look-ahead archiving) each run Concurrency requests;
+	// keep their connections warm rather than re-dialling TLS.
+	tr.MaxIdleConnsPerHost = max(64, 2*r.concurrency)
 
 	retries := int32(r.maxRetries)
 	if retries == 0 {

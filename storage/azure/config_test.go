@@ -3,9 +3,12 @@ package azure
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +179,11 @@ func TestMapError(t *testing.T) {
 		{"bad request", respErr(400, "InvalidHeaderValue"), nil, false, "InvalidHeaderValue"},
 		{"connection reset", &url.Error{Op: "Get", URL: "u", Err: errors.New("x")}, nil, false, ""},
 		{"timeout", &url.Error{Op: "Get", URL: "u", Err: context.DeadlineExceeded}, nil, true, "timed out"},
+		{"refused", &url.Error{Op: "Get", URL: "u", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}, nil, true, "cannot connect to https://acct"},
+		{"dial timeout", &url.Error{Op: "Get", URL: "u", Err: &net.OpError{Op: "dial", Net: "tcp", Err: context.DeadlineExceeded}}, nil, true, "cannot connect"},
+		{"reset", &url.Error{Op: "Get", URL: "u", Err: &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}}, nil, true, ""},
+		{"unexpected EOF", io.ErrUnexpectedEOF, nil, true, ""},
+		{"token", &credError{err: errors.New("no credential")}, storage.ErrPermission, false, "Azure AD"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

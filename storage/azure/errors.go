@@ -116,18 +116,20 @@ func (c *Client) mapErr(ctx context.Context, op, key string, err error) error {
 		return e
 	}
 
-	if errors.Is(err, context.DeadlineExceeded) {
-		// A per-try timeout or a dial timeout while the caller's context
-		// is alive. Keep context.DeadlineExceeded out of the chain: the
-		// caller did not run out of time, and storage.IsRetryable treats
-		// deadline errors as final.
-		return storage.Retryable(&opError{msg: where + "timed out talking to " + c.cfg.serviceURL + ": " + err.Error()})
-	}
+	// From here on the caller's context is alive, so a deadline in err is
+	// the SDK's per-try timeout or a dial timeout. Such errors keep
+	// context.DeadlineExceeded out of their chain: the caller did not run
+	// out of time, and storage.IsRetryable treats deadline errors as final.
+	timeout := errors.Is(err, context.DeadlineExceeded)
 	if isDialError(err) {
-		return storage.Retryable(&opError{
-			msg:   where + "cannot connect to " + c.cfg.serviceURL + " (is the endpoint right and the service up?): " + err.Error(),
-			cause: err,
-		})
+		e := &opError{msg: where + "cannot connect to " + c.cfg.serviceURL + " (is the endpoint right and the service up?): " + err.Error()}
+		if !timeout {
+			e.cause = err
+		}
+		return storage.Retryable(e)
+	}
+	if timeout {
+		return storage.Retryable(&opError{msg: where + "timed out talking to " + c.cfg.serviceURL + ": " + err.Error()})
 	}
 	if isTransportError(err) {
 		return storage.Retryable(&opError{msg: where + "talking to " + c.cfg.serviceURL + ": " + err.Error(), cause: err})
