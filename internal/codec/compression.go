@@ -1,0 +1,105 @@
+package codec
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Compression names the algorithm that compresses an object's body. The
+// numeric values are stored in the object header (see docs/object-format.md)
+// and never change.
+type Compression uint8
+
+// The supported algorithms. The zero value is None.
+const (
+	None Compression = 0 // body stored as is
+	LZ4  Compression = 1 // LZ4 frame format (github.com/pierrec/lz4/v4)
+	Zstd Compression = 2 // Zstandard frames (github.com/klauspost/compress/zstd)
+	Gzip Compression = 3 // gzip, RFC 1952 (github.com/klauspost/compress/gzip)
+)
+
+// String returns the lower-case name ParseCompression accepts: "none", "lz4",
+// "zstd" or "gzip"; an unknown value prints as "compression(N)".
+func (c Compression) String() string {
+	switch c {
+	case None:
+		return "none"
+	case LZ4:
+		return "lz4"
+	case Zstd:
+		return "zstd"
+	case Gzip:
+		return "gzip"
+	}
+	return "compression(" + strconv.Itoa(int(c)) + ")"
+}
+
+func (c Compression) valid() bool { return c <= Gzip }
+
+// levelRange returns the explicit levels c accepts; 0 always means the
+// algorithm's default and is not part of the range.
+func (c Compression) levelRange() (lo, hi int) {
+	switch c {
+	case LZ4:
+		return 1, 9 // lz4 HC levels; 0 is the fast compressor
+	case Zstd:
+		return 1, 22
+	case Gzip:
+		return 1, 9
+	}
+	return 0, 0
+}
+
+// ParseCompression parses a compression spec as given on the command line or in
+// configuration: "none", "lz4", "zstd", "gzip", optionally followed by ":LEVEL"
+// ("zstd:19", "gzip:9", "lz4:9"). Case and surrounding blanks are ignored. The
+// returned level is 0 when the spec names none (meaning the algorithm's
+// default), otherwise it is within the algorithm's range: lz4 1..9, zstd 1..22,
+// gzip 1..9. "none" takes no level.
+func ParseCompression(s string) (Compression, int, error) {
+	spec := strings.ToLower(strings.TrimSpace(s))
+	name, lvl, hasLevel := strings.Cut(spec, ":")
+	var c Compression
+	switch name {
+	case "none":
+		c = None
+	case "lz4":
+		c = LZ4
+	case "zstd":
+		c = Zstd
+	case "gzip":
+		c = Gzip
+	default:
+		return 0, 0, fmt.Errorf("codec: unknown compression %q (want none, lz4, zstd or gzip, optionally with :LEVEL)", s)
+	}
+	if !hasLevel {
+		return c, 0, nil
+	}
+	level, err := strconv.Atoi(lvl)
+	if err != nil {
+		return 0, 0, fmt.Errorf("codec: compression %q: level %q is not a number", s, lvl)
+	}
+	if err := checkLevel(c, level); err != nil || level == 0 {
+		if err == nil {
+			err = fmt.Errorf("codec: compression %q: level 0 is not a level (omit it for the default)", s)
+		}
+		return 0, 0, err
+	}
+	return c, level, nil
+}
+
+// checkLevel reports whether level is valid for c (0 = default is always valid).
+func checkLevel(c Compression, level int) error {
+	if level == 0 {
+		return nil
+	}
+	lo, hi := c.levelRange()
+	if lo == 0 {
+		return fmt.Errorf("codec: compression %s takes no level (got %d)", c, level)
+	}
+	if level < lo || level > hi {
+		return fmt.Errorf("codec: %s level %d out of range %d..%d", c, level, lo, hi)
+	}
+	return nil
+}

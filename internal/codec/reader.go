@@ -1,0 +1,318 @@
+package codec
+
+import (
+	"crypto/cipher"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+)
+
+// Reader decodes one object: Read returns the raw bytes while verifying every
+// record, and the final Read returns io.EOF only after the trailer verified
+// (raw length and SHA-256 match, nothing follows the trailer). Any damage is
+// reported as an error matching ErrCorrupt, possibly after some (unverified)
+// bytes were already returned.
+//
+// So treat the bytes as provisional until io.EOF: write them to a temporary
+// file, and fsync and rename it into place only after Read returned io.EOF;
+// on any other error, delete it. Never hand PostgreSQL a file whose read did
+// not end in io.EOF.
+//
+// A Reader is not safe for concurrent use.
+type Reader struct {
+	c       *Codec
+	h       *header
+	fr      frameReader
+	dec     decompressor
+	src     io.Reader // dec, or &fr when uncompressed
+	release func()
+	hash    hash.Hash
+	raw     int64
+	err     error // sticky; io.EOF after a verified end
+	closed  bool
+	sum     [sha256.Size]byte
+}
+
+// NewReader is (*Codec)(nil).NewReader: a Reader that pools nothing.
+func NewReader(r io.Reader, keys KeyResolver) (*Reader, error) {
+	var c *Codec
+	return c.NewReader(r, keys)
+}
+
+// NewReader reads and verifies the object header from r and returns a Reader
+// for the object's raw bytes. It fails fast, before reading the body:
+//   - ErrCorrupt when the header is damaged or r does not hold an object,
+//   - ErrUnsupportedVersion for a newer format version,
+//   - ErrNoKey when the object is encrypted and keys holds no key,
+//   - ErrWrongKey when it is encrypted under a key keys does not have,
+//   - ErrNotEncrypted when keys holds a key but the object is not encrypted:
+//     with encryption configured, unauthenticated objects are refused. Read
+//     objects that are legitimately unencrypted with a nil keys.
+//
+// r is read sequentially up to its end (a Reader checks that nothing follows
+// the trailer) and never closed.
+func (c *Codec) NewReader(r io.Reader, keys KeyResolver) (*Reader, error) {
+	h, err := readHeader(r)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := resolveKey(h, keys)
+	if err != nil {
+		return nil, err
+	}
+	zr := &Reader{c: c, h: h, hash: sha256.New()}
+	zr.fr = frameReader{
+		src:    r,
+		hdrCRC: h.crc,
+		aead:   aead,
+		chunk:  h.chunkSize,
+		check:  h.checkSize(),
+		offset: headerSize,
+		buf:    c.getBuf(recordBufSize(h.chunkSize)),
+	}
+	return zr, nil
+}
+
+// Read reads raw bytes. It returns io.EOF only once the whole object has been
+// read and verified; see the Reader documentation.
+func (zr *Reader) Read(p []byte) (int, error) {
+	if zr.err != nil {
+		return 0, zr.err
+	}
+	if zr.closed {
+		return 0, ErrClosed
+	}
+	if zr.src == nil {
+		if err := zr.start(); err != nil {
+			zr.stop(err)
+			return 0, err
+		}
+	}
+	n, err := zr.src.Read(p)
+	if n > 0 {
+		zr.hash.Write(p[:n])
+		zr.raw += int64(n)
+	}
+	switch {
+	case err == nil:
+		return n, nil
+	case err == io.EOF:
+		err = zr.finish()
+	default:
+		err = zr.classify(err)
+	}
+	zr.stop(err)
+	return n, err
+}
+
+// start sets up the decompressor (gzip reads its header right away).
+func (zr *Reader) start() error {
+	if zr.h.compression == None {
+		zr.src = &zr.fr
+		return nil
+	}
+	dec, release, err := zr.c.getDecompressor(zr.h.compression, &zr.fr)
+	if err != nil {
+		return zr.classify(err)
+	}
+	zr.dec, zr.src, zr.release = dec, dec, release
+	return nil
+}
+
+// classify turns an error out of the decompressor into the error to report:
+// the record layer's own error when it failed (corruption or a read error of
+// the source), otherwise the compressed stream itself is invalid.
+func (zr *Reader) classify(err error) error {
+	if zr.fr.err != nil && zr.fr.err != io.EOF {
+		return zr.fr.err
+	}
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	return corruptf("%s stream invalid after %d raw bytes: %v", zr.h.compression, zr.raw, err)
+}
+
+// finish runs after the decompressor (or the record layer) reported the end of
+// the stream: nothing may be left, and the trailer must match what was read.
+func (zr *Reader) finish() error {
+	if zr.dec != nil {
+		// Everything the decompressor did not consume must be empty: first
+		// its own read-ahead buffer, then the remaining records.
+		if br := zr.dec.Drain(); br != nil && br.Buffered() > 0 {
+			return corruptf("%d bytes of data after the end of the %s stream", br.Buffered(), zr.h.compression)
+		}
+		var one [1]byte
+		n, err := io.ReadFull(&zr.fr, one[:])
+		if n > 0 {
+			return corruptf("data after the end of the %s stream", zr.h.compression)
+		}
+		if err != io.EOF {
+			return zr.classify(err)
+		}
+	}
+	if zr.fr.err != io.EOF {
+		// Not reachable: the record layer has reported its end.
+		return corruptf("stream ended before the trailer")
+	}
+	t := &zr.fr.trailer
+	if t.rawSize != zr.raw {
+		return corruptf("length mismatch: trailer says %d raw bytes, read %d", t.rawSize, zr.raw)
+	}
+	zr.hash.Sum(zr.sum[:0])
+	if subtle.ConstantTimeCompare(zr.sum[:], t.sum[:]) != 1 {
+		return corruptf("checksum mismatch: stored %s computed %s", FormatSum(t.sum), FormatSum(zr.sum))
+	}
+	return io.EOF
+}
+
+// stop records the terminal state and gives pooled resources back. The
+// decompressor's release resets it, which makes it reusable whatever state a
+// damaged stream left it in.
+func (zr *Reader) stop(err error) {
+	zr.err = err
+	if zr.release != nil {
+		zr.release()
+	}
+	zr.release = nil
+	zr.dec = nil
+	zr.src = nil
+	zr.c.putBuf(zr.fr.buf)
+	zr.fr.buf = nil
+	zr.fr.data = nil
+}
+
+// Close releases the Reader's pooled resources. It does not close the
+// underlying reader. Reading after Close returns ErrClosed unless the Reader
+// already ended (then the same io.EOF or error). Close always returns nil.
+func (zr *Reader) Close() error {
+	if zr.closed {
+		return nil
+	}
+	zr.closed = true
+	if zr.err == nil {
+		zr.stop(nil)
+	}
+	return nil
+}
+
+// Sum returns "sha256:<hex>" of the raw bytes once Read returned io.EOF, and
+// "" before.
+func (zr *Reader) Sum() string {
+	if zr.err != io.EOF {
+		return ""
+	}
+	return FormatSum(zr.sum)
+}
+
+// RawSize returns the number of raw bytes returned by Read so far; after
+// io.EOF, the verified raw length of the object.
+func (zr *Reader) RawSize() int64 { return zr.raw }
+
+// Compression returns the object's compression algorithm.
+func (zr *Reader) Compression() Compression { return zr.h.compression }
+
+// KeyID returns the id of the key the object is encrypted with, or "" when
+// it is not encrypted.
+func (zr *Reader) KeyID() string {
+	if !zr.h.encrypted {
+		return ""
+	}
+	return zr.h.keyIDString()
+}
+
+// frameReader verifies records and yields their payloads: the compressed
+// stream. After the trailer record verified, and the source ended right
+// after it, Read returns io.EOF.
+type frameReader struct {
+	src     io.Reader
+	hdrCRC  uint32
+	aead    cipher.AEAD
+	chunk   int
+	check   int
+	buf     []byte
+	data    []byte // unread payload
+	index   uint64 // index of the next record
+	offset  int64  // object offset of the next record
+	short   bool   // a data record shorter than chunk was seen: it must be the last
+	trailer trailer
+	err     error // sticky; io.EOF after the trailer
+}
+
+func (fr *frameReader) Read(p []byte) (int, error) {
+	for len(fr.data) == 0 {
+		if fr.err != nil {
+			return 0, fr.err
+		}
+		fr.err = fr.next()
+	}
+	n := copy(p, fr.data)
+	fr.data = fr.data[n:]
+	return n, nil
+}
+
+// next reads and verifies one record.
+func (fr *frameReader) next() error {
+	if fr.buf == nil {
+		return ErrClosed
+	}
+	off := fr.offset
+	if _, err := io.ReadFull(fr.src, fr.buf[:recordHeaderSize]); err != nil {
+		if err == io.EOF {
+			return corruptf("truncated: object ends at offset %d after record %d without a trailer: %w", off, fr.index, io.ErrUnexpectedEOF)
+		}
+		return readErr(err, "record header", off)
+	}
+	word := binary.BigEndian.Uint32(fr.buf)
+	isTrailer := word&trailerBit != 0
+	n := int(word &^ trailerBit)
+	switch {
+	case isTrailer && n != trailerSize:
+		return corruptf("record %d at offset %d: trailer length %d, want %d", fr.index, off, n, trailerSize)
+	case !isTrailer && (n == 0 || n > fr.chunk):
+		return corruptf("record %d at offset %d: length %d out of range 1..%d", fr.index, off, n, fr.chunk)
+	case !isTrailer && fr.short:
+		return corruptf("record %d at offset %d follows a short record", fr.index, off)
+	}
+	rec := fr.buf[recordHeaderSize : recordHeaderSize+n+fr.check]
+	if _, err := io.ReadFull(fr.src, rec); err != nil {
+		return readErr(err, fmt.Sprintf("record %d", fr.index), off+recordHeaderSize)
+	}
+	fr.offset += int64(recordHeaderSize + len(rec))
+	payload := rec[:n]
+	if fr.aead != nil {
+		var nonce [nonceSize]byte
+		var ad [12]byte
+		if _, err := fr.aead.Open(payload[:0], recordNonce(&nonce, fr.index), rec, recordAD(&ad, fr.index, word)); err != nil {
+			return corruptf("record %d at offset %d: authentication failed (damaged or tampered)", fr.index, off)
+		}
+	} else {
+		stored := binary.BigEndian.Uint32(rec[n:])
+		if computed := recordCRC(fr.hdrCRC, fr.index, word, payload); stored != computed {
+			return corruptf("record %d at offset %d: checksum mismatch: stored crc32c:%08x computed crc32c:%08x", fr.index, off, stored, computed)
+		}
+	}
+	if !isTrailer {
+		fr.index++
+		fr.short = n < fr.chunk
+		fr.data = payload
+		return nil
+	}
+	if err := fr.trailer.decode(payload); err != nil {
+		return err
+	}
+	if fr.trailer.records != fr.index {
+		return corruptf("trailer counts %d records, read %d", fr.trailer.records, fr.index)
+	}
+	var one [1]byte
+	switch k, err := io.ReadFull(fr.src, one[:]); {
+	case k > 0:
+		return corruptf("data after the trailer at offset %d", fr.offset)
+	case err != io.EOF:
+		return fmt.Errorf("codec: read after trailer at offset %d: %w", fr.offset, err)
+	}
+	return io.EOF
+}
