@@ -144,6 +144,9 @@ func (c *Client) write(ctx context.Context, op, key string, r io.Reader, exclusi
 	}
 	dir := filepath.Dir(dst)
 	tmp, err := c.createTemp(dir)
+	if errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("fs: %s %s: a parent of the key is an object, not a directory: %w", op, key, err)
+	}
 	if err != nil {
 		return c.fail(op, key, err)
 	}
@@ -179,6 +182,9 @@ func (c *Client) write(ctx context.Context, op, key string, r io.Reader, exclusi
 		// removal is skipped by List and harmless.
 		os.Remove(tmpName)
 	} else if err := os.Rename(tmpName, dst); err != nil {
+		if fi, serr := os.Lstat(dst); serr == nil && fi.IsDir() {
+			return fmt.Errorf("fs: %s %s: the key is a directory holding other keys: %w", op, key, err)
+		}
 		return c.fail(op, key, err)
 	}
 	committed = true
@@ -225,7 +231,10 @@ func (c *Client) createTemp(dir string) (*os.File, error) {
 		case errors.Is(err, iofs.ErrExist):
 			continue
 		case errors.Is(err, iofs.ErrNotExist):
-			if err := c.mkdirAll(dir); err != nil {
+			// A concurrent Delete may prune what mkdirAll is building:
+			// ENOENT from it means try again (a missing root does not
+			// match ErrNotExist).
+			if err := c.mkdirAll(dir); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 				return nil, err
 			}
 		default:

@@ -393,14 +393,14 @@ func TestKeyUnderObject(t *testing.T) {
 	if err := c.Put(ctx, "a", strings.NewReader("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Put(ctx, "a/b", strings.NewReader("y")); err == nil {
-		t.Error("Put of a key below an object succeeded")
+	if err := c.Put(ctx, "a/b", strings.NewReader("y")); err == nil || errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("Put of a key below an object = %v, want an error not matching ErrNotExist", err)
 	}
 	if err := c.Put(ctx, "d/e", strings.NewReader("y")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Put(ctx, "d", strings.NewReader("y")); err == nil {
-		t.Error("Put of a key that is a directory of other keys succeeded")
+	if err := c.Put(ctx, "d", strings.NewReader("y")); err == nil || !strings.Contains(err.Error(), "directory holding other keys") {
+		t.Errorf("Put of a key that is a directory of other keys = %v, want an error saying so", err)
 	}
 }
 
@@ -424,4 +424,28 @@ func TestPermissionDenied(t *testing.T) {
 	if err := c.Put(ctx, "locked/obj2", strings.NewReader("x")); !errors.Is(err, storage.ErrPermission) {
 		t.Errorf("Put = %v, want storage.ErrPermission", err)
 	}
+}
+
+// TestPutDeleteRace has writers and deleters work in the same directories,
+// so that Delete prunes directories a Put is about to use.
+func TestPutDeleteRace(t *testing.T) {
+	ctx := t.Context()
+	c := newClient(t)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 200 {
+				key := "x/y/z/" + string(rune('a'+w)) + "/" + string(rune('a'+i%3))
+				if err := c.Put(ctx, key, strings.NewReader("v")); err != nil {
+					t.Errorf("Put(%q): %v", key, err)
+					return
+				}
+				if err := c.Delete(ctx, key); err != nil {
+					t.Errorf("Delete(%q): %v", key, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
