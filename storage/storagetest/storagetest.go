@@ -4,7 +4,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		storagetest.Run(t, func(t *testing.T) storage.Store {
-//			c, err := s3.New(s3.Config{Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), ...})
+//			c, err := mybackend.New(mybackend.Config{Prefix: testenv.UniquePrefix(t), ...})
 //			if err != nil {
 //				t.Fatal(err)
 //			}
