@@ -490,9 +490,10 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 // by name), one page in memory at a time. Objects whose names end in "/"
 // (folder placeholders made by the console) are not keys and are skipped.
 func (c *Client) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
-	q := &gcs.Query{Prefix: c.objectName(prefix)}
+	what := fmt.Sprintf("prefix %q", prefix)
+	q := &gcs.Query{Prefix: c.objectName(prefix), Projection: gcs.ProjectionNoACL}
 	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated"}); err != nil {
-		return fmt.Errorf("gcs: list %s: %w", prefix, err)
+		return fmt.Errorf("gcs: list %s: %w", what, err)
 	}
 	strip := ""
 	if c.prefix != "" {
@@ -506,7 +507,7 @@ func (c *Client) List(ctx context.Context, prefix string, fn func(storage.Object
 			return nil
 		}
 		if err != nil {
-			return c.mapErr(ctx, "list", prefix, err)
+			return c.mapErr(ctx, "list", what, err)
 		}
 		key, ok := strings.CutPrefix(attrs.Name, strip)
 		if !ok || key == "" || strings.HasSuffix(key, "/") {
@@ -602,6 +603,12 @@ func (c *Client) classify(op, key string, err error) error {
 		return storage.Retryable(fmt.Errorf("gcs: %s %s: obtaining a token: %w", op, key, err))
 	}
 	if isDialError(err) {
+		// The *url.Error's text repeats the whole request URL; the dial
+		// error inside says all there is to say.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return storage.Retryable(fmt.Errorf("gcs: %s %s: cannot connect to %s (set by %s; is the address right and the service up?): %w",
 			op, key, c.endpoint, c.endpointBy, err))
 	}
@@ -637,7 +644,7 @@ func (c *Client) bucketMissing(ctx context.Context) bool {
 	if c.bucketOK.Load() {
 		return false
 	}
-	q := &gcs.Query{Prefix: c.objectName("")}
+	q := &gcs.Query{Prefix: c.objectName(""), Projection: gcs.ProjectionNoACL}
 	_ = q.SetAttrSelection([]string{"Name"})
 	it := c.bucket.Objects(ctx, q)
 	it.PageInfo().MaxSize = 1
