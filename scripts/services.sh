@@ -300,6 +300,9 @@ cmd_start() {
 	fi
 	DIR=$(cd "$DIR" && pwd)
 	touch "$DIR/$MARKER"
+	# Interrupted while starting: stop what is already up, remove the dir.
+	trap 'trap - EXIT; stop_dir "$DIR"; exit 130' INT
+	trap 'trap - EXIT; stop_dir "$DIR"; exit 143' TERM
 	# Tests run PostgreSQL as the postgres user; let it traverse the state dir.
 	chmod 755 "$DIR"
 
@@ -324,6 +327,7 @@ cmd_start() {
 	wait_all
 	create_buckets "$(cat "$DIR/minio.port")" "$(cat "$DIR/gcs.port")"
 	write_env
+	trap - INT TERM
 	log "all services ready in $(($(date +%s) - T0))s; env in $DIR/env"
 	cat "$DIR/env"
 }
@@ -393,19 +397,23 @@ cmd_env() {
 cmd_run() {
 	[ "${1:-}" = "--" ] && shift
 	[ $# -gt 0 ] || usage
-	local out rc
+	local rc
 	if [ -n "${WALFERRY_SERVICES_DIR:-}" ] && all_running "$WALFERRY_SERVICES_DIR"; then
 		# Services someone started by hand: use them, leave them running.
 		log "using the services already running in $WALFERRY_SERVICES_DIR"
-		eval "$(cat "$WALFERRY_SERVICES_DIR/env")"
 	else
-		out=$(cmd_start) || exit 1
-		eval "$out"
-		# Stop them however we leave: normal exit, failure, Ctrl-C, TERM.
+		if [ -z "${WALFERRY_SERVICES_DIR:-}" ]; then
+			WALFERRY_SERVICES_DIR=$(mktemp -d "${TMPDIR:-/tmp}/walferry-services.XXXXXX")
+			touch "$WALFERRY_SERVICES_DIR/$MARKER"
+		fi
+		# Stop the services however we leave: normal exit, failure, Ctrl-C,
+		# TERM (from timeout, say), even while they are still starting.
 		trap 'cmd_stop "$WALFERRY_SERVICES_DIR"' EXIT
+		cmd_start >/dev/null
+		trap 'exit 130' INT
+		trap 'exit 143' TERM
 	fi
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
+	eval "$(cat "$WALFERRY_SERVICES_DIR/env")"
 	set +e
 	"$@"
 	rc=$?
