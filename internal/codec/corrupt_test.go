@@ -167,7 +167,7 @@ func TestSpliceDetected(t *testing.T) {
 }
 
 // splitRecords cuts an object into [header, record..., trailer record].
-func splitRecords(t *testing.T, obj []byte) [][]byte {
+func splitRecords(t testing.TB, obj []byte) [][]byte {
 	t.Helper()
 	h, err := readHeader(bytes.NewReader(obj))
 	if err != nil {

@@ -43,8 +43,23 @@ const keyIDSize = 8
 // A Key never reveals its secret when printed: String, GoString, Format (every
 // fmt verb) and LogValue show only its ID. A *Key is safe for concurrent use.
 type Key struct {
+	// material is a closure rather than a field holding bytes, so that no
+	// fmt verb or reflection-based encoder reaching a Key (even a copied
+	// value in an unexported field) can print the secret.
+	material func() *keyMaterial
+}
+
+type keyMaterial struct {
 	secret [KeySize]byte
 	id     [keyIDSize]byte
+}
+
+// mat returns the key material, nil for a nil or zero Key.
+func (k *Key) mat() *keyMaterial {
+	if k == nil || k.material == nil {
+		return nil
+	}
+	return k.material()
 }
 
 // NewKey returns a master key holding a copy of secret, which must be exactly
@@ -54,12 +69,12 @@ func NewKey(secret []byte) (*Key, error) {
 	if len(secret) != KeySize {
 		return nil, fmt.Errorf("codec: new key: secret is %d bytes, want %d", len(secret), KeySize)
 	}
-	k := &Key{}
-	copy(k.secret[:], secret)
-	mac := hmac.New(sha256.New, k.secret[:])
+	m := &keyMaterial{}
+	copy(m.secret[:], secret)
+	mac := hmac.New(sha256.New, m.secret[:])
 	mac.Write([]byte("walferry key id v1"))
-	copy(k.id[:], mac.Sum(nil))
-	return k, nil
+	copy(m.id[:], mac.Sum(nil))
+	return &Key{material: func() *keyMaterial { return m }}, nil
 }
 
 // DeriveKey derives the repository master key from a passphrase with scrypt
@@ -97,15 +112,16 @@ func NewSalt() ([]byte, error) {
 // every object encrypted under the key, so that reading with another key fails
 // fast with ErrWrongKey. A nil Key has the empty ID.
 func (k *Key) ID() string {
-	if k == nil {
+	m := k.mat()
+	if m == nil {
 		return ""
 	}
-	return hex.EncodeToString(k.id[:])
+	return hex.EncodeToString(m.id[:])
 }
 
 // String returns a redacted description naming only the key's ID.
 func (k *Key) String() string {
-	if k == nil {
+	if k.mat() == nil {
 		return "codec.Key(nil)"
 	}
 	return "codec.Key{id:" + k.ID() + " secret:REDACTED}"
@@ -134,7 +150,7 @@ func (k *Key) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 // salt and its whole header (so any change to the header changes the key).
 func (k *Key) objectKey(salt, header []byte) ([]byte, error) {
 	info := subkeyInfo + string(header)
-	sub, err := hkdf.Key(sha256.New, k.secret[:], salt, info, KeySize)
+	sub, err := hkdf.Key(sha256.New, k.mat().secret[:], salt, info, KeySize)
 	if err != nil {
 		return nil, fmt.Errorf("codec: derive object key: %w", err)
 	}
@@ -156,7 +172,7 @@ type KeyResolver interface {
 
 // ResolveKey makes a single *Key a KeyResolver: it returns k when id is k's ID.
 func (k *Key) ResolveKey(id string) (*Key, error) {
-	if k == nil {
+	if k.mat() == nil {
 		return nil, fmt.Errorf("%w: object encrypted with key id %s", ErrNoKey, id)
 	}
 	if id != k.ID() {
@@ -173,7 +189,7 @@ type Keys []*Key
 func (ks Keys) ResolveKey(id string) (*Key, error) {
 	var ids []string
 	for _, k := range ks {
-		if k == nil {
+		if k.mat() == nil {
 			continue
 		}
 		if k.ID() == id {
@@ -197,10 +213,10 @@ func noKeys(keys KeyResolver) bool {
 	case nil:
 		return true
 	case *Key:
-		return ks == nil
+		return ks.mat() == nil
 	case Keys:
 		for _, k := range ks {
-			if k != nil {
+			if k.mat() != nil {
 				return false
 			}
 		}

@@ -78,10 +78,13 @@ func (c *Codec) NewWriter(w io.Writer, opts Options) (*Writer, error) {
 	if opts.recordLg != 0 {
 		lg = opts.recordLg
 	}
+	if opts.Key != nil && opts.Key.mat() == nil {
+		return nil, errors.New("codec: options: Key is a zero Key; make keys with NewKey or DeriveKey")
+	}
 	h := &header{compression: opts.Compression, encrypted: opts.Key != nil, chunkSize: 1 << lg}
 	var aead cipher.AEAD
 	if opts.Key != nil {
-		copy(h.keyID[:], opts.Key.id[:])
+		copy(h.keyID[:], opts.Key.mat().id[:])
 		if _, err := io.ReadFull(rand.Reader, h.salt[:]); err != nil {
 			return nil, fmt.Errorf("codec: new writer: object salt: %w", err)
 		}
