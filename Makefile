@@ -50,15 +50,19 @@ test: vet deps ## vet, install deps, start services, run all tests, stop service
 # conformance results of the storage backends and the full output of failing
 # packages, then a per-backend conformance table and the test counts.
 define TEST_SUMMARY_AWK
-function flush(pkg, failed,   i, l) {
+function flush(pkg, failed,   i, l, why) {
+	why = 0
 	for (i = 1; i <= n; i++) {
 		l = buf[i]
+		if (why && l ~ /^    [^ -]/) { print "    " l; continue }
+		why = 0
 		if (failed) {
 			if (l !~ /^ *=== (RUN|PAUSE|CONT|NAME)/) print l
 		} else if (l ~ /^# / || l ~ /^[^ \t].*\.go:[0-9]+:[0-9]+: /) {
 			print l
 		} else if (l ~ /^--- (PASS|FAIL|SKIP): Test[A-Za-z0-9_]*Conformance/) {
 			print "    " l
+			why = (l ~ /^--- SKIP/)
 		} else if (i == n) {
 			print l
 		}
