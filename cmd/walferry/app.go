@@ -73,7 +73,19 @@ EXIT CODES
 		}, plannedCommands()...),
 	}
 	a.cli.CommandNotFound = func(c *cli.Context, name string) {}
+	setUsageErrorHandler(a.cli.Commands)
 	return a
+}
+
+// setUsageErrorHandler makes flag mistakes of every command exit with the
+// usage code and point at the command's help.
+func setUsageErrorHandler(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
+			return usage(fmt.Errorf("%w (see: walferry %s --help)", err, c.Command.FullName()))
+		}
+		setUsageErrorHandler(cmd.Subcommands)
+	}
 }
 
 // Run runs the command line.

@@ -62,13 +62,15 @@ type Storage struct {
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
 	return Config{
-		LogFormat:   "auto",
-		LogLevel:    "info",
+		LogFormat: "auto",
+		// Commands print their result; logs are for what went wrong.
+		// Retries of transient failures log at info.
+		LogLevel: "warn",
 		Storage: Storage{
 			Concurrency:     8,
 			PartSize:        8 << 20,
-			RetryAttempts:   5,
-			RetryMaxElapsed: 30 * time.Second,
+			RetryAttempts:   4,
+			RetryMaxElapsed: 20 * time.Second,
 		},
 	}
 }

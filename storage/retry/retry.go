@@ -79,7 +79,7 @@ func (p Policy) backoff(n int) time.Duration {
 }
 
 // New wraps st with p (zero fields take DefaultPolicy's values), logging
-// each retry at Warn level on log (nil discards). The result implements
+// each retry at Info level on log (nil discards). The result implements
 // storage.ConditionalCreator and storage.Copier exactly when st does.
 //
 // Operations and their retries:
@@ -176,7 +176,7 @@ func (s *store) pause(ctx context.Context, op, key string, n int, start time.Tim
 	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
 		return fmt.Errorf("retry: %s %s: giving up after %d attempts: the deadline comes before the next one: %w", op, key, n, err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelWarn, "storage operation failed; retrying",
+	s.log.LogAttrs(ctx, slog.LevelInfo, "storage operation failed; retrying",
 		slog.String("op", op), slog.String("key", key), slog.String("store", s.inner.String()),
 		slog.Int("attempt", n), slog.Duration("backoff", d), slog.Any("err", err))
 	t := time.NewTimer(d)

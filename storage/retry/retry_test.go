@@ -577,7 +577,7 @@ func TestLogsRetries(t *testing.T) {
 	if _, err := New(f, fast, log).Stat(t.Context(), "wal/1"); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"level=WARN", "op=stat", "key=wal/1", "attempt=1", "connection reset by peer"} {
+	for _, want := range []string{"level=INFO", "op=stat", "key=wal/1", "attempt=1", "connection reset by peer"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("log %q lacks %q", buf.String(), want)
 		}
