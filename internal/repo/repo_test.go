@@ -217,3 +217,30 @@ func TestInspect(t *testing.T) {
 		t.Errorf("info = %+v", info)
 	}
 }
+
+func TestObjectInfo(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	if _, err := Init(ctx, store, InitOptions{Cluster: testCluster, Compression: "lz4"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(ctx, store, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("0123456789"), 300000)
+	sum, err := r.Put(ctx, "wal/y", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := r.ObjectInfo(ctx, "wal/y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Sum != sum.Sum || info.RawSize != int64(len(payload)) || info.Compression != codec.LZ4 {
+		t.Errorf("ObjectInfo = %+v, want sum %s size %d lz4", info, sum.Sum, len(payload))
+	}
+	if _, err := r.ObjectInfo(ctx, "wal/missing"); !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("ObjectInfo of a missing key: %v", err)
+	}
+}
