@@ -6,6 +6,7 @@
 # Whatever is already present is left alone. Any failed install exits non-zero.
 set -euo pipefail
 
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${WALFERRY_CACHE:-$HOME/.cache/walferry}"
 MINIO_VERSION="${WALFERRY_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 FAKEGCS_VERSION="${WALFERRY_FAKEGCS_VERSION:-v1.56.1}"

@@ -16,6 +16,7 @@
 # scripts/install-test-deps.sh), falling back to PATH.
 set -euo pipefail
 
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${WALFERRY_CACHE:-$HOME/.cache/walferry}"
 TIMEOUT="${WALFERRY_SERVICES_TIMEOUT:-90}" # seconds per service
 BUCKET=walferry-test
