@@ -1,0 +1,51 @@
+// Package archive is the engine behind the hooks PostgreSQL calls:
+// archive-push (archive_command) and archive-get (restore_command), with
+// look-ahead pushing of further .ready segments, a prefetch spool for
+// recovery, and a daemon that serves both over a unix socket so each hook
+// call skips start-up costs.
+//
+// A Pusher and a Getter are long-lived: the command line builds one per
+// call, the daemon one for its lifetime.
+package archive
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+)
+
+// Errors of the archive domain. Match with errors.Is.
+var (
+	// ErrNotArchived: archive-get found the file in no repository. For
+	// restore_command this is the normal end of the archive, reported
+	// quietly with exit status 1.
+	ErrNotArchived = errors.New("not in the archive")
+	// ErrConflict: a file with different content is already archived under
+	// the name being pushed (split-brain, or a wrong repository). Nothing
+	// is overwritten; the error names both checksums.
+	ErrConflict = errors.New("a different file is already archived under this name")
+)
+
+// Config is what pushing and getting need: the opened repositories, the
+// local cluster they were checked against, and a logger.
+type Config struct {
+	// Repos are every configured repository, opened and already checked to
+	// belong to Cluster (repo.Metadata.Matches). A push succeeds only when
+	// every one holds the file; a get reads the first that has it.
+	Repos []*repo.Repo
+	// Cluster identifies the local cluster.
+	Cluster repo.Cluster
+	// SegmentSize is the cluster's WAL segment size.
+	SegmentSize pg.WALSegmentSize
+	// Log receives operational messages; nil discards them.
+	Log *slog.Logger
+}
+
+func (c Config) logger() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
+}
