@@ -4,8 +4,9 @@
 // records, and a trailer carrying the length and SHA-256 of the raw bytes.
 //
 // Writers and Readers stream: memory per Writer or Reader is bounded by the
-// record size (64 KiB), the compressor's window and block buffers (at most
-// 8 MiB for zstd, 4 MiB for lz4, 32 KiB for gzip), never by the object size.
+// record size (64 KiB) and the compressor's window and block buffers (zstd:
+// 8 MiB window; lz4: 64 KiB blocks written, at most 4 MiB accepted; gzip:
+// 32 KiB), never by the object size.
 //
 // Every byte of an object is covered by a check. A Reader reports any damage
 // (one flipped bit anywhere, truncation, appended bytes) with an error matching
@@ -90,7 +91,7 @@ func (c *Codec) getCompressor(alg Compression, level int, w *frameWriter) (compr
 				lvl = lz4.Level1 << (level - 1)
 			}
 			if err := zw.Apply(
-				lz4.BlockSizeOption(lz4.Block4Mb),
+				lz4.BlockSizeOption(lz4.Block64Kb),
 				lz4.ChecksumOption(false), // the object's own checks cover it
 				lz4.ConcurrencyOption(1),
 				lz4.CompressionLevelOption(lvl),

@@ -252,7 +252,7 @@ func forgeRecord(t *testing.T, obj []byte, edit func([]byte)) []byte {
 	n := int(word)
 	payload := p[recordHeaderSize : recordHeaderSize+n]
 	edit(payload)
-	crc := recordCRC(h.crc, 0, word, payload)
+	crc := recordCRC(new([16]byte), h.crc, 0, word, payload)
 	p[recordHeaderSize+n] = byte(crc >> 24)
 	p[recordHeaderSize+n+1] = byte(crc >> 16)
 	p[recordHeaderSize+n+2] = byte(crc >> 8)

@@ -261,8 +261,8 @@ func recordAD(dst *[12]byte, i uint64, word uint32) []byte {
 
 // recordCRC is the CRC-32C of an unencrypted record: over the header CRC, the
 // record index, the record word and the payload.
-func recordCRC(hdrCRC uint32, i uint64, word uint32, payload []byte) uint32 {
-	var pre [16]byte
+// pre is scratch space for the 16-byte prefix.
+func recordCRC(pre *[16]byte, hdrCRC uint32, i uint64, word uint32, payload []byte) uint32 {
 	binary.BigEndian.PutUint32(pre[0:], hdrCRC)
 	binary.BigEndian.PutUint64(pre[4:], i)
 	binary.BigEndian.PutUint32(pre[12:], word)

@@ -240,6 +240,10 @@ type frameReader struct {
 	short   bool   // a data record shorter than chunk was seen: it must be the last
 	trailer trailer
 	err     error // sticky; io.EOF after the trailer
+	nonce   [nonceSize]byte
+	ad      [12]byte
+	pre     [16]byte
+	one     [1]byte
 }
 
 func (fr *frameReader) Read(p []byte) (int, error) {
@@ -284,14 +288,12 @@ func (fr *frameReader) next() error {
 	fr.offset += int64(recordHeaderSize + len(rec))
 	payload := rec[:n]
 	if fr.aead != nil {
-		var nonce [nonceSize]byte
-		var ad [12]byte
-		if _, err := fr.aead.Open(payload[:0], recordNonce(&nonce, fr.index), rec, recordAD(&ad, fr.index, word)); err != nil {
+		if _, err := fr.aead.Open(payload[:0], recordNonce(&fr.nonce, fr.index), rec, recordAD(&fr.ad, fr.index, word)); err != nil {
 			return corruptf("record %d at offset %d: authentication failed (damaged or tampered)", fr.index, off)
 		}
 	} else {
 		stored := binary.BigEndian.Uint32(rec[n:])
-		if computed := recordCRC(fr.hdrCRC, fr.index, word, payload); stored != computed {
+		if computed := recordCRC(&fr.pre, fr.hdrCRC, fr.index, word, payload); stored != computed {
 			return corruptf("record %d at offset %d: checksum mismatch: stored crc32c:%08x computed crc32c:%08x", fr.index, off, stored, computed)
 		}
 	}
@@ -307,8 +309,7 @@ func (fr *frameReader) next() error {
 	if fr.trailer.records != fr.index {
 		return corruptf("trailer counts %d records, read %d", fr.trailer.records, fr.index)
 	}
-	var one [1]byte
-	switch k, err := io.ReadFull(fr.src, one[:]); {
+	switch k, err := io.ReadFull(fr.src, fr.one[:]); {
 	case k > 0:
 		return corruptf("data after the trailer at offset %d", fr.offset)
 	case err != io.EOF:

@@ -217,6 +217,11 @@ type frameWriter struct {
 	index   uint64 // next record index
 	written int64
 	err     error
+	// scratch space that would escape to the heap once per record if it
+	// lived on the stack
+	nonce [nonceSize]byte
+	ad    [12]byte
+	pre   [16]byte
 }
 
 func (fw *frameWriter) writeAll(b []byte) error {
@@ -260,11 +265,9 @@ func (fw *frameWriter) emit(flags uint32) error {
 	binary.BigEndian.PutUint32(fw.buf, word)
 	payload := fw.buf[recordHeaderSize : recordHeaderSize+fw.n]
 	if fw.aead != nil {
-		var nonce [nonceSize]byte
-		var ad [12]byte
-		fw.aead.Seal(payload[:0], recordNonce(&nonce, fw.index), payload, recordAD(&ad, fw.index, word))
+		fw.aead.Seal(payload[:0], recordNonce(&fw.nonce, fw.index), payload, recordAD(&fw.ad, fw.index, word))
 	} else {
-		binary.BigEndian.PutUint32(fw.buf[recordHeaderSize+fw.n:], recordCRC(fw.hdrCRC, fw.index, word, payload))
+		binary.BigEndian.PutUint32(fw.buf[recordHeaderSize+fw.n:], recordCRC(&fw.pre, fw.hdrCRC, fw.index, word, payload))
 	}
 	err := fw.writeAll(fw.buf[:recordHeaderSize+fw.n+fw.check])
 	fw.n = 0
