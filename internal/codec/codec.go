@@ -26,8 +26,8 @@ import (
 // Codec creates Writers and Readers and recycles their compressors,
 // decompressors and buffers between objects, which matters when thousands of
 // 16 MiB WAL segments go through one process. Resources return to the Codec
-// when a Writer or Reader is closed (a Reader also returns them when it reaches
-// io.EOF). Idle resources are dropped by the garbage collector like any
+// when a Writer is closed, and when a Reader ends (io.EOF or an error) or is
+// closed. Idle resources are dropped by the garbage collector like any
 // sync.Pool content.
 //
 // A Codec is safe for concurrent use. The zero Codec is ready to use and must

@@ -2,6 +2,8 @@ package codec
 
 import (
 	"bytes"
+	"encoding/binary"
+	"hash/crc32"
 	"errors"
 	"fmt"
 	"io"
@@ -258,4 +260,59 @@ func forgeRecord(t *testing.T, obj []byte, edit func([]byte)) []byte {
 	p[recordHeaderSize+n+2] = byte(crc >> 8)
 	p[recordHeaderSize+n+3] = byte(crc)
 	return out
+}
+
+// TestHeaderValidation: headers with a correct CRC but impossible fields, and
+// headers of other versions.
+func TestHeaderValidation(t *testing.T) {
+	base, _ := encode(t, nil, []byte("x"), Options{Compression: LZ4}, 0)
+	withCRC := func(h []byte) []byte {
+		n := len(h)
+		crc := crc32.Checksum(h[:n-4], castagnoli)
+		binary.BigEndian.PutUint32(h[n-4:], crc)
+		return h
+	}
+	edit := func(f func(h []byte)) []byte {
+		obj := bytes.Clone(base)
+		f(obj[:headerSize])
+		withCRC(obj[:headerSize])
+		return obj
+	}
+	v2 := func(hlen int, goodCRC bool) []byte {
+		h := make([]byte, hlen)
+		copy(h, "WFRY")
+		h[4], h[5] = 2, byte(hlen)
+		if goodCRC {
+			withCRC(h)
+		}
+		return append(h, base[headerSize:]...)
+	}
+	tests := []struct {
+		name string
+		obj  []byte
+		want error
+	}{
+		{"unknown compression", edit(func(h []byte) { h[6] = 4 }), ErrCorrupt},
+		{"unknown flag", edit(func(h []byte) { h[7] = 2 }), ErrCorrupt},
+		{"record size too small", edit(func(h []byte) { h[8] = 9 }), ErrCorrupt},
+		{"record size too large", edit(func(h []byte) { h[8] = 21 }), ErrCorrupt},
+		{"reserved byte", edit(func(h []byte) { h[10] = 1 }), ErrCorrupt},
+		{"key id without encryption", edit(func(h []byte) { h[keyIDOffset] = 1 }), ErrCorrupt},
+		{"salt without encryption", edit(func(h []byte) { h[saltOffset+31] = 1 }), ErrCorrupt},
+		{"v1 with another header length", edit(func(h []byte) { h[5] = 60 }), ErrCorrupt},
+		{"newer version", v2(64, true), ErrUnsupportedVersion},
+		{"damaged version byte", v2(64, false), ErrCorrupt},
+		{"tiny header length", v2(8, true), ErrCorrupt},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := decode(nil, tt.obj, nil)
+			if !errors.Is(err, tt.want) {
+				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+			if tt.want == ErrUnsupportedVersion && errors.Is(err, ErrCorrupt) {
+				t.Errorf("newer version reported as corrupt: %v", err)
+			}
+		})
+	}
 }

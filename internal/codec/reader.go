@@ -49,9 +49,11 @@ func NewReader(r io.Reader, keys KeyResolver) (*Reader, error) {
 //   - ErrUnsupportedVersion for a newer format version,
 //   - ErrNoKey when the object is encrypted and keys holds no key,
 //   - ErrWrongKey when it is encrypted under a key keys does not have,
-//   - ErrNotEncrypted when keys holds a key but the object is not encrypted:
-//     with encryption configured, unauthenticated objects are refused. Read
-//     objects that are legitimately unencrypted with a nil keys.
+//   - ErrNotEncrypted when keys holds a key (any resolver other than nil, a
+//     nil *Key or an empty Keys) but the object is not encrypted: with
+//     encryption configured, unauthenticated objects are refused. Read objects
+//     that are legitimately unencrypted (the repository metadata that holds
+//     the key salt) with nil keys.
 //
 // r is read sequentially up to its end (a Reader checks that nothing follows
 // the trailer) and never closed.
