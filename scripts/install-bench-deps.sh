@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what `make bench` needs on top of the test dependencies,
+# idempotently: pgBackRest (Debian package, the tool walferry is compared
+# with), openssl (a self-signed certificate for the TLS MinIO pgBackRest
+# talks to), and the test dependencies themselves (PostgreSQL 15, MinIO).
+# Whatever is already present is left alone. Any failed install exits non-zero.
+set -euo pipefail
+
+log() { echo "install-bench-deps: $*" >&2; }
+die() { echo "install-bench-deps: ERROR: $*" >&2; exit 1; }
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/install-test-deps.sh"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+fi
+
+apt_updated=0
+apt_install() {
+	command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+	if [ "$apt_updated" -eq 0 ]; then
+		log "apt-get update"
+		$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+		apt_updated=1
+	fi
+	log "apt-get install -y $*"
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+		die "apt-get install $* failed"
+}
+
+for tool in pgbackrest:pgbackrest openssl:openssl python3:python3; do
+	cmd=${tool%%:*} pkg=${tool#*:}
+	if command -v "$cmd" >/dev/null 2>&1; then
+		log "found $cmd: $(command -v "$cmd")"
+	else
+		apt_install "$pkg"
+		command -v "$cmd" >/dev/null 2>&1 || die "$pkg installed but $cmd is missing"
+		log "installed $cmd"
+	fi
+done
+# pgbench ships with the postgresql-15 package install-test-deps.sh installs.
+PGBIN="${WALFERRY_TEST_PGBIN:-/usr/lib/postgresql/15/bin}"
+[ -x "$PGBIN/pgbench" ] || die "$PGBIN/pgbench is missing (postgresql-15 / postgresql-contrib)"
+log "pgBackRest: $(pgbackrest version)"
+log "all benchmark dependencies present"
