@@ -41,6 +41,25 @@ type Codec struct {
 	zstdR sync.Pool
 	gzipR sync.Pool
 	bufs  sync.Pool // *[]byte record buffers for the default record size
+	pipes sync.Pool // *[]byte of pipeBufSize for Writer.ReadFrom, Reader.WriteTo
+}
+
+// pipeBufSize is the piece size of Writer.ReadFrom and Reader.WriteTo.
+const pipeBufSize = 256 << 10
+
+func (c *Codec) getPipeBuf() []byte {
+	if c != nil {
+		if p, ok := c.pipes.Get().(*[]byte); ok {
+			return *p
+		}
+	}
+	return make([]byte, pipeBufSize)
+}
+
+func (c *Codec) putPipeBuf(b []byte) {
+	if c != nil && len(b) == pipeBufSize {
+		c.pipes.Put(&b)
+	}
 }
 
 // New returns a Codec with empty pools.

@@ -38,13 +38,20 @@ func combos(t testing.TB) []combo {
 	return out
 }
 
-// encode encodes raw with opts in writes of at most step bytes (0: one write).
+// encode encodes raw with opts in writes of at most step bytes (0: one write,
+// negative: io.Copy through Writer.ReadFrom).
 func encode(t testing.TB, c *Codec, raw []byte, opts Options, step int) ([]byte, *Writer) {
 	t.Helper()
 	var buf bytes.Buffer
 	w, err := c.NewWriter(&buf, opts)
 	if err != nil {
 		t.Fatalf("NewWriter: %v", err)
+	}
+	if step < 0 { // through Writer.ReadFrom
+		if _, err := io.Copy(w, struct{ io.Reader }{bytes.NewReader(raw)}); err != nil {
+			t.Fatalf("ReadFrom: %v", err)
+		}
+		raw = nil
 	}
 	if step <= 0 {
 		step = len(raw) + 1
@@ -62,7 +69,8 @@ func encode(t testing.TB, c *Codec, raw []byte, opts Options, step int) ([]byte,
 	return buf.Bytes(), w
 }
 
-// decode reads the whole object; err is nil when the read ended in io.EOF.
+// decode reads the whole object through Reader.WriteTo; err is nil when the
+// object verified.
 func decode(c *Codec, obj []byte, keys KeyResolver) ([]byte, *Reader, error) {
 	r, err := c.NewReader(bytes.NewReader(obj), keys)
 	if err != nil {
@@ -71,6 +79,27 @@ func decode(c *Codec, obj []byte, keys KeyResolver) ([]byte, *Reader, error) {
 	var out bytes.Buffer
 	_, err = io.Copy(&out, r)
 	return out.Bytes(), r, err
+}
+
+// decodeRead reads the whole object with Read calls of at most step bytes;
+// err is nil when Read returned io.EOF.
+func decodeRead(c *Codec, obj []byte, keys KeyResolver, step int) ([]byte, *Reader, error) {
+	r, err := c.NewReader(bytes.NewReader(obj), keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []byte
+	buf := make([]byte, step)
+	for {
+		n, err := r.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			return out, r, nil
+		}
+		if err != nil {
+			return out, r, err
+		}
+	}
 }
 
 // keysFor returns the resolver matching opts (nil for unencrypted objects).
@@ -98,8 +127,8 @@ func TestRoundTrip(t *testing.T) {
 	c := New()
 	for _, cb := range combos(t) {
 		for _, sz := range sizes {
-			for _, step := range []int{0, 1000, 65536} {
-				if step != 0 && len(sz.data) > 1<<20 {
+			for _, step := range []int{0, -1, 1000, 65536} {
+				if step > 0 && len(sz.data) > 1<<20 {
 					continue // small writes of big objects add time, not coverage
 				}
 				t.Run(fmt.Sprintf("%s/%s/step%d", cb.name, sz.name, step), func(t *testing.T) {
@@ -120,6 +149,10 @@ func TestRoundTrip(t *testing.T) {
 					}
 					if !bytes.Equal(got, sz.data) {
 						t.Fatalf("decoded %d bytes, differ from the %d written", len(got), len(sz.data))
+					}
+					got2, r2, err := decodeRead(c, obj, keysFor(cb.opts), 3000)
+					if err != nil || !bytes.Equal(got2, sz.data) || r2.Sum() != want {
+						t.Fatalf("decode with Read: err %v, equal %v, sum %s", err, bytes.Equal(got2, sz.data), r2.Sum())
 					}
 					if r.Sum() != want || r.RawSize() != int64(len(sz.data)) {
 						t.Errorf("Reader.Sum, RawSize = %s, %d; want %s, %d", r.Sum(), r.RawSize(), want, len(sz.data))
@@ -385,5 +418,54 @@ func TestReaderClose(t *testing.T) {
 	// The codec still works after an abandoned read.
 	if _, _, err := decode(c, obj, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestWriteToDestinationError(t *testing.T) {
+	raw := walLike(2<<20, 15)
+	for _, cb := range combos(t) {
+		obj, _ := encode(t, nil, raw, cb.opts, 0)
+		for _, limit := range []int{0, 1000, 300_000, 2<<20 - 1} {
+			r, err := NewReader(bytes.NewReader(obj), keysFor(cb.opts))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := r.WriteTo(&failingWriter{limit: limit})
+			if !errors.Is(err, errDisk) || errors.Is(err, ErrCorrupt) {
+				t.Errorf("%s limit %d: WriteTo = %d, %v; want errDisk", cb.name, limit, n, err)
+			}
+			if n != int64(limit) {
+				t.Errorf("%s: WriteTo reported %d bytes written, want %d", cb.name, n, limit)
+			}
+			if _, err2 := r.Read(make([]byte, 10)); !errors.Is(err2, errDisk) {
+				t.Errorf("%s: Read after failed WriteTo = %v, want the same error", cb.name, err2)
+			}
+		}
+	}
+}
+
+// TestReadThenWriteTo mixes both ways of reading one object.
+func TestReadThenWriteTo(t *testing.T) {
+	raw := walLike(1<<20, 16)
+	for _, cb := range combos(t) {
+		obj, _ := encode(t, nil, raw, cb.opts, 0)
+		r, err := NewReader(bytes.NewReader(obj), keysFor(cb.opts))
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := make([]byte, 12345)
+		if _, err := io.ReadFull(r, head); err != nil {
+			t.Fatal(err)
+		}
+		var rest bytes.Buffer
+		if _, err := r.WriteTo(&rest); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(append(head, rest.Bytes()...), raw) || r.Sum() != FormatSum(sha256.Sum256(raw)) {
+			t.Errorf("%s: Read then WriteTo changed the data", cb.name)
+		}
+		if n, err := r.WriteTo(&rest); n != 0 || err != nil {
+			t.Errorf("%s: WriteTo after the end = %d, %v; want 0, nil", cb.name, n, err)
+		}
 	}
 }

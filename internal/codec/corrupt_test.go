@@ -49,14 +49,16 @@ func smallObjects(t *testing.T) []struct {
 }
 
 // mustDetect decodes obj and fails unless decoding ends in ErrCorrupt.
+// Both ways of reading (WriteTo, as io.Copy uses it, and Read) must tell.
 func mustDetect(t *testing.T, c *Codec, obj []byte, keys KeyResolver, what string) {
 	t.Helper()
 	_, _, err := decode(c, obj, keys)
-	if err == nil {
-		t.Fatalf("%s: decoded without error", what)
-	}
 	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("%s: err = %v, want ErrCorrupt", what, err)
+		t.Fatalf("%s: WriteTo err = %v, want ErrCorrupt", what, err)
+	}
+	_, _, err = decodeRead(c, obj, keys, 700)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("%s: Read err = %v, want ErrCorrupt", what, err)
 	}
 }
 
@@ -105,6 +107,7 @@ func TestTruncationDetected(t *testing.T) {
 				if raceEnabled && n%37 != 0 && n >= headerSize && n < len(o.obj)-80 {
 					continue
 				}
+				mustDetect(t, c, o.obj[:n], keys, fmt.Sprintf("cut at %d", n))
 				_, _, err := decode(c, o.obj[:n], keys)
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("cut at %d of %d: err = %v, want ErrCorrupt", n, len(o.obj), err)

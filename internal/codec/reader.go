@@ -111,6 +111,108 @@ func (zr *Reader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo writes the raw bytes to w and returns nil once the object verified,
+// the same contract as reading to io.EOF: on an error, what was written to w
+// must be discarded. io.Copy uses it. It decompresses in pipeBufSize pieces,
+// hashing each piece on another core while decompressing the next.
+// An error from w is returned as is (not ErrCorrupt) and ends the Reader.
+func (zr *Reader) WriteTo(w io.Writer) (int64, error) {
+	if zr.err != nil {
+		if zr.err == io.EOF {
+			return 0, nil
+		}
+		return 0, zr.err
+	}
+	if zr.closed {
+		return 0, ErrClosed
+	}
+	if zr.src == nil {
+		if err := zr.start(); err != nil {
+			zr.stop(err)
+			return 0, err
+		}
+	}
+	var bufs [2][]byte
+	bufs[0], bufs[1] = zr.c.getPipeBuf(), zr.c.getPipeBuf()
+	defer zr.c.putPipeBuf(bufs[0])
+	defer zr.c.putPipeBuf(bufs[1])
+
+	var total int64
+	var prev []byte          // decoded piece not yet written
+	var hashed chan struct{} // closed when prev is hashed; nil if hashed inline
+	flush := func() error {  // wait for prev's hash, then write prev
+		if hashed != nil {
+			<-hashed
+			hashed = nil
+		}
+		if len(prev) == 0 {
+			return nil
+		}
+		piece := prev
+		prev = nil
+		m, err := w.Write(piece)
+		total += int64(m)
+		if err == nil && m < len(piece) {
+			err = io.ErrShortWrite
+		}
+		return err
+	}
+	for i := 0; ; i ^= 1 {
+		// Decode the next piece while the previous one is being hashed.
+		n, rerr := readFull(zr.src, bufs[i])
+		if err := flush(); err != nil {
+			zr.stop(err)
+			return total, err
+		}
+		if n > 0 {
+			piece := bufs[i][:n]
+			zr.raw += int64(n)
+			prev = piece
+			if n >= parallelHashMin {
+				done := make(chan struct{})
+				hashed = done
+				go func() {
+					zr.hash.Write(piece)
+					close(done)
+				}()
+			} else {
+				zr.hash.Write(piece)
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if err := flush(); err != nil {
+			zr.stop(err)
+			return total, err
+		}
+		if rerr == io.EOF {
+			rerr = zr.finish()
+		} else {
+			rerr = zr.classify(rerr)
+		}
+		zr.stop(rerr)
+		if rerr == io.EOF {
+			return total, nil
+		}
+		return total, rerr
+	}
+}
+
+// readFull reads from r until buf is full or r fails; unlike io.ReadFull it
+// returns r's error (io.EOF included) as is.
+func readFull(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // start sets up the decompressor (gzip reads its header right away).
 func (zr *Reader) start() error {
 	if zr.h.compression == None {

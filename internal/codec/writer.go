@@ -39,6 +39,10 @@ func (o Options) Validate() error {
 	return nil
 }
 
+// parallelHashMin is the smallest Write whose SHA-256 runs concurrently with
+// its compression: below it a goroutine costs more than it saves.
+const parallelHashMin = 128 << 10
+
 // ErrClosed is returned by Write after Close and by Read after Close.
 var ErrClosed = errors.New("codec: use after close")
 
@@ -127,14 +131,29 @@ func (zw *Writer) Write(p []byte) (int, error) {
 	if zw.err != nil {
 		return 0, zw.err
 	}
-	zw.hash.Write(p)
 	zw.raw += int64(len(p))
+	var hashed chan struct{}
+	if len(p) >= parallelHashMin {
+		// Hash on another core while this one compresses: p stays valid
+		// and unmodified until Write returns, and nothing else touches
+		// zw.hash meanwhile.
+		hashed = make(chan struct{})
+		go func() {
+			zw.hash.Write(p)
+			close(hashed)
+		}()
+	} else {
+		zw.hash.Write(p)
+	}
 	var n int
 	var err error
 	if zw.comp != nil {
 		n, err = zw.comp.Write(p)
 	} else {
 		n, err = zw.fw.Write(p)
+	}
+	if hashed != nil {
+		<-hashed
 	}
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
@@ -144,6 +163,38 @@ func (zw *Writer) Write(p []byte) (int, error) {
 		return n, zw.err
 	}
 	return n, nil
+}
+
+// ReadFrom writes everything r holds, in pipeBufSize pieces so that each
+// piece's SHA-256 runs on another core while this one compresses it; io.Copy
+// uses it. An error reading r is returned as is and leaves the Writer usable;
+// an error writing fails the Writer as Write does.
+func (zw *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if zw.closed {
+		return 0, ErrClosed
+	}
+	if zw.err != nil {
+		return 0, zw.err
+	}
+	buf := zw.c.getPipeBuf()
+	defer zw.c.putPipeBuf(buf)
+	var total int64
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := zw.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		switch err {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			return total, nil
+		default:
+			return total, err
+		}
+	}
 }
 
 // fail records the first error, preferring the destination's own error over
