@@ -1,0 +1,305 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Workloads a variant runs.
+const (
+	// W1: archive_command for every segment, in order, .ready files
+	// renamed to .done after each success, as PostgreSQL's archiver does.
+	workPush = "push"
+	// W2: restore_command for every segment, in order, into
+	// pg_wal/RECOVERYXLOG, then one call for the segment after the last,
+	// which must say "not archived" (exit 1) as at the end of recovery.
+	workGet = "get"
+	// Hook cost: archive_command for segments that are already archived
+	// (the work is a lookup, so what is measured is the hook itself).
+	workPushAgain = "push-again"
+	// archive-get of segments that are not archived (exit 1 expected).
+	workGetMissing = "get-missing"
+)
+
+// Spec is one variant: a tool in one mode running one workload.
+type Spec struct {
+	Tool        string // "walferry" or "pgBackRest"
+	Mode        string // "standalone", "daemon", "sync", "async"
+	Workload    string
+	Store       string // "fs" or "MinIO"
+	Compression string
+	PGData      string   // the data directory the hooks run in
+	Segments    []string // the names, in order
+	WALDir      string   // the original segments, to check what get fetched
+	Hook        []string // argv; %p and %f as in PostgreSQL
+	Daemon      []string // argv of a daemon to start first, or nil
+	Socket      string   // the daemon is ready when this socket accepts
+	Env         []string
+	UID, GID    uint32
+	Home        string
+	LogFile     string
+	FetchDir    string // get: restored files are moved here, then checked
+}
+
+// Result is what a variant measured.
+type Result struct {
+	Spec         Spec      `json:"-"`
+	Calls        int       `json:"calls"`
+	Failed       int       `json:"failed"`
+	WallSeconds  float64   `json:"wall_seconds"`
+	CallMillis   []float64 `json:"call_millis"`
+	UserSeconds  float64   `json:"user_seconds"`
+	SysSeconds   float64   `json:"sys_seconds"`
+	MaxRSSKiB    int64     `json:"max_rss_kib"`
+	TailSeconds  float64   `json:"tail_seconds"`  // waiting for background processes after the last call
+	EndCode      int       `json:"end_code"`      // get: exit status of the call past the end
+	EndMillis    float64   `json:"end_millis"`    // get: its duration
+	RepoBytes    int64     `json:"repo_bytes"`    // push: compressed size of the repository
+	DaemonMillis float64   `json:"daemon_millis"` // start-up of the daemon, not in WallSeconds
+	Notes        []string  `json:"notes"`
+	Err          string    `json:"err,omitempty"`
+}
+
+// runVariant runs spec in this process, which must be a fresh one (its
+// RUSAGE_CHILDREN must hold this variant's processes only).
+func runVariant(spec Spec) Result {
+	res := Result{Spec: spec}
+	if err := becomeSubreaper(); err != nil {
+		res.Err = err.Error()
+		return res
+	}
+	logf, err := os.OpenFile(spec.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		res.Err = err.Error()
+		return res
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "=== %s %s %s %s %s\n", spec.Workload, spec.Tool, spec.Mode, spec.Store, spec.Compression)
+	as := &runAs{uid: spec.UID, gid: spec.GID, home: spec.Home}
+
+	if len(spec.Daemon) > 0 {
+		t0 := time.Now()
+		if _, err := spawn(spec.Daemon, spec.PGData, spec.Env, as, logf); err != nil {
+			res.Err = err.Error()
+			return res
+		}
+		if err := waitSocket(spec.Socket, 30*time.Second); err != nil {
+			res.Err = err.Error()
+			reapAll(5 * time.Second)
+			return res
+		}
+		res.DaemonMillis = ms(time.Since(t0))
+	}
+
+	call := func(seg, p string) (int, time.Duration, error) {
+		argv := make([]string, len(spec.Hook))
+		for i, a := range spec.Hook {
+			argv[i] = strings.NewReplacer("%p", p, "%f", seg).Replace(a)
+		}
+		t0 := time.Now()
+		pid, err := spawn(argv, spec.PGData, spec.Env, as, logf)
+		if err != nil {
+			return 0, 0, err
+		}
+		code, err := waitFor(pid)
+		return code, time.Since(t0), err
+	}
+
+	start := time.Now()
+	switch spec.Workload {
+	case workPush, workPushAgain:
+		status := filepath.Join(spec.PGData, "pg_wal", "archive_status")
+		for _, seg := range spec.Segments {
+			// PostgreSQL retries a failed segment; so do we, three times
+			// at most, counting every failure.
+			for attempt := 1; ; attempt++ {
+				code, d, err := call(seg, filepath.Join("pg_wal", seg))
+				if err != nil {
+					res.Err = err.Error()
+					return finish(res, start)
+				}
+				res.Calls++
+				res.CallMillis = append(res.CallMillis, ms(d))
+				if code == 0 {
+					break
+				}
+				res.Failed++
+				fmt.Fprintf(logf, "bench: %s: exit %d (attempt %d)\n", seg, code, attempt)
+				if attempt == 3 {
+					res.Err = fmt.Sprintf("archive-push of %s failed 3 times", seg)
+					return finish(res, start)
+				}
+			}
+			os.Rename(filepath.Join(status, seg+".ready"), filepath.Join(status, seg+".done"))
+		}
+	case workGet:
+		dest := filepath.Join("pg_wal", "RECOVERYXLOG")
+		for _, seg := range spec.Segments {
+			for attempt := 1; ; attempt++ {
+				code, d, err := call(seg, dest)
+				if err != nil {
+					res.Err = err.Error()
+					return finish(res, start)
+				}
+				res.Calls++
+				res.CallMillis = append(res.CallMillis, ms(d))
+				if code == 0 {
+					break
+				}
+				res.Failed++
+				fmt.Fprintf(logf, "bench: %s: exit %d (attempt %d)\n", seg, code, attempt)
+				if attempt == 3 {
+					res.Err = fmt.Sprintf("archive-get of %s failed 3 times", seg)
+					return finish(res, start)
+				}
+			}
+			// PostgreSQL reads RECOVERYXLOG and replaces it with the next
+			// one; we keep it to check it afterwards.
+			if err := os.Rename(filepath.Join(spec.PGData, dest), filepath.Join(spec.FetchDir, seg)); err != nil {
+				res.Failed++
+				res.Notes = append(res.Notes, fmt.Sprintf("%s: exit 0 but %v", seg, err))
+			}
+		}
+		res.WallSeconds = time.Since(start).Seconds()
+		code, d, err := call(nextSegment(spec.Segments[len(spec.Segments)-1]), dest)
+		if err != nil {
+			res.Err = err.Error()
+			return finish(res, start)
+		}
+		res.EndCode, res.EndMillis = code, ms(d)
+		if code != 1 {
+			res.Failed++
+			res.Notes = append(res.Notes, fmt.Sprintf("the call past the end of the archive exited %d, want 1", code))
+		}
+	case workGetMissing:
+		for _, seg := range spec.Segments {
+			code, d, err := call(seg, filepath.Join("pg_wal", "RECOVERYXLOG"))
+			if err != nil {
+				res.Err = err.Error()
+				return finish(res, start)
+			}
+			res.Calls++
+			res.CallMillis = append(res.CallMillis, ms(d))
+			if code != 1 {
+				res.Failed++
+				res.Notes = append(res.Notes, fmt.Sprintf("%s: exit %d, want 1", seg, code))
+			}
+		}
+	default:
+		res.Err = "unknown workload " + spec.Workload
+	}
+	res = finish(res, start)
+	if spec.Workload == workGet && res.Err == "" {
+		for _, seg := range spec.Segments {
+			if !sameFile(filepath.Join(spec.FetchDir, seg), filepath.Join(spec.WALDir, seg)) {
+				res.Failed++
+				res.Notes = append(res.Notes, seg+": fetched bytes differ from the original")
+			}
+			os.Remove(filepath.Join(spec.FetchDir, seg))
+		}
+	}
+	return res
+}
+
+// finish stops the daemon and waits for every background process, then
+// reads the accounting.
+func finish(res Result, start time.Time) Result {
+	if res.WallSeconds == 0 {
+		res.WallSeconds = time.Since(start).Seconds()
+	}
+	if len(res.Spec.Daemon) > 0 {
+		signalChildren(syscall.SIGTERM)
+	}
+	// pgBackRest's async workers finish their queue and exit by themselves.
+	tail, err := reapAll(60 * time.Second)
+	res.TailSeconds = tail.Seconds()
+	if err != nil && res.Err == "" {
+		res.Err = err.Error()
+	}
+	u, s, rss := childrenUsage()
+	res.UserSeconds, res.SysSeconds, res.MaxRSSKiB = u.Seconds(), s.Seconds(), rss
+	return res
+}
+
+func waitSocket(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("daemon socket %s not ready after %s: %v", path, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// nextSegment is the name after seg (16 MiB segments).
+func nextSegment(seg string) string {
+	var tli, log, n uint32
+	fmt.Sscanf(seg, "%08X%08X%08X", &tli, &log, &n)
+	n++
+	if n == 0x100 {
+		n, log = 0, log+1
+	}
+	return fmt.Sprintf("%08X%08X%08X", tli, log, n)
+}
+
+func sameFile(a, b string) bool {
+	fa, err := os.Open(a)
+	if err != nil {
+		return false
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		return false
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
+	for {
+		na, ea := io.ReadFull(fa, ba)
+		nb, eb := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			return false
+		}
+		if ea != nil || eb != nil {
+			return (ea == io.EOF || ea == io.ErrUnexpectedEOF) && (eb == io.EOF || eb == io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+// percentile of sorted-able values (p in [0,100]).
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	i := int(p / 100 * float64(len(s)-1))
+	return s[i]
+}
+
+// variantMain is the entry point of "benchdriver variant": a Spec as JSON
+// on stdin, a Result as JSON on stdout.
+func variantMain() error {
+	var spec Spec
+	if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+		return fmt.Errorf("read spec: %w", err)
+	}
+	res := runVariant(spec)
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
