@@ -45,7 +45,38 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// Storage tunes every backend.
 	Storage Storage `yaml:"storage"`
+	// Archive tunes archive-push, archive-get and the daemon serving them.
+	Archive Archive `yaml:"archive"`
 }
+
+// Archive holds the settings of the hooks PostgreSQL runs and their daemon.
+type Archive struct {
+	// PushAhead is how many further .ready segments archive-push uploads in
+	// parallel with the requested one: AutoAhead (-1) sizes it for the
+	// machine (twice the CPUs, 2..16), 0 turns look-ahead off.
+	PushAhead int `yaml:"push_ahead"`
+	// Prefetch is how many following segments archive-get fetches in
+	// parallel into its spool: AutoAhead (-1) sizes it for the machine,
+	// 0 turns prefetch off.
+	Prefetch int `yaml:"prefetch"`
+	// SpoolDir holds the hooks' working files: <dir>/prefetch (archive-get's
+	// spool, which must be on pg_wal's filesystem) and <dir>/pushed
+	// (archive-push's look-ahead records). Empty means pg_wal/.walferry.
+	SpoolDir string `yaml:"spool_dir"`
+	// Socket is the unix socket of walferry daemon. The hooks hand their
+	// work to the daemon when it answers there, and work standalone when it
+	// does not. Empty means no daemon.
+	Socket string `yaml:"socket"`
+}
+
+// AutoAhead asks for a look-ahead or prefetch depth sized for the machine.
+const AutoAhead = -1
+
+// maxAhead bounds Archive.PushAhead and Archive.Prefetch.
+const maxAhead = 256
+
+// MaxSocketPath is the longest unix socket path Linux accepts.
+const MaxSocketPath = 107
 
 // Storage holds the knobs shared by all backends.
 type Storage struct {
@@ -72,6 +103,7 @@ func Defaults() Config {
 			RetryAttempts:   4,
 			RetryMaxElapsed: 20 * time.Second,
 		},
+		Archive: Archive{PushAhead: AutoAhead, Prefetch: AutoAhead},
 	}
 }
 
@@ -123,6 +155,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.RetryMaxElapsed <= 0 {
 		return &Error{Field: "storage.retry_max_elapsed", Problem: "must be positive", Fix: "use a duration such as 30s"}
+	}
+	if a := c.Archive.PushAhead; a < AutoAhead || a > maxAhead {
+		return &Error{Field: "archive.push_ahead", Problem: fmt.Sprintf("%d is out of range", a), Fix: fmt.Sprintf("use -1 (sized for the machine), 0 (off) or 1..%d", maxAhead)}
+	}
+	if p := c.Archive.Prefetch; p < AutoAhead || p > maxAhead {
+		return &Error{Field: "archive.prefetch", Problem: fmt.Sprintf("%d is out of range", p), Fix: fmt.Sprintf("use -1 (sized for the machine), 0 (off) or 1..%d", maxAhead)}
+	}
+	if s := c.Archive.Socket; len(s) > MaxSocketPath {
+		return &Error{Field: "archive.socket", Problem: fmt.Sprintf("%s is %d bytes long; unix socket paths are at most %d", s, len(s), MaxSocketPath), Fix: "choose a shorter path, e.g. /run/walferry/walferry.sock"}
 	}
 	return nil
 }

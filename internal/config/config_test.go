@@ -40,6 +40,17 @@ func TestLoadFile(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	arch := Defaults()
+	if err := arch.LoadFile(write("archive.yaml", "archive:\n  push_ahead: 0\n  prefetch: 8\n  spool_dir: /var/spool/walferry\n  socket: /run/walferry/walferry.sock\n")); err != nil {
+		t.Fatal(err)
+	}
+	if want := (Archive{PushAhead: 0, Prefetch: 8, SpoolDir: "/var/spool/walferry", Socket: "/run/walferry/walferry.sock"}); arch.Archive != want {
+		t.Errorf("archive = %+v, want %+v", arch.Archive, want)
+	}
+	if d := Defaults().Archive; d.PushAhead != AutoAhead || d.Prefetch != AutoAhead || d.SpoolDir != "" || d.Socket != "" {
+		t.Errorf("archive defaults = %+v", d)
+	}
+
 	empty := Defaults()
 	if err := empty.LoadFile(write("empty.yaml", "")); err != nil {
 		t.Errorf("empty file: %v", err)
@@ -72,6 +83,9 @@ func TestValidateNamesField(t *testing.T) {
 		{"both passphrases", func(c *Config) { c.EncryptionPassphrase = "x"; c.EncryptionPassphraseFile = "/f" }, "encryption-passphrase"},
 		{"concurrency", func(c *Config) { c.Storage.Concurrency = 0 }, "storage.concurrency"},
 		{"part size", func(c *Config) { c.Storage.PartSize = 1 }, "storage.part_size"},
+		{"push ahead", func(c *Config) { c.Archive.PushAhead = -2 }, "archive.push_ahead"},
+		{"prefetch", func(c *Config) { c.Archive.Prefetch = 100000 }, "archive.prefetch"},
+		{"socket too long", func(c *Config) { c.Archive.Socket = "/" + strings.Repeat("s", 120) }, "archive.socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
