@@ -6,7 +6,8 @@
 // Writers and Readers stream: memory per Writer or Reader is bounded by the
 // record size (64 KiB) and the compressor's window and block buffers (zstd:
 // 8 MiB window; lz4: 64 KiB blocks written, at most 4 MiB accepted; gzip:
-// 32 KiB), never by the object size.
+// 32 KiB), plus two 256 KiB pieces while io.Copy runs through Writer.ReadFrom
+// or Reader.WriteTo; never by the object size.
 //
 // Every byte of an object is covered by a check. A Reader reports any damage
 // (one flipped bit anywhere, truncation, appended bytes) with an error matching
