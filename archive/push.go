@@ -62,7 +62,6 @@ type Pusher struct {
 	background bool
 	repoIDs    []string // sorted names of cfg.Repos, recorded with each record
 	retry      pushRetry
-	bufs       sync.Pool // *[]byte of readBufSize
 
 	mu        sync.Mutex
 	inflight  map[string]*pushJob // absolute path -> upload in progress
@@ -72,9 +71,9 @@ type Pusher struct {
 	wg        sync.WaitGroup                  // every look-ahead upload
 }
 
-// readBufSize is the size of the reads from a WAL file: large enough that
-// the codec hashes on another core while it compresses.
-const readBufSize = 1 << 20
+// hashBufSize is the read size when a local file is hashed on its own
+// (only when a repository already holds its name).
+const hashBufSize = 256 << 10
 
 // pushJob is one upload in progress; stamp and err are set before done is
 // closed.
@@ -147,7 +146,6 @@ func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 		background: o.Background,
 		repoIDs:    ids,
 		retry:      defaultPushRetry,
-		bufs:       sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }},
 		inflight:   make(map[string]*pushJob),
 		cancels:    make(map[*pushJob]context.CancelFunc),
 	}, nil
@@ -409,7 +407,7 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 	if err != nil {
 		return pushed{}, fmt.Errorf("archive-push %s: %w", name, err)
 	}
-	local := &localSum{path: abs, name: name, stamp: st, bufs: &p.bufs}
+	local := &localSum{path: abs, name: name, stamp: st}
 	n := len(p.cfg.Repos)
 	sums := make([]string, n)
 	existed := make([]bool, n)
@@ -486,7 +484,7 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	if err != nil {
 		return "", false, err
 	}
-	obj, err := r.PutIfAbsent(ctx, key, &segmentReader{f: f, name: name, size: st.size, bufs: &p.bufs})
+	obj, err := r.PutIfAbsent(ctx, key, &segmentReader{f: f, name: name, size: st.size})
 	f.Close()
 	if err == nil {
 		if obj.RawSize != st.size { // segmentReader makes this impossible
@@ -523,7 +521,6 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 type localSum struct {
 	path, name string
 	stamp      fileStamp
-	bufs       *sync.Pool
 
 	mu  sync.Mutex
 	sum string
@@ -547,7 +544,7 @@ func (l *localSum) compute() (string, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := (&segmentReader{f: f, name: l.name, size: l.stamp.size, bufs: l.bufs}).WriteTo(h)
+	n, err := io.CopyBuffer(h, &segmentReader{f: f, name: l.name, size: l.stamp.size}, make([]byte, hashBufSize))
 	if err != nil {
 		return "", fmt.Errorf("checksum %s: %w", l.path, err)
 	}
@@ -560,14 +557,14 @@ func (l *localSum) compute() (string, error) {
 
 // segmentReader reads exactly size bytes of f and fails when the file turns
 // out shorter or longer, so that a file changing under it can never be
-// stored as a whole object: the error aborts the upload. Its WriteTo reads
-// in large pooled chunks.
+// stored as a whole object: the error aborts the upload. It has no WriteTo,
+// so that io.Copy hands it to the codec Writer's ReadFrom, which reads in
+// large pooled pieces and hashes each on another core while compressing.
 type segmentReader struct {
 	f    *os.File
 	name string
 	size int64
 	off  int64
-	bufs *sync.Pool
 }
 
 func (r *segmentReader) Read(p []byte) (int, error) {
@@ -583,35 +580,6 @@ func (r *segmentReader) Read(p []byte) (int, error) {
 		err = r.shrunk()
 	}
 	return n, err
-}
-
-func (r *segmentReader) WriteTo(w io.Writer) (int64, error) {
-	bp := r.bufs.Get().(*[]byte)
-	defer r.bufs.Put(bp)
-	buf := *bp
-	var written int64
-	for r.off < r.size {
-		chunk := buf[:min(int64(len(buf)), r.size-r.off)]
-		n, err := io.ReadFull(r.f, chunk)
-		r.off += int64(n)
-		if n > 0 {
-			m, werr := w.Write(chunk[:n])
-			written += int64(m)
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return written, r.shrunk()
-		}
-		if err != nil {
-			return written, err
-		}
-	}
-	if err := r.checkEOF(); err != io.EOF {
-		return written, err
-	}
-	return written, nil
 }
 
 func (r *segmentReader) shrunk() error {

@@ -704,9 +704,9 @@ func TestPushStateCleanup(t *testing.T) {
 		}
 	}
 	gone := []string{
-		"000000010000000000000000",      // older than every .ready
-		"0000000100000000000000AA",      // newer, never .ready
-		"00000003.history",              // history file archived meanwhile
+		"000000010000000000000000",        // older than every .ready
+		"0000000100000000000000AA",        // newer, never .ready
+		"00000003.history",                // history file archived meanwhile
 		".tmp-000000010000000000000002-1", // interrupted write, an hour old
 	}
 	kept := []string{
