@@ -436,6 +436,36 @@ func TestPushConflict(t *testing.T) {
 	}
 }
 
+// TestPushEncrypted: the duplicate check reads the checksum of an
+// encrypted object with the repository's key.
+func TestPushEncrypted(t *testing.T) {
+	const segBytes = pushMiB
+	ctx := context.Background()
+	st, _ := pushFSStore(t)
+	pass := []byte("correct horse battery staple")
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: pushCluster(segBytes), Compression: "zstd", Passphrase: pass}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newPushWAL(t, segBytes, 1)
+	p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{})
+	for range 2 {
+		if err := p.Push(ctx, w.path(w.seg(1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := pushStored(t, r, w.seg(1)); !bytes.Equal(got, w.read(t, w.seg(1))) {
+		t.Fatal("content differs")
+	}
+	w.add(t, w.seg(1), w.random(segBytes), false)
+	if err := p.Push(ctx, w.path(w.seg(1))); !errors.Is(err, ErrConflict) {
+		t.Fatalf("got %v, want ErrConflict", err)
+	}
+}
+
 // TestPushRefused covers names and sizes that are not pushed.
 func TestPushRefused(t *testing.T) {
 	const segBytes = pushMiB
@@ -517,8 +547,13 @@ func TestPushOneRepoBroken(t *testing.T) {
 // TestPushAhead: after the first of 10 segments, the next calls need no
 // network, in a new process and in the same one, and leave no records.
 func TestPushAhead(t *testing.T) {
+	for _, sc := range pushStores {
+		t.Run(sc.name, func(t *testing.T) { testPushAhead(t, sc.open(t)) })
+	}
+}
+
+func testPushAhead(t *testing.T, st storage.Store) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
 	cs := newPushCountingStore(st)
 	r := pushRepo(t, cs, segBytes, nil)
 	w := newPushWAL(t, segBytes, 10)
@@ -756,40 +791,45 @@ func TestPushStateBounded(t *testing.T) {
 // goroutines at once: all succeed and no key is ever uploaded twice at the
 // same time.
 func TestPushConcurrent(t *testing.T) {
+	for _, sc := range pushStores {
+		for _, background := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/background=%t", sc.name, background), func(t *testing.T) {
+				testPushConcurrent(t, sc.open(t), background)
+			})
+		}
+	}
+}
+
+func testPushConcurrent(t *testing.T, st storage.Store, background bool) {
 	const segBytes = pushMiB
-	for _, background := range []bool{false, true} {
-		t.Run(fmt.Sprintf("background=%t", background), func(t *testing.T) {
-			st, _ := pushFSStore(t)
-			cs := newPushCountingStore(st)
-			r := pushRepo(t, cs, segBytes, nil)
-			w := newPushWAL(t, segBytes, 12)
-			p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 3, Background: background})
-			var wg sync.WaitGroup
-			errs := make(chan error, 36)
-			for i := range 36 {
-				wg.Go(func() {
-					if err := p.Push(t.Context(), w.path(w.seg(1+i%12))); err != nil {
-						errs <- err
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
-			if err := p.Close(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			if cs.maxActive > 1 {
-				t.Errorf("a key was uploaded %d times at once", cs.maxActive)
-			}
-			for i := 1; i <= 12; i++ {
-				if got := pushStored(t, r, w.seg(i)); !bytes.Equal(got, w.read(t, w.seg(i))) {
-					t.Fatalf("%s differs", w.seg(i))
-				}
+	cs := newPushCountingStore(st)
+	r := pushRepo(t, cs, segBytes, nil)
+	w := newPushWAL(t, segBytes, 12)
+	p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 3, Background: background})
+	var wg sync.WaitGroup
+	errs := make(chan error, 36)
+	for i := range 36 {
+		wg.Go(func() {
+			if err := p.Push(t.Context(), w.path(w.seg(1+i%12))); err != nil {
+				errs <- err
 			}
 		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := p.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if cs.maxActive > 1 {
+		t.Errorf("a key was uploaded %d times at once", cs.maxActive)
+	}
+	for i := 1; i <= 12; i++ {
+		if got := pushStored(t, r, w.seg(i)); !bytes.Equal(got, w.read(t, w.seg(i))) {
+			t.Fatalf("%s differs", w.seg(i))
+		}
 	}
 }
 
