@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -421,7 +422,7 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 		}
 		wg.Wait()
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := joinPushErrors(errs); err != nil {
 		return pushed{}, err
 	}
 	for i := 1; i < n; i++ {
@@ -441,6 +442,36 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 		res.via = "upload"
 	}
 	return res, nil
+}
+
+// pushErrors are the failures of several repositories, on one line (the
+// hook's one log line) and each matchable with errors.Is.
+type pushErrors []error
+
+func (e pushErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e pushErrors) Unwrap() []error { return e }
+
+func joinPushErrors(errs []error) error {
+	var failed pushErrors
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	switch len(failed) {
+	case 0:
+		return nil
+	case 1:
+		return failed[0]
+	}
+	return failed
 }
 
 // pushTo stores the file in one repository, retrying transient failures.

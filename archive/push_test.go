@@ -521,7 +521,7 @@ func TestPushRelativePath(t *testing.T) {
 // records nothing, the look-ahead included.
 func TestPushOneRepoBroken(t *testing.T) {
 	const segBytes = pushMiB
-	good, _ := pushFSStore(t)
+	good, goodRoot := pushFSStore(t)
 	bad, badRoot := pushFSStore(t)
 	c := codec.New()
 	rGood, rBad := pushRepo(t, good, segBytes, c), pushRepo(t, bad, segBytes, c)
@@ -541,6 +541,15 @@ func TestPushOneRepoBroken(t *testing.T) {
 	// completes the set.
 	if got := pushStored(t, rGood, w.seg(1)); !bytes.Equal(got, w.read(t, w.seg(1))) {
 		t.Fatal("healthy repository: content differs")
+	}
+	// Both broken: one line naming both, for PostgreSQL's log.
+	if err := os.RemoveAll(goodRoot); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Push(t.Context(), w.path(w.seg(2)))
+	if err == nil || !strings.Contains(err.Error(), badRoot) || !strings.Contains(err.Error(), goodRoot) ||
+		strings.Contains(err.Error(), "\n") || !errors.Is(err, storage.ErrNoBucket) {
+		t.Fatalf("both repositories broken: got %q", err)
 	}
 }
 
