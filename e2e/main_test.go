@@ -154,14 +154,21 @@ func (r result) String() string {
 	return s
 }
 
-// wf runs walferry as the cluster's OS user, in its directory and with its
+// wf runs walferry as the cluster's OS user, in its data directory (where
+// PostgreSQL runs its archive and restore commands) and with its
 // environment, and waits up to two minutes.
 func wf(t *testing.T, c *pgtest.Cluster, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	return runCmd(t, hookCommand(ctx, c, args...))
+}
+
+// hookCommand is walferry with args, run like PostgreSQL runs its hooks.
+func hookCommand(ctx context.Context, c *pgtest.Cluster, args ...string) *exec.Cmd {
 	cmd := c.Command(ctx, walferryBin, args...)
-	return runCmd(t, cmd)
+	cmd.Dir = c.DataDir
+	return cmd
 }
 
 // runCmd runs cmd and reports how it ended; only a failure to start fails t.
@@ -269,23 +276,51 @@ func walNames(t *testing.T, r *repo.Repo) []string {
 // the verifying decoder and returns name -> sha256 of the raw bytes. Any
 // object that does not decode completely is an error.
 func decodeAll(ctx context.Context, r *repo.Repo) (map[string]string, error) {
-	var keys []string
-	if err := r.Store().List(ctx, repo.WALPrefix, func(oi storage.ObjectInfo) error {
-		keys = append(keys, oi.Key)
+	v := newVerifier(r)
+	if err := v.check(ctx); err != nil {
+		return nil, err
+	}
+	return v.sums, nil
+}
+
+// verifier decodes a repository's WAL objects, each one once: objects are
+// immutable under their final names, so a key already decoded whole with
+// the same size is not read again.
+type verifier struct {
+	r       *repo.Repo
+	size    map[string]int64  // key -> size when decoded
+	sums    map[string]string // name -> sha256 of the raw bytes
+	decoded int
+}
+
+func newVerifier(r *repo.Repo) *verifier {
+	return &verifier{r: r, size: map[string]int64{}, sums: map[string]string{}}
+}
+
+// check lists the WAL prefix and decodes every object it has not decoded.
+func (v *verifier) check(ctx context.Context) error {
+	var infos []storage.ObjectInfo
+	if err := v.r.Store().List(ctx, repo.WALPrefix, func(oi storage.ObjectInfo) error {
+		infos = append(infos, oi)
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("list: %w", err)
+		return fmt.Errorf("list: %w", err)
 	}
-	sums := make(map[string]string, len(keys))
-	for _, key := range keys {
-		sum, err := decodeObject(ctx, r, key)
-		if err != nil {
-			return nil, err
+	for _, oi := range infos {
+		if size, ok := v.size[oi.Key]; ok && size == oi.Size {
+			continue
+		} else if ok {
+			return fmt.Errorf("%s changed size from %d to %d bytes", oi.Key, size, oi.Size)
 		}
-		name, _ := repo.WALNameFromKey(key)
-		sums[name] = sum
+		sum, err := decodeObject(ctx, v.r, oi.Key)
+		if err != nil {
+			return err
+		}
+		name, _ := repo.WALNameFromKey(oi.Key)
+		v.size[oi.Key], v.sums[name] = oi.Size, sum
+		v.decoded++
 	}
-	return sums, nil
+	return nil
 }
 
 // decodeObject reads one object to its verified end and returns the sha256

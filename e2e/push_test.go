@@ -22,7 +22,7 @@ import (
 
 // walCluster starts a cluster that keeps every segment it completes, with
 // a .ready file (archive_mode on, an empty archive_command: PostgreSQL
-// queues segments but archives none), writes about n segments of
+// queues segments but archives none), writes at least n segments of
 // poorly compressible WAL, and stops it. It returns the cluster (stopped)
 // and the completed segments, oldest first.
 func walCluster(t *testing.T, n int) (*pgtest.Cluster, []string) {
@@ -33,7 +33,8 @@ func walCluster(t *testing.T, n int) (*pgtest.Cluster, []string) {
 		"archive_command = ''",
 		"max_wal_size = 4GB",
 	}})
-	psql(t, c, "CREATE TABLE noise (id bigint, a text, b text)")
+	psql(t, c, "CREATE EXTENSION pgcrypto")
+	psql(t, c, "CREATE TABLE noise (id bigint, a text)")
 	for i := 0; ; i++ {
 		written, err := strconv.ParseFloat(psql(t, c, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"), 64)
 		if err != nil {
@@ -42,9 +43,9 @@ func walCluster(t *testing.T, n int) (*pgtest.Cluster, []string) {
 		if written >= float64(n+1)*segSize || i > 10*n {
 			break
 		}
-		// md5 text compresses about 2x: real-looking WAL that still
-		// takes a while to compress and upload.
-		psql(t, c, "INSERT INTO noise SELECT g, md5(random()::text) || md5(random()::text), md5(g::text) FROM generate_series(1, 200000) g")
+		// Random hex text: cheap to generate, and WAL that takes a
+		// while to compress and upload (so kills land mid-upload).
+		psql(t, c, "INSERT INTO noise SELECT g, encode(gen_random_bytes(512), 'hex') FROM generate_series(1, 100000) g")
 	}
 	psql(t, c, "SELECT pg_switch_wal()")
 	psql(t, c, "CHECKPOINT")
@@ -93,9 +94,11 @@ func setReady(t *testing.T, c *pgtest.Cluster, all []string, ready map[string]bo
 // archive-get must return the segment's exact bytes.
 //
 // The first 20 kills hit lone pushes (only the pushed segment is .ready,
-// so the kill lands in its own upload); the last 10 hit pushes with every
-// remaining segment .ready, so they land among parallel look-ahead uploads.
-// Finally every segment is pushed in order and checked.
+// so the kill lands in its own upload); the last 10 hit pushes with two
+// more unpushed segments .ready, so they land among parallel look-ahead
+// uploads. Finally every remaining segment is pushed in order, with
+// .ready files renamed to .done as PostgreSQL does, and every object in
+// the repository is compared with its segment.
 func TestKillPush(t *testing.T) {
 	s3 := needE2E(t)
 	for _, kind := range repoKinds {
@@ -109,37 +112,38 @@ func TestKillPush(t *testing.T) {
 const (
 	loneKills  = 20
 	aheadKills = 10
+	aheadReady = 2 // .ready segments besides the requested one in the look-ahead kills
 )
 
 func testKillPush(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 	start := time.Now()
-	c, segs := walCluster(t, loneKills+aheadKills+12)
+	c, segs := walCluster(t, 1+loneKills+aheadKills*(1+aheadReady)+4)
 	url := newRepoURL(t, c, kind, s3)
 	mustWF(t, c, "repo", "init", "--repo", url, "--pgdata", c.DataDir)
 	r := openRepo(t, url)
 	t.Logf("%s: %d segments of WAL ready in %s", kind, len(segs), time.Since(start).Round(time.Millisecond))
 
-	// The watcher decodes the whole repository again and again.
+	// The watcher lists the repository again and again and decodes every
+	// object it sees, as soon as it sees it.
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
-		wg                     sync.WaitGroup
-		passes, objectsChecked int
-		watchErr               error
+		wg       sync.WaitGroup
+		passes   int
+		watchErr error
+		watcher  = newVerifier(r)
 	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			sums, err := decodeAll(ctx, r)
-			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, os.ErrNotExist) {
+			if err := watcher.check(ctx); err != nil {
+				if ctx.Err() == nil {
 					watchErr = err
-					return
 				}
-				continue
+				return
 			}
 			passes++
-			objectsChecked += len(sums)
+			time.Sleep(5 * time.Millisecond)
 		}
 	}()
 	var once sync.Once
@@ -154,31 +158,29 @@ func testKillPush(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 	}
 	defer stopWatcher()
 
-	pushed := map[string]bool{}
+	checker := newVerifier(r)
 	verify := func(seg string) {
 		t.Helper()
 		// After a kill: the repository holds only whole objects.
-		if _, err := decodeAll(context.Background(), r); err != nil {
+		if err := checker.check(context.Background()); err != nil {
 			t.Fatalf("after killing archive-push of %s: %v", seg, err)
 		}
 		res := wf(t, c, "archive-push", "--repo", url, "pg_wal/"+seg)
 		if res.code != 0 {
 			t.Fatalf("archive-push %s after a kill: %v", seg, res)
 		}
-		pushed[seg] = true
 		checkGet(t, c, url, seg)
 	}
 
 	// Calibrate: how long does one lone push take here?
 	setReady(t, c, segs, map[string]bool{segs[0]: true})
 	first := mustWF(t, c, "archive-push", "--repo", url, "pg_wal/"+segs[0])
-	pushed[segs[0]] = true
 	checkGet(t, c, url, segs[0])
 	lone := first.dur
 	t.Logf("%s: one uninterrupted push takes %s", kind, lone.Round(time.Millisecond))
 
 	hits, i := 0, 1
-	for ; i <= loneKills; i++ {
+	for k := 0; k < loneKills; k, i = k+1, i+1 {
 		seg := segs[i]
 		setReady(t, c, segs, map[string]bool{seg: true})
 		if killPush(t, c, url, seg, randDuration(lone*6/5)) {
@@ -190,43 +192,48 @@ func testKillPush(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 	t.Logf("%s: %d of %d lone pushes were killed before they finished", kind, hits, loneKills)
 	loneHits := hits
 
+	// With look-ahead: the requested segment and the next aheadReady are
+	// .ready, none of them pushed yet, so the kill lands among parallel
+	// uploads; the push after the kill completes all of them.
+	for k := 0; k < aheadKills; k, i = k+1, i+1+aheadReady {
+		seg := segs[i]
+		ready := map[string]bool{}
+		for _, s := range segs[i : i+1+aheadReady] {
+			ready[s] = true
+		}
+		setReady(t, c, segs, ready)
+		if killPush(t, c, url, seg, randDuration(2*lone)) {
+			hits++
+		}
+		verify(seg)
+		setReady(t, c, segs, nil)
+	}
+	t.Logf("%s: %d of %d pushes with look-ahead were killed before they finished", kind, hits-loneHits, aheadKills)
+	if hits < (loneKills+aheadKills)/2 {
+		t.Errorf("only %d of %d kills landed while archive-push was running; the test proves little", hits, loneKills+aheadKills)
+	}
+
+	// Everything else, in order, as PostgreSQL would after the crashes.
 	rest := map[string]bool{}
 	for _, seg := range segs[i:] {
 		rest[seg] = true
 	}
 	setReady(t, c, segs, rest)
-	for k := 0; k < aheadKills; k, i = k+1, i+1 {
-		seg := segs[i]
-		if killPush(t, c, url, seg, randDuration(3*lone)) {
-			hits++
-		}
-		verify(seg)
-		delete(rest, seg)
-		setReady(t, c, segs, rest)
-	}
-	t.Logf("%s: %d of %d pushes with look-ahead were killed before they finished", kind, hits-loneHits, aheadKills)
-	if hits < (loneKills+aheadKills)/3 {
-		t.Errorf("only %d of %d kills landed while archive-push was running; the test proves little", hits, loneKills+aheadKills)
-	}
-
-	// Everything else, in order, as PostgreSQL would after the crashes.
 	for ; i < len(segs); i++ {
 		res := wf(t, c, "archive-push", "--repo", url, "pg_wal/"+segs[i])
 		if res.code != 0 {
 			t.Fatalf("archive-push %s: %v", segs[i], res)
 		}
-		pushed[segs[i]] = true
 		delete(rest, segs[i])
 		setReady(t, c, segs, rest)
 	}
 	stopWatcher()
-	sums, err := decodeAll(context.Background(), r)
-	if err != nil {
+	if err := checker.check(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, seg := range segs {
-		if want := fileSum(t, filepath.Join(c.DataDir, "pg_wal", seg)); sums[seg] != want {
-			t.Errorf("%s: repository holds sha256 %q, want %s", seg, sums[seg], want)
+		if want := fileSum(t, filepath.Join(c.DataDir, "pg_wal", seg)); checker.sums[seg] != want {
+			t.Errorf("%s: repository holds sha256 %q, want %s", seg, checker.sums[seg], want)
 		}
 	}
 	if kind == kindFS {
@@ -234,8 +241,8 @@ func testKillPush(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 			t.Logf("%s: %d temporary files of killed uploads are left in the repository directory (invisible to readers)", kind, n)
 		}
 	}
-	t.Logf("%s: %d kills, %d segments verified; the reader decoded %d objects in %d passes; %s",
-		kind, loneKills+aheadKills, len(segs), objectsChecked, passes, time.Since(start).Round(time.Second))
+	t.Logf("%s: %d kills, %d segments verified; the concurrent reader listed the repository %d times and decoded %d objects as they appeared; %s",
+		kind, loneKills+aheadKills, len(segs), passes, watcher.decoded, time.Since(start).Round(time.Second))
 }
 
 // randDuration returns a uniformly random duration in [0, max).
@@ -253,7 +260,7 @@ func killPush(t *testing.T, c *pgtest.Cluster, url, seg string, delay time.Durat
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := c.Command(ctx, walferryBin, "archive-push", "--repo", url, "pg_wal/"+seg)
+	cmd := hookCommand(ctx, c, "archive-push", "--repo", url, "pg_wal/"+seg)
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -275,7 +282,13 @@ func killPush(t *testing.T, c *pgtest.Cluster, url, seg string, delay time.Durat
 		return false
 	case <-time.After(delay):
 	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := cmd.Process.Signal(syscall.SIGKILL); errors.Is(err, os.ErrProcessDone) {
+		// It finished between the timer and the signal.
+		if code := exitStatus(t, cmd, <-done); code != 0 {
+			t.Fatalf("archive-push %s (not killed): exit %d: %s", seg, code, stderr.String())
+		}
+		return false
+	} else if err != nil {
 		t.Fatal(err)
 	}
 	<-done
