@@ -1,0 +1,631 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+)
+
+// GetOptions tune a Getter.
+type GetOptions struct {
+	// Prefetch is how many following segments are fetched in parallel into
+	// the spool; 0 disables; negative means DefaultPrefetch().
+	Prefetch int
+	// SpoolDir holds prefetched segments. Empty means
+	// <dir of dest>/.walferry/prefetch: inside pg_wal, on the same
+	// filesystem as dest, so serving a spooled segment is a rename.
+	SpoolDir string
+	// Background lets prefetch downloads continue after Get returns (the
+	// daemon sets it). Without it (a one-shot process) Get returns only
+	// once its batch of prefetches finished or was abandoned, leaving only
+	// complete, verified spool files.
+	Background bool
+	// MaxRetryTime bounds retries of transient store errors for the
+	// requested file, and how long a download may go without progress;
+	// zero or negative means 30 s. After it Get returns the error.
+	MaxRetryTime time.Duration
+}
+
+const (
+	defaultMaxRetryTime = 30 * time.Second
+	maxDefaultPrefetch  = 16
+	copyBufSize         = 256 << 10
+	firstRetryWait      = 100 * time.Millisecond
+	maxRetryWait        = 5 * time.Second
+)
+
+// DefaultPrefetch returns the prefetch depth GetOptions.Prefetch < 0
+// stands for: twice the usable CPUs, at least 2, at most 16.
+func DefaultPrefetch() int {
+	return min(max(2*runtime.GOMAXPROCS(0), 2), maxDefaultPrefetch)
+}
+
+// errStalled: a download made no progress for MaxRetryTime.
+var errStalled = errors.New("no progress")
+
+// errGetterClosed: Get was called after Close.
+var errGetterClosed = errors.New("archive: getter is closed")
+
+// Getter is the archive-get engine behind restore_command: it writes
+// archived WAL files to their destination, whole and atomically, and
+// prefetches the segments that follow a requested one into a spool, so
+// that the next calls are a local, verified rename.
+//
+// How prefetching proceeds depends on GetOptions.Background. A one-shot
+// Getter (the restore_command process) works in batches: a Get of segment
+// N that is not in the spool fetches N and, once N is known to exist,
+// N+1..N+Prefetch in parallel, and returns when all are done; the next
+// Prefetch calls find their segment in the spool and make no store
+// request. A background Getter (the daemon) keeps the window
+// N+1..N+Prefetch filled after every Get, with downloads outliving the
+// call.
+//
+// Several Getters, in one process or several, may share a spool: every
+// spool transition is an atomic rename, so a spool file is served at most
+// once and never half-written; see spool.go.
+//
+// A Getter is safe for concurrent use.
+type Getter struct {
+	repos      []*repo.Repo
+	segSize    pg.WALSegmentSize
+	log        *slog.Logger
+	prefetch   int
+	spoolDir   string // absolute; empty means per destination
+	background bool
+	maxRetry   time.Duration
+	bufs       sync.Pool        // *[]byte of copyBufSize
+	now        func() time.Time // judges temporary files' age; tests move it
+
+	mu        sync.Mutex
+	closed    bool
+	flights   map[string]*flight   // prefetches under way, by segment name
+	destClean map[string]time.Time // last scan for stale temporary files, by directory
+	wg        sync.WaitGroup       // every prefetch goroutine
+}
+
+// flight is one prefetch download under way.
+type flight struct {
+	name   string
+	tli    pg.TimeLineID
+	seg    pg.SegNo
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the download ended, spooled or not
+}
+
+// NewGetter returns a Getter reading cfg.Repos in order.
+func NewGetter(cfg Config, o GetOptions) (*Getter, error) {
+	if len(cfg.Repos) == 0 {
+		return nil, errors.New("archive: get: no repository configured: set --repo or WALFERRY_REPO")
+	}
+	g := &Getter{
+		repos:      cfg.Repos,
+		segSize:    cfg.SegmentSize,
+		log:        cfg.logger(),
+		prefetch:   o.Prefetch,
+		background: o.Background,
+		maxRetry:   o.MaxRetryTime,
+		flights:    map[string]*flight{},
+		destClean:  map[string]time.Time{},
+		now:        time.Now,
+	}
+	g.bufs.New = func() any {
+		b := make([]byte, copyBufSize)
+		return &b
+	}
+	if g.prefetch < 0 {
+		g.prefetch = DefaultPrefetch()
+	}
+	if g.maxRetry <= 0 {
+		g.maxRetry = defaultMaxRetryTime
+	}
+	if o.SpoolDir != "" {
+		dir, err := filepath.Abs(o.SpoolDir)
+		if err != nil {
+			return nil, fmt.Errorf("archive: get: spool directory %s: %w", o.SpoolDir, err)
+		}
+		g.spoolDir = dir
+	}
+	return g, nil
+}
+
+// Get writes the archived file name to dest, as restore_command's %f and
+// %p (dest relative to the current directory, or absolute). dest is
+// replaced atomically by a verified copy: a failed or cancelled Get leaves
+// dest untouched and no temporary file behind. A file no repository has
+// is reported quickly, with one request per repository, as an error
+// wrapping ErrNotArchived. Transient store errors are retried for up to
+// MaxRetryTime, then returned.
+//
+// For a WAL segment with prefetching on, Get first looks in the spool,
+// then fetches from the repositories and prefetches the segments that
+// follow; history, backup history and partial files are fetched directly.
+func (g *Getter) Get(ctx context.Context, name, dest string) error {
+	f, err := pg.ParseWALFileName(name, g.segSize)
+	if err != nil {
+		return fmt.Errorf("archive-get %s: %w", name, err)
+	}
+	if dest == "" {
+		return fmt.Errorf("archive-get %s: empty destination path", name)
+	}
+	destAbs, err := filepath.Abs(dest)
+	if err != nil {
+		return fmt.Errorf("archive-get %s: destination %s: %w", name, dest, err)
+	}
+	g.mu.Lock()
+	closed := g.closed
+	g.mu.Unlock()
+	if closed {
+		return fmt.Errorf("archive-get %s: %w", name, errGetterClosed)
+	}
+	g.cleanDestDir(filepath.Dir(destAbs))
+	if f.Kind != pg.KindSegment || g.prefetch == 0 {
+		return g.fetch(ctx, name, destAbs, nil)
+	}
+	return g.getSegment(ctx, f, name, destAbs)
+}
+
+// Close stops the prefetches under way (their temporary files are
+// removed) and waits for them until ctx is done. Get fails afterwards.
+// Close does not close the repositories.
+func (g *Getter) Close(ctx context.Context) error {
+	g.mu.Lock()
+	g.closed = true
+	for _, fl := range g.flights {
+		fl.cancel()
+	}
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("archive: close getter: prefetches still stopping: %w", ctx.Err())
+	}
+}
+
+// getSegment serves segment f from the spool or the repositories.
+func (g *Getter) getSegment(ctx context.Context, f pg.WALFile, name, destAbs string) error {
+	spool := g.spoolDir
+	if spool == "" {
+		spool = defaultSpoolDir(destAbs)
+	}
+	// A prefetch of this very segment under way in this process: let it
+	// finish rather than download the segment twice.
+	g.mu.Lock()
+	fl := g.flights[name]
+	g.mu.Unlock()
+	if fl != nil {
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return fmt.Errorf("archive-get %s: %w", name, ctx.Err())
+		}
+	}
+
+	list, err := readSpool(spool, g.segSize)
+	if err != nil {
+		g.log.Debug("spool unreadable; fetching from the repository", "spool", spool, "err", err)
+	}
+	if n := cleanTemps(spool, list.temps, g.now()); n > 0 {
+		g.log.Debug("removed stale temporary files from the spool", "spool", spool, "files", n)
+	}
+	if g.serveSpooled(spool, list.finals[name], name, destAbs) {
+		delete(list.finals, name)
+		g.cleanSpool(spool, f, list)
+		if g.background {
+			g.startPrefetch(ctx, f, spool)
+		}
+		return nil
+	}
+
+	var b *batch
+	err = g.fetch(ctx, name, destAbs, func() { b = g.startPrefetch(ctx, f, spool) })
+	if err == nil {
+		g.cleanSpool(spool, f, list)
+	}
+	if !g.background {
+		if err != nil {
+			b.cancel()
+		}
+		b.wait()
+	}
+	return err
+}
+
+// serveSpooled tries the spool files of segment name, verifying each.
+func (g *Getter) serveSpooled(spool string, files []spoolFile, name, destAbs string) bool {
+	if len(files) == 0 {
+		return false
+	}
+	buf := g.getBuf()
+	defer g.putBuf(buf)
+	for _, sf := range files {
+		ok, err := claimSpooled(spool, sf, destAbs, *buf)
+		switch {
+		case ok:
+			g.log.Debug("restored from the spool", "segment", name, "bytes", sf.size)
+			return true
+		case errors.Is(err, errSpoolCorrupt):
+			g.log.Warn("spool file failed verification; fetching from the repository", "segment", name, "err", err)
+		case err != nil:
+			g.log.Info("cannot serve spool file; fetching from the repository", "segment", name, "err", err)
+		}
+	}
+	return false
+}
+
+// cleanSpool removes the spool files that serving segment f made useless:
+// other timelines (a timeline switch), older segments, and anything
+// beyond the prefetch window.
+func (g *Getter) cleanSpool(spool string, f pg.WALFile, list spoolListing) {
+	removed := 0
+	for _, files := range list.finals {
+		for _, sf := range files {
+			if sf.tli == f.TLI && sf.seg > f.SegNo && uint64(sf.seg-f.SegNo) <= uint64(g.prefetch) {
+				continue
+			}
+			if err := os.Remove(filepath.Join(spool, sf.file)); err == nil {
+				removed++
+			}
+		}
+	}
+	if removed > 0 {
+		g.log.Debug("removed spool files outside the prefetch window", "spool", spool, "files", removed,
+			"segment", f.Name(g.segSize), "timeline", uint32(f.TLI))
+	}
+}
+
+// cleanDestDir removes temporary files of killed Gets from dir, at most
+// once per destCleanInterval.
+func (g *Getter) cleanDestDir(dir string) {
+	now := g.now()
+	g.mu.Lock()
+	if last, ok := g.destClean[dir]; ok && now.Sub(last) < destCleanInterval {
+		g.mu.Unlock()
+		return
+	}
+	if len(g.destClean) > 64 {
+		clear(g.destClean)
+	}
+	g.destClean[dir] = now
+	g.mu.Unlock()
+	n, err := cleanDestTemps(dir, now)
+	if err != nil {
+		g.log.Debug("cannot scan for stale temporary files", "dir", dir, "err", err)
+	} else if n > 0 {
+		g.log.Debug("removed stale temporary files", "dir", dir, "files", n)
+	}
+}
+
+// fetch writes name from the first repository that has it to destAbs.
+// onFound, if not nil, runs once, as soon as a repository is seen to have
+// the file.
+func (g *Getter) fetch(ctx context.Context, name, destAbs string, onFound func()) error {
+	key, err := repo.WALKey(name, g.segSize)
+	if err != nil {
+		return fmt.Errorf("archive-get %s: %w", name, err)
+	}
+	if onFound != nil {
+		onFound = sync.OnceFunc(onFound)
+	}
+	var errs []error
+	for i, r := range g.repos {
+		found, err := g.fetchFrom(ctx, r, key, destAbs, onFound)
+		switch {
+		case err == nil && found:
+			g.log.Debug("restored", "segment", name, "repo", r.String())
+			return nil
+		case err == nil:
+			continue
+		case ctx.Err() != nil:
+			return fmt.Errorf("archive-get %s: %w", name, err)
+		}
+		errs = append(errs, err)
+		if i < len(g.repos)-1 {
+			g.log.Warn("repository failed; trying the next one", "segment", name, "repo", r.String(), "err", err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("archive-get %s: %w", name, errors.Join(errs...))
+	}
+	g.log.Debug("not in the archive", "segment", name)
+	return fmt.Errorf("archive-get %s: %w (looked in %s)", name, ErrNotArchived, g.repoNames())
+}
+
+func (g *Getter) repoNames() string {
+	names := make([]string, len(g.repos))
+	for i, r := range g.repos {
+		names[i] = r.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// fetchFrom writes key from r to destAbs, retrying transient errors for up
+// to MaxRetryTime without progress. found is false (and err nil) when r
+// does not have key.
+func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs string, onFound func()) (found bool, err error) {
+	dir := filepath.Dir(destAbs)
+	since := time.Now()
+	wait := firstRetryWait
+	for attempt := 1; ; attempt++ {
+		d, found, err := g.download(ctx, r, key, dir, destTempPrefix, onFound)
+		if err == nil {
+			if !found {
+				return false, nil
+			}
+			if err := d.tmp.commit(destAbs); err != nil {
+				return true, fmt.Errorf("write %s: %w", destAbs, err)
+			}
+			return true, nil
+		}
+		if d.size > 0 {
+			since = time.Now() // progress: the retry budget starts again
+		}
+		if ctx.Err() != nil || !storage.IsRetryable(err) || time.Since(since)+wait > g.maxRetry {
+			return true, err
+		}
+		g.log.Info("transient error; retrying", "key", key, "repo", r.String(),
+			"attempt", attempt, "backoff", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return true, err
+		case <-t.C:
+		}
+		wait = min(2*wait, maxRetryWait)
+	}
+}
+
+// downloaded is a verified download in a temporary file.
+type downloaded struct {
+	tmp    *tempFile // nil unless the download completed
+	size   int64     // bytes written, also after a failure
+	sumHex string    // SHA-256 of the content
+}
+
+// download streams key from r into a new locked temporary file in dir
+// named prefix+random, and returns it once the object's checksum
+// verified. found is false (err nil) when r does not have key; onOpen,
+// when set, runs once the object is open. A download that makes no
+// progress for MaxRetryTime is abandoned. On an error nothing is left in
+// dir.
+func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix string, onOpen func()) (d downloaded, found bool, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(g.maxRetry, func() { cancel(errStalled) })
+	defer stall.Stop()
+	explain := func(err error) error {
+		if errors.Is(context.Cause(ctx), errStalled) {
+			return fmt.Errorf("%w for %v: %w", errStalled, g.maxRetry, err)
+		}
+		return err
+	}
+
+	obj, err := r.Get(ctx, key)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotExist) {
+			return d, false, nil
+		}
+		return d, true, explain(fmt.Errorf("read %s from %s: %w", key, r, err))
+	}
+	defer obj.Close()
+	if onOpen != nil {
+		onOpen()
+	}
+	t, err := createTemp(dir, prefix)
+	if err != nil {
+		return d, true, fmt.Errorf("create temporary file for %s: %w", key, err)
+	}
+	bp := g.getBuf()
+	defer g.putBuf(bp)
+	buf := *bp
+	for {
+		n, rerr := obj.Read(buf)
+		if n > 0 {
+			if _, werr := t.Write(buf[:n]); werr != nil {
+				t.discard()
+				return downloaded{size: d.size}, true, fmt.Errorf("write %s: %w", t.path, werr)
+			}
+			d.size += int64(n)
+			stall.Reset(g.maxRetry)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			t.discard()
+			return downloaded{size: d.size}, true, explain(rerr)
+		}
+	}
+	sum, ok := strings.CutPrefix(obj.Sum(), "sha256:")
+	if !ok || len(sum) != 64 {
+		t.discard()
+		return downloaded{size: d.size}, true, fmt.Errorf("%s in %s: unexpected checksum %q", key, r, obj.Sum())
+	}
+	d.tmp, d.sumHex = t, sum
+	return d, true, nil
+}
+
+func (g *Getter) getBuf() *[]byte  { return g.bufs.Get().(*[]byte) }
+func (g *Getter) putBuf(b *[]byte) { g.bufs.Put(b) }
+
+// batch is the set of prefetches one Get started.
+type batch struct {
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	stopAt int             // offset of the first segment found missing
+	jobs   map[int]*flight // by offset from the requested segment
+}
+
+// stopped reports whether offset i lies beyond a missing segment.
+func (b *batch) stopped(i int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return i > b.stopAt
+}
+
+// stop records that the segment at offset i is not archived (yet) and
+// cancels the prefetches beyond it.
+func (b *batch) stop(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.stopAt = min(b.stopAt, i)
+	for j, fl := range b.jobs {
+		if j > i {
+			fl.cancel()
+		}
+	}
+}
+
+// cancel abandons the whole batch. A nil batch does nothing.
+func (b *batch) cancel() {
+	if b == nil {
+		return
+	}
+	b.stop(0)
+}
+
+// wait returns once every prefetch of the batch ended. A nil batch does
+// nothing.
+func (b *batch) wait() {
+	if b != nil {
+		b.wg.Wait()
+	}
+}
+
+// startPrefetch starts fetching the segments after f on its timeline, up
+// to the prefetch depth, into spool, skipping those in the spool or under
+// way already. It also cancels prefetches that fell out of the window.
+// Without Background the downloads end with ctx; with it they outlive it
+// and end with Close. It returns nil when nothing was started.
+func (g *Getter) startPrefetch(ctx context.Context, f pg.WALFile, spool string) *batch {
+	if err := os.MkdirAll(spool, spoolDirMode); err != nil {
+		g.log.Info("prefetch off: cannot create the spool", "spool", spool, "err", err)
+		return nil
+	}
+	parent := ctx
+	if g.background {
+		parent = context.WithoutCancel(ctx)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
+	// Listed under the lock: a prefetch leaves g.flights only after its
+	// file is in place, so a segment is either listed or seen under way.
+	list, err := readSpool(spool, g.segSize)
+	if err != nil {
+		g.log.Info("prefetch off: cannot read the spool", "spool", spool, "err", err)
+		return nil
+	}
+	for _, fl := range g.flights {
+		if fl.tli != f.TLI || fl.seg <= f.SegNo || uint64(fl.seg-f.SegNo) > uint64(g.prefetch) {
+			fl.cancel()
+		}
+	}
+	b := &batch{stopAt: math.MaxInt, jobs: map[int]*flight{}}
+	ctxs := map[int]context.Context{}
+	for i := 1; i <= g.prefetch; i++ {
+		if uint64(f.SegNo)+uint64(i) > uint64(g.segSize.MaxSegNo()) {
+			break
+		}
+		seg := f.SegNo + pg.SegNo(i)
+		name := pg.SegmentName(f.TLI, seg, g.segSize)
+		if list.has(name) || g.flights[name] != nil {
+			continue
+		}
+		jctx, cancel := context.WithCancel(parent)
+		fl := &flight{name: name, tli: f.TLI, seg: seg, cancel: cancel, done: make(chan struct{})}
+		g.flights[name] = fl
+		b.jobs[i] = fl
+		ctxs[i] = jctx
+	}
+	if len(b.jobs) == 0 {
+		return nil
+	}
+	// Started once b.jobs is complete: the jobs read it.
+	for i, fl := range b.jobs {
+		b.wg.Add(1)
+		g.wg.Add(1)
+		go g.runPrefetch(ctxs[i], b, i, fl, spool)
+	}
+	return b
+}
+
+// runPrefetch runs one prefetch of batch b at offset i.
+func (g *Getter) runPrefetch(ctx context.Context, b *batch, i int, fl *flight, spool string) {
+	defer func() {
+		fl.cancel()
+		g.mu.Lock()
+		if g.flights[fl.name] == fl {
+			delete(g.flights, fl.name)
+		}
+		g.mu.Unlock()
+		close(fl.done)
+		b.wg.Done()
+		g.wg.Done()
+	}()
+	if b.stopped(i) {
+		return
+	}
+	missing, err := g.prefetchOne(ctx, fl.name, spool)
+	switch {
+	case missing:
+		g.log.Debug("prefetch stops: segment not archived (yet)", "segment", fl.name)
+		b.stop(i)
+	case err != nil && ctx.Err() == nil:
+		g.log.Info("prefetch failed; the segment will be fetched when asked for", "segment", fl.name, "err", err)
+	}
+}
+
+// prefetchOne downloads segment name from the first repository that has
+// it into spool. missing reports that no repository has it.
+func (g *Getter) prefetchOne(ctx context.Context, name, spool string) (missing bool, err error) {
+	key, err := repo.WALKey(name, g.segSize)
+	if err != nil {
+		return false, err
+	}
+	var errs []error
+	for _, r := range g.repos {
+		d, found, err := g.download(ctx, r, key, spool, spoolTempPrefix+name+"-", nil)
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if !found {
+			continue
+		}
+		final := filepath.Join(spool, spoolFileName(name, d.size, d.sumHex))
+		if err := d.tmp.commit(final); err != nil {
+			return false, fmt.Errorf("spool %s: %w", name, err)
+		}
+		g.log.Debug("prefetched", "segment", name, "bytes", d.size, "repo", r.String())
+		return false, nil
+	}
+	if len(errs) > 0 {
+		return false, errors.Join(errs...)
+	}
+	return true, nil
+}
