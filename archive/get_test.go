@@ -303,7 +303,7 @@ func TestGetRoundTrip(t *testing.T) {
 			size := getSegSize(t, getSegBytes)
 			segs := getSegs(t, getSegBytes, 1, 1, 3, r)
 			others := map[string][]byte{
-				"00000002.history": []byte("1\t0/2000028\tno recovery target specified\n"),
+				"00000002.history":                          []byte("1\t0/2000028\tno recovery target specified\n"),
 				pg.BackupHistoryFileName(1, 0x100028, size): []byte("START WAL LOCATION: 0/100028\n"),
 				pg.PartialFileName(1, 3, size):              getWALLike(getSegBytes, 99),
 				pg.SegmentName(1, 7, size):                  {}, // empty object
