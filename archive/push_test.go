@@ -1015,7 +1015,7 @@ func BenchmarkPush(b *testing.B) {
 		{"ahead=default/background", -1, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			st, _ := pushFSStore(b)
+			st, root := pushFSStore(b)
 			r := pushRepo(b, st, segBytes, nil)
 			w := &pushWAL{dir: filepath.Join(b.TempDir(), "pg_wal"), size: pushSegSize(b, segBytes)}
 			if err := os.MkdirAll(filepath.Join(w.dir, "archive_status"), 0o700); err != nil {
@@ -1059,6 +1059,16 @@ func BenchmarkPush(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "segments/s")
+			var stored int64
+			_ = filepath.WalkDir(filepath.Join(root, repo.WALPrefix), func(_ string, d os.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					if fi, err := d.Info(); err == nil {
+						stored += fi.Size()
+					}
+				}
+				return nil
+			})
+			b.ReportMetric(100*float64(stored)/float64(int64(b.N)*segBytes), "ratio%")
 		})
 	}
 }
