@@ -43,7 +43,11 @@ const (
 	defaultMaxRetryTime = 30 * time.Second
 	maxDefaultPrefetch  = 16
 	copyBufSize         = 256 << 10
-	firstRetryWait      = 100 * time.Millisecond
+	// maxPrefetchStall abandons a prefetch download idle this long (or
+	// MaxRetryTime when shorter): prefetching is optional, and a one-shot
+	// call waits for its batch.
+	maxPrefetchStall = 5 * time.Second
+	firstRetryWait   = 100 * time.Millisecond
 	maxRetryWait        = 5 * time.Second
 )
 
@@ -80,6 +84,7 @@ var errGetterClosed = errors.New("archive: getter is closed")
 // A Getter is safe for concurrent use.
 type Getter struct {
 	repos      []*repo.Repo
+	sysID      uint64 // names the cluster's spool files
 	segSize    pg.WALSegmentSize
 	log        *slog.Logger
 	prefetch   int
@@ -112,6 +117,7 @@ func NewGetter(cfg Config, o GetOptions) (*Getter, error) {
 	}
 	g := &Getter{
 		repos:      cfg.Repos,
+		sysID:      cfg.Cluster.SystemID,
 		segSize:    cfg.SegmentSize,
 		log:        cfg.logger(),
 		prefetch:   o.Prefetch,
@@ -226,7 +232,7 @@ func (g *Getter) getSegment(ctx context.Context, f pg.WALFile, name, destAbs str
 	if n := cleanTemps(spool, list.temps, g.now()); n > 0 {
 		g.log.Debug("removed stale temporary files from the spool", "spool", spool, "files", n)
 	}
-	if g.serveSpooled(spool, list.finals[name], name, destAbs) {
+	if g.serveSpooled(spool, g.ours(list.finals[name]), name, destAbs) {
 		delete(list.finals, name)
 		g.cleanSpool(spool, f, list)
 		if g.background {
@@ -271,14 +277,25 @@ func (g *Getter) serveSpooled(spool string, files []spoolFile, name, destAbs str
 	return false
 }
 
+// ours returns the files of this Getter's cluster.
+func (g *Getter) ours(files []spoolFile) []spoolFile {
+	var out []spoolFile
+	for _, sf := range files {
+		if sf.sys == g.sysID {
+			out = append(out, sf)
+		}
+	}
+	return out
+}
+
 // cleanSpool removes the spool files that serving segment f made useless:
-// other timelines (a timeline switch), older segments, and anything
-// beyond the prefetch window.
+// other timelines (a timeline switch), older segments, anything beyond the
+// prefetch window, and other clusters' files.
 func (g *Getter) cleanSpool(spool string, f pg.WALFile, list spoolListing) {
 	removed := 0
 	for _, files := range list.finals {
 		for _, sf := range files {
-			if sf.tli == f.TLI && sf.seg > f.SegNo && uint64(sf.seg-f.SegNo) <= uint64(g.prefetch) {
+			if sf.sys == g.sysID && sf.tli == f.TLI && sf.seg > f.SegNo && uint64(sf.seg-f.SegNo) <= uint64(g.prefetch) {
 				continue
 			}
 			if err := os.Remove(filepath.Join(spool, sf.file)); err == nil {
@@ -365,7 +382,7 @@ func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs strin
 	since := time.Now()
 	wait := firstRetryWait
 	for attempt := 1; ; attempt++ {
-		d, found, err := g.download(ctx, r, key, dir, destTempPrefix, onFound)
+		d, found, err := g.download(ctx, r, key, dir, destTempPrefix, g.maxRetry, onFound)
 		if err == nil {
 			if !found {
 				return false, nil
@@ -405,16 +422,17 @@ type downloaded struct {
 // named prefix+random, and returns it once the object's checksum
 // verified. found is false (err nil) when r does not have key; onOpen,
 // when set, runs once the object is open. A download that makes no
-// progress for MaxRetryTime is abandoned. On an error nothing is left in
+// progress for stallAfter is abandoned. On an error nothing is left in
 // dir.
-func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix string, onOpen func()) (d downloaded, found bool, err error) {
+func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix string, stallAfter time.Duration,
+	onOpen func()) (d downloaded, found bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stall := time.AfterFunc(g.maxRetry, func() { cancel(errStalled) })
+	stall := time.AfterFunc(stallAfter, func() { cancel(errStalled) })
 	defer stall.Stop()
 	explain := func(err error) error {
 		if errors.Is(context.Cause(ctx), errStalled) {
-			return fmt.Errorf("%w for %v: %w", errStalled, g.maxRetry, err)
+			return fmt.Errorf("%w for %v: %w", errStalled, stallAfter, err)
 		}
 		return err
 	}
@@ -445,7 +463,7 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 				return downloaded{size: d.size}, true, fmt.Errorf("write %s: %w", t.path, werr)
 			}
 			d.size += int64(n)
-			stall.Reset(g.maxRetry)
+			stall.Reset(stallAfter)
 		}
 		if rerr == io.EOF {
 			break
@@ -550,7 +568,7 @@ func (g *Getter) startPrefetch(ctx context.Context, f pg.WALFile, spool string) 
 		}
 		seg := f.SegNo + pg.SegNo(i)
 		name := pg.SegmentName(f.TLI, seg, g.segSize)
-		if list.has(name) || g.flights[name] != nil {
+		if len(g.ours(list.finals[name])) > 0 || g.flights[name] != nil {
 			continue
 		}
 		jctx, cancel := context.WithCancel(parent)
@@ -606,7 +624,7 @@ func (g *Getter) prefetchOne(ctx context.Context, name, spool string) (missing b
 	}
 	var errs []error
 	for _, r := range g.repos {
-		d, found, err := g.download(ctx, r, key, spool, spoolTempPrefix+name+"-", nil)
+		d, found, err := g.download(ctx, r, key, spool, spoolTempPrefix+name+"-", min(g.maxRetry, maxPrefetchStall), nil)
 		if err != nil {
 			errs = append(errs, err)
 			if ctx.Err() != nil {
@@ -617,7 +635,7 @@ func (g *Getter) prefetchOne(ctx context.Context, name, spool string) (missing b
 		if !found {
 			continue
 		}
-		final := filepath.Join(spool, spoolFileName(name, d.size, d.sumHex))
+		final := filepath.Join(spool, spoolFileName(name, g.sysID, d.size, d.sumHex))
 		if err := d.tmp.commit(final); err != nil {
 			return false, fmt.Errorf("spool %s: %w", name, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,8 +92,7 @@ var getStores = []struct {
 func getRepo(t testing.TB, st storage.Store, segBytes int64) *repo.Repo {
 	t.Helper()
 	ctx := context.Background()
-	cl := repo.Cluster{SystemID: 7310000000000000042, PGMajor: 15, WALSegmentSize: segBytes, Source: "get_test"}
-	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4", CreatedBy: "get_test"}); err != nil {
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: getCluster(segBytes), Compression: "lz4", CreatedBy: "get_test"}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := repo.Open(ctx, st, repo.OpenOptions{})
@@ -102,9 +102,16 @@ func getRepo(t testing.TB, st storage.Store, segBytes int64) *repo.Repo {
 	return r
 }
 
+// getSysID is the system identifier of the tests' cluster.
+const getSysID = 7310000000000000042
+
+func getCluster(segBytes int64) repo.Cluster {
+	return repo.Cluster{SystemID: getSysID, PGMajor: 15, WALSegmentSize: segBytes, Source: "get_test"}
+}
+
 // getConfig builds a Config over repos.
 func getConfig(t testing.TB, segBytes int64, log *slog.Logger, repos ...*repo.Repo) Config {
-	return Config{Repos: repos, SegmentSize: getSegSize(t, segBytes), Log: log}
+	return Config{Repos: repos, Cluster: getCluster(segBytes), SegmentSize: getSegSize(t, segBytes), Log: log}
 }
 
 func newTestGetter(t testing.TB, cfg Config, o GetOptions) *Getter {
@@ -988,6 +995,7 @@ func BenchmarkGet(b *testing.B) {
 		b.Run(fmt.Sprint("prefetch=", prefetch), func(b *testing.B) {
 			b.SetBytes(segBytes)
 			i := 0
+			cpu0 := getCPUTime(b)
 			for b.Loop() {
 				g, err := NewGetter(getConfig(b, segBytes, nil, r), GetOptions{Prefetch: prefetch})
 				if err != nil {
@@ -1002,6 +1010,16 @@ func BenchmarkGet(b *testing.B) {
 				i++
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "segments/s")
+			b.ReportMetric(float64((getCPUTime(b)-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/segment")
 		})
 	}
+}
+
+// getCPUTime returns the user and system CPU time the process used so far.
+func getCPUTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

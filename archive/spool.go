@@ -5,8 +5,10 @@ package archive
 //
 // Names in the spool (nothing else in the directory is ever touched):
 //
-//	<segment>.<size>.<sha256 hex>   a complete, verified segment; the name
-//	                                carries what it is checked against
+//	<segment>.<system id>.<size>.<sha256 hex>
+//	                                a complete, verified segment of the
+//	                                cluster with that system identifier; the
+//	                                name carries what it is checked against
 //	.tmp-<segment>-<random>         a download being written, or a spool
 //	                                file claimed by a Getter being served;
 //	                                locked (flock) by its owner while in use
@@ -67,22 +69,29 @@ func defaultSpoolDir(destAbs string) string {
 type spoolFile struct {
 	file string // name in the spool directory
 	name string // WAL segment name
+	sys  uint64 // system identifier of the cluster it belongs to
 	tli  pg.TimeLineID
 	seg  pg.SegNo
 	size int64
 	sum  [sha256.Size]byte
 }
 
-// spoolFileName returns the spool name of segment name with size bytes and
-// SHA-256 sum (hex).
-func spoolFileName(name string, size int64, sumHex string) string {
-	return name + "." + strconv.FormatInt(size, 10) + "." + sumHex
+// spoolFileName returns the spool name of segment name of cluster sys
+// with size bytes and SHA-256 sum (hex). The system identifier keeps
+// clusters that were wrongly given one spool from serving each other's
+// segments.
+func spoolFileName(name string, sys uint64, size int64, sumHex string) string {
+	return name + "." + strconv.FormatUint(sys, 10) + "." + strconv.FormatInt(size, 10) + "." + sumHex
 }
 
 // parseSpoolFileName parses a final spool name; ok is false for anything
 // else (temporary files, foreign files).
 func parseSpoolFileName(file string, size pg.WALSegmentSize) (spoolFile, bool) {
 	name, rest, ok := strings.Cut(file, ".")
+	if !ok {
+		return spoolFile{}, false
+	}
+	sysText, rest, ok := strings.Cut(rest, ".")
 	if !ok {
 		return spoolFile{}, false
 	}
@@ -98,7 +107,11 @@ func parseSpoolFileName(file string, size pg.WALSegmentSize) (spoolFile, bool) {
 	if err != nil || n < 0 || strconv.FormatInt(n, 10) != sizeText {
 		return spoolFile{}, false
 	}
-	sf := spoolFile{file: file, name: name, tli: tli, seg: seg, size: n}
+	sys, err := strconv.ParseUint(sysText, 10, 64)
+	if err != nil || strconv.FormatUint(sys, 10) != sysText {
+		return spoolFile{}, false
+	}
+	sf := spoolFile{file: file, name: name, sys: sys, tli: tli, seg: seg, size: n}
 	if _, err := hex.Decode(sf.sum[:], []byte(sumText)); err != nil || hex.EncodeToString(sf.sum[:]) != sumText {
 		return spoolFile{}, false
 	}
@@ -110,9 +123,6 @@ type spoolListing struct {
 	finals map[string][]spoolFile // by segment name
 	temps  []string               // temporary file names
 }
-
-// has reports whether a complete file for segment name was listed.
-func (l spoolListing) has(name string) bool { return len(l.finals[name]) > 0 }
 
 // readSpool lists dir. A missing directory is an empty spool.
 func readSpool(dir string, size pg.WALSegmentSize) (spoolListing, error) {

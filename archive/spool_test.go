@@ -20,25 +20,29 @@ import (
 func TestParseSpoolFileName(t *testing.T) {
 	size := getSegSize(t, 16<<20)
 	sum := strings.Repeat("ab", 32)
-	good := spoolFileName("0000000200000001000000FE", 16<<20, sum)
+	good := spoolFileName("0000000200000001000000FE", 7310000000000000042, 16<<20, sum)
 	sf, ok := parseSpoolFileName(good, size)
-	if !ok || sf.name != "0000000200000001000000FE" || sf.tli != 2 || sf.seg != 0x1FE || sf.size != 16<<20 ||
+	if !ok || sf.name != "0000000200000001000000FE" || sf.sys != 7310000000000000042 || sf.tli != 2 || sf.seg != 0x1FE || sf.size != 16<<20 ||
 		hex.EncodeToString(sf.sum[:]) != sum || sf.file != good {
 		t.Fatalf("parse %q: %+v, %v", good, sf, ok)
 	}
 	for _, bad := range []string{
 		"",
 		"000000010000000000000001",
-		"000000010000000000000001.16777216",
-		"000000010000000000000001.16777216." + sum[:63],
-		"000000010000000000000001.16777216." + strings.ToUpper(sum),
-		"000000010000000000000001.016777216." + sum,
-		"000000010000000000000001.-1." + sum,
-		"000000010000000000000001.x." + sum,
-		"000000010000000000000100.16777216." + sum, // impossible low field
-		"00000002.history.1." + sum,
+		"000000010000000000000001.1.16777216",
+		"000000010000000000000001.16777216." + sum, // no system identifier
+		"000000010000000000000001.1.16777216." + sum[:63],
+		"000000010000000000000001.1.16777216." + strings.ToUpper(sum),
+		"000000010000000000000001.1.016777216." + sum,
+		"000000010000000000000001.01.16777216." + sum,
+		"000000010000000000000001.-1.16777216." + sum,
+		"000000010000000000000001.1.-1." + sum,
+		"000000010000000000000001.1.x." + sum,
+		"000000010000000000000001.18446744073709551616.1." + sum,
+		"000000010000000000000100.1.16777216." + sum, // impossible low field
+		"00000002.history.1.1." + sum,
 		spoolTempPrefix + "000000010000000000000001-abc",
-		"000000010000000000000001.16777216." + sum + ".x",
+		"000000010000000000000001.1.16777216." + sum + ".x",
 	} {
 		if sf, ok := parseSpoolFileName(bad, size); ok {
 			t.Errorf("parse %q accepted: %+v", bad, sf)
@@ -48,8 +52,8 @@ func TestParseSpoolFileName(t *testing.T) {
 
 func FuzzParseSpoolFileName(f *testing.F) {
 	sum := strings.Repeat("0f", 32)
-	f.Add(spoolFileName("000000010000000000000001", 16<<20, sum))
-	f.Add(spoolFileName("00000001000000000000000A", 0, sum))
+	f.Add(spoolFileName("000000010000000000000001", 1, 16<<20, sum))
+	f.Add(spoolFileName("00000001000000000000000A", 0, 0, sum))
 	f.Add("000000010000000000000001.1.2")
 	f.Add(".tmp-x")
 	size, _ := pg.NewWALSegmentSize(16 << 20)
@@ -58,7 +62,7 @@ func FuzzParseSpoolFileName(f *testing.F) {
 		if !ok {
 			return
 		}
-		if got := spoolFileName(sf.name, sf.size, hex.EncodeToString(sf.sum[:])); got != s || sf.file != s {
+		if got := spoolFileName(sf.name, sf.sys, sf.size, hex.EncodeToString(sf.sum[:])); got != s || sf.file != s {
 			t.Fatalf("parse %q then format: %q", s, got)
 		}
 		if pg.SegmentName(sf.tli, sf.seg, size) != sf.name {
@@ -67,18 +71,19 @@ func FuzzParseSpoolFileName(f *testing.F) {
 	})
 }
 
-// spoolPut writes data as a complete spool file for segment name in dir.
-func spoolPut(t testing.TB, dir, name string, data []byte) spoolFile {
+// spoolPut writes data as a complete spool file of cluster sys for
+// segment name in dir.
+func spoolPut(t testing.TB, dir string, sys uint64, name string, data []byte) spoolFile {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
-	file := spoolFileName(name, int64(len(data)), hex.EncodeToString(sum[:]))
+	file := spoolFileName(name, sys, int64(len(data)), hex.EncodeToString(sum[:]))
 	if err := os.WriteFile(filepath.Join(dir, file), data, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	return spoolFile{file: file, name: name, size: int64(len(data)), sum: sum}
+	return spoolFile{file: file, name: name, sys: sys, size: int64(len(data)), sum: sum}
 }
 
 // spoolLocked creates a temporary-looking file in dir and holds its lock
@@ -101,7 +106,7 @@ func TestClaimSpooledRace(t *testing.T) {
 	dir := t.TempDir()
 	data := getWALLike(getSegBytes, 7)
 	for round := range 20 {
-		sf := spoolPut(t, dir, "000000010000000000000005", data)
+		sf := spoolPut(t, dir, 1, "000000010000000000000005", data)
 		var wins atomic.Int32
 		var wg sync.WaitGroup
 		dests := t.TempDir()
@@ -150,7 +155,7 @@ func TestClaimSpooledCrossDevice(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(spool) })
 	data := getWALLike(getSegBytes, 8)
 	buf := make([]byte, copyBufSize)
-	sf := spoolPut(t, spool, "000000010000000000000006", data)
+	sf := spoolPut(t, spool, 1, "000000010000000000000006", data)
 	ok, err := claimSpooled(spool, sf, filepath.Join(dest, "RECOVERYXLOG"), buf)
 	if !ok || err != nil {
 		t.Fatalf("claim across filesystems: %v, %v", ok, err)
@@ -201,14 +206,17 @@ func TestSpoolCleanup(t *testing.T) {
 	spool := filepath.Join(wal, ".walferry", "prefetch")
 	junk := []byte("old")
 	for _, name := range []string{seg(1, 1), seg(1, 3), seg(1, 20), seg(2, 6), seg(2, 7)} {
-		spoolPut(t, spool, name, junk)
+		spoolPut(t, spool, getSysID, name, junk)
 	}
+	// Another cluster's segment 6, with the right name and content for
+	// that cluster: never served here, and removed.
+	spoolPut(t, spool, getSysID+1, seg(1, 6), getWALLike(getSegBytes, 6))
 	// Segment 5's spool file does not match the checksum in its name.
-	bad := spoolPut(t, spool, seg(1, 5), segs[seg(1, 5)])
+	bad := spoolPut(t, spool, getSysID, seg(1, 5), segs[seg(1, 5)])
 	if err := os.WriteFile(filepath.Join(spool, bad.file), getWALLike(getSegBytes, 1234), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	spoolPut(t, spool, seg(1, 6), segs[seg(1, 6)]) // in the window: kept and served
+	spoolPut(t, spool, getSysID, seg(1, 6), segs[seg(1, 6)]) // in the window: kept and served
 	foreign := []string{"README", seg(1, 7), "000000010000000000000007.partial", "notes.txt"}
 	for _, n := range foreign {
 		if err := os.WriteFile(filepath.Join(spool, n), []byte("not ours"), 0o600); err != nil {
@@ -234,7 +242,7 @@ func TestSpoolCleanup(t *testing.T) {
 	want := append([]string{spoolTempPrefix + "busy"}, foreign...)
 	for _, i := range []int{6, 7} {
 		sum := sha256.Sum256(segs[seg(1, i)])
-		want = append(want, spoolFileName(seg(1, i), getSegBytes, hex.EncodeToString(sum[:])))
+		want = append(want, spoolFileName(seg(1, i), getSysID, getSegBytes, hex.EncodeToString(sum[:])))
 	}
 	if runtime.GOOS != "linux" {
 		want = want[1:] // without locks the "busy" file is as stale as any
