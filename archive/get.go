@@ -48,7 +48,7 @@ const (
 	// call waits for its batch.
 	maxPrefetchStall = 5 * time.Second
 	firstRetryWait   = 100 * time.Millisecond
-	maxRetryWait        = 5 * time.Second
+	maxRetryWait     = 5 * time.Second
 )
 
 // DefaultPrefetch returns the prefetch depth GetOptions.Prefetch < 0
