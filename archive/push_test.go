@@ -1010,9 +1010,9 @@ func BenchmarkPush(b *testing.B) {
 		ahead      int
 		background bool
 	}{
-		{"ahead=0", 0, false},
-		{"ahead=default", -1, false},
-		{"ahead=default/background", -1, true},
+		{"cli/ahead=0", 0, false},
+		{"cli/ahead=default", -1, false},
+		{"daemon/ahead=default", -1, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			st, root := pushFSStore(b)
