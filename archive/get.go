@@ -210,6 +210,10 @@ func (g *Getter) Close(ctx context.Context) error {
 func (g *Getter) getSegment(ctx context.Context, f pg.WALFile, name, destAbs string) error {
 	spool := g.spoolDir
 	if spool == "" {
+		// Creating the default spool must not create a missing pg_wal.
+		if fi, err := os.Stat(filepath.Dir(destAbs)); err != nil || !fi.IsDir() {
+			return g.fetch(ctx, name, destAbs, nil)
+		}
 		spool = defaultSpoolDir(destAbs)
 	}
 	// A prefetch of this very segment under way in this process: let it

@@ -410,6 +410,23 @@ func TestGetNotArchived(t *testing.T) {
 	}
 }
 
+// TestGetMissingDestDir: a missing destination directory is an error, and
+// the default spool does not create it.
+func TestGetMissingDestDir(t *testing.T) {
+	st, _ := getFSStore(t)
+	r := getRepo(t, st, getSegBytes)
+	getSegs(t, getSegBytes, 1, 1, 3, r)
+	g := newTestGetter(t, getConfig(t, getSegBytes, nil, r), GetOptions{Prefetch: 2})
+	wal := filepath.Join(t.TempDir(), "pg_wal")
+	err := g.Get(t.Context(), pg.SegmentName(1, 1, getSegSize(t, getSegBytes)), filepath.Join(wal, "RECOVERYXLOG"))
+	if err == nil || errors.Is(err, ErrNotArchived) {
+		t.Fatalf("Get into a missing directory: %v", err)
+	}
+	if _, err := os.Stat(wal); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Get created %s: %v", wal, err)
+	}
+}
+
 func TestGetInvalidName(t *testing.T) {
 	st, _ := getFSStore(t)
 	g := newTestGetter(t, getConfig(t, getSegBytes, nil, getRepo(t, st, getSegBytes)), GetOptions{})
@@ -997,6 +1014,10 @@ func BenchmarkGet(b *testing.B) {
 			i := 0
 			cpu0 := getCPUTime(b)
 			for b.Loop() {
+				// PostgreSQL removes the previous file first.
+				if err := os.Remove(dest); err != nil && !errors.Is(err, os.ErrNotExist) {
+					b.Fatal(err)
+				}
 				g, err := NewGetter(getConfig(b, segBytes, nil, r), GetOptions{Prefetch: prefetch})
 				if err != nil {
 					b.Fatal(err)
