@@ -115,6 +115,11 @@ func allMain(args []string) error {
 		return fmt.Errorf("no workload in %s", c.walDir)
 	}
 
+	for _, d := range []string{"pgdata", "variants", "logs", "repos"} {
+		if err := os.MkdirAll(filepath.Join(c.work, d), 0o755); err != nil {
+			return err
+		}
+	}
 	var results []Result
 	for _, store := range c.stores {
 		for _, comp := range c.compressions {
@@ -151,7 +156,7 @@ func (c *config) runGroup(store, comp string) ([]Result, error) {
 	}
 	// W1: each mode pushes into a repository of its own.
 	for _, m := range modes {
-		pgdata, err := c.clonePGData(group+"-w1-"+m.mode, true)
+		pgdata, err := c.clonePGData(group+"-w1-"+m.mode, true, true)
 		if err != nil {
 			return out, err
 		}
@@ -176,7 +181,7 @@ func (c *config) runGroup(store, comp string) ([]Result, error) {
 	// W2: each tool reads the repository its first mode wrote.
 	src := map[string]string{"pgBackRest": repos["sync"], "walferry": repos["standalone"]}
 	for _, m := range modes {
-		pgdata, err := c.clonePGData(group+"-w2-"+m.mode, false)
+		pgdata, err := c.clonePGData(group+"-w2-"+m.mode, false, false)
 		if err != nil {
 			return out, err
 		}
@@ -210,7 +215,7 @@ func (c *config) runGroup(store, comp string) ([]Result, error) {
 		segs []string
 	}{{workPushAgain, c.segments[:n]}, {workGetMissing, missing}} {
 		for _, m := range modes {
-			pgdata, err := c.clonePGData(group+"-"+w.work+"-"+m.mode, w.work == workPushAgain)
+			pgdata, err := c.clonePGData(group+"-"+w.work+"-"+m.mode, w.work == workPushAgain, false)
 			if err != nil {
 				return out, err
 			}
@@ -267,9 +272,9 @@ func errSuffix(r Result) string {
 
 // clonePGData makes a data directory holding what the hooks read: the
 // workload cluster's PG_VERSION and pg_control, and (for pushes) the
-// segments as hard links with a .ready file each, as in a real pg_wal
-// with an archiving backlog.
-func (c *config) clonePGData(name string, withWAL bool) (string, error) {
+// segments as hard links, with a .ready file each when ready is set, as in
+// a real pg_wal with an archiving backlog.
+func (c *config) clonePGData(name string, withWAL, ready bool) (string, error) {
 	dir := filepath.Join(c.work, "pgdata", name)
 	os.RemoveAll(dir)
 	for _, d := range []string{"global", "pg_wal/archive_status"} {
@@ -290,6 +295,9 @@ func (c *config) clonePGData(name string, withWAL bool) (string, error) {
 		for _, seg := range c.segments {
 			if err := os.Link(filepath.Join(c.walDir, seg), filepath.Join(dir, "pg_wal", seg)); err != nil {
 				return "", err
+			}
+			if !ready {
+				continue
 			}
 			if err := os.WriteFile(filepath.Join(dir, "pg_wal/archive_status", seg+".ready"), nil, 0o600); err != nil {
 				return "", err
@@ -455,10 +463,7 @@ func (c *config) repoSize(store, tool, repoPath string) (int64, error) {
 			url = "s3://" + c.s3Bucket + "/pgbackrest" + repoPath + "?endpoint=" + c.s3Endpoint + "&path-style=true"
 		}
 	}
-	os.Setenv("AWS_ACCESS_KEY_ID", c.s3Key)
-	os.Setenv("AWS_SECRET_ACCESS_KEY", c.s3Secret)
-	os.Setenv("AWS_REGION", "us-east-1")
-	os.Setenv("SSL_CERT_FILE", c.caCert)
+	// run.sh sets AWS_* and SSL_CERT_FILE in this process's environment.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})

@@ -145,12 +145,13 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| walferry | $version, commit $commit ($(go env GOVERSION)) |"
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
-	echo "| MinIO | $("$MINIO_BIN" --version 2>/dev/null | head -1 | sed 's/^minio version //'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
+	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
 	echo "| workload | $n segments written by \`pgbench -i -s $SCALE\` then \`pgbench -c 4 -j 2\` (checkpoint_timeout 30s, max_wal_size 1GB), $((raw >> 20)) MiB |"
 	echo
 } >"$work/about.md"
 log "running the variants (log of every hook call in $work/logs)"
-"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --pgbackrest "$(command -v pgbackrest)" \
+AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 SSL_CERT_FILE=$work/certs/public.crt \
+	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --pgbackrest "$(command -v pgbackrest)" \
 	--template "$work/template" --wal "$work/wal" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \
 	--ca-cert "$work/certs/public.crt" --stores "$STORES" --compressions "$COMPRESSIONS" \

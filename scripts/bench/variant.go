@@ -119,6 +119,17 @@ func runVariant(spec Spec) Result {
 	case workPush, workPushAgain:
 		status := filepath.Join(spec.PGData, "pg_wal", "archive_status")
 		for _, seg := range spec.Segments {
+			if spec.Workload == workPushAgain {
+				// PostgreSQL repeating the call for an archived segment
+				// (a crash between the push and the rename to .done): only
+				// that segment is .ready.
+				ready := filepath.Join(status, seg+".ready")
+				if err := os.WriteFile(ready, nil, 0o600); err != nil {
+					res.Err = err.Error()
+					return finish(res, start)
+				}
+				os.Chown(ready, int(spec.UID), int(spec.GID))
+			}
 			// PostgreSQL retries a failed segment; so do we, three times
 			// at most, counting every failure.
 			for attempt := 1; ; attempt++ {
