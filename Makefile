@@ -149,3 +149,7 @@ demo: build ## run the end-to-end demo (scripts/demo.sh)
 
 clean: ## remove build and coverage outputs
 	rm -rf bin/ dist/ coverage.out coverage.html *.coverprofile *.test
+
+.PHONY: bench
+bench: ## W1/W2 benchmarks vs pgBackRest -> docs/benchmarks.md (root; ~25 min; not part of test)
+	@bash scripts/bench/run.sh
