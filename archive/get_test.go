@@ -599,6 +599,7 @@ func TestGetPrefetchStopsAtMissing(t *testing.T) {
 	// The batch is parallel, so requests beyond the gap may already be
 	// out: what matters is that the batch ends quietly.
 	g := newTestGetter(t, getConfig(t, getSegBytes, log.logger(slog.LevelInfo), r), GetOptions{Prefetch: 8})
+	cs.reset()
 	if err := g.Get(t.Context(), pg.SegmentName(1, 1, size), filepath.Join(wal, "RECOVERYXLOG")); err != nil {
 		t.Fatal(err)
 	}
