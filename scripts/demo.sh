@@ -3,9 +3,9 @@
 # filesystem repository. Everything lives in one temporary directory that is
 # removed at the end, and the server is stopped even when a step fails.
 #
-# What it shows grows with walferry: today repository creation, checks and
-# the wrong-cluster guard. Archiving, backups, restore and streaming join as
-# those commands land.
+# What it shows grows with walferry: today repository creation, checks, the
+# wrong-cluster guard, and WAL archiving (archive_command, archive-get, the
+# daemon). Backups, restore and streaming join as those commands land.
 set -euo pipefail
 
 PGBIN=${WALFERRY_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -26,7 +26,9 @@ chmod 755 "$work"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [ "$(id -u)" = 0 ] && chown postgres: "$work"
 
+daemon_pid=""
 cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
   as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/other" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -76,6 +78,97 @@ echo "exit code $code (5: repository belongs to another cluster)"
 
 step "Scripts read JSON"
 run wf repo info --repo "$repo" --json
+
+psql() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -X -q "$@"; }
+# wait_archived N: until pg_stat_archiver counts N archived files and no failure.
+wait_archived() {
+  local want=$1 i got
+  for i in $(seq 1 120); do
+    got=$(psql -Atc "SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver")
+    if [ "${got% *}" -ge "$want" ]; then
+      [ "${got#* }" = 0 ] || { echo "demo: archive_command failed ${got#* } times (see $work/primary.log)" >&2; exit 1; }
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "demo: only ${got% *} of $want files archived after 60 s; the server log says:" >&2
+  tail -20 "$work/primary.log" >&2
+  exit 1
+}
+
+step "Archive WAL: PostgreSQL calls walferry archive-push"
+# The hooks run as postgres, in the data directory; the repository comes
+# from a configuration file the server can read.
+cat >"$work/walferry.yaml" <<YAML
+repos: ["$repo"]
+YAML
+chmod 644 "$work/walferry.yaml"
+cat >>"$work/primary/postgresql.conf" <<CONF
+archive_mode = on
+archive_command = '$work/walferry archive-push --config $work/walferry.yaml %p'
+CONF
+grep -E '^archive_(mode|command)' "$work/primary/postgresql.conf"
+as_pg "$PGBIN/pg_ctl" -D "$work/primary" -l "$work/primary.log" -w restart >/dev/null
+echo "restarted with archive_mode = on"
+
+step "Generate WAL: inserts and four pg_switch_wal()"
+for i in 1 2 3 4; do
+  psql -c "INSERT INTO accounts SELECT g, $i FROM generate_series(1, 20000) g" \
+       -c "SELECT pg_switch_wal()" >/dev/null
+done
+wait_archived 4
+psql -c "SELECT archived_count, last_archived_wal, failed_count FROM pg_stat_archiver"
+
+step "The repository now holds them"
+run wf repo info --repo "$repo"
+
+seg=$(psql -Atc "SELECT last_archived_wal FROM pg_stat_archiver")
+step "Fetch $seg back with archive-get (restore_command) and compare it with pg_wal's copy"
+run wf archive-get --config "$work/walferry.yaml" --pgdata "$work/primary" "$seg" "$work/fetched"
+run cmp "$work/fetched" "$work/primary/pg_wal/$seg"
+echo "identical: $(stat -c %s "$work/fetched") bytes"
+
+step "A segment that is not archived: exit 1 and not a word (how recovery finds the end)"
+set +e
+out=$(wf archive-get --config "$work/walferry.yaml" --pgdata "$work/primary" 00000001000000FF000000FF "$work/none" 2>&1)
+code=$?
+set -e
+echo "exit code $code, output: '${out}'"
+[ "$code" = 1 ] && [ -z "$out" ] || { echo "demo: expected exit 1 and no output" >&2; exit 1; }
+
+step "The daemon: hooks hand their calls to walferry daemon over a unix socket"
+sock="$work/walferry.sock"
+as_pg "$work/walferry" daemon --config "$work/walferry.yaml" --socket "$sock" --pgdata "$work/primary" \
+  --log-format text 2>"$work/daemon.log" </dev/null >/dev/null &
+for i in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { echo "demo: the daemon did not start:" >&2; cat "$work/daemon.log" >&2; exit 1; }
+# The daemon writes its process id into its lock file (runuser, in between,
+# does not pass SIGTERM on).
+daemon_pid=$(cat "$sock.lock")
+ls -l "$sock"
+before=$(psql -Atc "SELECT archived_count FROM pg_stat_archiver")
+psql -c "ALTER SYSTEM SET archive_command = '$work/walferry archive-push --config $work/walferry.yaml --socket $sock %p'" \
+     -c "SELECT pg_reload_conf()" >/dev/null
+sleep 0.5
+for i in 1 2 3; do
+  psql -c "INSERT INTO accounts SELECT g, 10 + $i FROM generate_series(1, 20000) g" -c "SELECT pg_switch_wal()" >/dev/null
+done
+wait_archived $((before + 3))
+psql -c "SELECT archived_count, last_archived_wal, failed_count FROM pg_stat_archiver"
+echo "the daemon's log:"
+sed 's/^/  /' "$work/daemon.log"
+grep -q 'msg=archived' "$work/daemon.log" || { echo "demo: the daemon archived nothing" >&2; exit 1; }
+
+step "Stop the daemon (SIGTERM, graceful): the hooks keep archiving standalone"
+kill -TERM "$daemon_pid"
+for i in $(seq 1 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+daemon_pid=""
+tail -2 "$work/daemon.log" | sed 's/^/  /'
+[ ! -e "$sock" ] || { echo "demo: the daemon left its socket behind" >&2; exit 1; }
+before=$(psql -Atc "SELECT archived_count FROM pg_stat_archiver")
+psql -c "INSERT INTO accounts SELECT g, 99 FROM generate_series(1, 20000) g" -c "SELECT pg_switch_wal()" >/dev/null
+wait_archived $((before + 1))
+psql -c "SELECT archived_count, last_archived_wal, failed_count FROM pg_stat_archiver"
 
 step "Done"
 echo "The demo's PostgreSQL is stopped and $work is removed on exit."

@@ -69,6 +69,9 @@ EXIT CODES
 		},
 		Commands: append([]*cli.Command{
 			a.repoCommand(),
+			a.archivePushCommand(),
+			a.archiveGetCommand(),
+			a.daemonCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}
@@ -95,12 +98,20 @@ func (a *app) Run(ctx context.Context, args []string) error {
 			return usage(fmt.Errorf("unknown command %q; run walferry --help for the list", name))
 		}
 	}
-	return a.cli.RunContext(ctx, args)
+	err := a.cli.RunContext(ctx, args)
+	if hook := a.hookName(args); hook != "" && err != nil {
+		// PostgreSQL reads the hooks' exit statuses: see exit.go.
+		err = &hookError{hook: hook, err: err}
+	}
+	return err
 }
 
 // reportError prints the one line a failed command leaves: plain text on a
 // terminal or in PostgreSQL's log, a JSON record when logging JSON (pods).
 func (a *app) reportError(err error, code int) {
+	if silent(err) {
+		return
+	}
 	if a.logFormat == "json" {
 		slog.New(slog.NewJSONHandler(a.stderr, nil)).Error("command failed", "err", err.Error(), "exit_code", code)
 		return
@@ -152,7 +163,16 @@ type settings struct {
 // applies the environment to flags; a flag given on the command line wins),
 // and validates the result before any work.
 func (a *app) load(c *cli.Context) (*settings, error) {
+	return a.loadWith(c, nil)
+}
+
+// loadWith is load with a command's own defaults applied over the common
+// ones (before the file, the environment and the flags).
+func (a *app) loadWith(c *cli.Context, defaults func(*config.Config)) (*settings, error) {
 	cfg := config.Defaults()
+	if defaults != nil {
+		defaults(&cfg)
+	}
 	if path := c.String("config"); path != "" {
 		if err := cfg.LoadFile(path); err != nil {
 			return nil, err
@@ -184,6 +204,18 @@ func (a *app) load(c *cli.Context) (*settings, error) {
 	}
 	if c.IsSet("log-level") {
 		cfg.LogLevel = c.String("log-level")
+	}
+	if c.IsSet("ahead") {
+		cfg.Archive.PushAhead = c.Int("ahead")
+	}
+	if c.IsSet("prefetch") {
+		cfg.Archive.Prefetch = c.Int("prefetch")
+	}
+	if c.IsSet("spool-dir") {
+		cfg.Archive.SpoolDir = c.String("spool-dir")
+	}
+	if c.IsSet("socket") {
+		cfg.Archive.Socket = c.String("socket")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

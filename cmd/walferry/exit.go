@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"syscall"
 
+	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/config"
 	"github.com/walferry/walferry/internal/repo"
@@ -20,7 +22,7 @@ const (
 	exitUsage       = 2   // bad flag, argument or configuration; command not available in this build
 	exitUnreachable = 3   // store or server unreachable or failing transiently: retry later
 	exitPermission  = 4   // credentials refused, access denied, wrong encryption passphrase
-	exitRepository  = 5   // no such bucket, repository not initialized, another cluster's repository
+	exitRepository  = 5   // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
 	exitCorrupt     = 6   // an object failed its checksum or does not decode
 	exitPostgres    = 7   // PostgreSQL unreachable, or its data directory unreadable
 	exitInterrupted = 130 // stopped by SIGINT or SIGTERM
@@ -40,6 +42,52 @@ type postgresError struct{ err error }
 func (e *postgresError) Error() string { return e.err.Error() }
 func (e *postgresError) Unwrap() error { return e.err }
 
+// maxHookExit is the highest status the hooks PostgreSQL runs may exit
+// with: above it PostgreSQL takes the command for killed, and restarts its
+// archiver (archive_command) or aborts recovery (restore_command).
+const maxHookExit = 125
+
+// hookError marks the failures of the commands PostgreSQL runs as
+// archive_command and restore_command; their exit statuses follow
+// PostgreSQL's rules, not only the table above:
+//   - archive-push: the codes above, but never above maxHookExit (an
+//     interrupted call exits 1);
+//   - archive-get: 1 for every failure, whether the file is not archived
+//     (printing nothing), the command line is wrong, or anything else.
+type hookError struct {
+	hook string // "archive-push" or "archive-get"
+	err  error
+}
+
+func (e *hookError) Error() string { return e.err.Error() }
+func (e *hookError) Unwrap() error { return e.err }
+
+// hookName returns "archive-push" or "archive-get" when args run one of
+// the hooks (by name or alias), else "". The command is the first argument
+// that names one; a hook's status rules then apply to every failure,
+// including mistakes in the flags before the command.
+func (a *app) hookName(args []string) string {
+	for _, arg := range args[1:] {
+		if strings.HasPrefix(arg, "-") {
+			continue
+		}
+		if cmd := a.cli.Command(arg); cmd != nil {
+			if cmd.Name == "archive-push" || cmd.Name == "archive-get" {
+				return cmd.Name
+			}
+			return ""
+		}
+	}
+	return ""
+}
+
+// silent reports whether a failure is reported by the exit status alone:
+// archive-get of a file not in the archive is how recovery learns where
+// the archive ends, not an error.
+func silent(err error) bool {
+	return errors.Is(err, archive.ErrNotArchived)
+}
+
 // exitCode maps an error onto the documented exit codes. Order matters:
 // the most specific classification wins.
 func exitCode(err error) int {
@@ -47,10 +95,19 @@ func exitCode(err error) int {
 		ue *usageError
 		ce *config.Error
 		pe *postgresError
+		he *hookError
 	)
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &he):
+		if he.hook == "archive-get" {
+			return exitFailure
+		}
+		if code := exitCode(he.err); code <= maxHookExit {
+			return code
+		}
+		return exitFailure
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	case errors.As(err, &ue), errors.As(err, &ce):
@@ -61,7 +118,8 @@ func exitCode(err error) int {
 	case errors.Is(err, codec.ErrCorrupt):
 		return exitCorrupt
 	case errors.Is(err, storage.ErrNoBucket), errors.Is(err, repo.ErrNotInitialized),
-		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible):
+		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible),
+		errors.Is(err, archive.ErrConflict):
 		return exitRepository
 	case errors.As(err, &pe):
 		return exitPostgres

@@ -18,8 +18,17 @@ var (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	a := newApp(os.Stdout, os.Stderr, buildInfo{Version: version, Commit: commit})
+	signals := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if a.hookName(os.Args) != "" {
+		// PostgreSQL signals its hooks' process group with SIGINT, SIGTERM
+		// and SIGQUIT; death by any signal would abort recovery, so the
+		// hooks catch them all and exit 1 (exit.go). A closed stderr must
+		// not kill them either.
+		signals = append(signals, syscall.SIGQUIT)
+		signal.Ignore(syscall.SIGPIPE)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), signals...)
 	err := a.Run(ctx, os.Args)
 	stop()
 	code := exitCode(err)

@@ -65,7 +65,7 @@ func TestUsageErrors(t *testing.T) {
 		{"no cluster", []string{"repo", "init", "--repo", "file:///tmp/x"}, []string{"--pgdata"}},
 		{"missing config file", []string{"repo", "info", "--config", "/nonexistent.yaml"}, []string{"/nonexistent.yaml"}},
 		{"planned command", []string{"backup-push"}, []string{"not in this build yet"}},
-		{"planned alias", []string{"wal-push", "x"}, []string{"not in this build yet"}},
+		{"planned command with arguments", []string{"restore", "LATEST"}, []string{"not in this build yet"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,8 +14,6 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"archive-push", "archive one WAL file (archive_command)", "walferry archive-push <path>", []string{"wal-push"}},
-		{"archive-get", "fetch one WAL file (restore_command)", "walferry archive-get <name> <dest>", []string{"wal-fetch"}},
 		{"backup-push", "take a base backup", "walferry backup-push [--pgdata DIR | --remote] [--incremental] [--full]", nil},
 		{"backup-list", "list backups", "walferry backup-list [--json]", nil},
 		{"backup-show", "show one backup", "walferry backup-show <id|LATEST> [--json]", nil},

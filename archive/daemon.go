@@ -1,0 +1,628 @@
+package archive
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+)
+
+// The hooks' socket protocol, version 1.
+//
+// One connection carries one call. The hook connects to the daemon's unix
+// socket, writes one Request as a single line of JSON, and reads one
+// Response line; the daemon closes the connection after answering. The
+// hook keeps its side open until the answer arrives: the daemon takes a
+// closed connection for a hook that gave up (PostgreSQL killed it) and
+// cancels the work.
+//
+// Requests carry absolute paths (the hook resolves %p against its working
+// directory, PostgreSQL's data directory) and the identity of the cluster
+// the hook read from the control file. The daemon refuses requests for
+// another cluster or another data directory.
+//
+//	→ {"v":1,"op":"push","path":"/pgdata/pg_wal/000000010000000000000003","pgdata":"/pgdata","system_identifier":"7311...","pg_major":15,"wal_segment_size":16777216}
+//	← {"v":1,"status":"ok"}
+//	→ {"v":1,"op":"get","name":"000000010000000000000004","dest":"/pgdata/pg_wal/RECOVERYXLOG","pgdata":"/pgdata",...}
+//	← {"v":1,"status":"not-archived"}
+//	← {"v":1,"status":"error","class":"conflict","message":"..."}
+//
+// A daemon that does not speak the hook's version answers with class
+// "unsupported", and the hook does the work itself.
+
+// ProtocolVersion is the version of the hooks' socket protocol.
+const ProtocolVersion = 1
+
+// Operations of a Request.
+const (
+	OpPush = "push" // archive one WAL file (archive_command)
+	OpGet  = "get"  // fetch one WAL file (restore_command)
+)
+
+// Statuses of a Response.
+const (
+	StatusOK          = "ok"
+	StatusNotArchived = "not-archived"
+	StatusError       = "error"
+)
+
+// Classes of a failed Response. They name the sentinel errors a failure
+// wrapped in the daemon, so the hook exits as if it had done the work.
+const (
+	ClassConflict       = "conflict"        // ErrConflict
+	ClassWrongCluster   = "wrong-cluster"   // repo.ErrWrongCluster, or a request for another cluster or data directory
+	ClassNotInitialized = "not-initialized" // repo.ErrNotInitialized
+	ClassNoBucket       = "no-bucket"       // storage.ErrNoBucket
+	ClassIncompatible   = "incompatible"    // repo.ErrIncompatible
+	ClassPermission     = "permission"      // storage.ErrPermission, wrong or missing encryption key
+	ClassCorrupt        = "corrupt"         // codec.ErrCorrupt
+	ClassTransient      = "transient"       // a retryable store failure, after retries
+	ClassBadRequest     = "bad-request"     // a malformed request
+	ClassUnsupported    = "unsupported"     // a protocol version or operation the daemon does not know
+	ClassFailure        = "failure"         // anything else
+)
+
+// Request is one hook call handed to the daemon.
+type Request struct {
+	Version int    `json:"v"`
+	Op      string `json:"op"`
+	// Path is the absolute path of the file to archive (push).
+	Path string `json:"path,omitempty"`
+	// Name is the WAL file name to fetch and Dest the absolute path to
+	// write it to (get).
+	Name string `json:"name,omitempty"`
+	Dest string `json:"dest,omitempty"`
+	// DataDir and the identity fields say which cluster the hook runs for.
+	DataDir        string `json:"pgdata"`
+	SystemID       uint64 `json:"system_identifier,string"`
+	PGMajor        int    `json:"pg_major"`
+	WALSegmentSize int64  `json:"wal_segment_size"`
+}
+
+// Response is the daemon's answer to one Request.
+type Response struct {
+	Version int    `json:"v"`
+	Status  string `json:"status"`
+	Class   string `json:"class,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// Protocol limits.
+const (
+	// maxLine bounds a request or response line (paths are at most 4 KiB).
+	maxLine = 64 << 10
+	// requestReadTimeout bounds how long a connection may take to send its
+	// request; answerWriteTimeout how long the daemon waits to hand over
+	// the answer.
+	requestReadTimeout = 10 * time.Second
+	answerWriteTimeout = 10 * time.Second
+	// maxSocketPath is the longest unix socket path Linux accepts.
+	maxSocketPath = 107
+	// DefaultShutdownTimeout bounds a graceful shutdown when
+	// DaemonOptions.ShutdownTimeout is zero.
+	DefaultShutdownTimeout = time.Minute
+	// DefaultMaxConcurrent bounds the requests served at once when
+	// DaemonOptions.MaxConcurrent is zero.
+	DefaultMaxConcurrent = 64
+)
+
+// ErrDaemonRunning: another daemon holds the socket.
+var ErrDaemonRunning = errors.New("another walferry daemon is serving this socket")
+
+// DaemonOptions configure a Daemon.
+type DaemonOptions struct {
+	// DataDir is the data directory of Config.Cluster. Hooks running for
+	// another data directory are refused.
+	DataDir string
+	// Push and Get configure the long-lived Pusher and Getter; their
+	// Background field is forced to true.
+	Push PushOptions
+	Get  GetOptions
+	// ShutdownTimeout bounds a graceful shutdown: finishing the requests in
+	// flight, then the background uploads and prefetches. Zero means
+	// DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// MaxConcurrent bounds the requests served at once; further hooks wait
+	// in the socket's backlog. Zero means DefaultMaxConcurrent.
+	MaxConcurrent int
+}
+
+// Daemon serves archive-push and archive-get for one cluster over a unix
+// socket, with a long-lived Pusher and Getter (warm store connections,
+// look-ahead and prefetch running in the background). It is safe for many
+// concurrent hook calls.
+type Daemon struct {
+	cfg     Config
+	o       DaemonOptions
+	log     *slog.Logger
+	dataDir os.FileInfo
+	pusher  *Pusher
+	getter  *Getter
+}
+
+// NewDaemon builds the daemon's Pusher and Getter. cfg.Repos must already
+// be checked against cfg.Cluster. Serve runs it; a Daemon that is never
+// served must be closed with Close.
+func NewDaemon(cfg Config, o DaemonOptions) (*Daemon, error) {
+	if o.DataDir == "" || !filepath.IsAbs(o.DataDir) {
+		return nil, fmt.Errorf("daemon: the data directory must be an absolute path, got %q", o.DataDir)
+	}
+	fi, err := os.Stat(o.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: data directory: %w", err)
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.MaxConcurrent <= 0 {
+		o.MaxConcurrent = DefaultMaxConcurrent
+	}
+	o.Push.Background, o.Get.Background = true, true
+	d := &Daemon{cfg: cfg, o: o, log: cfg.logger(), dataDir: fi}
+	if d.pusher, err = NewPusher(cfg, o.Push); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	if d.getter, err = NewGetter(cfg, o.Get); err != nil {
+		d.pusher.Close(context.Background())
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	return d, nil
+}
+
+// Serve answers hooks on ln until ctx is cancelled, then shuts down
+// gracefully: it stops accepting (and removes the socket, so new hooks work
+// standalone at once), lets the requests in flight finish, then waits for
+// the background uploads and prefetches, all within ShutdownTimeout;
+// requests still running then are cancelled. Serve closes ln and the
+// daemon before it returns; it returns nil after a clean shutdown.
+func (d *Daemon) Serve(ctx context.Context, ln *Listener) error {
+	d.log.Info("daemon listening", "socket", ln.Path(), "pgdata", d.o.DataDir,
+		"system_identifier", strconv.FormatUint(d.cfg.Cluster.SystemID, 10), "repos", len(d.cfg.Repos))
+
+	// Requests are not cancelled by the shutdown signal, only by their
+	// hook going away or by the shutdown timeout.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	var inflight sync.WaitGroup
+	stopAccepting := make(chan struct{})
+	acceptErr := make(chan error, 1)
+	inflight.Add(1)
+	go func() {
+		defer inflight.Done()
+		sem := make(chan struct{}, d.o.MaxConcurrent)
+		for {
+			select {
+			case sem <- struct{}{}:
+			case <-stopAccepting:
+				return
+			}
+			conn, err := ln.ln.AcceptUnix()
+			if err != nil {
+				<-sem
+				select {
+				case <-stopAccepting:
+				default:
+					acceptErr <- err
+				}
+				return
+			}
+			inflight.Add(1)
+			go func() {
+				defer inflight.Done()
+				defer func() { <-sem }()
+				d.serveConn(reqCtx, conn)
+			}()
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("daemon shutting down: no new requests; finishing those in flight and background uploads",
+			"timeout", d.o.ShutdownTimeout.String())
+	case err := <-acceptErr:
+		runErr = fmt.Errorf("daemon: accept on %s: %w", ln.Path(), err)
+		d.log.Error("daemon stops: the socket failed", "err", err)
+	}
+	close(stopAccepting)
+	ln.stopListening()
+
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.ShutdownTimeout)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { inflight.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-shutCtx.Done():
+		d.log.Warn("daemon shutdown timeout: cancelling the requests still in flight")
+		cancelRequests()
+		<-drained
+	}
+	if err := d.Close(shutCtx); err != nil && runErr == nil {
+		runErr = err
+	}
+	if err := ln.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	if runErr == nil {
+		d.log.Info("daemon stopped")
+	}
+	return runErr
+}
+
+// Close waits, within ctx, for the Pusher's background uploads and the
+// Getter's prefetches, and releases them.
+func (d *Daemon) Close(ctx context.Context) error {
+	perr := d.pusher.Close(ctx)
+	gerr := d.getter.Close(ctx)
+	if perr != nil {
+		return fmt.Errorf("daemon: close pusher: %w", perr)
+	}
+	if gerr != nil {
+		return fmt.Errorf("daemon: close getter: %w", gerr)
+	}
+	return nil
+}
+
+// serveConn reads one request, serves it and writes the answer.
+func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(requestReadTimeout))
+	br := bufio.NewReaderSize(conn, 4096)
+	line, err := readLine(br)
+	if err != nil {
+		d.log.Debug("hook connection without a request", "err", err)
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	var req Request
+	var resp Response
+	if err := json.Unmarshal(line, &req); err != nil {
+		resp = Response{Status: StatusError, Class: ClassBadRequest, Message: "daemon: malformed request: " + err.Error()}
+	} else {
+		// The hook holds its side open until it has the answer: a read that
+		// ends means it went away (PostgreSQL killed it), so the work stops.
+		reqCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			var b [1]byte
+			br.Read(b[:])
+			cancel()
+		}()
+		resp = d.handle(reqCtx, req)
+		cancel()
+		if ctx.Err() != nil && resp.Status == StatusError {
+			// The shutdown timeout cancelled the work: close without an
+			// answer, as a killed daemon would, so the hook does the work
+			// itself instead of failing.
+			d.log.Warn("request abandoned at shutdown", "op", req.Op)
+			return
+		}
+	}
+	resp.Version = ProtocolVersion
+	out, err := json.Marshal(resp)
+	if err != nil {
+		d.log.Error("encode answer", "err", err)
+		return
+	}
+	conn.SetWriteDeadline(time.Now().Add(answerWriteTimeout))
+	if _, err := conn.Write(append(out, '\n')); err != nil {
+		d.log.Debug("hook went away before its answer", "op", req.Op, "err", err)
+	}
+}
+
+// handle checks a request and runs it.
+func (d *Daemon) handle(ctx context.Context, req Request) Response {
+	start := time.Now()
+	if req.Version != ProtocolVersion {
+		return Response{Status: StatusError, Class: ClassUnsupported,
+			Message: fmt.Sprintf("daemon speaks protocol version %d, the hook sent version %d", ProtocolVersion, req.Version)}
+	}
+	if resp, ok := d.refuse(req); !ok {
+		d.log.Warn("request refused", "op", req.Op, "pgdata", req.DataDir, "err", resp.Message)
+		return resp
+	}
+	var err error
+	var name string
+	switch req.Op {
+	case OpPush:
+		name = filepath.Base(req.Path)
+		if !filepath.IsAbs(req.Path) {
+			return badRequest("push: the path must be absolute, got %q", req.Path)
+		}
+		err = d.pusher.Push(ctx, filepath.Clean(req.Path))
+	case OpGet:
+		name = req.Name
+		if req.Name == "" || strings.ContainsAny(req.Name, `/\`) || req.Name == "." || req.Name == ".." {
+			return badRequest("get: %q is not a WAL file name", req.Name)
+		}
+		if !filepath.IsAbs(req.Dest) {
+			return badRequest("get: the destination must be an absolute path, got %q", req.Dest)
+		}
+		err = d.getter.Get(ctx, req.Name, filepath.Clean(req.Dest))
+	default:
+		return Response{Status: StatusError, Class: ClassUnsupported, Message: fmt.Sprintf("daemon does not know the operation %q", req.Op)}
+	}
+	resp := responseFor(err)
+	attrs := []any{"op", req.Op, "segment", name, "status", resp.Status, "duration", time.Since(start).String()}
+	if resp.Status == StatusError {
+		d.log.Warn("request failed", append(attrs, "class", resp.Class, "err", resp.Message)...)
+	} else {
+		d.log.Debug("request served", attrs...)
+	}
+	return resp
+}
+
+// refuse answers a request for another cluster or data directory.
+func (d *Daemon) refuse(req Request) (Response, bool) {
+	cl := d.cfg.Cluster
+	if req.SystemID != cl.SystemID || req.PGMajor != cl.PGMajor || req.WALSegmentSize != cl.WALSegmentSize {
+		return Response{Status: StatusError, Class: ClassWrongCluster, Message: fmt.Sprintf(
+			"%v: the daemon serves system identifier %d (PostgreSQL %d, %d-byte segments, data directory %s), "+
+				"but the hook runs for system identifier %d (PostgreSQL %d, %d-byte segments, data directory %s); "+
+				"point --socket at this cluster's daemon",
+			repo.ErrWrongCluster, cl.SystemID, cl.PGMajor, cl.WALSegmentSize, d.o.DataDir,
+			req.SystemID, req.PGMajor, req.WALSegmentSize, req.DataDir)}, false
+	}
+	fi, err := os.Stat(req.DataDir)
+	if !filepath.IsAbs(req.DataDir) || err != nil || !os.SameFile(fi, d.dataDir) {
+		return Response{Status: StatusError, Class: ClassWrongCluster, Message: fmt.Sprintf(
+			"%v: the daemon serves the data directory %s, but the hook runs for %s; point --socket at this data directory's daemon",
+			repo.ErrWrongCluster, d.o.DataDir, req.DataDir)}, false
+	}
+	return Response{}, true
+}
+
+func badRequest(format string, args ...any) Response {
+	return Response{Status: StatusError, Class: ClassBadRequest, Message: "daemon: " + fmt.Sprintf(format, args...)}
+}
+
+// responseFor turns the outcome of a push or get into an answer.
+func responseFor(err error) Response {
+	switch {
+	case err == nil:
+		return Response{Status: StatusOK}
+	case errors.Is(err, ErrNotArchived):
+		return Response{Status: StatusNotArchived}
+	}
+	return Response{Status: StatusError, Class: classOf(err), Message: err.Error()}
+}
+
+// classOf names the class of a failure. The order follows the command
+// line's exit codes: the most specific classification wins.
+func classOf(err error) string {
+	switch {
+	case errors.Is(err, ErrConflict):
+		return ClassConflict
+	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),
+		errors.Is(err, storage.ErrPermission):
+		return ClassPermission
+	case errors.Is(err, codec.ErrCorrupt):
+		return ClassCorrupt
+	case errors.Is(err, storage.ErrNoBucket):
+		return ClassNoBucket
+	case errors.Is(err, repo.ErrNotInitialized):
+		return ClassNotInitialized
+	case errors.Is(err, repo.ErrWrongCluster):
+		return ClassWrongCluster
+	case errors.Is(err, repo.ErrIncompatible):
+		return ClassIncompatible
+	case storage.IsRetryable(err), errors.Is(err, context.DeadlineExceeded):
+		return ClassTransient
+	}
+	return ClassFailure
+}
+
+// readLine reads one newline-terminated line of at most maxLine bytes.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > maxLine {
+			return nil, fmt.Errorf("line longer than %d bytes", maxLine)
+		}
+		if err == nil {
+			return line, nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+	}
+}
+
+// Listener is the daemon's unix socket, held exclusively: a lock file next
+// to the socket ("<socket>.lock") makes sure one daemon serves it.
+type Listener struct {
+	path     string
+	ln       *net.UnixListener
+	sock     os.FileInfo // the socket file this listener created
+	lock     *os.File
+	lockPath string
+	once     sync.Once
+}
+
+// Listen creates the daemon's socket at path, readable and writable by the
+// owner only (mode 0600), creating its directory (mode 0700) when missing.
+// A socket file left by a daemon that died is removed; when another daemon
+// is live on path, Listen fails with ErrDaemonRunning.
+func Listen(path string) (*Listener, error) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("daemon socket: %w", err)
+	}
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("daemon socket %s: the path is %d bytes long, unix sockets allow %d; choose a shorter --socket",
+			path, len(path), maxSocketPath)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("daemon socket: %w", err)
+	}
+	lockPath := path + ".lock"
+	lock, err := lockSocket(lockPath)
+	if err != nil {
+		return nil, fmt.Errorf("daemon socket %s: %w", path, err)
+	}
+	l := &Listener{path: path, lock: lock, lockPath: lockPath}
+	if err := l.listen(); err != nil {
+		l.unlock()
+		return nil, fmt.Errorf("daemon socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// listen removes a stale socket and binds a new one. The lock is held, so
+// no live daemon owns an existing socket file.
+func (l *Listener) listen() error {
+	fi, err := os.Lstat(l.path)
+	switch {
+	case err == nil && fi.Mode()&os.ModeSocket == 0:
+		return fmt.Errorf("the path exists and is not a socket; remove it or choose another --socket")
+	case err == nil:
+		// Belt and braces: a daemon that does not take the lock (another
+		// build) would still answer.
+		if c, derr := net.DialTimeout("unix", l.path, 100*time.Millisecond); derr == nil {
+			c.Close()
+			return fmt.Errorf("%w (it answers on the socket)", ErrDaemonRunning)
+		}
+		if err := os.Remove(l.path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+			return fmt.Errorf("remove the stale socket: %w", err)
+		}
+	case !errors.Is(err, iofs.ErrNotExist):
+		return err
+	}
+	ln, err := listenPrivate(l.path)
+	if err != nil {
+		return err
+	}
+	if l.sock, err = os.Lstat(l.path); err != nil {
+		ln.Close()
+		return err
+	}
+	l.ln = ln
+	return nil
+}
+
+// listenPrivate binds a unix socket that only its owner can connect to.
+// It binds under a temporary name, restricts the mode, then renames the
+// socket into place, so the socket is never reachable with a looser mode.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(filepath.Dir(path), ".walferry-"+hex.EncodeToString(b[:]))
+	if len(tmp) > maxSocketPath {
+		// No room for a temporary name: bind in place, then restrict.
+		tmp = path
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (*net.UnixListener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(err)
+	}
+	if tmp != path {
+		if err := os.Rename(tmp, path); err != nil {
+			return fail(err)
+		}
+	}
+	return ln, nil
+}
+
+// Path returns the socket's absolute path.
+func (l *Listener) Path() string { return l.path }
+
+// stopListening closes the socket and removes its file (when it is still
+// the one this listener created), so hooks stop connecting at once.
+func (l *Listener) stopListening() {
+	l.once.Do(func() {
+		l.ln.Close()
+		if fi, err := os.Lstat(l.path); err == nil && os.SameFile(fi, l.sock) {
+			os.Remove(l.path)
+		}
+	})
+}
+
+// Close stops listening, removes the socket file and releases the lock.
+// Connections already accepted are not affected.
+func (l *Listener) Close() error {
+	l.stopListening()
+	return l.unlock()
+}
+
+// unlock removes the lock file while holding the lock, then releases it.
+func (l *Listener) unlock() error {
+	if l.lock == nil {
+		return nil
+	}
+	err := os.Remove(l.lockPath)
+	if cerr := l.lock.Close(); err == nil {
+		err = cerr
+	}
+	l.lock = nil
+	if errors.Is(err, iofs.ErrNotExist) {
+		err = nil
+	}
+	return err
+}
+
+// lockSocket takes an exclusive lock on path, creating it, and writes the
+// process id into it. A daemon removes its lock file when it stops, so the
+// lock is retaken when the file was replaced between open and lock.
+func lockSocket(path string) (*os.File, error) {
+	for range 5 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			var pid [32]byte
+			n, _ := f.ReadAt(pid[:], 0)
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				if p := strings.TrimSpace(string(pid[:n])); p != "" {
+					return nil, fmt.Errorf("%w (process %s holds %s)", ErrDaemonRunning, p, path)
+				}
+				return nil, fmt.Errorf("%w (%s is locked)", ErrDaemonRunning, path)
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		held, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if now, err := os.Stat(path); err == nil && os.SameFile(held, now) {
+			if err := f.Truncate(0); err == nil {
+				f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+			}
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, fmt.Errorf("lock %s: the file keeps being replaced", path)
+}

@@ -1,0 +1,379 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/config"
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/open"
+)
+
+// The flags of the hooks and the daemon. Their values land in
+// config.Archive (see settings.load).
+func aheadFlag() cli.Flag {
+	return &cli.IntFlag{Name: "ahead", EnvVars: []string{"WALFERRY_PUSH_AHEAD"}, Value: config.Defaults().Archive.PushAhead,
+		Usage: "further .ready segments to push in parallel: `N`, 0 for none, -1 for twice the CPUs (2..16)"}
+}
+
+func prefetchFlag() cli.Flag {
+	return &cli.IntFlag{Name: "prefetch", EnvVars: []string{"WALFERRY_PREFETCH"}, Value: config.Defaults().Archive.Prefetch,
+		Usage: "following segments to fetch in parallel into the spool: `N`, 0 for none, -1 for twice the CPUs (2..16)"}
+}
+
+func spoolDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "spool-dir", EnvVars: []string{"WALFERRY_SPOOL_DIR"},
+		Usage: "working `DIR`: DIR/prefetch (on pg_wal's filesystem) and DIR/pushed (default: pg_wal/.walferry)"}
+}
+
+func socketFlag(usage string) cli.Flag {
+	return &cli.StringFlag{Name: "socket", EnvVars: []string{"WALFERRY_SOCKET"}, Usage: usage}
+}
+
+const hookSocketUsage = "hand the call to walferry daemon on this unix socket `PATH`; work standalone when it does not answer"
+
+func (a *app) archivePushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "archive-push",
+		Aliases:   []string{"wal-push"},
+		Usage:     "archive one WAL file (archive_command)",
+		UsageText: "walferry archive-push [--repo URL]... [--ahead N] [--socket PATH] <path>",
+		Description: `PostgreSQL runs it as its archive_command, in the data directory:
+
+   archive_mode = on
+   archive_command = 'walferry archive-push %p'
+
+with the repository in the server's environment (WALFERRY_REPO=s3://bucket/db)
+or in a configuration file (WALFERRY_CONFIG=/etc/walferry.yaml) readable by
+the server's OS user.
+
+It exits 0 only once the file is durable in every --repo. Otherwise it prints
+one line and exits non-zero; PostgreSQL keeps the file and calls again.
+Pushing a file that is already archived with the same content succeeds at
+once (PostgreSQL repeats calls after a crash). A different file already
+archived under the same name is refused with exit 5, naming both checksums,
+and nothing is overwritten: that is a split-brain or a wrong repository.
+
+The cluster is identified by the control file of --pgdata (PGDATA), or else of
+the working directory, and every repository must belong to it (exit 5
+otherwise). Timelines, .history, .backup and .partial files are handled.
+
+Look-ahead: while pushing the requested file it uploads the next --ahead .ready
+files of pg_wal/archive_status in parallel, and records each one that became
+durable everywhere in <spool-dir>/pushed, so PostgreSQL's next calls return at
+once. A record is written only after the upload is durable and removed once
+PostgreSQL's call consumed it.
+
+With --socket (WALFERRY_SOCKET) the call is handed to "walferry daemon" serving
+that socket: no start-up, warm connections, look-ahead in the background.
+When the daemon does not answer (not running, socket missing, connection lost)
+the command does the work itself, so a dead daemon never stops archiving.
+
+It never exits above 125, which would make PostgreSQL restart its archiver:
+an interrupted call (SIGINT, SIGTERM, SIGQUIT) exits 1.`,
+		Flags:  withCommonFlags(aheadFlag(), spoolDirFlag(), socketFlag(hookSocketUsage)),
+		Action: a.archivePush,
+	}
+}
+
+func (a *app) archiveGetCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "archive-get",
+		Aliases:   []string{"wal-fetch"},
+		Usage:     "fetch one WAL file (restore_command)",
+		UsageText: "walferry archive-get [--repo URL]... [--prefetch N] [--socket PATH] <name> <dest>",
+		Description: `PostgreSQL runs it as its restore_command, in the data directory, during
+recovery and on standbys:
+
+   restore_command = 'walferry archive-get %f %p'
+
+with the repository in the server's environment (WALFERRY_REPO) or in a
+configuration file (WALFERRY_CONFIG) readable by the server's OS user.
+
+It writes <dest> whole and atomically (a temporary file renamed into place),
+after verifying the file's checksum, and exits 0. When the file is in no
+repository it exits 1 at once and prints nothing: that is how recovery learns
+where the archive ends. Every other failure exits 1 too, with one line
+(transient store errors are retried for a bounded time first). It never exits
+above 125 and never dies by a signal, which would abort recovery: SIGINT,
+SIGTERM and SIGQUIT remove the temporary file and exit 1.
+
+Prefetch: the next --prefetch segments are fetched in parallel into
+<spool-dir>/prefetch, verified, and served from there with a rename; keep the
+spool on pg_wal's filesystem. Overlapping calls never race on a spool file.
+
+With --socket (WALFERRY_SOCKET) the call is handed to "walferry daemon" serving
+that socket, whose prefetch runs in the background; when the daemon does not
+answer, the command does the work itself.`,
+		Flags:  withCommonFlags(prefetchFlag(), spoolDirFlag(), socketFlag(hookSocketUsage)),
+		Action: a.archiveGet,
+	}
+}
+
+func (a *app) daemonCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "daemon",
+		Usage:     "serve archive-push and archive-get on a unix socket (the hooks' server)",
+		UsageText: "walferry daemon --socket PATH --pgdata DIR --repo URL... [--ahead N] [--prefetch N] [--spool-dir DIR]",
+		Description: `Serves the hooks of one cluster over a unix socket. Hooks configured with the
+same --socket (WALFERRY_SOCKET) hand their work to it:
+
+   archive_command = 'walferry archive-push --socket /run/walferry/walferry.sock %p'
+   restore_command = 'walferry archive-get --socket /run/walferry/walferry.sock %f %p'
+
+The daemon keeps its store connections warm, checks the repositories once at
+start, pushes ahead and prefetches in the background, and serves many
+concurrent calls. A hook call then costs a process start and one round trip.
+Give the hooks the repository too (WALFERRY_REPO or WALFERRY_CONFIG): when the
+daemon is down they work standalone.
+
+The socket is created with mode 0600 (run the daemon as the server's OS user);
+a socket left by a daemon that died is replaced; a second daemon on the same
+socket is refused. Requests from another cluster or another data directory are
+refused (exit 5 in the hook).
+
+SIGTERM or SIGINT shut it down gracefully: it stops accepting (hooks work
+standalone from then on), finishes the calls in flight, then waits for the
+background uploads, all within --shutdown-timeout. Logs are JSON in
+Kubernetes pods (--log-format auto) and at level info by default.
+
+"walferry sidecar" (planned) will run this server next to its other duties.`,
+		Flags: withCommonFlags(
+			socketFlag("unix socket `PATH` to serve (required)"),
+			aheadFlag(), prefetchFlag(), spoolDirFlag(),
+			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: archive.DefaultShutdownTimeout,
+				Usage: "on SIGTERM, how long to finish requests in flight and background uploads"},
+		),
+		Action: a.daemon,
+	}
+}
+
+// hookTarget is what a hook call runs for: the data directory and the
+// cluster identity read from its control file.
+type hookTarget struct {
+	dataDir string
+	cluster repo.Cluster
+}
+
+// hookTarget resolves the data directory (--pgdata / PGDATA, else the
+// working directory: PostgreSQL runs its hooks in the data directory) and
+// reads the cluster's identity from its control file.
+func (s *settings) hookTarget(ctx context.Context) (hookTarget, error) {
+	dir := s.cfg.PGData
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return hookTarget{}, &postgresError{fmt.Errorf("no --pgdata and no working directory: %w", err)}
+		}
+		dir = wd
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return hookTarget{}, &postgresError{err}
+	}
+	s.cfg.PGData = dir
+	cl, err := clusterIdentity(ctx, s)
+	if err != nil {
+		return hookTarget{}, err
+	}
+	return hookTarget{dataDir: dir, cluster: cl}, nil
+}
+
+// daemonClient returns the client of the configured daemon, or nil.
+func (s *settings) daemonClient(t hookTarget) *archive.Client {
+	if s.cfg.Archive.Socket == "" {
+		return nil
+	}
+	return &archive.Client{Socket: s.cfg.Archive.Socket, DataDir: t.dataDir, Cluster: t.cluster}
+}
+
+// standalone logs why a hook works in-process after asking the daemon.
+func (s *settings) standalone(err error) {
+	s.log.Info("daemon unreachable, working standalone", "socket", s.cfg.Archive.Socket, "err", err)
+}
+
+// pushOptions and getOptions map the settings onto the engines' options;
+// the engines' defaults put their files in pg_wal/.walferry.
+func (s *settings) pushOptions() archive.PushOptions {
+	o := archive.PushOptions{Ahead: s.cfg.Archive.PushAhead}
+	if d := s.cfg.Archive.SpoolDir; d != "" {
+		o.StateDir = filepath.Join(d, "pushed")
+	}
+	return o
+}
+
+func (s *settings) getOptions() archive.GetOptions {
+	o := archive.GetOptions{Prefetch: s.cfg.Archive.Prefetch}
+	if d := s.cfg.Archive.SpoolDir; d != "" {
+		o.SpoolDir = filepath.Join(d, "prefetch")
+	}
+	return o
+}
+
+func (a *app) archivePush(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usage(fmt.Errorf("archive-push takes one argument, the WAL file's path (%%p), got %d: archive_command = 'walferry archive-push %%p'", c.NArg()))
+	}
+	path := c.Args().First()
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	t, err := s.hookTarget(c.Context)
+	if err != nil {
+		return err
+	}
+	if client := s.daemonClient(t); client != nil {
+		err := client.Push(c.Context, path)
+		if !errors.Is(err, archive.ErrDaemonUnavailable) {
+			return err
+		}
+		s.standalone(err)
+	}
+	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	p, err := archive.NewPusher(cfg, s.pushOptions())
+	if err != nil {
+		return err
+	}
+	err = p.Push(c.Context, path)
+	// The requested file's fate is decided; Close only waits for the
+	// look-ahead uploads, whose failures the next calls retry.
+	if cerr := p.Close(c.Context); cerr != nil && err == nil {
+		s.log.Warn("look-ahead uploads did not finish; PostgreSQL's next calls push those files", "err", cerr)
+	}
+	return err
+}
+
+func (a *app) archiveGet(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usage(fmt.Errorf("archive-get takes two arguments, the WAL file's name (%%f) and the destination (%%p), got %d: restore_command = 'walferry archive-get %%f %%p'", c.NArg()))
+	}
+	name, dest := c.Args().Get(0), c.Args().Get(1)
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	t, err := s.hookTarget(c.Context)
+	if err != nil {
+		return err
+	}
+	if client := s.daemonClient(t); client != nil {
+		err := client.Get(c.Context, name, dest)
+		if !errors.Is(err, archive.ErrDaemonUnavailable) {
+			return err
+		}
+		s.standalone(err)
+	}
+	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	g, err := archive.NewGetter(cfg, s.getOptions())
+	if err != nil {
+		return err
+	}
+	err = g.Get(c.Context, name, dest)
+	if cerr := g.Close(c.Context); cerr != nil && err == nil {
+		s.log.Warn("prefetch did not finish", "err", cerr)
+	}
+	return err
+}
+
+func (a *app) daemon(c *cli.Context) error {
+	s, err := a.loadWith(c, func(cfg *config.Config) { cfg.LogLevel = "info" })
+	if err != nil {
+		return err
+	}
+	if s.cfg.Archive.Socket == "" {
+		return usage(errors.New("walferry daemon needs --socket PATH (or WALFERRY_SOCKET), e.g. /run/walferry/walferry.sock"))
+	}
+	if s.cfg.PGData == "" {
+		return usage(errors.New("walferry daemon serves one data directory: pass --pgdata DIR or set PGDATA"))
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	t, err := s.hookTarget(c.Context)
+	if err != nil {
+		return err
+	}
+	ln, err := archive.Listen(s.cfg.Archive.Socket)
+	if err != nil {
+		return err
+	}
+	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer closeStores()
+	d, err := archive.NewDaemon(cfg, archive.DaemonOptions{
+		DataDir:         t.dataDir,
+		Push:            s.pushOptions(),
+		Get:             s.getOptions(),
+		ShutdownTimeout: c.Duration("shutdown-timeout"),
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return d.Serve(c.Context, ln)
+}
+
+// openArchive opens every repository, checks that each belongs to cl, and
+// returns the engines' configuration and a function closing the stores.
+// The repositories share one codec (its encoder pools).
+func (s *settings) openArchive(ctx context.Context, cl repo.Cluster) (archive.Config, func(), error) {
+	if err := s.requireRepos(); err != nil {
+		return archive.Config{}, nil, err
+	}
+	size, err := pg.NewWALSegmentSize(cl.WALSegmentSize)
+	if err != nil {
+		return archive.Config{}, nil, &postgresError{fmt.Errorf("%s: %w", cl.Source, err)}
+	}
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return archive.Config{}, nil, err
+	}
+	var stores []storage.Store
+	closeStores := func() {
+		for _, st := range stores {
+			st.Close()
+		}
+	}
+	shared := codec.New()
+	repos := make([]*repo.Repo, 0, len(s.cfg.Repos))
+	for _, url := range s.cfg.Repos {
+		st, err := open.Store(ctx, url, s.store)
+		if err != nil {
+			closeStores()
+			return archive.Config{}, nil, classifyOpenError(err)
+		}
+		stores = append(stores, st)
+		r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression, Codec: shared})
+		if err == nil {
+			err = r.Metadata().Matches(cl, st.String())
+		}
+		if err != nil {
+			closeStores()
+			return archive.Config{}, nil, err
+		}
+		repos = append(repos, r)
+	}
+	return archive.Config{Repos: repos, Cluster: cl, SegmentSize: size, Log: s.log.With("component", "archive")},
+		closeStores, nil
+}
