@@ -44,6 +44,13 @@ func main() {
 		err = variantMain()
 	case "all":
 		err = allMain(os.Args[2:])
+	case "size": // bench size URL: the total size of a store's objects
+		var c config
+		var n int64
+		if len(os.Args) == 3 {
+			n, err = c.storeSize(os.Args[2])
+			fmt.Println(n)
+		}
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -463,7 +470,12 @@ func (c *config) repoSize(store, tool, repoPath string) (int64, error) {
 			url = "s3://" + c.s3Bucket + "/pgbackrest" + repoPath + "?endpoint=" + c.s3Endpoint + "&path-style=true"
 		}
 	}
-	// run.sh sets AWS_* and SSL_CERT_FILE in this process's environment.
+	return c.storeSize(url)
+}
+
+// storeSize sums the sizes of the objects of the store at url. run.sh sets
+// AWS_* and SSL_CERT_FILE in this process's environment.
+func (c *config) storeSize(url string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
