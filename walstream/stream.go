@@ -1,0 +1,509 @@
+package walstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+)
+
+// pollInterval bounds how long the receiving loop waits for a message
+// before it looks at shutdown, flush progress and the status timer.
+const pollInterval = 200 * time.Millisecond
+
+// session makes one connection and streams until it fails or ctx ends.
+func (r *receiver) session(ctx context.Context, pending []string) error {
+	cfg := r.o.Conn.Copy()
+	cfg.RuntimeParams["replication"] = "true"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", pg.DescribeConfig(cfg), err)
+	}
+	r.conn = conn
+	isr, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
+	}
+	if isr.SystemID != strconv.FormatUint(r.sysID, 10) {
+		return fmt.Errorf("walstream: %w: the repository belongs to system identifier %d, but the server %s has system identifier %s; "+
+			"point the connection at this repository's cluster, or --repo at the server's repository",
+			repo.ErrWrongCluster, r.sysID, pg.DescribeConfig(cfg), isr.SystemID)
+	}
+	if err := r.checkSegmentSize(ctx, conn); err != nil {
+		return err
+	}
+	restart, err := r.ensureSlot(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if r.tli == 0 {
+		r.tli = pg.TimeLineID(isr.Timeline)
+		start, err := r.startPosition(ctx, pending, restart, pg.LSN(isr.XLogPos))
+		if err != nil {
+			return err
+		}
+		r.next = start
+		r.advanceFlushed(start)
+	}
+	// Always start at a segment boundary: the segment file is rewritten
+	// from its beginning.
+	r.closeSegment()
+	r.next = r.size.StartLSN(r.size.SegNoOf(r.next))
+	for {
+		if err := r.queueHistory(ctx, conn, r.tli); err != nil {
+			return err
+		}
+		if err := r.startReplication(ctx, conn); err != nil {
+			return err
+		}
+		r.log.Info("streaming", "lsn", r.next, "timeline", uint32(r.tli),
+			"segment", pg.SegmentNameOf(r.tli, r.next, r.size), "slot", r.o.Slot)
+		tli, startpos, err := r.copyLoop(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if err := r.switchTimeline(ctx, tli, startpos); err != nil {
+			return err
+		}
+	}
+}
+
+// checkSegmentSize refuses a server whose WAL segment size differs from
+// the repository's.
+func (r *receiver) checkSegmentSize(ctx context.Context, conn *pgconn.PgConn) error {
+	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
+	if err != nil {
+		return fmt.Errorf("SHOW wal_segment_size: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return errors.New("SHOW wal_segment_size: unexpected result")
+	}
+	n, err := pg.ParseSizeSetting(string(res[0].Rows[0][0]))
+	if err != nil {
+		return fmt.Errorf("wal_segment_size: %w", err)
+	}
+	if n != r.size.Bytes() {
+		return fmt.Errorf("walstream: %w: the repository uses %s WAL segments, the server %d-byte segments",
+			repo.ErrWrongCluster, r.size, n)
+	}
+	return nil
+}
+
+// ensureSlot creates the physical slot when missing and returns its
+// restart LSN (InvalidLSN without a slot or when it has none).
+func (r *receiver) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (pg.LSN, error) {
+	if r.o.Slot == "" {
+		return pg.InvalidLSN, nil
+	}
+	typ, restart, err := readSlot(ctx, conn, r.o.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if typ == "" {
+		_, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+r.o.Slot+" PHYSICAL RESERVE_WAL").ReadAll()
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // created meanwhile
+			return 0, fmt.Errorf("create replication slot %s: %w", r.o.Slot, err)
+		}
+		if err == nil {
+			r.log.Info("created physical replication slot", "slot", r.o.Slot)
+		}
+		if typ, restart, err = readSlot(ctx, conn, r.o.Slot); err != nil {
+			return 0, err
+		}
+	}
+	if typ != "physical" {
+		return 0, fmt.Errorf("walstream: %w: replication slot %s is a %s slot; choose another --slot name",
+			repo.ErrWrongCluster, r.o.Slot, typ)
+	}
+	return restart, nil
+}
+
+// readSlot runs READ_REPLICATION_SLOT (PostgreSQL 15+): the slot's type
+// ("" when it does not exist) and restart LSN.
+func readSlot(ctx context.Context, conn *pgconn.PgConn, name string) (string, pg.LSN, error) {
+	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+name).ReadAll()
+	if err != nil {
+		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 2 {
+		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: unexpected result", name)
+	}
+	row := res[0].Rows[0]
+	if row[0] == nil {
+		return "", 0, nil
+	}
+	var restart pg.LSN
+	if row[1] != nil {
+		if restart, err = pg.ParseLSN(string(row[1])); err != nil {
+			return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
+		}
+	}
+	return string(row[0]), restart, nil
+}
+
+// startPosition is where a new run starts on r.tli: after the newest
+// complete segment the repositories (all of them) and the spool hold, else
+// the slot's restart point, else the server's current position; always at
+// the start of a segment.
+func (r *receiver) startPosition(ctx context.Context, pending []string, restart, serverPos pg.LSN) (pg.LSN, error) {
+	var next pg.LSN
+	found := false
+	for i, rp := range r.o.Repos {
+		n, ok, err := r.repoNext(ctx, rp)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			found = false
+			break
+		}
+		if i == 0 || n < next {
+			next = n
+		}
+		found = true
+	}
+	for _, name := range pending {
+		if f, err := pg.ParseWALFileName(name, r.size); err == nil && f.Kind == pg.KindSegment && f.TLI == r.tli {
+			next = max(next, r.size.StartLSN(f.SegNo+1))
+			found = true
+		}
+	}
+	switch {
+	case found:
+		r.log.Info("resuming after what the repository holds", "lsn", next, "timeline", uint32(r.tli))
+		return next, nil
+	case restart.IsValid():
+		return r.size.StartLSN(r.size.SegNoOf(restart)), nil
+	}
+	return r.size.StartLSN(r.size.SegNoOf(serverPos)), nil
+}
+
+// repoNext returns the start of the segment after the newest complete
+// segment of r.tli in rp.
+func (r *receiver) repoNext(ctx context.Context, rp *repo.Repo) (pg.LSN, bool, error) {
+	var newest pg.SegNo
+	found := false
+	err := rp.Store().List(ctx, repo.WALPrefix+r.tli.Hex(), func(oi storage.ObjectInfo) error {
+		f, err := pg.ParseWALFileName(path.Base(oi.Key), r.size)
+		if err == nil && f.Kind == pg.KindSegment && f.TLI == r.tli && (!found || f.SegNo > newest) {
+			newest, found = f.SegNo, true
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("list %s: %w", rp, err)
+	}
+	if !found {
+		return 0, false, nil
+	}
+	return r.size.StartLSN(newest + 1), true, nil
+}
+
+// queueHistory fetches timeline tli's history file (once per run) and
+// queues it for upload.
+func (r *receiver) queueHistory(ctx context.Context, conn *pgconn.PgConn, tli pg.TimeLineID) error {
+	if tli <= 1 || r.histories[tli] {
+		return nil
+	}
+	th, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))
+	if err != nil {
+		return fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, err)
+	}
+	name := pg.HistoryFileName(tli)
+	if th.FileName != name {
+		return fmt.Errorf("TIMELINE_HISTORY %d: the server sent %q", tli, th.FileName)
+	}
+	if err := writeFileAtomic(filepath.Join(r.o.SpoolDir, name), th.Content); err != nil {
+		return err
+	}
+	if err := r.enqueue(ctx, name); err != nil {
+		return err
+	}
+	r.histories[tli] = true
+	return nil
+}
+
+// startReplication sends START_REPLICATION at r.next on r.tli and waits
+// for the copy stream.
+func (r *receiver) startReplication(ctx context.Context, conn *pgconn.PgConn) error {
+	sql := "START_REPLICATION "
+	if r.o.Slot != "" {
+		sql += "SLOT " + r.o.Slot + " "
+	}
+	sql += fmt.Sprintf("PHYSICAL %s TIMELINE %d", r.next, uint32(r.tli))
+	conn.Frontend().SendQuery(&pgproto3.Query{String: sql})
+	if err := conn.Frontend().Flush(); err != nil {
+		return fmt.Errorf("send START_REPLICATION: %w", err)
+	}
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("START_REPLICATION: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyBothResponse:
+			return nil
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("%s: %w", sql, pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		default:
+			return fmt.Errorf("%s: unexpected %T", sql, msg)
+		}
+	}
+}
+
+// copyLoop receives the copy stream until the timeline ends (returning the
+// next timeline and where it starts), an error, or ctx ends.
+func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
+	nextStatus := time.Now()
+	for {
+		if ctx.Err() != nil {
+			return 0, 0, ctx.Err()
+		}
+		if err := r.fatalErr(); err != nil {
+			return 0, 0, err
+		}
+		r.mu.Lock()
+		flushMoved := r.flushed != r.lastStatus
+		r.mu.Unlock()
+		if flushMoved || !time.Now().Before(nextStatus) {
+			if err := r.sendStatus(false); err != nil {
+				return 0, 0, err
+			}
+			nextStatus = time.Now().Add(r.o.StatusInterval)
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pollInterval)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return 0, 0, fmt.Errorf("receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return 0, 0, err
+				}
+				if pkm.ReplyRequested {
+					nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return 0, 0, err
+				}
+				if err := r.write(ctx, pg.LSN(xld.WALStart), xld.WALData); err != nil {
+					return 0, 0, err
+				}
+			}
+		case *pgproto3.CopyDone:
+			return r.endOfStream(ctx, conn)
+		case *pgproto3.ErrorResponse:
+			return 0, 0, pgconn.ErrorResponseToPgError(m)
+		}
+	}
+}
+
+// endOfStream answers the server's CopyDone and reads the next timeline.
+func (r *receiver) endOfStream(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
+	conn.Frontend().Send(&pgproto3.CopyDone{})
+	if err := conn.Frontend().Flush(); err != nil {
+		return 0, 0, err
+	}
+	var tli pg.TimeLineID
+	var start pg.LSN
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return 0, 0, fmt.Errorf("end of streaming: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			if len(m.Values) != 2 {
+				return 0, 0, fmt.Errorf("end of streaming: %d columns", len(m.Values))
+			}
+			t, err := strconv.ParseUint(string(m.Values[0]), 10, 32)
+			if err != nil {
+				return 0, 0, fmt.Errorf("end of streaming: next timeline %q", m.Values[0])
+			}
+			if start, err = pg.ParseLSN(string(m.Values[1])); err != nil {
+				return 0, 0, fmt.Errorf("end of streaming: %w", err)
+			}
+			tli = pg.TimeLineID(t)
+		case *pgproto3.ErrorResponse:
+			return 0, 0, pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.ReadyForQuery:
+			if tli == 0 {
+				return 0, 0, errStreamEnded
+			}
+			return tli, start, nil
+		}
+	}
+}
+
+// switchTimeline finishes the old timeline at the switch point: its
+// unfinished segment is queued as a .partial; streaming restarts on the
+// new timeline at the start of the segment holding the switch point.
+func (r *receiver) switchTimeline(ctx context.Context, tli pg.TimeLineID, startpos pg.LSN) error {
+	if tli <= r.tli {
+		return fmt.Errorf("walstream: the server switched from timeline %d to %d", r.tli, tli)
+	}
+	r.log.Info("timeline switch", "timeline", uint32(tli), "lsn", startpos, "from_timeline", uint32(r.tli))
+	if r.seg != nil && r.size.Offset(r.next) != 0 {
+		name := pg.SegmentName(r.tli, r.segNo, r.size)
+		if err := r.seg.Sync(); err != nil {
+			return fmt.Errorf("walstream: %w", err)
+		}
+		r.closeSegment()
+		recv := filepath.Join(r.o.SpoolDir, name+recvSuffix)
+		if err := renameDurable(recv, filepath.Join(r.o.SpoolDir, name+".partial")); err != nil {
+			return err
+		}
+		if err := r.enqueue(ctx, name+".partial"); err != nil {
+			return err
+		}
+	}
+	r.closeSegment()
+	r.tli = tli
+	r.next = r.size.StartLSN(r.size.SegNoOf(startpos))
+	return nil
+}
+
+// write stores WAL received at walStart into the spool.
+func (r *receiver) write(ctx context.Context, walStart pg.LSN, data []byte) error {
+	if walStart > r.next {
+		return fmt.Errorf("walstream: the server sent WAL at %s but %s was expected", walStart, r.next)
+	}
+	if skip := uint64(r.next - walStart); skip > 0 {
+		if skip >= uint64(len(data)) {
+			return nil
+		}
+		data = data[skip:]
+	}
+	segSize := uint64(r.size.Bytes())
+	for len(data) > 0 {
+		if r.seg == nil {
+			if err := r.openSegment(); err != nil {
+				return err
+			}
+		}
+		off := r.size.Offset(r.next)
+		n := min(uint64(len(data)), segSize-off)
+		if _, err := r.seg.WriteAt(data[:n], int64(off)); err != nil {
+			return fmt.Errorf("walstream: write spool: %w", err)
+		}
+		r.next += pg.LSN(n)
+		data = data[n:]
+		r.progressed = true
+		r.mu.Lock()
+		r.cur.end = r.next
+		r.mu.Unlock()
+		if r.size.Offset(r.next) == 0 {
+			if err := r.completeSegment(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// openSegment opens the spool file of the segment holding r.next.
+func (r *receiver) openSegment() error {
+	r.segNo = r.size.SegNoOf(r.next)
+	name := pg.SegmentName(r.tli, r.segNo, r.size)
+	p := filepath.Join(r.o.SpoolDir, name+recvSuffix)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	// Full size from the start (sparse): a partial upload is then a
+	// segment-sized file, zero after the received bytes, like PostgreSQL's.
+	if err := f.Truncate(r.size.Bytes()); err != nil {
+		f.Close()
+		return fmt.Errorf("walstream: %w", err)
+	}
+	r.seg = f
+	r.mu.Lock()
+	r.cur = current{name: name, path: p, start: r.size.StartLSN(r.segNo), end: r.next}
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *receiver) closeSegment() {
+	if r.seg != nil {
+		r.seg.Close()
+		r.seg = nil
+	}
+	r.mu.Lock()
+	r.cur = current{}
+	r.mu.Unlock()
+}
+
+// completeSegment makes the full segment durable in the spool under its
+// own name and queues it for upload.
+func (r *receiver) completeSegment(ctx context.Context) error {
+	name := pg.SegmentName(r.tli, r.segNo, r.size)
+	if err := r.seg.Sync(); err != nil {
+		return fmt.Errorf("walstream: sync spool: %w", err)
+	}
+	r.closeSegment()
+	if err := renameDurable(filepath.Join(r.o.SpoolDir, name+recvSuffix), filepath.Join(r.o.SpoolDir, name)); err != nil {
+		return err
+	}
+	r.log.Debug("segment received", "segment", name, "timeline", uint32(r.tli))
+	return r.enqueue(ctx, name)
+}
+
+// enqueue hands a spooled file to the uploader.
+func (r *receiver) enqueue(ctx context.Context, name string) error {
+	select {
+	case r.queue <- name:
+		return nil
+	case <-r.upDone:
+		if err := r.fatalErr(); err != nil {
+			return err
+		}
+		return errors.New("walstream: the uploader stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// sendStatus reports the received and durable positions.
+func (r *receiver) sendStatus(reply bool) error {
+	flushed := r.flushedLSN()
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(max(r.next, flushed)),
+		WALFlushPosition: pglogrepl.LSN(flushed),
+		WALApplyPosition: pglogrepl.LSN(flushed),
+		ReplyRequested:   reply,
+	})
+	if err != nil {
+		return fmt.Errorf("send status: %w", err)
+	}
+	r.mu.Lock()
+	r.lastStatus = flushed
+	r.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,190 @@
+package walstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+)
+
+// uploader pushes the spooled files in order (the leftovers of a previous
+// run first), and the unfinished segment as a .partial every
+// PartialInterval when it grew. It returns when the queue is closed and
+// drained (after a last partial upload), when ctx ends, or with a
+// permanent error (a conflict).
+func (r *receiver) uploader(ctx context.Context, pending []string) error {
+	for _, name := range pending {
+		if err := r.uploadRetrying(ctx, name); err != nil {
+			return err
+		}
+	}
+	tick := time.NewTicker(r.o.PartialInterval)
+	defer tick.Stop()
+	var last current // the latest partial uploaded
+	for {
+		select {
+		case name, ok := <-r.queue:
+			if !ok {
+				r.uploadPartial(ctx, &last)
+				return nil
+			}
+			if err := r.uploadRetrying(ctx, name); err != nil {
+				return err
+			}
+		case <-tick.C:
+			r.uploadPartial(ctx, &last)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// uploadRetrying uploads one spooled file until it succeeds, ctx ends, or
+// a conflict: a store outage only delays it.
+func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
+	backoff := r.o.MinBackoff
+	for attempt := 1; ; attempt++ {
+		err := r.uploadOne(ctx, name)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, archive.ErrConflict) {
+			return fmt.Errorf("walstream: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("upload failed; retrying", "segment", name, "attempt", attempt, "backoff", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(2*backoff, r.o.MaxBackoff)
+	}
+}
+
+// uploadOne stores one spooled file: segments and history files exactly
+// as archive-push does, .partial files by overwriting; then removes it
+// from the spool and advances the flush position.
+func (r *receiver) uploadOne(ctx context.Context, name string) error {
+	p := filepath.Join(r.o.SpoolDir, name)
+	f, err := pg.ParseWALFileName(name, r.size)
+	if err != nil {
+		return err
+	}
+	switch f.Kind {
+	case pg.KindPartial:
+		key, err := repo.WALKey(name, r.size)
+		if err != nil {
+			return err
+		}
+		file, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		err = r.putAll(ctx, key, file, r.size.Bytes())
+		file.Close()
+		if err != nil {
+			return err
+		}
+		r.log.Info("partial segment of an ended timeline uploaded", "segment", name, "timeline", uint32(f.TLI))
+	default:
+		if err := r.pusher.Push(ctx, p); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if f.Kind == pg.KindSegment {
+		r.deletePartials(ctx, name)
+		r.advanceFlushed(r.size.StartLSN(f.SegNo + 1))
+	}
+	return nil
+}
+
+// uploadPartial uploads the segment being received as <segment>.partial
+// when it grew since the last upload. The flush position moves to its end
+// only when every earlier byte is durable already.
+func (r *receiver) uploadPartial(ctx context.Context, last *current) {
+	r.mu.Lock()
+	cur := r.cur
+	r.mu.Unlock()
+	if cur.name == "" || cur.end <= cur.start || (cur.name == last.name && cur.end <= last.end) {
+		return
+	}
+	f, err := os.Open(cur.path)
+	if err != nil {
+		return // completed and renamed meanwhile: the segment itself follows
+	}
+	defer f.Close()
+	key, err := repo.WALKey(cur.name+".partial", r.size)
+	if err != nil {
+		return
+	}
+	start := time.Now()
+	if err := r.putAll(ctx, key, f, r.size.Bytes()); err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("partial upload failed; retrying at the next interval", "segment", cur.name, "err", err)
+		}
+		return
+	}
+	*last = cur
+	r.mu.Lock()
+	if r.flushed >= cur.start {
+		r.flushed = max(r.flushed, cur.end)
+	}
+	r.mu.Unlock()
+	r.log.Debug("partial uploaded", "segment", cur.name+".partial", "lsn", cur.end,
+		"duration", time.Since(start))
+}
+
+// ioSection reads the first size bytes of f.
+func ioSection(f *os.File, size int64) io.Reader { return io.NewSectionReader(f, 0, size) }
+
+// writeFileAtomic writes a small file: temp, fsync, rename, fsync dir.
+func writeFileAtomic(p string, data []byte) error {
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("walstream: write %s: %w", p, err)
+	}
+	return renameDurable(tmp, p)
+}
+
+// renameDurable renames and syncs the directory.
+func renameDurable(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	d, err := os.Open(filepath.Dir(to))
+	if err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("walstream: sync %s: %w", filepath.Dir(to), err)
+	}
+	return nil
+}

@@ -1,0 +1,355 @@
+package walstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/pgtest"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/fs"
+)
+
+const testSegMB = 1
+
+// testCluster starts PostgreSQL 15 with 1 MiB segments that stay in
+// pg_wal long enough to be compared with what was streamed.
+func testCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs PostgreSQL")
+	}
+	return pgtest.Start(t, pgtest.Options{
+		WALSegSizeMB: testSegMB,
+		Conf:         []string{"wal_level = replica", "max_wal_senders = 5", "wal_keep_size = '256MB'"},
+	})
+}
+
+func testSize(t *testing.T) pg.WALSegmentSize {
+	s, err := pg.NewWALSegmentSize(testSegMB << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// testRepo makes a filesystem repository for c's cluster.
+func testRepo(t *testing.T, c *pgtest.Cluster) *repo.Repo {
+	t.Helper()
+	var sysID uint64
+	c.QueryRow(t, "SELECT system_identifier::text::numeric FROM pg_control_system()").Scan(&sysID)
+	root := filepath.Join(t.TempDir(), "repo")
+	if err := os.Mkdir(root, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	st, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cl := repo.Cluster{SystemID: sysID, PGMajor: 15, WALSegmentSize: testSegMB << 20, Source: "test"}
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4", CreatedBy: "walstream_test"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// logBuf collects the receiver's log for failure messages.
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// running is a receiver started by start.
+type running struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func testOptions(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string, log io.Writer) Options {
+	t.Helper()
+	cfg, err := pg.ParseConnConfig(c.ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{
+		Repos: []*repo.Repo{rp}, SegmentSize: testSize(t), Conn: &cfg.Config,
+		Slot: "walferry_test", SpoolDir: spool, PartialInterval: 300 * time.Millisecond,
+		StatusInterval: time.Second, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
+		Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+}
+
+func start(o Options) *running {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- Run(ctx, o) }()
+	return r
+}
+
+// switchWAL writes some rows and switches segments n times; it returns the
+// names of the segments completed.
+func switchWAL(t *testing.T, c *pgtest.Cluster, n int) []string {
+	t.Helper()
+	var names []string
+	for range n {
+		c.Exec(t, "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 3000) g")
+		var name string
+		c.QueryRow(t, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&name)
+		names = append(names, name)
+	}
+	return names
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, log *logBuf, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; receiver log:\n%s", d, what, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func stored(t *testing.T, rp *repo.Repo, name string) ([]byte, bool) {
+	t.Helper()
+	key, err := repo.WALKey(name, testSize(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := rp.Get(context.Background(), key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(obj)
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	return b, true
+}
+
+func serverWAL(t *testing.T, c *pgtest.Cluster, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.DataDir, "pg_wal", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkSegments waits for every name in the repository and compares it
+// byte for byte with the server's pg_wal copy.
+func checkSegments(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, log *logBuf, names []string) {
+	t.Helper()
+	for _, name := range names {
+		var got []byte
+		waitFor(t, name+" in the repository", 30*time.Second, log, func() bool {
+			var ok bool
+			got, ok = stored(t, rp, name)
+			return ok
+		})
+		if want := serverWAL(t, c, name); !bytes.Equal(got, want) {
+			t.Fatalf("%s: the repository's copy (%d bytes) differs from pg_wal's (%d bytes)", name, len(got), len(want))
+		}
+	}
+}
+
+// storedSegments lists the segment names of timeline 1 in the repository.
+func storedSegments(t *testing.T, rp *repo.Repo) []pg.SegNo {
+	t.Helper()
+	var out []pg.SegNo
+	err := rp.Store().List(context.Background(), repo.WALPrefix, func(oi storage.ObjectInfo) error {
+		f, err := pg.ParseWALFileName(path.Base(oi.Key), testSize(t))
+		if err == nil && f.Kind == pg.KindSegment {
+			out = append(out, f.SegNo)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestReceive(t *testing.T) {
+	c := testCluster(t)
+	rp := testRepo(t, c)
+	size := testSize(t)
+	c.Exec(t, "CREATE TABLE t (id int, v text)")
+	spool := filepath.Join(t.TempDir(), "spool")
+	log := &logBuf{}
+
+	// First run: the slot is created, segments stream in and are stored.
+	recv := start(testOptions(t, c, rp, spool, log))
+	waitFor(t, "the slot", 30*time.Second, log, func() bool {
+		var n int
+		c.QueryRow(t, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walferry_test' AND active").Scan(&n)
+		return n == 1
+	})
+	first := switchWAL(t, c, 3)
+	checkSegments(t, c, rp, log, first)
+
+	// The flush position reported (the slot's restart point) reaches the
+	// end of the stored segments.
+	_, lastNo, err := pg.ParseSegmentName(first[len(first)-1], size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the slot's restart_lsn to pass the stored segments", 30*time.Second, log, func() bool {
+		var lsn string
+		c.QueryRow(t, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'walferry_test'").Scan(&lsn)
+		l, err := pg.ParseLSN(lsn)
+		return err == nil && l >= size.StartLSN(lastNo+1)
+	})
+
+	// The unfinished segment appears as .partial within a few intervals,
+	// holding what the server wrote.
+	c.Exec(t, "INSERT INTO t SELECT g, 'partial' FROM generate_series(1, 500) g")
+	var curName, flushLSN string
+	c.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_flush_lsn()), pg_current_wal_flush_lsn()::text").Scan(&curName, &flushLSN)
+	flushed, err := pg.ParseLSN(flushLSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := size.Offset(flushed)
+	waitFor(t, curName+".partial with the server's bytes", 10*time.Second, log, func() bool {
+		got, ok := stored(t, rp, curName+".partial")
+		if !ok {
+			return false
+		}
+		if int64(len(got)) != size.Bytes() {
+			t.Fatalf("%s.partial is %d bytes, want a whole %d-byte segment", curName, len(got), size.Bytes())
+		}
+		return bytes.Equal(got[:off], serverWAL(t, c, curName)[:off])
+	})
+	recv.stop(t)
+
+	// Second run on the same spool and repository resumes without a gap
+	// or a conflict, and supersedes the partial with the whole segment.
+	recv = start(testOptions(t, c, rp, spool, log))
+	second := switchWAL(t, c, 2)
+	checkSegments(t, c, rp, log, append([]string{curName}, second...))
+	recv.stop(t)
+	if strings.Contains(log.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", log)
+	}
+
+	segs := storedSegments(t, rp)
+	for i := 1; i < len(segs); i++ {
+		if segs[i] != segs[i-1]+1 {
+			t.Fatalf("gap in the repository between segments %d and %d; log:\n%s", segs[i-1], segs[i], log)
+		}
+	}
+	if _, ok := stored(t, rp, curName+".partial"); ok {
+		t.Errorf("%s.partial is still stored after the whole segment", curName)
+	}
+	t.Logf("%d contiguous segments stored", len(segs))
+}
+
+func TestWrongCluster(t *testing.T) {
+	c := testCluster(t)
+	other := testCluster(t)
+	rp := testRepo(t, other)
+	o := testOptions(t, c, rp, t.TempDir(), io.Discard)
+	o.MaxAttempts = 3
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err := Run(ctx, o)
+	if !errors.Is(err, repo.ErrWrongCluster) {
+		t.Fatalf("Run against another cluster: got %v, want repo.ErrWrongCluster", err)
+	}
+	var n int
+	c.QueryRow(t, "SELECT count(*) FROM pg_replication_slots").Scan(&n)
+	if n != 0 {
+		t.Errorf("a slot was created on the wrong cluster")
+	}
+}
+
+func TestConflict(t *testing.T) {
+	c := testCluster(t)
+	rp := testRepo(t, c)
+	size := testSize(t)
+	c.Exec(t, "CREATE TABLE t (id int, v text)")
+	log := &logBuf{}
+	o := testOptions(t, c, rp, t.TempDir(), log)
+	o.Slot = ""
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o) }()
+	waitFor(t, "streaming", 30*time.Second, log, func() bool {
+		var n int
+		c.QueryRow(t, "SELECT count(*) FROM pg_stat_replication").Scan(&n)
+		return n == 1
+	})
+	// Another server archived different content under the name of the
+	// segment being received.
+	var cur string
+	c.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&cur)
+	key, err := repo.WALKey(cur, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.PutIfAbsent(context.Background(), key, bytes.NewReader(make([]byte, size.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	switchWAL(t, c, 1)
+	select {
+	case err := <-done:
+		if !errors.Is(err, archive.ErrConflict) {
+			t.Fatalf("Run: got %v, want archive.ErrConflict; log:\n%s", err, log)
+		}
+	case <-ctx.Done():
+		t.Fatalf("Run did not stop on a conflict; log:\n%s", log)
+	}
+	if got, _ := stored(t, rp, cur); !bytes.Equal(got, make([]byte, size.Bytes())) {
+		t.Errorf("the conflicting object was overwritten")
+	}
+}
