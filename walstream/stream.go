@@ -41,6 +41,10 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 			"point the connection at this repository's cluster, or --repo at the server's repository",
 			repo.ErrWrongCluster, r.sysID, pg.DescribeConfig(cfg), isr.SystemID)
 	}
+	if v := conn.ParameterStatus("server_version"); serverMajor(v) != r.o.Repos[0].Metadata().PGMajor {
+		return fmt.Errorf("walstream: %w: the repository holds PostgreSQL %d, but the server runs %q",
+			repo.ErrWrongCluster, r.o.Repos[0].Metadata().PGMajor, v)
+	}
 	if err := r.checkSegmentSize(ctx, conn); err != nil {
 		return err
 	}
@@ -506,4 +510,14 @@ func (r *receiver) sendStatus(reply bool) error {
 	r.lastStatus = flushed
 	r.mu.Unlock()
 	return nil
+}
+
+// serverMajor returns the major version of a server_version string
+// ("15.4 (Debian 15.4-1)" -> 15), or 0.
+func serverMajor(v string) int {
+	n := 0
+	for i := 0; i < len(v) && '0' <= v[i] && v[i] <= '9'; i++ {
+		n = n*10 + int(v[i]-'0')
+	}
+	return n
 }

@@ -75,6 +75,7 @@ EXIT CODES
 			a.archivePushCommand(),
 			a.archiveGetCommand(),
 			a.daemonCommand(),
+			a.walReceiveCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/config"
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/open"
+	"github.com/walferry/walferry/walstream"
+)
+
+// synchronousPartialInterval is --partial-interval's default with
+// --synchronous: commits wait for the partial upload that covers them.
+const synchronousPartialInterval = time.Second
+
+func (a *app) walReceiveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-receive",
+		Usage:     "stream WAL into the repository over the replication protocol",
+		UsageText: "walferry wal-receive --repo URL... [--pg-conn STRING] [--slot NAME] [--synchronous] [--partial-interval D] [--spool-dir DIR]",
+		Description: `Connects to PostgreSQL with the physical replication protocol (the connection
+comes from --pg-conn or libpq's PG* variables; replication=true is added) and
+stores the WAL it receives in every --repo, until SIGTERM or SIGINT.
+
+   walferry wal-receive --repo s3://bucket/db --pg-conn 'host=db user=replicator' --slot walferry
+
+The server must belong to the repository (same system identifier, major
+version and segment size), allow replication connections for the user in
+pg_hba.conf, and have a free max_wal_senders entry.
+
+Completed segments are stored exactly as archive-push stores them, so
+archive-get, restore and verify treat them alike; a segment archive-push
+already stored with the same content is fine, different content stops the
+receiver (exit 5) and overwrites nothing. The unfinished segment is uploaded
+as <segment>.partial every --partial-interval when it grew, and at shutdown.
+
+Streaming starts after the newest complete segment of the server's timeline
+that every repository holds, else at the slot's restart point, else at the
+start of the server's current segment. With --slot the physical slot is
+created when missing (RESERVE_WAL), and the server keeps every byte until
+it is durable in the repositories: the flush position reported is what the
+repositories hold. Timeline switches are followed (the new timeline's
+history file is stored too; the old timeline's last segment as .partial).
+
+Received WAL is written to a segment file in --spool-dir, never held in
+memory; completed segments wait there while a store is unreachable. One
+receiver per spool directory. With a slot the spool may be lost: the server
+sends again what the repositories do not hold.
+
+--synchronous: to make commits wait until their WAL is durable in object
+storage, name the receiver in the primary's synchronous_standby_names:
+
+   synchronous_standby_names = 'walferry'
+
+The receiver connects with application_name=walferry unless the connection
+string or PGAPPNAME names another. A commit then waits for the next partial
+upload covering it, so --partial-interval (1s by default with --synchronous)
+bounds the commit latency added.
+
+It reconnects with exponential backoff (1s to 1m) after every failure,
+forever, or --max-attempts consecutive failures. SIGTERM or SIGINT shut it
+down cleanly: spooled segments and the last partial are uploaded (within
+--shutdown-timeout), a final status is sent, and it exits 0.`,
+		Flags: withCommonFlags(
+			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALFERRY_SLOT"},
+				Usage: "physical replication slot `NAME` to use, created when missing (lower-case letters, digits, _)"},
+			&cli.BoolFlag{Name: "synchronous", EnvVars: []string{"WALFERRY_SYNCHRONOUS"},
+				Usage: "run as a synchronous standby named walferry (see the description)"},
+			&cli.DurationFlag{Name: "partial-interval", EnvVars: []string{"WALFERRY_PARTIAL_INTERVAL"}, Value: walstream.DefaultPartialInterval,
+				Usage: "upload the unfinished segment as .partial this often when it grew (1s by default with --synchronous)"},
+			&cli.StringFlag{Name: "spool-dir", EnvVars: []string{"WALFERRY_RECEIVE_SPOOL_DIR"},
+				Usage: "working `DIR` for received segments (default: <tmp>/walferry-wal-receive-<system identifier>)"},
+			&cli.IntFlag{Name: "max-attempts", EnvVars: []string{"WALFERRY_MAX_ATTEMPTS"},
+				Usage: "give up after `N` consecutive failed connection attempts; 0 retries forever"},
+			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: walstream.DefaultShutdownTimeout,
+				Usage: "on SIGTERM, how long to finish uploading spooled segments and the last partial"},
+		),
+		Action: a.walReceive,
+	}
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+func (a *app) walReceive(c *cli.Context) error {
+	if c.NArg() != 0 {
+		return usage(fmt.Errorf("wal-receive takes no arguments, got %d", c.NArg()))
+	}
+	s, err := a.loadWith(c, func(cfg *config.Config) { cfg.LogLevel = "info" })
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	slot := c.String("slot")
+	if slot != "" && !slotNameRE.MatchString(slot) {
+		return usage(fmt.Errorf("--slot %q: a slot name is 1 to 63 lower-case letters, digits and underscores", slot))
+	}
+	if c.Int("max-attempts") < 0 {
+		return usage(errors.New("--max-attempts must be 0 (forever) or more"))
+	}
+	interval := c.Duration("partial-interval")
+	if c.Bool("synchronous") && !c.IsSet("partial-interval") {
+		interval = synchronousPartialInterval
+	}
+	if interval <= 0 {
+		return usage(errors.New("--partial-interval must be positive, e.g. 10s"))
+	}
+	connCfg, err := pg.ParseConnConfig(s.cfg.PGConn.Reveal())
+	if err != nil {
+		return usage(err)
+	}
+	repos, closeStores, err := s.openRepos(c.Context)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	size, err := repos[0].Metadata().SegmentSize()
+	if err != nil {
+		return err
+	}
+	spool := c.String("spool-dir")
+	if spool == "" {
+		spool = filepath.Join(os.TempDir(), "walferry-wal-receive-"+strconv.FormatUint(repos[0].Metadata().SystemID, 10))
+	}
+	if c.Bool("synchronous") {
+		s.log.Info("synchronous mode: list this receiver in the primary's synchronous_standby_names",
+			"application_name", connCfg.RuntimeParams["application_name"], "partial_interval", interval)
+	}
+	err = walstream.Run(c.Context, walstream.Options{
+		Repos:           repos,
+		SegmentSize:     size,
+		Conn:            &connCfg.Config,
+		Slot:            slot,
+		SpoolDir:        spool,
+		PartialInterval: interval,
+		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		MaxAttempts:     c.Int("max-attempts"),
+		Log:             s.log,
+	})
+	if err != nil {
+		// Conflicts and a wrong cluster keep their own exit codes (they
+		// are classified first); giving up on the server is exit 7.
+		return &postgresError{err}
+	}
+	return nil
+}
+
+// openRepos opens every repository without a local cluster to compare
+// with: the receiver checks the server's identity against their metadata
+// itself. The repositories share one codec.
+func (s *settings) openRepos(ctx context.Context) ([]*repo.Repo, func(), error) {
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return nil, nil, err
+	}
+	var stores []storage.Store
+	closeStores := func() {
+		for _, st := range stores {
+			st.Close()
+		}
+	}
+	shared := codec.New()
+	var repos []*repo.Repo
+	for _, url := range s.cfg.Repos {
+		st, err := open.Store(ctx, url, s.store)
+		if err != nil {
+			closeStores()
+			return nil, nil, classifyOpenError(err)
+		}
+		stores = append(stores, st)
+		r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression, Codec: shared})
+		if err != nil {
+			closeStores()
+			return nil, nil, err
+		}
+		if len(repos) > 0 {
+			first := repos[0].Metadata()
+			cl := repo.Cluster{SystemID: first.SystemID, PGMajor: first.PGMajor, WALSegmentSize: first.WALSegmentSize,
+				Source: repos[0].String()}
+			if err := r.Metadata().Matches(cl, st.String()); err != nil {
+				closeStores()
+				return nil, nil, err
+			}
+		}
+		repos = append(repos, r)
+	}
+	return repos, closeStores, nil
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/pgtest"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/fs"
+)
+
+func TestWalReceiveUsage(t *testing.T) {
+	t.Setenv("WALFERRY_REPO", "")
+	t.Setenv("PGDATA", "")
+	code, _, stderr := run(t, "wal-receive")
+	expectFailure(t, exitUsage, stderr, code, "no repository configured")
+
+	e := newHookEnv(t)
+	code, _, stderr = run(t, "wal-receive", "--repo", e.repoURL, "--slot", "Bad-Name")
+	expectFailure(t, exitUsage, stderr, code, "--slot", "lower-case")
+
+	code, _, stderr = run(t, "wal-receive", "--repo", e.repoURL, "--spool-dir", t.TempDir(),
+		"--pg-conn", "host=127.0.0.1 port=1 user=nobody sslmode=disable", "--max-attempts", "1")
+	expectFailure(t, exitPostgres, stderr, code, "giving up after 1 failed attempts", "port=1")
+}
+
+// TestWalReceiveSynchronous runs wal-receive --synchronous against a real
+// primary that lists it in synchronous_standby_names: a commit returns
+// only once its WAL is in the repository.
+func TestWalReceiveSynchronous(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL")
+	}
+	t.Setenv("WALFERRY_REPO", "")
+	t.Setenv("PGDATA", "")
+	c := pgtest.Start(t, pgtest.Options{WALSegSizeMB: 1, Conf: []string{"wal_keep_size = '256MB'"}})
+	root := filepath.Join(t.TempDir(), "repo")
+	repoURL := "file://" + root
+	if code, _, stderr := run(t, "repo", "init", "--repo", repoURL, "--pg-conn", c.ConnString()); code != 0 {
+		t.Fatalf("repo init: %d %s", code, stderr)
+	}
+
+	var logs syncBuffer
+	a := newApp(io.Discard, &logs, buildInfo{Version: "test", Commit: "test"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- a.Run(ctx, []string{"walferry", "wal-receive", "--repo", repoURL, "--pg-conn", c.ConnString(),
+			"--slot", "cli_test", "--spool-dir", filepath.Join(t.TempDir(), "spool"),
+			"--partial-interval", "200ms", "--synchronous", "--log-level", "debug"})
+	}()
+
+	c.Exec(t, "ALTER SYSTEM SET synchronous_standby_names = 'walferry'")
+	c.Reload(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		c.QueryRow(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walferry' AND sync_state = 'sync'").Scan(&n)
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the receiver never became a synchronous standby named walferry; log:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	st, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := repo.Open(context.Background(), st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, _ := rp.Metadata().SegmentSize()
+	c.Exec(t, "CREATE TABLE t (v text)")
+	for i := range 3 {
+		// Everything before lsn precedes the commit record, so once COMMIT
+		// returns it must be in the repository: whole or as .partial.
+		c.Exec(t, "BEGIN")
+		c.Exec(t, "INSERT INTO t SELECT repeat('y', 100) FROM generate_series(1, 1000)")
+		var lsnText string
+		c.QueryRow(t, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsnText)
+		c.Exec(t, "COMMIT")
+		lsn, err := pg.ParseLSN(lsnText)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := pg.SegmentNameOf(1, lsn, size)
+		off := size.Offset(lsn)
+		got, ok := readStored(t, rp, size, name)
+		if !ok {
+			if got, ok = readStored(t, rp, size, name+".partial"); !ok {
+				t.Fatalf("commit %d returned but neither %s nor its .partial is stored; log:\n%s", i, name, logs.String())
+			}
+		}
+		want, err := os.ReadFile(filepath.Join(c.DataDir, "pg_wal", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got[:off], want[:off]) {
+			t.Fatalf("commit %d returned but the repository does not hold %s up to %s", i, name, lsn)
+		}
+	}
+
+	// Let commits go on without the receiver, then stop it.
+	c.Exec(t, "ALTER SYSTEM RESET synchronous_standby_names")
+	c.Reload(t)
+	cancel()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != exitOK {
+			t.Fatalf("wal-receive after SIGTERM: exit %d (%v); log:\n%s", code, err, logs.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("wal-receive did not stop")
+	}
+}
+
+func readStored(t *testing.T, rp *repo.Repo, size pg.WALSegmentSize, name string) ([]byte, bool) {
+	t.Helper()
+	key, err := repo.WALKey(name, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := rp.Get(context.Background(), key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, true
+}
