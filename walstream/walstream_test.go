@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -351,5 +352,140 @@ func TestConflict(t *testing.T) {
 	}
 	if got, _ := stored(t, rp, cur); !bytes.Equal(got, make([]byte, size.Bytes())) {
 		t.Errorf("the conflicting object was overwritten")
+	}
+}
+
+func TestPrimaryRestart(t *testing.T) {
+	c := testCluster(t)
+	rp := testRepo(t, c)
+	c.Exec(t, "CREATE TABLE t (id int, v text)")
+	log := &logBuf{}
+	recv := start(testOptions(t, c, rp, filepath.Join(t.TempDir(), "spool"), log))
+	before := switchWAL(t, c, 2)
+	checkSegments(t, c, rp, log, before)
+
+	c.Stop(t, pgtest.StopImmediate)
+	time.Sleep(300 * time.Millisecond) // let the receiver notice and retry
+	c.Start(t)
+	after := switchWAL(t, c, 2)
+	checkSegments(t, c, rp, log, after)
+	recv.stop(t)
+	if !strings.Contains(log.String(), "streaming failed; reconnecting") {
+		t.Errorf("the receiver never lost its connection; log:\n%s", log)
+	}
+	segs := storedSegments(t, rp)
+	for i := 1; i < len(segs); i++ {
+		if segs[i] != segs[i-1]+1 {
+			t.Fatalf("gap in the repository between segments %d and %d; log:\n%s", segs[i-1], segs[i], log)
+		}
+	}
+}
+
+// testStandby makes a streaming standby of primary with pg_basebackup.
+func testStandby(t *testing.T, primary *pgtest.Cluster) *pgtest.Cluster {
+	t.Helper()
+	s := pgtest.New(t, pgtest.Options{WALSegSizeMB: testSegMB, Conf: []string{"wal_keep_size = '256MB'"}})
+	conf, err := os.ReadFile(filepath.Join(s.DataDir, "pgtest.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(s.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := s.Command(ctx, "pg_basebackup", "-D", s.DataDir, "-R", "-X", "stream", "-c", "fast",
+		"-d", primary.ConnString()).CombinedOutput(); err != nil {
+		t.Fatalf("pg_basebackup: %v\n%s", err, out)
+	}
+	p := filepath.Join(s.DataDir, "pgtest.conf")
+	if err := os.WriteFile(p, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	chownLike(t, p, fi)
+	s.Start(t)
+	return s
+}
+
+func TestTimelineSwitch(t *testing.T) {
+	primary := testCluster(t)
+	rp := testRepo(t, primary)
+	size := testSize(t)
+	primary.Exec(t, "CREATE TABLE t (id int, v text)")
+	standby := testStandby(t, primary)
+	log := &logBuf{}
+	o := testOptions(t, standby, rp, filepath.Join(t.TempDir(), "spool"), log)
+	o.Slot = "" // streaming from the standby, without a slot
+	recv := start(o)
+	waitFor(t, "streaming from the standby", 30*time.Second, log, func() bool {
+		var n int
+		standby.QueryRow(t, "SELECT count(*) FROM pg_stat_replication").Scan(&n)
+		return n == 1
+	})
+	old := switchWAL(t, primary, 2)
+	checkSegments(t, standby, rp, log, old)
+
+	// Promotion: timeline 2 starts in the middle of a segment.
+	primary.Exec(t, "INSERT INTO t VALUES (0, 'before promotion')")
+	var primaryLSN string
+	primary.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&primaryLSN)
+	waitFor(t, "the standby to replay", 30*time.Second, log, func() bool {
+		var ok bool
+		standby.QueryRow(t, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", primaryLSN).Scan(&ok)
+		return ok
+	})
+	primary.Stop(t, pgtest.StopFast)
+	var promoted bool
+	standby.QueryRow(t, "SELECT pg_promote()").Scan(&promoted)
+	if !promoted {
+		t.Fatal("pg_promote failed")
+	}
+	var switchText string
+	standby.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&switchText)
+	newer := switchWAL(t, standby, 2)
+	for _, n := range newer {
+		if !strings.HasPrefix(n, "00000002") {
+			t.Fatalf("segment %s after promotion is not on timeline 2", n)
+		}
+	}
+	checkSegments(t, standby, rp, log, append([]string{"00000002.history"}, newer...))
+	recv.stop(t)
+
+	// The history file and the old timeline's last, partial segment are
+	// stored; timeline 2 is contiguous from the switch segment.
+	hist, ok := stored(t, rp, "00000002.history")
+	entries, err := pg.ParseHistory(bytes.NewReader(hist))
+	if !ok || err != nil || len(entries) != 1 || entries[0].TLI != 1 {
+		t.Fatalf("00000002.history: stored %v, entries %v, err %v", ok, entries, err)
+	}
+	switchSeg := size.SegNoOf(entries[0].SwitchLSN)
+	if size.Offset(entries[0].SwitchLSN) != 0 {
+		partial := pg.SegmentName(1, switchSeg, size) + ".partial"
+		got, ok := stored(t, rp, partial)
+		if !ok {
+			t.Fatalf("%s is not stored; log:\n%s", partial, log)
+		}
+		off := size.Offset(entries[0].SwitchLSN)
+		want := serverWAL(t, standby, pg.SegmentName(2, switchSeg, size))
+		if !bytes.Equal(got[:off], want[:off]) {
+			t.Errorf("%s differs from timeline 2's copy before the switch point", partial)
+		}
+	}
+	if _, ok := stored(t, rp, pg.SegmentName(2, switchSeg, size)); !ok {
+		t.Errorf("timeline 2's first segment %s is not stored", pg.SegmentName(2, switchSeg, size))
+	}
+}
+
+// chownLike gives p the owner of fi (the server's OS user when root).
+func chownLike(t *testing.T, p string, fi os.FileInfo) {
+	t.Helper()
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
+		if err := os.Chown(p, int(st.Uid), int(st.Gid)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
