@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -49,6 +50,12 @@ func testSize(t *testing.T) pg.WALSegmentSize {
 // testRepo makes a filesystem repository for c's cluster.
 func testRepo(t *testing.T, c *pgtest.Cluster) *repo.Repo {
 	t.Helper()
+	return testRepoWith(t, c, func(st storage.Store) storage.Store { return st })
+}
+
+// testRepoWith is testRepo with the store wrapped by wrap once initialized.
+func testRepoWith(t *testing.T, c *pgtest.Cluster, wrap func(storage.Store) storage.Store) *repo.Repo {
+	t.Helper()
 	var sysID uint64
 	c.QueryRow(t, "SELECT system_identifier::text::numeric FROM pg_control_system()").Scan(&sysID)
 	root := filepath.Join(t.TempDir(), "repo")
@@ -64,7 +71,7 @@ func testRepo(t *testing.T, c *pgtest.Cluster) *repo.Repo {
 	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4", CreatedBy: "walstream_test"}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
+	r, err := repo.Open(ctx, wrap(st), repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,5 +494,90 @@ func chownLike(t *testing.T, p string, fi os.FileInfo) {
 		if err := os.Chown(p, int(st.Uid), int(st.Gid)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// flakyStore fails every write while down.
+type flakyStore struct {
+	storage.Store
+	down atomic.Bool
+}
+
+var errDown = storage.Retryable(errors.New("store down (test)"))
+
+func (f *flakyStore) Put(ctx context.Context, key string, r io.Reader) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.Put(ctx, key, r)
+}
+
+func (f *flakyStore) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.(storage.ConditionalCreator).PutIfAbsent(ctx, key, r)
+}
+
+// TestStoreOutage: while the store refuses writes, completed segments
+// wait in the spool and the slot keeps the server's WAL (nothing is
+// reported flushed); a receiver stopped before it could upload them
+// leaves them in the spool, and the next run uploads them: no gap.
+func TestStoreOutage(t *testing.T) {
+	c := testCluster(t)
+	flaky := &flakyStore{}
+	rp := testRepoWith(t, c, func(st storage.Store) storage.Store { flaky.Store = st; return flaky })
+	size := testSize(t)
+	c.Exec(t, "CREATE TABLE t (id int, v text)")
+	spool := filepath.Join(t.TempDir(), "spool")
+	log := &logBuf{}
+	o := testOptions(t, c, rp, spool, log)
+	o.ShutdownTimeout = 300 * time.Millisecond
+
+	flaky.down.Store(true)
+	recv := start(o)
+	waitFor(t, "the slot", 30*time.Second, log, func() bool {
+		var n int
+		c.QueryRow(t, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walferry_test' AND active").Scan(&n)
+		return n == 1
+	})
+	var slotStart string
+	c.QueryRow(t, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'walferry_test'").Scan(&slotStart)
+	down := switchWAL(t, c, 3)
+	waitFor(t, "the segments in the spool", 30*time.Second, log, func() bool {
+		for _, n := range down {
+			if _, err := os.Stat(filepath.Join(spool, n)); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(time.Second) // a status update or two
+	var restart string
+	c.QueryRow(t, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'walferry_test'").Scan(&restart)
+	if restart != slotStart {
+		t.Fatalf("the slot moved from %s to %s while nothing could be stored", slotStart, restart)
+	}
+	recv.stop(t)
+	for _, n := range down {
+		if _, ok := stored(t, rp, n); ok {
+			t.Fatalf("%s stored while the store was down", n)
+		}
+	}
+
+	flaky.down.Store(false)
+	recv = start(o)
+	up := switchWAL(t, c, 1)
+	checkSegments(t, c, rp, log, append(down, up...))
+	recv.stop(t)
+	segs := storedSegments(t, rp)
+	for i := 1; i < len(segs); i++ {
+		if segs[i] != segs[i-1]+1 {
+			t.Fatalf("gap in the repository between segments %d and %d; log:\n%s", segs[i-1], segs[i], log)
+		}
+	}
+	_, first, _ := pg.ParseSegmentName(down[0], size)
+	if segs[0] > first {
+		t.Fatalf("the repository starts at segment %d, after %s", segs[0], down[0])
 	}
 }
