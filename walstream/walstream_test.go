@@ -20,8 +20,10 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/fs"
+	"github.com/walferry/walferry/storage/s3"
 )
 
 const testSegMB = 1
@@ -56,8 +58,6 @@ func testRepo(t *testing.T, c *pgtest.Cluster) *repo.Repo {
 // testRepoWith is testRepo with the store wrapped by wrap once initialized.
 func testRepoWith(t *testing.T, c *pgtest.Cluster, wrap func(storage.Store) storage.Store) *repo.Repo {
 	t.Helper()
-	var sysID uint64
-	c.QueryRow(t, "SELECT system_identifier::text::numeric FROM pg_control_system()").Scan(&sysID)
 	root := filepath.Join(t.TempDir(), "repo")
 	if err := os.Mkdir(root, 0o750); err != nil {
 		t.Fatal(err)
@@ -66,6 +66,14 @@ func testRepoWith(t *testing.T, c *pgtest.Cluster, wrap func(storage.Store) stor
 	if err != nil {
 		t.Fatal(err)
 	}
+	return testRepoOn(t, c, st, wrap)
+}
+
+// testRepoOn initializes a repository for c's cluster in st.
+func testRepoOn(t *testing.T, c *pgtest.Cluster, st storage.Store, wrap func(storage.Store) storage.Store) *repo.Repo {
+	t.Helper()
+	var sysID uint64
+	c.QueryRow(t, "SELECT system_identifier::text::numeric FROM pg_control_system()").Scan(&sysID)
 	ctx := context.Background()
 	cl := repo.Cluster{SystemID: sysID, PGMajor: 15, WALSegmentSize: testSegMB << 20, Source: "test"}
 	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4", CreatedBy: "walstream_test"}); err != nil {
@@ -76,6 +84,30 @@ func testRepoWith(t *testing.T, c *pgtest.Cluster, wrap func(storage.Store) stor
 		t.Fatal(err)
 	}
 	return r
+}
+
+// testS3Store is a store on MinIO under a fresh prefix, emptied at the end.
+func testS3Store(t *testing.T) storage.Store {
+	t.Helper()
+	env := testenv.S3(t)
+	st, err := s3.New(context.Background(), s3.Config{
+		Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), Endpoint: env.Endpoint, Region: env.Region,
+		PathStyle: true, AccessKeyID: env.AccessKey, SecretAccessKey: env.SecretKey,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var keys []string
+		_ = st.List(ctx, "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
+		for _, k := range keys {
+			_ = st.Delete(ctx, k)
+		}
+		st.Close()
+	})
+	return st
 }
 
 // logBuf collects the receiver's log for failure messages.
@@ -228,7 +260,18 @@ func storedSegments(t *testing.T, rp *repo.Repo) []pg.SegNo {
 
 func TestReceive(t *testing.T) {
 	c := testCluster(t)
-	rp := testRepo(t, c)
+	testReceive(t, c, testRepo(t, c))
+}
+
+// TestReceiveS3 is TestReceive with the repository on MinIO.
+func TestReceiveS3(t *testing.T) {
+	st := testS3Store(t) // first: skips without MinIO before starting PostgreSQL
+	c := testCluster(t)
+	keep := func(st storage.Store) storage.Store { return st }
+	testReceive(t, c, testRepoOn(t, c, st, keep))
+}
+
+func testReceive(t *testing.T, c *pgtest.Cluster, rp *repo.Repo) {
 	size := testSize(t)
 	c.Exec(t, "CREATE TABLE t (id int, v text)")
 	spool := filepath.Join(t.TempDir(), "spool")
