@@ -6,7 +6,10 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,4 +149,99 @@ func readStored(t *testing.T, rp *repo.Repo, size pg.WALSegmentSize, name string
 		t.Fatal(err)
 	}
 	return b, true
+}
+
+// TestWalReceiveKill kills wal-receive (SIGKILL) several times while the
+// server writes, restarts it each time, and finally stops it with SIGTERM:
+// the repository holds every segment, without a gap and byte for byte as
+// in pg_wal.
+func TestWalReceiveKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs processes")
+	}
+	t.Setenv("WALFERRY_REPO", "")
+	t.Setenv("PGDATA", "")
+	c := pgtest.Start(t, pgtest.Options{WALSegSizeMB: 1, Conf: []string{"wal_keep_size = '256MB'"}})
+	root := filepath.Join(t.TempDir(), "repo")
+	repoURL := "file://" + root
+	if code, _, stderr := run(t, "repo", "init", "--repo", repoURL, "--pg-conn", c.ConnString()); code != 0 {
+		t.Fatalf("repo init: %d %s", code, stderr)
+	}
+	spool := filepath.Join(t.TempDir(), "spool")
+	var logs syncBuffer
+	startReceiver := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "wal-receive", "--repo", repoURL, "--pg-conn", c.ConnString(),
+			"--slot", "kill_test", "--spool-dir", spool, "--partial-interval", "100ms")
+		cmd.Env = append(os.Environ(), "WALFERRY_TEST_AS_MAIN=1")
+		cmd.Stderr = &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	c.Exec(t, "CREATE TABLE t (v text)")
+	var names []string
+	switchWAL := func() {
+		c.Exec(t, "INSERT INTO t SELECT repeat('z', 200) FROM generate_series(1, 2000)")
+		var name string
+		c.QueryRow(t, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&name)
+		names = append(names, name)
+	}
+	for i := range 3 {
+		cmd := startReceiver()
+		switchWAL()
+		switchWAL()
+		time.Sleep(time.Duration(100*(i+1)) * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	cmd := startReceiver()
+	switchWAL()
+
+	st, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := repo.Open(context.Background(), st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, _ := rp.Metadata().SegmentSize()
+	for _, name := range names {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			got, ok := readStored(t, rp, size, name)
+			if ok {
+				want, err := os.ReadFile(filepath.Join(c.DataDir, "pg_wal", name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("%s differs from pg_wal's copy", name)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				t.Fatalf("%s never stored; log:\n%s", name, logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("wal-receive after SIGTERM: %v; log:\n%s", err, logs.String())
+	}
+
+	// Every segment from the first switched one to the last is there.
+	_, first, _ := pg.ParseSegmentName(names[0], size)
+	_, last, _ := pg.ParseSegmentName(names[len(names)-1], size)
+	for n := first; n <= last; n++ {
+		if _, ok := readStored(t, rp, size, pg.SegmentName(1, n, size)); !ok {
+			t.Errorf("gap: %s is not stored", pg.SegmentName(1, n, size))
+		}
+	}
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", logs.String())
+	}
 }
