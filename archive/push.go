@@ -511,6 +511,16 @@ func (p *Pusher) putRetrying(ctx context.Context, r *repo.Repo, key, abs, name s
 // putOnce makes one attempt: a conditional create, and when the key is
 // taken, a comparison of checksums without downloading the object.
 func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name string, st fileStamp, local *localSum) (string, bool, error) {
+	// Look before uploading: PostgreSQL repeats a push after a crash, and
+	// comparing checksums (one small request) is far cheaper than
+	// compressing and sending the segment only to be refused.
+	info, err := r.ObjectInfo(ctx, key)
+	switch {
+	case err == nil:
+		return p.compareArchived(r, key, abs, st, local, info)
+	case !errors.Is(err, storage.ErrNotExist):
+		return "", false, fmt.Errorf("%s: checking whether it is already archived: %w", key, err)
+	}
 	f, err := os.Open(abs)
 	if err != nil {
 		return "", false, err
@@ -526,17 +536,25 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	if !errors.Is(err, storage.ErrExist) {
 		return "", false, err
 	}
-	want, err := local.get()
-	if err != nil {
-		return "", false, err
-	}
-	info, err := r.ObjectInfo(ctx, key)
+	// Another writer created it between the look and the upload.
+	info, err = r.ObjectInfo(ctx, key)
 	if errors.Is(err, storage.ErrNotExist) {
 		// Deleted between the two calls: start again.
 		return "", false, storage.Retryable(fmt.Errorf("%s vanished after a conflicting create: %w", key, err))
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("%s is already archived; reading its checksum: %w", key, err)
+	}
+	return p.compareArchived(r, key, abs, st, local, info)
+}
+
+// compareArchived decides a push whose name is already archived: success
+// when the stored raw content has the local file's SHA-256, ErrConflict
+// otherwise (nothing is overwritten).
+func (p *Pusher) compareArchived(r *repo.Repo, key, abs string, st fileStamp, local *localSum, info codec.Info) (string, bool, error) {
+	want, err := local.get()
+	if err != nil {
+		return "", false, err
 	}
 	if info.Sum != want {
 		return "", false, fmt.Errorf("%w: %s in %s holds %s (%d bytes), but the local file %s is %s (%d bytes); "+
