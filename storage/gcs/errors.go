@@ -88,6 +88,11 @@ func isDialError(err error) bool {
 // one-item listing.
 func (c *Client) mapErr(ctx context.Context, op, key string, err error) error {
 	var ae *apiError
+	var se *sessionError
+	if errors.As(err, &ae) && errors.As(err, &se) && (ae.Code == http.StatusNotFound || ae.Code == http.StatusGone) {
+		// The session URI no longer exists: the upload can only be restarted.
+		return storage.Retryable(fmt.Errorf("gcs: %s %s: the resumable upload session expired or was cancelled: %w", op, key, err))
+	}
 	if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
 		if op == "put" || op == "put-if-absent" {
 			// An upload's only 404 is a missing bucket.

@@ -109,6 +109,10 @@ func (r *reader) Read(p []byte) (int, error) {
 		r.body = nil
 		r.resumes++
 		empty, oerr := r.open()
+		var ae *apiError
+		if errors.As(oerr, &ae) && ae.Code == http.StatusPreconditionFailed {
+			return n, fmt.Errorf("gcs: %s %s: the object was replaced while being read (%w) after: %w", r.op, r.key, oerr, err)
+		}
 		if oerr != nil {
 			return n, r.c.mapErr(r.ctx, r.op, r.key, oerr)
 		}

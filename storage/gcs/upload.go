@@ -105,6 +105,12 @@ type sourceError struct{ err error }
 func (e *sourceError) Error() string { return e.err.Error() }
 func (e *sourceError) Unwrap() error { return e.err }
 
+// sessionError is a failure of a request to an open upload session.
+type sessionError struct{ err error }
+
+func (e *sessionError) Error() string { return e.err.Error() }
+func (e *sessionError) Unwrap() error { return e.err }
+
 // mediaUpload stores data as the object in one request. It is not repeated
 // on failure (the retry decorator above decides).
 func (c *Client) mediaUpload(ctx context.Context, q url.Values, data []byte) error {
@@ -141,7 +147,7 @@ func (c *Client) resumableUpload(ctx context.Context, q url.Values, r io.Reader,
 	n := len(buf)
 	for {
 		if err := c.sendChunk(ctx, session, buf[:n], start, -1); err != nil {
-			return err
+			return &sessionError{err: err}
 		}
 		start += int64(n)
 		buf[0] = more[0]
@@ -154,7 +160,10 @@ func (c *Client) resumableUpload(ctx context.Context, q url.Values, r io.Reader,
 		}
 		n = m + 1
 		if next == nil {
-			return c.sendChunk(ctx, session, buf[:n], start, start+int64(n))
+			if err := c.sendChunk(ctx, session, buf[:n], start, start+int64(n)); err != nil {
+				return &sessionError{err: err}
+			}
+			return nil
 		}
 		more = next
 	}
