@@ -1,21 +1,26 @@
 // Package gcs is the Google Cloud Storage backend of walferry repositories
-// (gs://bucket/prefix), built on the official cloud.google.com/go/storage
-// client over its JSON/XML HTTP API.
+// (gs://bucket/prefix), a small client of the GCS JSON API on net/http.
+// It deliberately does not use cloud.google.com/go/storage, whose package
+// initialisation (gRPC, xDS, OpenTelemetry) would cost every walferry
+// process, GCS user or not, several milliseconds and megabytes.
 //
-// Credentials come from the library's default chain: GOOGLE_APPLICATION_CREDENTIALS
-// (service-account key or workload-identity-federation config), the gcloud
-// application-default file, GKE workload identity and the GCE metadata server.
-// STORAGE_EMULATOR_HOST points the client at an emulator without
-// authentication, as the library itself does. An explicit Config.Endpoint
+// Credentials come from Application Default Credentials
+// (golang.org/x/oauth2/google): GOOGLE_APPLICATION_CREDENTIALS
+// (service-account key, external_account / workload-identity-federation
+// config or authorized_user), the gcloud application-default file, GKE
+// workload identity and the GCE metadata server; or from
+// Config.CredentialsFile. STORAGE_EMULATOR_HOST (host:port or URL) points the
+// client at an emulator without authentication. An explicit Config.Endpoint
 // (the repository URL's ?endpoint= parameter) overrides both; a plain http://
 // endpoint is taken to be an emulator and is used without authentication.
 //
-// Retries are bounded so that a dead endpoint fails within seconds: the
-// library retries idempotent calls at most Config.MaxAttempts times and never
-// retries a failed dial (the error is returned marked storage.Retryable, for
-// the retry decorator above the backend to decide). Uploads are never
-// restarted by the library; only chunks of a resumable upload already in
-// progress are resent, within Config.ChunkRetryDeadline.
+// Retries are bounded so that a dead endpoint fails within seconds:
+// idempotent calls (Get, Stat, List pages, Delete) are attempted at most
+// Config.MaxAttempts times and a failed dial is never repeated (the error is
+// returned marked storage.Retryable, for the retry decorator above the
+// backend to decide). Uploads are never restarted; only chunks of a
+// resumable upload already in progress are resent, within
+// Config.ChunkRetryDeadline.
 package gcs
 
 import (
@@ -25,23 +30,18 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"cloud.google.com/go/auth"
-	gcs "cloud.google.com/go/storage"
-	"github.com/googleapis/gax-go/v2"
-	"google.golang.org/api/googleapi"
-	"google.golang.org/api/iterator"
-	"google.golang.org/api/option"
-	"google.golang.org/api/option/internaloption"
-	htransport "google.golang.org/api/transport/http"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/google"
 
 	"github.com/walferry/walferry/storage"
 )
@@ -52,13 +52,20 @@ const (
 	// size go in one request, larger ones as a resumable upload in chunks of
 	// this size. 16 MiB holds a default-sized WAL segment in one request.
 	DefaultChunkSize = 16 << 20
-	// DefaultMaxAttempts bounds the library's attempts at one non-upload call.
+	// DefaultMaxAttempts bounds the attempts at one idempotent call.
 	DefaultMaxAttempts = 3
 	// DefaultDialTimeout bounds establishing one TCP connection.
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultChunkRetryDeadline bounds the resending of one upload chunk.
 	DefaultChunkRetryDeadline = 32 * time.Second
 
+	// chunkAlign is the granularity GCS requires of non-final chunks.
+	chunkAlign = 256 << 10
+	// responseHeaderTimeout bounds the wait for an answer once a request
+	// is sent (a rewrite step or the commit of a chunk takes seconds).
+	responseHeaderTimeout = 2 * time.Minute
+
+	scopeReadWrite  = "https://www.googleapis.com/auth/devstorage.read_write"
 	emulatorHostEnv = "STORAGE_EMULATOR_HOST"
 	defaultEndpoint = "https://storage.googleapis.com/storage/v1/"
 	credentialsHint = "check GOOGLE_APPLICATION_CREDENTIALS (or workload identity / the metadata server's service account) and that it holds roles/storage.objectAdmin on the bucket"
@@ -79,16 +86,15 @@ type Config struct {
 	// external_account / workload-identity-federation config, authorized_user),
 	// used instead of the default chain.
 	CredentialsFile string
-	// ChunkSize is the upload buffer per Put in bytes, rounded up by the
-	// library to a multiple of 256 KiB; 0 means DefaultChunkSize. It bounds
-	// the memory of one upload.
+	// ChunkSize is the upload buffer per Put in bytes, rounded up to a
+	// multiple of 256 KiB; 0 means DefaultChunkSize. It bounds the memory of
+	// one upload.
 	ChunkSize int
 	// ChunkRetryDeadline bounds retries of one upload chunk; 0 means
 	// DefaultChunkRetryDeadline.
 	ChunkRetryDeadline time.Duration
-	// MaxAttempts bounds the library's attempts at one idempotent non-upload
-	// call (Get, Stat, List pages); 0 means DefaultMaxAttempts, 1 disables
-	// retries.
+	// MaxAttempts bounds the attempts at one idempotent call (Get, Stat,
+	// List pages, Delete); 0 means DefaultMaxAttempts, 1 disables retries.
 	MaxAttempts int
 	// DialTimeout bounds one TCP connect; 0 means DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -130,15 +136,18 @@ func (c Config) Validate() error {
 // Client is a storage.Store on one GCS bucket and prefix. It is safe for
 // concurrent use.
 type Client struct {
-	gcs        *gcs.Client
-	bucket     *gcs.BucketHandle
-	transport  *http.Transport
-	bucketName string
-	prefix     string // without slashes; "" for the bucket root
-	endpoint   string // where requests go, for messages
-	endpointBy string // what chose endpoint, for messages
-	chunkSize  int
-	chunkRetry time.Duration
+	hc          *http.Client
+	transport   *http.Transport
+	tokens      oauth2.TokenSource // nil: no authentication (emulator)
+	api         string             // JSON API base, ".../storage/v1/"
+	upload      string             // upload base, ".../upload/storage/v1/"
+	bucketName  string
+	prefix      string // without slashes; "" for the bucket root
+	endpoint    string // where requests go, for messages
+	endpointBy  string // what chose endpoint, for messages
+	chunkSize   int
+	chunkRetry  time.Duration
+	maxAttempts int
 
 	// bucketOK caches that the bucket was seen to exist, so that a 404 on
 	// an object no longer needs a probe to tell a missing object from a
@@ -152,9 +161,9 @@ var (
 	_ storage.Copier             = (*Client)(nil)
 )
 
-// New creates a client for cfg. It sends no request: a missing bucket or a
-// dead endpoint shows on the first call. It fails when cfg is invalid or no
-// credentials can be found.
+// New creates a client for cfg. It sends no request to the bucket: a missing
+// bucket or a dead endpoint shows on the first call. It fails when cfg is
+// invalid or no credentials can be found.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -162,6 +171,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = DefaultChunkSize
 	}
+	cfg.ChunkSize = (cfg.ChunkSize + chunkAlign - 1) / chunkAlign * chunkAlign
 	if cfg.MaxAttempts == 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
@@ -172,63 +182,85 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.ChunkRetryDeadline = DefaultChunkRetryDeadline
 	}
 	c := &Client{
-		bucketName: cfg.Bucket,
-		prefix:     strings.Trim(cfg.Prefix, "/"),
-		chunkSize:  cfg.ChunkSize,
-		chunkRetry: cfg.ChunkRetryDeadline,
-		endpoint:   defaultEndpoint,
-		endpointBy: "the default GCS endpoint",
+		bucketName:  cfg.Bucket,
+		prefix:      strings.Trim(cfg.Prefix, "/"),
+		chunkSize:   cfg.ChunkSize,
+		chunkRetry:  cfg.ChunkRetryDeadline,
+		maxAttempts: cfg.MaxAttempts,
+		api:         defaultEndpoint,
+		endpoint:    defaultEndpoint,
+		endpointBy:  "the default GCS endpoint",
 	}
 
-	var opts []option.ClientOption
 	anonymous := false
 	switch emu := os.Getenv(emulatorHostEnv); {
 	case cfg.Endpoint != "":
-		c.endpoint = apiEndpoint(cfg.Endpoint)
+		c.api = apiEndpoint(cfg.Endpoint)
+		c.endpoint = c.api
 		c.endpointBy = "the repository's endpoint parameter"
-		anonymous = strings.HasPrefix(c.endpoint, "http://")
-		opts = append(opts, option.WithEndpoint(c.endpoint))
+		anonymous = strings.HasPrefix(c.api, "http://")
 	case emu != "":
-		// The library sets the endpoint from the variable itself.
+		base := emu
+		if !strings.Contains(base, "://") {
+			base = "http://" + base
+		}
+		if u, err := url.Parse(base); err != nil || u.Host == "" {
+			return nil, fmt.Errorf("gcs: %s: %s=%q is not a host:port or URL", c, emulatorHostEnv, emu)
+		}
+		c.api = apiEndpoint(base)
 		c.endpoint = emu
 		c.endpointBy = emulatorHostEnv
 		anonymous = true
 	}
+	c.upload = uploadEndpoint(c.api)
 
 	c.transport = newBaseTransport(cfg.DialTimeout)
-	authOpts := []option.ClientOption{internaloption.EnableNewAuthLibrary(), option.WithScopes(gcs.ScopeReadWrite)}
-	switch {
-	case anonymous:
-		authOpts = []option.ClientOption{option.WithoutAuthentication()}
-	case cfg.CredentialsFile != "":
-		credType, err := credentialsType(cfg.CredentialsFile)
+	c.hc = &http.Client{
+		Transport: c.transport,
+		// The API never redirects; its 308 means "resume incomplete".
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	if !anonymous {
+		ts, err := c.tokenSource(ctx, cfg.CredentialsFile)
 		if err != nil {
-			return nil, fmt.Errorf("gcs: %s: %w", c, err)
+			return nil, err
 		}
-		authOpts = append(authOpts, option.WithAuthCredentialsFile(credType, cfg.CredentialsFile))
+		c.tokens = ts
 	}
-	rt, err := htransport.NewTransport(ctx, c.transport, authOpts...)
-	if err != nil {
-		return nil, fmt.Errorf("gcs: %s: no usable credentials (%s): %w: %w", c, credentialsHint, storage.ErrPermission, err)
-	}
-	opts = append(opts, option.WithHTTPClient(&http.Client{Transport: rt}))
-
-	client, err := gcs.NewClient(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("gcs: %s: %w", c, err)
-	}
-	client.SetRetry(
-		gcs.WithMaxAttempts(cfg.MaxAttempts),
-		gcs.WithBackoff(gax.Backoff{Initial: 100 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}),
-		gcs.WithErrorFunc(shouldRetry),
-	)
-	c.gcs = client
-	c.bucket = client.Bucket(cfg.Bucket)
 	return c, nil
 }
 
-// apiEndpoint turns a user's endpoint into the JSON API base URL the
-// library expects ("http://host:port" -> "http://host:port/storage/v1/").
+// tokenSource finds the credentials and returns a caching token source. Its
+// token requests use the client's bounded transport and outlive ctx's
+// cancellation (the source lives as long as the Client).
+func (c *Client) tokenSource(ctx context.Context, credentialsFile string) (oauth2.TokenSource, error) {
+	tctx := context.WithValue(context.WithoutCancel(ctx), oauth2.HTTPClient,
+		&http.Client{Transport: c.transport, Timeout: time.Minute})
+	var (
+		creds *google.Credentials
+		err   error
+	)
+	if credentialsFile != "" {
+		var credType google.CredentialsType
+		credType, err = credentialsType(credentialsFile)
+		if err != nil {
+			return nil, fmt.Errorf("gcs: %s: %w", c, err)
+		}
+		var b []byte
+		if b, err = os.ReadFile(credentialsFile); err == nil {
+			creds, err = google.CredentialsFromJSONWithType(tctx, b, credType, scopeReadWrite)
+		}
+	} else {
+		creds, err = google.FindDefaultCredentials(tctx, scopeReadWrite)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gcs: %s: no usable credentials (%s): %w: %w", c, credentialsHint, storage.ErrPermission, err)
+	}
+	return oauth2.ReuseTokenSource(nil, creds.TokenSource), nil
+}
+
+// apiEndpoint turns a user's endpoint into the JSON API base URL
+// ("http://host:port" -> "http://host:port/storage/v1/").
 func apiEndpoint(endpoint string) string {
 	u, err := url.Parse(endpoint) // validated by Config.Validate
 	if err != nil {
@@ -242,9 +274,24 @@ func apiEndpoint(endpoint string) string {
 	return u.String()
 }
 
+// uploadEndpoint derives the media upload base from the JSON API base:
+// "https://host/storage/v1/" -> "https://host/upload/storage/v1/".
+func uploadEndpoint(api string) string {
+	u, err := url.Parse(api)
+	if err != nil {
+		return api
+	}
+	if p, ok := strings.CutSuffix(u.Path, "storage/v1/"); ok {
+		u.Path = p + "upload/storage/v1/"
+	} else {
+		u.Path = "/upload/storage/v1/"
+	}
+	return u.String()
+}
+
 // credentialsType reads the "type" field of a JSON credentials file, which
-// the library needs to load it.
-func credentialsType(path string) (option.CredentialsType, error) {
+// is needed to load it safely.
+func credentialsType(path string) (google.CredentialsType, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("credentials file: %w", err)
@@ -255,9 +302,9 @@ func credentialsType(path string) (option.CredentialsType, error) {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return "", fmt.Errorf("credentials file %s: not a JSON credentials file: %w", path, err)
 	}
-	switch t := option.CredentialsType(f.Type); t {
-	case option.ServiceAccount, option.AuthorizedUser, option.ExternalAccount, option.ImpersonatedServiceAccount,
-		"external_account_authorized_user":
+	switch t := google.CredentialsType(f.Type); t {
+	case google.ServiceAccount, google.AuthorizedUser, google.ExternalAccount, google.ImpersonatedServiceAccount,
+		google.ExternalAccountAuthorizedUser:
 		return t, nil
 	default:
 		return "", fmt.Errorf("credentials file %s: unsupported type %q: use a service_account key or an external_account (workload identity federation) config", path, f.Type)
@@ -265,8 +312,9 @@ func credentialsType(path string) (option.CredentialsType, error) {
 }
 
 // newBaseTransport is http.DefaultTransport with bounded connects, so an
-// address where nothing answers fails in DialTimeout rather than 30 s, and
-// HTTP/2 health checks that drop dead connections.
+// address where nothing answers fails in DialTimeout rather than 30 s, a
+// bounded wait for response headers, and HTTP/2 health checks that drop
+// dead connections.
 func newBaseTransport(dialTimeout time.Duration) *http.Transport {
 	var t *http.Transport
 	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
@@ -276,25 +324,12 @@ func newBaseTransport(dialTimeout time.Duration) *http.Transport {
 	}
 	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
+	t.ResponseHeaderTimeout = responseHeaderTimeout
 	t.MaxIdleConnsPerHost = 100
+	// Objects are stored as they are; no transparent gzip on ranged reads.
+	t.DisableCompression = true
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 31 * time.Second, PingTimeout: 15 * time.Second}
 	return t
-}
-
-// shouldRetry is the library's own retry predicate minus failed dials: when
-// nothing listens at the endpoint, repeating the call at once does not help
-// and only delays the error.
-func shouldRetry(err error) bool {
-	return gcs.ShouldRetry(err) && !isDialError(err)
-}
-
-func isDialError(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	var dns *net.DNSError
-	return errors.As(err, &dns)
 }
 
 // String returns "gs://bucket/prefix".
@@ -307,11 +342,7 @@ func (c *Client) String() string {
 
 // Close releases the client's connections.
 func (c *Client) Close() error {
-	err := c.gcs.Close()
 	c.transport.CloseIdleConnections()
-	if err != nil {
-		return fmt.Errorf("gcs: close %s: %w", c, err)
-	}
 	return nil
 }
 
@@ -321,6 +352,22 @@ func (c *Client) objectName(key string) string {
 		return key
 	}
 	return c.prefix + "/" + key
+}
+
+// objectURL is the JSON API URL of an object's resource (the whole name is
+// one path segment: "/" becomes %2F), with suffix (e.g. "/rewriteTo/...")
+// and query appended.
+func (c *Client) objectURL(name, suffix string, q url.Values) string {
+	u := c.api + "b/" + url.PathEscape(c.bucketName) + "/o/" + url.PathEscape(name) + suffix
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// bucketURL is the JSON API URL of the bucket's object collection.
+func (c *Client) bucketURL(q url.Values) string {
+	return c.api + "b/" + url.PathEscape(c.bucketName) + "/o?" + q.Encode()
 }
 
 // checkKey rejects keys outside the storage package's key contract.
@@ -340,89 +387,87 @@ func checkKey(op, key string) error {
 	return nil
 }
 
-// Put streams r into key through a resumable upload. Memory is bounded by
-// Config.ChunkSize. When reading r fails, the upload fails or ctx is
-// cancelled, the upload is abandoned before its final request, so no object
-// (and no change to an existing one) becomes visible under key.
-func (c *Client) Put(ctx context.Context, key string, r io.Reader) error {
-	if err := checkKey("put", key); err != nil {
-		return err
+// send authenticates and sends req. A non-2xx answer other than those in
+// pass is returned as an *apiError, its body consumed and closed.
+func (c *Client) send(req *http.Request, pass ...int) (*http.Response, error) {
+	if c.tokens != nil {
+		tok, err := c.tokens.Token()
+		if err != nil {
+			return nil, &tokenError{err: err}
+		}
+		tok.SetAuthHeader(req)
 	}
-	return c.upload(ctx, "put", key, c.bucket.Object(c.objectName(key)), r)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	for _, code := range pass {
+		if resp.StatusCode == code {
+			return resp, nil
+		}
+	}
+	defer resp.Body.Close()
+	return nil, newAPIError(resp)
 }
 
-// PutIfAbsent is Put with the precondition that no live object exists under
-// key (ifGenerationMatch=0). When one exists, or a concurrent PutIfAbsent
-// wins the race, it returns an error matching storage.ErrExist and the
-// existing object is untouched.
-//
-// The upload is not retried after a lost answer, so a caller seeing an
-// error may still have created the object; compare contents to find out.
-func (c *Client) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
-	if err := checkKey("put-if-absent", key); err != nil {
-		return err
+// call sends a request without a body, repeating it within MaxAttempts when
+// the failure is transient (not a failed dial, not ctx's end).
+func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, pass ...int) (*http.Response, error) {
+	for attempt := 1; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, method, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := c.send(req, pass...)
+		if err == nil || attempt >= c.maxAttempts || !shouldRetry(ctx, err) {
+			return resp, err
+		}
+		if err := sleep(ctx, backoff(attempt)); err != nil {
+			return nil, err
+		}
 	}
-	obj := c.bucket.Object(c.objectName(key)).If(gcs.Conditions{DoesNotExist: true})
-	return c.upload(ctx, "put-if-absent", key, obj, r)
 }
 
-// upload copies r into a Writer for obj.
-//
-// The Writer runs the HTTP upload in a goroutine fed through a pipe; the only
-// reliable way to abandon it is cancelling the context it was created with
-// (Writer.CloseWithError is deprecated for that, and Close would commit what
-// was written so far). The upload sends its final request, the one that
-// commits the object, only after reading io.EOF from the pipe, which a
-// cancelled Writer never delivers.
-//
-// The handle's retry policy is RetryNever: the library would otherwise
-// retry the upload's first request without any attempt limit (WithMaxAttempts
-// does not apply to uploads), hanging on an endpoint where nothing listens.
-// Chunks of a started resumable upload are still retried by the library
-// within ChunkRetryDeadline.
-func (c *Client) upload(ctx context.Context, op, key string, obj *gcs.ObjectHandle, r io.Reader) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := obj.Retryer(gcs.WithPolicy(gcs.RetryNever)).NewWriter(wctx)
-	w.ChunkSize = c.chunkSize
-	w.ChunkRetryDeadline = c.chunkRetry
-	w.ContentType = "application/octet-stream"
-
-	src := &sourceReader{r: r}
-	if _, err := io.Copy(w, src); err != nil {
-		cancel()
-		werr := w.Close()
-		if src.err != nil {
-			return fmt.Errorf("gcs: %s %s: reading the source: %w", op, key, src.err)
-		}
-		if werr != nil && !errors.Is(werr, context.Canceled) {
-			err = werr
-		}
-		return c.mapErr(ctx, op, key, err)
+// getJSON is an idempotent call decoding a JSON answer into v.
+func (c *Client) getJSON(ctx context.Context, u string, v any) error {
+	resp, err := c.call(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
 	}
-	if err := w.Close(); err != nil {
-		return c.mapErr(ctx, op, key, err)
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decoding the answer: %w", err)
 	}
-	c.bucketOK.Store(true)
 	return nil
 }
 
-// sourceReader records the caller's read error, to tell it from upload errors.
-type sourceReader struct {
-	r   io.Reader
-	err error
+// backoff is the wait before attempt+1: 100 ms doubling up to 2 s, jittered.
+func backoff(attempt int) time.Duration {
+	d := min(100*time.Millisecond<<(attempt-1), 2*time.Second)
+	return d/2 + rand.N(d/2+1)
 }
 
-func (s *sourceReader) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		s.err = err
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
-	return n, err
 }
 
 // Get opens key for streaming; a missing key matches storage.ErrNotExist.
-// The library checks the CRC32C of a whole-object read.
+// The CRC32C of a whole-object read is checked against the one GCS sends,
+// and a read interrupted by a connection failure resumes where it stopped
+// (on the same object generation), within MaxAttempts.
 func (c *Client) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return c.getRange(ctx, "get", key, 0, -1)
 }
@@ -440,37 +485,27 @@ func (c *Client) getRange(ctx context.Context, op, key string, offset, length in
 	if offset < 0 {
 		return nil, fmt.Errorf("gcs: %s %s: negative offset %d: %w", op, key, offset, fs.ErrInvalid)
 	}
-	r, err := c.bucket.Object(c.objectName(key)).NewRangeReader(ctx, offset, length)
-	if err != nil {
-		// GCS answers 416 when the range starts at or past the end of an
-		// existing object (a missing one is a 404).
-		var ge *googleapi.Error
-		if errors.As(err, &ge) && ge.Code == http.StatusRequestedRangeNotSatisfiable {
-			c.bucketOK.Store(true)
-			return io.NopCloser(strings.NewReader("")), nil
+	if length == 0 {
+		// No range means zero bytes; the object must still exist.
+		if _, err := c.Stat(ctx, key); err != nil {
+			return nil, err
 		}
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	r := &reader{c: c, ctx: ctx, op: op, key: key, name: c.objectName(key), pos: offset, remaining: length}
+	if offset == 0 && length < 0 {
+		r.crc = newCRCCheck()
+	}
+	empty, err := r.open()
+	if err != nil {
 		return nil, c.mapErr(ctx, op, key, err)
 	}
 	c.bucketOK.Store(true)
-	return &reader{r: r, c: c, op: op, key: key}, nil
-}
-
-// reader classifies errors met mid-stream (after the library's own resumes).
-type reader struct {
-	r       *gcs.Reader
-	c       *Client
-	op, key string
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = r.c.classify(r.op, r.key, err)
+	if empty {
+		return io.NopCloser(strings.NewReader("")), nil
 	}
-	return n, err
+	return r, nil
 }
-
-func (r *reader) Close() error { return r.r.Close() }
 
 // Stat returns key's size and last update time; a missing key matches
 // storage.ErrNotExist.
@@ -478,12 +513,38 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 	if err := checkKey("stat", key); err != nil {
 		return storage.ObjectInfo{}, err
 	}
-	attrs, err := c.bucket.Object(c.objectName(key)).Attrs(ctx)
-	if err != nil {
+	var o object
+	q := url.Values{"fields": {"size,updated"}, "projection": {"noAcl"}}
+	if err := c.getJSON(ctx, c.objectURL(c.objectName(key), "", q), &o); err != nil {
 		return storage.ObjectInfo{}, c.mapErr(ctx, "stat", key, err)
 	}
 	c.bucketOK.Store(true)
-	return storage.ObjectInfo{Key: key, Size: attrs.Size, ModTime: attrs.Updated}, nil
+	info, err := o.info(key)
+	if err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("gcs: stat %s: %w", key, err)
+	}
+	return info, nil
+}
+
+// object is the part of an object resource walferry reads.
+type object struct {
+	Name    string `json:"name"`
+	Size    string `json:"size"` // a decimal string: JSON numbers stop at 2^53
+	Updated string `json:"updated"`
+}
+
+func (o object) info(key string) (storage.ObjectInfo, error) {
+	size, err := strconv.ParseInt(o.Size, 10, 64)
+	if err != nil {
+		return storage.ObjectInfo{}, fmt.Errorf("object %q: size %q: %w", o.Name, o.Size, err)
+	}
+	var mt time.Time
+	if o.Updated != "" {
+		if mt, err = time.Parse(time.RFC3339Nano, o.Updated); err != nil {
+			return storage.ObjectInfo{}, fmt.Errorf("object %q: updated %q: %w", o.Name, o.Updated, err)
+		}
+	}
+	return storage.ObjectInfo{Key: key, Size: size, ModTime: mt}, nil
 }
 
 // List calls fn for every object under prefix in lexical order (GCS lists
@@ -491,31 +552,46 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 // (folder placeholders made by the console) are not keys and are skipped.
 func (c *Client) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
 	what := fmt.Sprintf("prefix %q", prefix)
-	q := &gcs.Query{Prefix: c.objectName(prefix), Projection: gcs.ProjectionNoACL}
-	if err := q.SetAttrSelection([]string{"Name", "Size", "Updated"}); err != nil {
-		return fmt.Errorf("gcs: list %s: %w", what, err)
-	}
 	strip := ""
 	if c.prefix != "" {
 		strip = c.prefix + "/"
 	}
-	it := c.bucket.Objects(ctx, q)
+	q := url.Values{
+		"prefix":     {c.objectName(prefix)},
+		"fields":     {"items(name,size,updated),nextPageToken"},
+		"projection": {"noAcl"},
+	}
 	for {
-		attrs, err := it.Next()
-		if errors.Is(err, iterator.Done) {
-			c.bucketOK.Store(true)
-			return nil
+		var page struct {
+			Items         []object `json:"items"`
+			NextPageToken string   `json:"nextPageToken"`
 		}
-		if err != nil {
+		if err := c.getJSON(ctx, c.bucketURL(q), &page); err != nil {
+			var ae *apiError
+			if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
+				// A listing's only 404 is a missing bucket.
+				return c.noBucket("list", what, err)
+			}
 			return c.mapErr(ctx, "list", what, err)
 		}
-		key, ok := strings.CutPrefix(attrs.Name, strip)
-		if !ok || key == "" || strings.HasSuffix(key, "/") {
-			continue
+		c.bucketOK.Store(true)
+		for _, o := range page.Items {
+			key, ok := strings.CutPrefix(o.Name, strip)
+			if !ok || key == "" || strings.HasSuffix(key, "/") {
+				continue
+			}
+			info, err := o.info(key)
+			if err != nil {
+				return fmt.Errorf("gcs: list %s: %w", what, err)
+			}
+			if err := fn(info); err != nil {
+				return err
+			}
 		}
-		if err := fn(storage.ObjectInfo{Key: key, Size: attrs.Size, ModTime: attrs.Updated}); err != nil {
-			return err
+		if page.NextPageToken == "" {
+			return nil
 		}
+		q.Set("pageToken", page.NextPageToken)
 	}
 }
 
@@ -524,8 +600,9 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	if err := checkKey("delete", key); err != nil {
 		return err
 	}
-	err := c.bucket.Object(c.objectName(key)).Delete(ctx)
+	resp, err := c.call(ctx, http.MethodDelete, c.objectURL(c.objectName(key), "", nil), nil)
 	if err == nil {
+		drain(resp)
 		c.bucketOK.Store(true)
 		return nil
 	}
@@ -536,8 +613,8 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	return err
 }
 
-// Copy copies srcKey to dstKey server-side (rewrite), replacing dstKey. A
-// missing srcKey matches storage.ErrNotExist.
+// Copy copies srcKey to dstKey server-side (objects rewrite, repeated until
+// done), replacing dstKey. A missing srcKey matches storage.ErrNotExist.
 func (c *Client) Copy(ctx context.Context, srcKey, dstKey string) error {
 	if err := checkKey("copy", srcKey); err != nil {
 		return err
@@ -545,115 +622,51 @@ func (c *Client) Copy(ctx context.Context, srcKey, dstKey string) error {
 	if err := checkKey("copy", dstKey); err != nil {
 		return err
 	}
-	src := c.bucket.Object(c.objectName(srcKey))
-	dst := c.bucket.Object(c.objectName(dstKey))
-	if _, err := dst.CopierFrom(src).Run(ctx); err != nil {
-		return c.mapErr(ctx, "copy", srcKey+" to "+dstKey, err)
+	what := srcKey + " to " + dstKey
+	suffix := "/rewriteTo/b/" + url.PathEscape(c.bucketName) + "/o/" + url.PathEscape(c.objectName(dstKey))
+	q := url.Values{"fields": {"done,rewriteToken"}}
+	for {
+		var res struct {
+			Done         bool   `json:"done"`
+			RewriteToken string `json:"rewriteToken"`
+		}
+		err := c.rewrite(ctx, c.objectURL(c.objectName(srcKey), suffix, q), &res)
+		if err != nil {
+			return c.mapErr(ctx, "copy", what, err)
+		}
+		c.bucketOK.Store(true)
+		if res.Done {
+			return nil
+		}
+		if res.RewriteToken == "" {
+			return fmt.Errorf("gcs: copy %s: the rewrite is not done and gave no token to continue", what)
+		}
+		q.Set("rewriteToken", res.RewriteToken)
 	}
-	c.bucketOK.Store(true)
+}
+
+// rewrite sends one objects.rewrite step. It is not repeated on failure:
+// the retry decorator restarts the copy.
+func (c *Client) rewrite(ctx context.Context, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader("{}"))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decoding the answer: %w", err)
+	}
 	return nil
 }
 
-// mapErr maps a library error onto the storage package's classes. A 404 on
-// an object is ambiguous (the XML read path and objects.get answer the same
-// for a missing bucket), so until the bucket has been seen to exist it is
-// probed with a one-item listing.
-func (c *Client) mapErr(ctx context.Context, op, key string, err error) error {
-	var ge *googleapi.Error
-	if errors.As(err, &ge) && ge.Code == http.StatusNotFound && (op == "put" || op == "put-if-absent") {
-		// An upload's only 404 is a missing bucket.
-		return c.noBucket(op, key, err)
-	}
-	if errors.Is(err, gcs.ErrBucketNotExist) {
-		return c.noBucket(op, key, err)
-	}
-	if errors.Is(err, gcs.ErrObjectNotExist) || (errors.As(err, &ge) && ge.Code == http.StatusNotFound) {
-		if ctx.Err() == nil && c.bucketMissing(ctx) {
-			return c.noBucket(op, key, err)
-		}
-		return fmt.Errorf("gcs: %s %s: %w", op, key, storage.ErrNotExist)
-	}
-	return c.classify(op, key, err)
-}
-
-// classify maps errors that need no probe.
-func (c *Client) classify(op, key string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("gcs: %s %s: %w", op, key, err)
-	}
-	var ge *googleapi.Error
-	if errors.As(err, &ge) {
-		switch code := ge.Code; {
-		case code == http.StatusPreconditionFailed:
-			return fmt.Errorf("gcs: %s %s: %w", op, key, storage.ErrExist)
-		case code == http.StatusUnauthorized || code == http.StatusForbidden:
-			return fmt.Errorf("gcs: %s %s in %s: %w (%s): %w", op, key, c, storage.ErrPermission, credentialsHint, err)
-		case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code >= 500:
-			return storage.Retryable(fmt.Errorf("gcs: %s %s: %w", op, key, err))
-		case code == http.StatusNotFound:
-			return fmt.Errorf("gcs: %s %s: %w", op, key, storage.ErrNotExist)
-		}
-		return fmt.Errorf("gcs: %s %s: %w", op, key, err)
-	}
-	var ae *auth.Error
-	if errors.As(err, &ae) {
-		if ae.Response != nil && ae.Response.StatusCode >= 400 && ae.Response.StatusCode < 500 {
-			return fmt.Errorf("gcs: %s %s: obtaining a token: %w (%s): %w", op, key, storage.ErrPermission, credentialsHint, err)
-		}
-		return storage.Retryable(fmt.Errorf("gcs: %s %s: obtaining a token: %w", op, key, err))
-	}
-	if isDialError(err) {
-		// The *url.Error's text repeats the whole request URL; the dial
-		// error inside says all there is to say.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return storage.Retryable(fmt.Errorf("gcs: %s %s: cannot connect to %s (set by %s; is the address right and the service up?): %w",
-			op, key, c.endpoint, c.endpointBy, err))
-	}
-	if isNetError(err) {
-		return storage.Retryable(fmt.Errorf("gcs: %s %s: %w", op, key, err))
-	}
-	return fmt.Errorf("gcs: %s %s: %w", op, key, err)
-}
-
-// isNetError reports transport failures worth repeating.
-func isNetError(err error) bool {
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
-		return true
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
-	}
-	var ue *url.Error
-	return errors.As(err, &ue) || gcs.ShouldRetry(err)
-}
-
-func (c *Client) noBucket(op, key string, err error) error {
-	return fmt.Errorf("gcs: %s %s in %s: %w (create it with `gcloud storage buckets create gs://%s` or fix the repository URL): %w",
-		op, key, c, storage.ErrNoBucket, c.bucketName, err)
-}
-
-// bucketMissing probes whether the bucket exists with a listing of at most
-// one object, which needs only storage.objects.list (not buckets.get). Any
-// answer other than "no such bucket" counts as "exists".
-func (c *Client) bucketMissing(ctx context.Context) bool {
-	if c.bucketOK.Load() {
-		return false
-	}
-	q := &gcs.Query{Prefix: c.objectName(""), Projection: gcs.ProjectionNoACL}
-	_ = q.SetAttrSelection([]string{"Name"})
-	it := c.bucket.Objects(ctx, q)
-	it.PageInfo().MaxSize = 1
-	_, err := it.Next()
-	if errors.Is(err, gcs.ErrBucketNotExist) {
-		return true
-	}
-	if err == nil || errors.Is(err, iterator.Done) {
-		c.bucketOK.Store(true)
-	}
-	return false
+// drain consumes a little of an answer's body, so its connection can be
+// reused, and closes it.
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }

@@ -15,9 +15,7 @@ import (
 	"testing"
 	"time"
 
-	gcs "cloud.google.com/go/storage"
-	"google.golang.org/api/googleapi"
-	"google.golang.org/api/option"
+	"golang.org/x/oauth2/google"
 
 	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
@@ -39,22 +37,23 @@ func emulatorEndpoint(t *testing.T) (endpoint, bucket string) {
 
 func ensureBucket(t *testing.T, endpoint, bucket string) {
 	t.Helper()
-	ctx := context.Background()
-	c, err := gcs.NewClient(ctx, option.WithEndpoint(apiEndpoint(endpoint)), option.WithoutAuthentication())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, err = c.Bucket(bucket).Attrs(ctx)
-	if errors.Is(err, gcs.ErrBucketNotExist) {
-		err = c.Bucket(bucket).Create(ctx, "walferry-test", nil)
-		var ge *googleapi.Error
-		if errors.As(err, &ge) && ge.Code == http.StatusConflict {
-			err = nil // created concurrently
-		}
-	}
+	api := apiEndpoint(endpoint)
+	resp, err := http.Get(api + "b/" + url.PathEscape(bucket))
 	if err != nil {
 		t.Fatalf("test bucket %s at %s: %v", bucket, endpoint, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return
+	}
+	resp, err = http.Post(api+"b?project=walferry-test", "application/json", strings.NewReader(`{"name":"`+bucket+`"}`))
+	if err != nil {
+		t.Fatalf("test bucket %s at %s: %v", bucket, endpoint, err)
+	}
+	resp.Body.Close()
+	// 409: created concurrently.
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusConflict {
+		t.Fatalf("test bucket %s at %s: creating it: %s", bucket, endpoint, resp.Status)
 	}
 }
 
@@ -375,11 +374,11 @@ func TestCredentialsFileType(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		name, content string
-		want          option.CredentialsType
+		want          google.CredentialsType
 		wantErr       bool
 	}{
-		{"service-account", `{"type":"service_account"}`, option.ServiceAccount, false},
-		{"external-account", `{"type":"external_account"}`, option.ExternalAccount, false},
+		{"service-account", `{"type":"service_account"}`, google.ServiceAccount, false},
+		{"external-account", `{"type":"external_account"}`, google.ExternalAccount, false},
 		{"unknown", `{"type":"api_key"}`, "", true},
 		{"not-json", `type=x`, "", true},
 	}
@@ -489,12 +488,12 @@ func TestClassify(t *testing.T) {
 		retryable bool
 		contains  string
 	}{
-		{"403", &googleapi.Error{Code: 403, Message: "denied"}, storage.ErrPermission, false, "GOOGLE_APPLICATION_CREDENTIALS"},
-		{"401", &googleapi.Error{Code: 401}, storage.ErrPermission, false, "GOOGLE_APPLICATION_CREDENTIALS"},
-		{"412", &googleapi.Error{Code: 412}, storage.ErrExist, false, ""},
-		{"429", &googleapi.Error{Code: 429}, nil, true, ""},
-		{"503", &googleapi.Error{Code: 503}, nil, true, ""},
-		{"400", &googleapi.Error{Code: 400}, nil, false, ""},
+		{"403", &apiError{Code: 403, Message: "denied"}, storage.ErrPermission, false, "GOOGLE_APPLICATION_CREDENTIALS"},
+		{"401", &apiError{Code: 401}, storage.ErrPermission, false, "GOOGLE_APPLICATION_CREDENTIALS"},
+		{"412", &apiError{Code: 412}, storage.ErrExist, false, ""},
+		{"429", &apiError{Code: 429}, nil, true, ""},
+		{"503", &apiError{Code: 503}, nil, true, ""},
+		{"400", &apiError{Code: 400}, nil, false, ""},
 		{"dial", dial, syscall.ECONNREFUSED, true, "cannot connect to http://127.0.0.1:9"},
 		{"reset", reset, syscall.ECONNRESET, true, ""},
 		{"unexpected-eof", fmt.Errorf("x: %w", io.ErrUnexpectedEOF), io.ErrUnexpectedEOF, true, ""},
