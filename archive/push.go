@@ -191,7 +191,13 @@ func (p *Pusher) Push(ctx context.Context, path string) error {
 			isReady[n] = true
 		}
 		recorded := tidyState(stateDir, isReady, p.cfg.SegmentSize, start)
-		if p.ahead > 0 {
+		// A one-shot process whose segment was already pushed ahead
+		// returns at once: topping the window up by one segment per call
+		// would make every call wait for an upload, one at a time. It
+		// refills the window in one parallel batch when PostgreSQL asks
+		// for a segment nobody pushed yet. The daemon tops up always: its
+		// uploads run in the background.
+		if p.ahead > 0 && (p.background || !recorded[name]) {
 			batch = p.startAhead(ctx, dir, stateDir, name, ready, recorded)
 		}
 	}
