@@ -1,6 +1,7 @@
 package walstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,7 +55,7 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	}
 	if r.tli == 0 {
 		r.tli = pg.TimeLineID(isr.Timeline)
-		start, err := r.startPosition(ctx, pending, restart, pg.LSN(isr.XLogPos))
+		start, err := r.startPosition(ctx, conn, pending, restart, pg.LSN(isr.XLogPos))
 		if err != nil {
 			return err
 		}
@@ -158,17 +159,65 @@ func readSlot(ctx context.Context, conn *pgconn.PgConn, name string) (string, pg
 	return string(row[0]), restart, nil
 }
 
-// startPosition is where a new run starts on r.tli: after the newest
-// complete segment the repositories (all of them) and the spool hold, else
-// the slot's restart point, else the server's current position; always at
-// the start of a segment.
-func (r *receiver) startPosition(ctx context.Context, pending []string, restart, serverPos pg.LSN) (pg.LSN, error) {
+// startPosition is where a new run starts: after the newest complete
+// segment that the repositories (all of them) and the spool hold on the
+// server's timeline r.tli, or else on the newest of its ancestors that
+// they hold (streaming then follows the server's history from there, so a
+// promotion while no receiver ran leaves no gap); else the slot's restart
+// point, else the server's current position; always at the start of a
+// segment. It may move r.tli to an ancestor.
+func (r *receiver) startPosition(ctx context.Context, conn *pgconn.PgConn, pending []string, restart, serverPos pg.LSN) (pg.LSN, error) {
+	next, found, err := r.heldNext(ctx, r.tli, pending)
+	if err != nil || found {
+		return next, err
+	}
+	if r.tli > 1 {
+		th, err := pglogrepl.TimelineHistory(ctx, conn, int32(r.tli))
+		if err != nil {
+			return 0, fmt.Errorf("TIMELINE_HISTORY %d: %w", r.tli, err)
+		}
+		entries, err := pg.ParseHistory(bytes.NewReader(th.Content))
+		if err != nil {
+			return 0, err
+		}
+		for i := len(entries) - 1; i >= 0; i-- {
+			e := entries[i]
+			next, found, err := r.heldNext(ctx, e.TLI, pending)
+			if err != nil {
+				return 0, err
+			}
+			if !found {
+				continue
+			}
+			child := r.tli
+			if i+1 < len(entries) {
+				child = entries[i+1].TLI
+			}
+			switchSeg := r.size.StartLSN(r.size.SegNoOf(e.SwitchLSN))
+			if next > switchSeg {
+				r.tli, next = child, switchSeg
+			} else {
+				r.tli = e.TLI
+			}
+			r.log.Info("resuming on an ancestor of the server's timeline", "lsn", next, "timeline", uint32(r.tli))
+			return next, nil
+		}
+	}
+	if restart.IsValid() {
+		return r.size.StartLSN(r.size.SegNoOf(restart)), nil
+	}
+	return r.size.StartLSN(r.size.SegNoOf(serverPos)), nil
+}
+
+// heldNext returns the start of the segment after the newest complete
+// segment of tli that every repository, or the spool, holds.
+func (r *receiver) heldNext(ctx context.Context, tli pg.TimeLineID, pending []string) (pg.LSN, bool, error) {
 	var next pg.LSN
 	found := false
 	for i, rp := range r.o.Repos {
-		n, ok, err := r.repoNext(ctx, rp)
+		n, ok, err := r.repoNext(ctx, rp, tli)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if !ok {
 			found = false
@@ -180,29 +229,25 @@ func (r *receiver) startPosition(ctx context.Context, pending []string, restart,
 		found = true
 	}
 	for _, name := range pending {
-		if f, err := pg.ParseWALFileName(name, r.size); err == nil && f.Kind == pg.KindSegment && f.TLI == r.tli {
+		if f, err := pg.ParseWALFileName(name, r.size); err == nil && f.Kind == pg.KindSegment && f.TLI == tli {
 			next = max(next, r.size.StartLSN(f.SegNo+1))
 			found = true
 		}
 	}
-	switch {
-	case found:
-		r.log.Info("resuming after what the repository holds", "lsn", next, "timeline", uint32(r.tli))
-		return next, nil
-	case restart.IsValid():
-		return r.size.StartLSN(r.size.SegNoOf(restart)), nil
+	if found {
+		r.log.Info("resuming after what the repository holds", "lsn", next, "timeline", uint32(tli))
 	}
-	return r.size.StartLSN(r.size.SegNoOf(serverPos)), nil
+	return next, found, nil
 }
 
 // repoNext returns the start of the segment after the newest complete
-// segment of r.tli in rp.
-func (r *receiver) repoNext(ctx context.Context, rp *repo.Repo) (pg.LSN, bool, error) {
+// segment of tli in rp.
+func (r *receiver) repoNext(ctx context.Context, rp *repo.Repo, tli pg.TimeLineID) (pg.LSN, bool, error) {
 	var newest pg.SegNo
 	found := false
-	err := rp.Store().List(ctx, repo.WALPrefix+r.tli.Hex(), func(oi storage.ObjectInfo) error {
+	err := rp.Store().List(ctx, repo.WALPrefix+tli.Hex(), func(oi storage.ObjectInfo) error {
 		f, err := pg.ParseWALFileName(path.Base(oi.Key), r.size)
-		if err == nil && f.Kind == pg.KindSegment && f.TLI == r.tli && (!found || f.SegNo > newest) {
+		if err == nil && f.Kind == pg.KindSegment && f.TLI == tli && (!found || f.SegNo > newest) {
 			newest, found = f.SegNo, true
 		}
 		return nil

@@ -624,3 +624,72 @@ func TestStoreOutage(t *testing.T) {
 		t.Fatalf("the repository starts at segment %d, after %s", segs[0], down[0])
 	}
 }
+
+// TestPromotionWhileStopped: the receiver was stopped while its server
+// (a standby) replayed more of timeline 1 and was promoted. Restarted on
+// the promoted server, it first completes timeline 1 up to the switch
+// point from what the repository holds, then follows to timeline 2.
+func TestPromotionWhileStopped(t *testing.T) {
+	primary := testCluster(t)
+	rp := testRepo(t, primary)
+	size := testSize(t)
+	primary.Exec(t, "CREATE TABLE t (id int, v text)")
+	standby := testStandby(t, primary)
+	log := &logBuf{}
+	o := testOptions(t, standby, rp, filepath.Join(t.TempDir(), "spool"), log)
+	o.Slot = ""
+	recv := start(o)
+	waitFor(t, "streaming from the standby", 30*time.Second, log, func() bool {
+		var n int
+		standby.QueryRow(t, "SELECT count(*) FROM pg_stat_replication").Scan(&n)
+		return n == 1
+	})
+	before := switchWAL(t, primary, 1)
+	checkSegments(t, standby, rp, log, before)
+	recv.stop(t)
+
+	missed := switchWAL(t, primary, 2)
+	primary.Exec(t, "INSERT INTO t VALUES (0, 'before promotion')")
+	var primaryLSN string
+	primary.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&primaryLSN)
+	waitFor(t, "the standby to replay", 30*time.Second, log, func() bool {
+		var ok bool
+		standby.QueryRow(t, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", primaryLSN).Scan(&ok)
+		return ok
+	})
+	primary.Stop(t, pgtest.StopFast)
+	var promoted bool
+	standby.QueryRow(t, "SELECT pg_promote()").Scan(&promoted)
+	if !promoted {
+		t.Fatal("pg_promote failed")
+	}
+	newer := switchWAL(t, standby, 1)
+
+	recv = start(o)
+	checkSegments(t, standby, rp, log, append(append(missed, "00000002.history"), newer...))
+	recv.stop(t)
+
+	hist, _ := stored(t, rp, "00000002.history")
+	entries, err := pg.ParseHistory(bytes.NewReader(hist))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("00000002.history: %v %v", entries, err)
+	}
+	switchSeg := size.SegNoOf(entries[0].SwitchLSN)
+	_, first, _ := pg.ParseSegmentName(before[0], size)
+	for n := first; n < switchSeg; n++ {
+		if _, ok := stored(t, rp, pg.SegmentName(1, n, size)); !ok {
+			t.Errorf("gap on timeline 1: %s is not stored; log:\n%s", pg.SegmentName(1, n, size), log)
+		}
+	}
+	if size.Offset(entries[0].SwitchLSN) != 0 {
+		if _, ok := stored(t, rp, pg.SegmentName(1, switchSeg, size)+".partial"); !ok {
+			t.Errorf("timeline 1's last segment is not stored as .partial; log:\n%s", log)
+		}
+	}
+	_, last, _ := pg.ParseSegmentName(newer[len(newer)-1], size)
+	for n := switchSeg; n <= last; n++ {
+		if _, ok := stored(t, rp, pg.SegmentName(2, n, size)); !ok {
+			t.Errorf("gap on timeline 2: %s is not stored", pg.SegmentName(2, n, size))
+		}
+	}
+}
