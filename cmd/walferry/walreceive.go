@@ -47,8 +47,9 @@ receiver (exit 5) and overwrites nothing. The unfinished segment is uploaded
 as <segment>.partial every --partial-interval when it grew, and at shutdown.
 
 Streaming starts after the newest complete segment of the server's timeline
-that every repository holds, else at the slot's restart point, else at the
-start of the server's current segment. With --slot the physical slot is
+that every repository holds, or else of the newest of its ancestor timelines
+they hold (a promotion while no receiver ran leaves no gap), else at the
+slot's restart point, else at the start of the server's current segment. With --slot the physical slot is
 created when missing (RESERVE_WAL), and the server keeps every byte until
 it is durable in the repositories: the flush position reported is what the
 repositories hold. Timeline switches are followed (the new timeline's
