@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -90,6 +91,9 @@ type Options struct {
 }
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// ErrSpoolBusy: another receiver uses the spool directory.
+var ErrSpoolBusy = errors.New("the spool directory is in use by another wal-receive")
 
 // errStreamEnded: the server closed the stream without a next timeline
 // (server shutdown); the receiver reconnects.
@@ -199,6 +203,11 @@ func newReceiver(o Options) (*receiver, error) {
 }
 
 func (r *receiver) run(ctx context.Context) error {
+	lock, err := lockSpool(r.o.SpoolDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	pending, err := r.scanSpool()
 	if err != nil {
 		return err
@@ -390,4 +399,22 @@ func (r *receiver) deletePartials(ctx context.Context, name string) {
 			r.log.Debug("cannot delete a superseded partial", "key", key, "err", err)
 		}
 	}
+}
+
+// lockSpool takes an exclusive lock on the spool directory's lock file for
+// as long as the returned file stays open.
+func lockSpool(dir string) (*os.File, error) {
+	p := filepath.Join(dir, ".lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("walstream: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("walstream: %w: %s is locked; give each receiver its own --spool-dir", ErrSpoolBusy, dir)
+		}
+		return nil, fmt.Errorf("walstream: lock %s: %w", p, err)
+	}
+	return f, nil
 }

@@ -693,3 +693,39 @@ func TestPromotionWhileStopped(t *testing.T) {
 		}
 	}
 }
+
+// TestSpoolBusy: a second receiver on the same spool directory is refused.
+func TestSpoolBusy(t *testing.T) {
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cl := repo.Cluster{SystemID: 42, PGMajor: 15, WALSegmentSize: testSegMB << 20, Source: "test"}
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4"}); err != nil {
+		t.Fatal(err)
+	}
+	rp, err := repo.Open(ctx, st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pg.ParseConnConfig("host=127.0.0.1 port=1 user=nobody sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Repos: []*repo.Repo{rp}, SegmentSize: testSize(t), Conn: &cfg.Config, SpoolDir: t.TempDir(),
+		MinBackoff: 10 * time.Millisecond}
+	first := start(o) // retries its unreachable server until stopped
+	time.Sleep(200 * time.Millisecond)
+	o.MaxAttempts = 1
+	err = Run(ctx, o)
+	first.stop(t)
+	if !errors.Is(err, ErrSpoolBusy) {
+		t.Fatalf("second receiver on the same spool: got %v, want ErrSpoolBusy", err)
+	}
+	// Once the first one stopped, the spool is free again.
+	if err := Run(ctx, o); err == nil || errors.Is(err, ErrSpoolBusy) {
+		t.Fatalf("receiver after the first stopped: got %v, want a connection failure", err)
+	}
+}

@@ -57,7 +57,7 @@ history file is stored too; the old timeline's last segment as .partial).
 
 Received WAL is written to a segment file in --spool-dir, never held in
 memory; completed segments wait there while a store is unreachable. One
-receiver per spool directory. With a slot the spool may be lost: the server
+receiver per spool directory (it is locked; a second receiver exits 2). With a slot the spool may be lost: the server
 sends again what the repositories do not hold.
 
 --synchronous: to make commits wait until their WAL is durable in object
@@ -151,6 +151,9 @@ func (a *app) walReceive(c *cli.Context) error {
 		MaxAttempts:     c.Int("max-attempts"),
 		Log:             s.log,
 	})
+	if errors.Is(err, walstream.ErrSpoolBusy) {
+		return usage(err)
+	}
 	if err != nil {
 		// Conflicts and a wrong cluster keep their own exit codes (they
 		// are classified first); giving up on the server is exit 7.
