@@ -4,8 +4,9 @@
 # removed at the end, and the server is stopped even when a step fails.
 #
 # What it shows grows with walferry: today repository creation, checks, the
-# wrong-cluster guard, and WAL archiving (archive_command, archive-get, the
-# daemon). Backups, restore and streaming join as those commands land.
+# wrong-cluster guard, WAL archiving (archive_command, archive-get, the
+# daemon) and WAL streaming (wal-receive). Backups, restoring a standby and
+# switching it to streaming join as those commands land.
 set -euo pipefail
 
 PGBIN=${WALFERRY_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -29,6 +30,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
+  pkill -TERM -f "^$work/walferry wal-receive" 2>/dev/null || true
   as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/other" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -169,6 +171,32 @@ before=$(psql -Atc "SELECT archived_count FROM pg_stat_archiver")
 psql -c "INSERT INTO accounts SELECT g, 99 FROM generate_series(1, 20000) g" -c "SELECT pg_switch_wal()" >/dev/null
 wait_archived $((before + 1))
 psql -c "SELECT archived_count, last_archived_wal, failed_count FROM pg_stat_archiver"
+
+step "Stream WAL: walferry wal-receive trails the primary by seconds, not by a segment"
+as_pg "$work/walferry" wal-receive --config "$work/walferry.yaml" --slot demo --partial-interval 1s \
+  --spool-dir "$work/receive-spool" --pg-conn "host=127.0.0.1 port=$port user=postgres" \
+  --log-format text --log-level info 2>"$work/receive.log" </dev/null >/dev/null &
+for i in $(seq 1 100); do
+  [ "$(psql -Atc "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walferry'")" = 1 ] && break
+  sleep 0.1
+done
+psql -c "SELECT application_name, state, sent_lsn, flush_lsn FROM pg_stat_replication"
+psql -c "INSERT INTO accounts SELECT g, 200 FROM generate_series(1, 5000) g" >/dev/null
+echo "rows inserted, no segment switch: the unfinished segment goes up as .partial within a second"
+partials=0
+for i in $(seq 1 100); do
+  partials=$(wf repo info --repo "$repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["partials"])')
+  [ "$partials" -ge 1 ] && break
+  sleep 0.1
+done
+[ "$partials" -ge 1 ] || { echo "demo: no .partial uploaded:" >&2; cat "$work/receive.log" >&2; exit 1; }
+run wf repo info --repo "$repo"
+psql -c "SELECT application_name, state, sent_lsn, flush_lsn FROM pg_stat_replication"
+echo "flush_lsn is what is durable in the repository"
+pkill -TERM -f "^$work/walferry wal-receive"
+for i in $(seq 1 100); do pgrep -f "^$work/walferry wal-receive" >/dev/null || break; sleep 0.1; done
+echo "the receiver's log:"
+sed 's/^/  /' "$work/receive.log"
 
 step "Done"
 echo "The demo's PostgreSQL is stopped and $work is removed on exit."
