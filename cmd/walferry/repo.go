@@ -68,19 +68,30 @@ sizes.`,
 	}
 }
 
-func (a *app) repoInit(c *cli.Context) error {
+// loadForCluster is what repo init and repo check start with: validated
+// settings with at least one repository, the local cluster's identity, and
+// the encryption passphrase if one is configured.
+func (a *app) loadForCluster(c *cli.Context) (*settings, repo.Cluster, []byte, error) {
 	s, err := a.load(c)
 	if err != nil {
-		return err
+		return nil, repo.Cluster{}, nil, err
 	}
 	if err := s.requireRepos(); err != nil {
-		return err
+		return nil, repo.Cluster{}, nil, err
 	}
 	cl, err := clusterIdentity(c.Context, s)
 	if err != nil {
-		return err
+		return nil, repo.Cluster{}, nil, err
 	}
 	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return nil, repo.Cluster{}, nil, err
+	}
+	return s, cl, pass, nil
+}
+
+func (a *app) repoInit(c *cli.Context) error {
+	s, cl, pass, err := a.loadForCluster(c)
 	if err != nil {
 		return err
 	}
@@ -123,18 +134,7 @@ func (a *app) repoInit(c *cli.Context) error {
 }
 
 func (a *app) repoCheck(c *cli.Context) error {
-	s, err := a.load(c)
-	if err != nil {
-		return err
-	}
-	if err := s.requireRepos(); err != nil {
-		return err
-	}
-	cl, err := clusterIdentity(c.Context, s)
-	if err != nil {
-		return err
-	}
-	pass, err := s.cfg.Passphrase()
+	s, cl, pass, err := a.loadForCluster(c)
 	if err != nil {
 		return err
 	}
