@@ -20,10 +20,8 @@ import (
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/fs"
-	"github.com/walferry/walferry/storage/s3"
 )
 
 // getSegBytes is the WAL segment size of most get tests: small segments
@@ -39,52 +37,13 @@ func getSegSize(t testing.TB, bytes int64) pg.WALSegmentSize {
 	return s
 }
 
-// getFSStore returns a filesystem store on a fresh directory and its root.
-func getFSStore(t testing.TB) (*fs.Client, string) {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "repo")
-	if err := os.Mkdir(root, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	st, err := fs.New(fs.Config{Root: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, root
-}
-
-// getS3Store returns a store on MinIO under a fresh prefix, emptied when
-// the test ends.
-func getS3Store(t testing.TB) storage.Store {
-	t.Helper()
-	env := testenv.S3(t)
-	st, err := s3.New(context.Background(), s3.Config{
-		Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), Endpoint: env.Endpoint, Region: env.Region,
-		PathStyle: true, AccessKeyID: env.AccessKey, SecretAccessKey: env.SecretKey,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		var keys []string
-		_ = st.List(ctx, "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
-		for _, k := range keys {
-			_ = st.Delete(ctx, k)
-		}
-		st.Close()
-	})
-	return st
-}
-
 // getStores are the backends the store-facing tests run against.
 var getStores = []struct {
 	name string
 	open func(t testing.TB) storage.Store
 }{
-	{"fs", func(t testing.TB) storage.Store { st, _ := getFSStore(t); return st }},
-	{"s3", getS3Store},
+	{"fs", func(t testing.TB) storage.Store { st, _ := teststore.FS(t); return st }},
+	{"s3", teststore.S3},
 }
 
 // getRepo initializes an lz4 repository in st for segBytes segments and
@@ -347,7 +306,7 @@ func TestGetRoundTrip(t *testing.T) {
 // as restore_command passes pg_wal/RECOVERYXLOG with the data directory
 // as working directory.
 func TestGetRelativeDest(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 3, r)
 	data := t.TempDir()
@@ -413,7 +372,7 @@ func TestGetNotArchived(t *testing.T) {
 // TestGetMissingDestDir: a missing destination directory is an error, and
 // the default spool does not create it.
 func TestGetMissingDestDir(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	getSegs(t, getSegBytes, 1, 1, 3, r)
 	g := newTestGetter(t, getConfig(t, getSegBytes, nil, r), GetOptions{Prefetch: 2})
@@ -428,7 +387,7 @@ func TestGetMissingDestDir(t *testing.T) {
 }
 
 func TestGetInvalidName(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	g := newTestGetter(t, getConfig(t, getSegBytes, nil, getRepo(t, st, getSegBytes)), GetOptions{})
 	for _, name := range []string{"", "RECOVERYXLOG", "../000000010000000000000001", "000000010000000000000001/x"} {
 		err := g.Get(t.Context(), name, filepath.Join(t.TempDir(), "x"))
@@ -442,7 +401,7 @@ func TestGetInvalidName(t *testing.T) {
 }
 
 func TestGetCorruptObject(t *testing.T) {
-	st, root := getFSStore(t)
+	st, root := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 3, r)
 	size := getSegSize(t, getSegBytes)
@@ -486,8 +445,8 @@ func TestGetCorruptObject(t *testing.T) {
 // TestGetFallsBackToNextRepo: the first repository that has an intact
 // copy wins.
 func TestGetFallsBackToNextRepo(t *testing.T) {
-	st1, root1 := getFSStore(t)
-	st2, _ := getFSStore(t)
+	st1, root1 := teststore.FS(t)
+	st2, _ := teststore.FS(t)
 	r1, r2 := getRepo(t, st1, getSegBytes), getRepo(t, st2, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 2, r2)
@@ -589,7 +548,7 @@ func TestGetPrefetch(t *testing.T) {
 // TestGetPrefetchStopsAtMissing: a gap ends the batch quietly, and no
 // request goes beyond the first missing segment.
 func TestGetPrefetchStopsAtMissing(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := &getCountingStore{Store: st}
 	r := getRepo(t, cs, getSegBytes)
 	size := getSegSize(t, getSegBytes)
@@ -616,7 +575,7 @@ func TestGetPrefetchStopsAtMissing(t *testing.T) {
 }
 
 func TestGetSpoolCorrupt(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := &getCountingStore{Store: st}
 	r := getRepo(t, cs, getSegBytes)
 	size := getSegSize(t, getSegBytes)
@@ -677,7 +636,7 @@ func TestGetSpoolCorrupt(t *testing.T) {
 // on one spool, asking for overlapping segments: every file they write is
 // right and no call fails, whoever wins the race for a spool file.
 func TestGetConcurrentSharedSpool(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	const last = 24
@@ -775,7 +734,7 @@ func (r *getBlockingReader) Read(p []byte) (int, error) {
 func (r *getBlockingReader) Close() error { return r.rc.Close() }
 
 func TestGetCancel(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	getSegs(t, getSegBytes, 1, 1, 6, r)
@@ -830,7 +789,7 @@ func (s *getFlakyStore) Get(ctx context.Context, key string) (io.ReadCloser, err
 }
 
 func TestGetRetries(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 2, r)
@@ -874,7 +833,7 @@ func (s getStallStore) Get(ctx context.Context, key string) (io.ReadCloser, erro
 }
 
 func TestGetStalledStore(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	getSegs(t, getSegBytes, 1, 1, 1, r)
 	sr, err := repo.Open(t.Context(), getStallStore{st}, repo.OpenOptions{})
@@ -895,7 +854,7 @@ func TestGetStalledStore(t *testing.T) {
 }
 
 func TestGetBackground(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := &getCountingStore{Store: st}
 	r := getRepo(t, cs, getSegBytes)
 	size := getSegSize(t, getSegBytes)
@@ -937,7 +896,7 @@ func TestGetBackground(t *testing.T) {
 // a switch: history files are fetched directly, the old timeline's spool
 // files are never served for the new timeline's names and are removed.
 func TestGetTimelineSwitch(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := &getCountingStore{Store: st}
 	r := getRepo(t, cs, getSegBytes)
 	size := getSegSize(t, getSegBytes)
@@ -1000,7 +959,7 @@ func TestGetTimelineSwitch(t *testing.T) {
 func BenchmarkGet(b *testing.B) {
 	const segBytes = 16 << 20
 	const n = 32
-	st, _ := getFSStore(b)
+	st, _ := teststore.FS(b)
 	r := getRepo(b, st, segBytes)
 	size := getSegSize(b, segBytes)
 	data := getWALLike(segBytes, 1)

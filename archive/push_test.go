@@ -20,10 +20,8 @@ import (
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/fs"
-	"github.com/walferry/walferry/storage/s3"
 )
 
 // Helpers of this file are prefixed with push so they cannot collide with
@@ -44,52 +42,13 @@ func pushCluster(segBytes int64) repo.Cluster {
 	return repo.Cluster{SystemID: 7310000000000000042, PGMajor: 15, WALSegmentSize: segBytes, Source: "data directory /test"}
 }
 
-// pushFSStore returns a filesystem store and its root.
-func pushFSStore(t testing.TB) (storage.Store, string) {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "repo")
-	if err := os.Mkdir(root, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	st, err := fs.New(fs.Config{Root: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, root
-}
-
-// pushS3Store returns a store on MinIO under a fresh prefix, emptied when
-// the test ends.
-func pushS3Store(t testing.TB) storage.Store {
-	t.Helper()
-	env := testenv.S3(t)
-	st, err := s3.New(context.Background(), s3.Config{
-		Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), Endpoint: env.Endpoint, Region: env.Region,
-		PathStyle: true, AccessKeyID: env.AccessKey, SecretAccessKey: env.SecretKey,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		var keys []string
-		_ = st.List(ctx, "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
-		for _, k := range keys {
-			_ = st.Delete(ctx, k)
-		}
-		st.Close()
-	})
-	return st
-}
-
 // pushStores are the backends every round-trip test runs against.
 var pushStores = []struct {
 	name string
 	open func(t testing.TB) storage.Store
 }{
-	{"fs", func(t testing.TB) storage.Store { st, _ := pushFSStore(t); return st }},
-	{"s3", pushS3Store},
+	{"fs", func(t testing.TB) storage.Store { st, _ := teststore.FS(t); return st }},
+	{"s3", teststore.S3},
 }
 
 // pushRepo initializes a repository in st for a cluster with segBytes
@@ -441,7 +400,7 @@ func TestPushConflict(t *testing.T) {
 func TestPushEncrypted(t *testing.T) {
 	const segBytes = pushMiB
 	ctx := context.Background()
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	pass := []byte("correct horse battery staple")
 	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: pushCluster(segBytes), Compression: "zstd", Passphrase: pass}); err != nil {
 		t.Fatal(err)
@@ -469,7 +428,7 @@ func TestPushEncrypted(t *testing.T) {
 // TestPushRefused covers names and sizes that are not pushed.
 func TestPushRefused(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := newPushCountingStore(st)
 	r := pushRepo(t, cs, segBytes, nil)
 	w := newPushWAL(t, segBytes, 0)
@@ -501,7 +460,7 @@ func TestPushRefused(t *testing.T) {
 // data directory, the current directory of archive_command.
 func TestPushRelativePath(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	r := pushRepo(t, st, segBytes, nil)
 	w := newPushWAL(t, segBytes, 3)
 	t.Chdir(filepath.Dir(w.dir))
@@ -521,8 +480,8 @@ func TestPushRelativePath(t *testing.T) {
 // records nothing, the look-ahead included.
 func TestPushOneRepoBroken(t *testing.T) {
 	const segBytes = pushMiB
-	good, goodRoot := pushFSStore(t)
-	bad, badRoot := pushFSStore(t)
+	good, goodRoot := teststore.FS(t)
+	bad, badRoot := teststore.FS(t)
 	c := codec.New()
 	rGood, rBad := pushRepo(t, good, segBytes, c), pushRepo(t, bad, segBytes, c)
 	w := newPushWAL(t, segBytes, 6)
@@ -621,7 +580,7 @@ func testPushAhead(t *testing.T, st storage.Store) {
 // pusher: every segment is uploaded exactly once, nothing is left.
 func TestPushAheadBackground(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := newPushCountingStore(st)
 	r := pushRepo(t, cs, segBytes, nil)
 	w := newPushWAL(t, segBytes, 20)
@@ -660,7 +619,7 @@ func TestPushAheadBackground(t *testing.T) {
 // written for, with the same repositories, and only when it parses.
 func TestPushRecordNotTrusted(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := newPushCountingStore(st)
 	c := codec.New()
 	r := pushRepo(t, cs, segBytes, c)
@@ -715,7 +674,7 @@ func TestPushRecordNotTrusted(t *testing.T) {
 	check(5, nil)
 	// 6: written for one repository; now there are two, and the new one
 	// must get the segment.
-	other, _ := pushFSStore(t)
+	other, _ := teststore.FS(t)
 	r2 := pushRepo(t, other, segBytes, c)
 	q2 := newTestPusher(t, pushConfig(t, segBytes, nil, r, r2), PushOptions{Ahead: 0})
 	if err := q2.Push(t.Context(), w.path(w.seg(6))); err != nil {
@@ -730,7 +689,7 @@ func TestPushRecordNotTrusted(t *testing.T) {
 // interrupted writes go; other files in the directory stay.
 func TestPushStateCleanup(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	r := pushRepo(t, st, segBytes, nil)
 	w := newPushWAL(t, segBytes, 3)
 	sd := w.stateDir()
@@ -778,7 +737,7 @@ func TestPushStateCleanup(t *testing.T) {
 // holds at most Ahead records.
 func TestPushStateBounded(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	r := pushRepo(t, st, segBytes, nil)
 	w := newPushWAL(t, segBytes, 40)
 	p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 4})
@@ -846,7 +805,7 @@ func testPushConcurrent(t *testing.T, st storage.Store, background bool) {
 // ones are not, and retries end.
 func TestPushRetry(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := newPushCountingStore(st)
 	r := pushRepo(t, cs, segBytes, nil)
 	w := newPushWAL(t, segBytes, 3)
@@ -879,7 +838,7 @@ func TestPushRetry(t *testing.T) {
 // its context ends, and then records nothing for them.
 func TestPushClose(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	cs := newPushCountingStore(st)
 	r := pushRepo(t, cs, segBytes, nil)
 	w := newPushWAL(t, segBytes, 6)
@@ -927,7 +886,7 @@ func TestPushClose(t *testing.T) {
 // state directory.
 func TestPushNoArchiveStatus(t *testing.T) {
 	const segBytes = pushMiB
-	st, _ := pushFSStore(t)
+	st, _ := teststore.FS(t)
 	r := pushRepo(t, st, segBytes, nil)
 	dir := t.TempDir()
 	name := "000000010000000000000003.partial"
@@ -1015,7 +974,7 @@ func BenchmarkPush(b *testing.B) {
 		{"daemon/ahead=default", -1, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			st, root := pushFSStore(b)
+			st, root := teststore.FS(b)
 			r := pushRepo(b, st, segBytes, nil)
 			w := &pushWAL{dir: filepath.Join(b.TempDir(), "pg_wal"), size: pushSegSize(b, segBytes)}
 			if err := os.MkdirAll(filepath.Join(w.dir, "archive_status"), 0o700); err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/teststore"
 )
 
 func TestParseSpoolFileName(t *testing.T) {
@@ -197,7 +198,7 @@ func TestCleanTemps(t *testing.T) {
 // prefetch window of its timeline, removes temporary files of dead
 // processes, keeps those in use, and never touches foreign files.
 func TestSpoolCleanup(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 8, r)
@@ -269,7 +270,7 @@ func TestSpoolCleanup(t *testing.T) {
 // TestSpoolBounded: a long recovery never lets the spool grow beyond the
 // window, whatever the mix of one-shot calls.
 func TestSpoolBounded(t *testing.T) {
-	st, _ := getFSStore(t)
+	st, _ := teststore.FS(t)
 	r := getRepo(t, st, getSegBytes)
 	size := getSegSize(t, getSegBytes)
 	segs := getSegs(t, getSegBytes, 1, 1, 40, r)

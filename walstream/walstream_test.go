@@ -20,10 +20,9 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/fs"
-	"github.com/walferry/walferry/storage/s3"
 )
 
 const testSegMB = 1
@@ -58,14 +57,7 @@ func testRepo(t *testing.T, c *pgtest.Cluster) *repo.Repo {
 // testRepoWith is testRepo with the store wrapped by wrap once initialized.
 func testRepoWith(t *testing.T, c *pgtest.Cluster, wrap func(storage.Store) storage.Store) *repo.Repo {
 	t.Helper()
-	root := filepath.Join(t.TempDir(), "repo")
-	if err := os.Mkdir(root, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	st, err := fs.New(fs.Config{Root: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := teststore.FS(t)
 	return testRepoOn(t, c, st, wrap)
 }
 
@@ -84,30 +76,6 @@ func testRepoOn(t *testing.T, c *pgtest.Cluster, st storage.Store, wrap func(sto
 		t.Fatal(err)
 	}
 	return r
-}
-
-// testS3Store is a store on MinIO under a fresh prefix, emptied at the end.
-func testS3Store(t *testing.T) storage.Store {
-	t.Helper()
-	env := testenv.S3(t)
-	st, err := s3.New(context.Background(), s3.Config{
-		Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), Endpoint: env.Endpoint, Region: env.Region,
-		PathStyle: true, AccessKeyID: env.AccessKey, SecretAccessKey: env.SecretKey,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		var keys []string
-		_ = st.List(ctx, "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
-		for _, k := range keys {
-			_ = st.Delete(ctx, k)
-		}
-		st.Close()
-	})
-	return st
 }
 
 // logBuf collects the receiver's log for failure messages.
@@ -265,7 +233,7 @@ func TestReceive(t *testing.T) {
 
 // TestReceiveS3 is TestReceive with the repository on MinIO.
 func TestReceiveS3(t *testing.T) {
-	st := testS3Store(t) // first: skips without MinIO before starting PostgreSQL
+	st := teststore.S3(t) // first: skips without MinIO before starting PostgreSQL
 	c := testCluster(t)
 	keep := func(st storage.Store) storage.Store { return st }
 	testReceive(t, c, testRepoOn(t, c, st, keep))

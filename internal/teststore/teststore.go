@@ -1,0 +1,56 @@
+// Package teststore gives tests a fresh, empty store on each real backend
+// they run against, cleaned up when the test ends. The S3 store needs the
+// MinIO started by scripts/services.sh (see internal/testenv).
+package teststore
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/fs"
+	"github.com/walferry/walferry/storage/s3"
+)
+
+// FS returns a filesystem store on a fresh directory and that directory.
+func FS(t testing.TB) (*fs.Client, string) {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "repo")
+	if err := os.Mkdir(root, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	st, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, root
+}
+
+// S3 returns a store on MinIO under a fresh prefix, emptied and closed
+// when the test ends.
+func S3(t testing.TB) storage.Store {
+	t.Helper()
+	env := testenv.S3(t)
+	st, err := s3.New(context.Background(), s3.Config{
+		Bucket: env.Bucket, Prefix: testenv.UniquePrefix(t), Endpoint: env.Endpoint, Region: env.Region,
+		PathStyle: true, AccessKeyID: env.AccessKey, SecretAccessKey: env.SecretKey,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var keys []string
+		_ = st.List(ctx, "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
+		for _, k := range keys {
+			_ = st.Delete(ctx, k)
+		}
+		st.Close()
+	})
+	return st
+}
