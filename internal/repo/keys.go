@@ -50,3 +50,41 @@ func WALNameFromKey(key string) (string, bool) {
 	}
 	return path.Base(key), true
 }
+
+// Backup keys. A backup lives under backups/<id>/; it exists only once
+// backups/<id>/manifest exists, and the manifest is written last.
+const (
+	// manifestName is the last element of a backup's manifest key.
+	manifestName = "manifest"
+	// LockPrefix holds the leases of operations that must not overlap
+	// (backup-push and backup-delete share "lock/backup").
+	LockPrefix = "lock/"
+)
+
+// BackupPrefix returns the prefix every object of backup id lives under.
+func BackupPrefix(id string) string { return BackupsPrefix + id + "/" }
+
+// BackupManifestKey returns the key of backup id's manifest.
+func BackupManifestKey(id string) string { return BackupPrefix(id) + manifestName }
+
+// BackupDataKey returns the key of the n-th data object of backup id.
+func BackupDataKey(id string, n int) string {
+	return fmt.Sprintf("%sdata/%06d", BackupPrefix(id), n)
+}
+
+// BackupIDFromKey returns the backup a key under backups/ belongs to, and
+// whether the key is that backup's manifest.
+func BackupIDFromKey(key string) (id string, isManifest, ok bool) {
+	rest, found := strings.CutPrefix(key, BackupsPrefix)
+	if !found {
+		return "", false, false
+	}
+	id, tail, found := strings.Cut(rest, "/")
+	if !found || id == "" {
+		return "", false, false
+	}
+	return id, tail == manifestName, true
+}
+
+// LockKey returns the key of the lease named name.
+func LockKey(name string) string { return LockPrefix + name }
