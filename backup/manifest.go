@@ -219,9 +219,9 @@ func ReadManifest(ctx context.Context, r *repo.Repo, id string) (*Manifest, erro
 	return m, nil
 }
 
-// writeManifest stores m; it is the last object a backup writes, which
+// WriteManifest stores m; it is the last object a backup writes, which
 // makes the backup exist.
-func writeManifest(ctx context.Context, r *repo.Repo, m *Manifest) error {
+func WriteManifest(ctx context.Context, r *repo.Repo, m *Manifest) error {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return err
