@@ -76,6 +76,7 @@ EXIT CODES
 			a.archiveGetCommand(),
 			a.daemonCommand(),
 			a.walReceiveCommand(),
+			a.backupPushCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walferry/walferry/backup"
 	"net"
 	"strings"
 	"syscall"
@@ -24,7 +26,8 @@ const (
 	exitPermission  = 4   // credentials refused, access denied, wrong encryption passphrase
 	exitRepository  = 5   // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
 	exitCorrupt     = 6   // an object failed its checksum or does not decode
-	exitPostgres    = 7   // PostgreSQL unreachable, or its data directory unreadable
+	exitPostgres    = 7   // PostgreSQL unreachable, refusing, or its data directory unreadable
+	exitLocked      = 8   // another backup-push or backup-delete holds the repository's lease
 	exitInterrupted = 130 // stopped by SIGINT or SIGTERM
 )
 
@@ -96,6 +99,9 @@ func exitCode(err error) int {
 		ce *config.Error
 		pe *postgresError
 		he *hookError
+
+		pgConnectErr *pgconn.ConnectError
+		pgErr        *pgconn.PgError
 	)
 	switch {
 	case err == nil:
@@ -119,9 +125,11 @@ func exitCode(err error) int {
 		return exitCorrupt
 	case errors.Is(err, storage.ErrNoBucket), errors.Is(err, repo.ErrNotInitialized),
 		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible),
-		errors.Is(err, archive.ErrConflict):
+		errors.Is(err, archive.ErrConflict), errors.Is(err, backup.ErrNoBackup):
 		return exitRepository
-	case errors.As(err, &pe):
+	case errors.Is(err, repo.ErrLocked):
+		return exitLocked
+	case errors.As(err, &pe), errors.As(err, &pgConnectErr), errors.As(err, &pgErr), errors.Is(err, backup.ErrNotReady):
 		return exitPostgres
 	case storage.IsRetryable(err), isNetwork(err), errors.Is(err, context.DeadlineExceeded):
 		return exitUnreachable

@@ -14,7 +14,6 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"backup-push", "take a base backup", "walferry backup-push [--pgdata DIR | --remote] [--incremental] [--full]", nil},
 		{"backup-list", "list backups", "walferry backup-list [--json]", nil},
 		{"backup-show", "show one backup", "walferry backup-show <id|LATEST> [--json]", nil},
 		{"backup-delete", "delete backups and the WAL only they need", "walferry backup-delete (--retain-full N | --before TIME | <id>) [--dry-run]", nil},

@@ -1,0 +1,490 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage"
+)
+
+// DefaultObjectSize is the raw size of a data object: large enough that
+// per-object overhead (a request, a header) is noise, small enough that a
+// 1 GiB relation segment is read by several workers at once.
+const DefaultObjectSize = 32 << 20
+
+// Options tune Push.
+type Options struct {
+	// Conn is the libpq connection string of the server to back up (empty:
+	// libpq's PG* environment). The connection stays open for the whole
+	// backup: closing it aborts the backup on the server.
+	Conn string
+	// PGData is the server's data directory as this process sees it
+	// (empty: the server's data_directory setting).
+	PGData string
+	// Incremental stores only what changed since the newest backup when
+	// there is one on the server's timeline; otherwise the backup is full.
+	Incremental bool
+	// Jobs is how many files are read, compressed and uploaded at once
+	// (0: one per CPU, at least 2).
+	Jobs int
+	// ObjectSize is the raw size of data objects (0: DefaultObjectSize;
+	// rounded up to a multiple of UnitSize).
+	ObjectSize int64
+	// SpreadCheckpoint waits for a spread checkpoint instead of asking for
+	// an immediate one.
+	SpreadCheckpoint bool
+	// ArchiveTimeout bounds the wait for the WAL the backup needs to reach
+	// the repository (0: 2 minutes).
+	ArchiveTimeout time.Duration
+	// Label is stored in backup_label (default "walferry <id>").
+	Label  string
+	Logger *slog.Logger
+	// Progress, when set, is called about five times a second while files
+	// are read, and once at the end.
+	Progress func(Progress)
+}
+
+// Progress reports a running backup.
+type Progress struct {
+	ID         string
+	Phase      string // "checkpoint", "copy", "wait-wal", "done"
+	BytesDone  int64
+	BytesTotal int64
+	Files      int
+	Elapsed    time.Duration
+}
+
+// ErrNotReady: the server cannot be backed up as it is (archiving off, a
+// standby, another cluster's data directory).
+var ErrNotReady = errors.New("cannot back up this server")
+
+// ErrWALMissing: the WAL the backup needs did not reach the repository.
+var ErrWALMissing = errors.New("WAL needed by the backup is not archived")
+
+// Push takes a base backup of the server into r and returns its manifest.
+// The backup exists only once its manifest is written, which happens last,
+// after the WAL from its start to its end is in the repository. A failed
+// or interrupted backup leaves no manifest; its objects are removed at
+// once when possible, and by the next Push otherwise.
+func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "backup")
+	if o.Jobs <= 0 {
+		o.Jobs = max(2, runtime.NumCPU())
+	}
+	if o.ObjectSize <= 0 {
+		o.ObjectSize = DefaultObjectSize
+	}
+	o.ObjectSize = (o.ObjectSize + UnitSize - 1) / UnitSize * UnitSize
+	if o.ArchiveTimeout <= 0 {
+		o.ArchiveTimeout = 2 * time.Minute
+	}
+	began := time.Now()
+
+	conn, err := pg.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	info, err := pg.ClusterInfo(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	meta := r.Metadata()
+	if info.SystemID != meta.SystemID || info.Major != meta.PGMajor || info.WALSegSize != meta.WALSegmentSize {
+		return nil, fmt.Errorf("%w: the server (system identifier %d, PostgreSQL %d, %d-byte segments) is not the cluster of %s (system identifier %d, PostgreSQL %d, %d-byte segments): use this cluster's repository",
+			repo.ErrWrongCluster, info.SystemID, info.Major, info.WALSegSize, r, meta.SystemID, meta.PGMajor, meta.WALSegmentSize)
+	}
+	if info.InRecovery {
+		return nil, fmt.Errorf("%w: the server is a standby; run backup-push against the primary", ErrNotReady)
+	}
+	segSize, err := info.SegmentSize()
+	if err != nil {
+		return nil, err
+	}
+	dataDir, err := checkDataDir(ctx, conn, o.PGData, info)
+	if err != nil {
+		return nil, err
+	}
+	var archiveMode string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode')").Scan(&archiveMode); err != nil {
+		return nil, fmt.Errorf("pg: read archive_mode: %w", err)
+	}
+	if archiveMode == "off" {
+		return nil, fmt.Errorf("%w: archive_mode is off, so the WAL a restore needs would never reach the repository; set archive_mode = on and archive_command = 'walferry archive-push %%p' (restart needed)", ErrNotReady)
+	}
+
+	lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-push"})
+	if err != nil {
+		return nil, err
+	}
+	defer lease.Release(context.WithoutCancel(ctx))
+	leaseCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-lease.Context().Done():
+			stop()
+		case <-leaseCtx.Done():
+		}
+	}()
+	ctx = leaseCtx
+
+	if err := removeIncomplete(ctx, r, log); err != nil {
+		return nil, err
+	}
+
+	typ := Full
+	var parent *Manifest
+	if o.Incremental {
+		parent, err = Resolve(ctx, r, Latest)
+		switch {
+		case errors.Is(err, ErrNoBackup):
+			log.Warn("no backup to build on yet: taking a full backup")
+		case err != nil:
+			return nil, err
+		case parent.Timeline != info.Timeline:
+			log.Warn("the newest backup is on another timeline: taking a full backup",
+				"parent", parent.ID, "parent_timeline", parent.Timeline, "timeline", info.Timeline)
+			parent = nil
+		default:
+			typ = Incremental
+		}
+	}
+	id, err := freshID(ctx, r, typ)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manifest{
+		FormatVersion: ManifestVersion, ID: id, Type: typ, Mode: "local",
+		SystemID: info.SystemID, PGVersionNum: info.VersionNum, DataChecksums: info.DataChecksums,
+		Owner: dataDirOwner(dataDir),
+	}
+	if parent != nil {
+		m.Parent = parent.ID
+	}
+	m.Label = o.Label
+	if m.Label == "" {
+		m.Label = "walferry " + id
+	}
+	log = log.With("backup", id)
+
+	var done atomic.Int64
+	report := func(phase string, total int64, files int) {
+		if o.Progress != nil {
+			o.Progress(Progress{ID: id, Phase: phase, BytesDone: done.Load(), BytesTotal: total, Files: files, Elapsed: time.Since(began)})
+		}
+	}
+	report("checkpoint", 0, 0)
+
+	// From here on, a failure removes what was stored.
+	ok := false
+	defer func() {
+		if !ok {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := deletePrefix(cctx, r, repo.BackupPrefix(id)); err != nil {
+				log.Warn("could not remove the failed backup's objects; the next backup-push removes them", "err", err)
+			}
+		}
+	}()
+
+	m.StartTime = time.Now().UTC()
+	start, err := startBackup(ctx, conn, info.VersionNum, m.Label, !o.SpreadCheckpoint)
+	if err != nil {
+		return nil, err
+	}
+	m.StartLSN = start
+	m.Timeline = info.Timeline
+	var tli int32
+	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tli); err == nil {
+		m.Timeline = pg.TimeLineID(tli)
+	}
+	if parent != nil && m.Timeline != parent.Timeline {
+		return nil, fmt.Errorf("%w: the server switched timeline while the backup started; run it again", ErrNotReady)
+	}
+	log.Info("backup started", "lsn", start, "timeline", m.Timeline, "type", typ)
+
+	sc, err := walkDataDir(dataDir, info.Major)
+	if err != nil {
+		return nil, err
+	}
+	if err := nameTablespaces(ctx, conn, sc.tablespaces); err != nil {
+		return nil, err
+	}
+	m.Dirs, m.Tablespaces = sc.dirs, sc.tablespaces
+	var total int64
+	for _, f := range sc.files {
+		total += f.size
+	}
+	tasks := planTasks(sc.files, o.ObjectSize)
+	p := newPacker(r, id, sc.files, start, info.DataChecksums, parent, &done)
+	tick := time.NewTicker(200 * time.Millisecond)
+	copyDone := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-copyDone:
+				return
+			case <-tick.C:
+				report("copy", total, len(sc.files))
+			}
+		}
+	}()
+	err = p.run(ctx, tasks, o.Jobs)
+	tick.Stop()
+	close(copyDone)
+	if err != nil {
+		return nil, err
+	}
+	var newBytes int64
+	m.Files, m.PageChecksumErrors, newBytes = p.assemble(tasks)
+	m.Objects = p.objects
+	for _, pe := range m.PageChecksumErrors {
+		log.Warn("page checksum mismatch: the file is damaged on disk (backed up as it is)", "path", pe.Path, "block", pe.Block)
+	}
+
+	stopLSN, label, spcmap, err := stopBackup(ctx, conn, info.VersionNum)
+	if err != nil {
+		return nil, err
+	}
+	m.StopLSN, m.BackupLabel, m.TablespaceMap = stopLSN, label, spcmap
+	m.StopTime = time.Now().UTC()
+	m.StartWAL = pg.SegmentNameOf(m.Timeline, m.StartLSN, segSize)
+	m.StopWAL = pg.SegmentName(m.Timeline, segSize.SegNoBefore(m.StopLSN), segSize)
+	log.Info("files copied; waiting for the WAL the backup needs", "start_wal", m.StartWAL, "stop_wal", m.StopWAL)
+	report("wait-wal", total, len(sc.files))
+	if err := waitForWAL(ctx, r, m, segSize, o.ArchiveTimeout); err != nil {
+		return nil, err
+	}
+
+	m.Stats = Stats{DataBytes: 0, NewBytes: newBytes, Files: len(m.Files)}
+	for _, f := range m.Files {
+		m.Stats.DataBytes += f.Size
+	}
+	for _, obj := range m.Objects {
+		m.Stats.StoredBytes += obj.StoredSize
+	}
+	m.Stats.Duration = Seconds(time.Since(began).Seconds())
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	if err := WriteManifest(ctx, r, m); err != nil {
+		return nil, err
+	}
+	ok = true
+	report("done", total, len(sc.files))
+	log.Info("backup complete", "files", len(m.Files), "bytes", m.Stats.DataBytes, "stored_bytes", m.Stats.StoredBytes)
+	return m, nil
+}
+
+// checkDataDir finds the data directory and makes sure it is the server's.
+func checkDataDir(ctx context.Context, conn *pgx.Conn, dir string, info pg.Info) (string, error) {
+	if dir == "" {
+		if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&dir); err != nil {
+			return "", fmt.Errorf("%w: the server does not tell its data directory (%v); pass --pgdata", ErrNotReady, err)
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	cd, err := pg.ReadControlData(abs)
+	if err != nil {
+		return "", fmt.Errorf("%w: read the control file of %s: %v; local backups read the data directory, so run backup-push where it is mounted (or use --remote)", ErrNotReady, abs, err)
+	}
+	if cd.SystemIdentifier != info.SystemID {
+		return "", fmt.Errorf("%w: %s belongs to system %d but the server is system %d: --pgdata and the connection point at different clusters",
+			ErrNotReady, abs, cd.SystemIdentifier, info.SystemID)
+	}
+	return abs, nil
+}
+
+// dataDirOwner names the OS user owning dir ("" when unknown).
+func dataDirOwner(dir string) string {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return ""
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	u, err := user.LookupId(strconv.FormatUint(uint64(sys.Uid), 10))
+	if err != nil {
+		return ""
+	}
+	return u.Username
+}
+
+// freshID returns an id no backup uses yet (two backups started in the
+// same second wait for the next one).
+func freshID(ctx context.Context, r *repo.Repo, typ Type) (string, error) {
+	for {
+		id := newID(time.Now(), typ)
+		taken := false
+		err := r.Store().List(ctx, repo.BackupPrefix(id[:15]), func(storage.ObjectInfo) error {
+			taken = true
+			return errStopList
+		})
+		if err != nil && !errors.Is(err, errStopList) {
+			return "", fmt.Errorf("list backups in %s: %w", r, err)
+		}
+		if !taken {
+			return id, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(time.Until(time.Now().Truncate(time.Second).Add(time.Second))):
+		}
+	}
+}
+
+var errStopList = errors.New("stop listing")
+
+func startBackup(ctx context.Context, conn *pgx.Conn, versionNum int, label string, fast bool) (pg.LSN, error) {
+	q := "SELECT pg_backup_start($1, $2)::text"
+	if versionNum < 150000 {
+		q = "SELECT pg_start_backup($1, $2, false)::text"
+	}
+	var s string
+	if err := conn.QueryRow(ctx, q, label, fast).Scan(&s); err != nil {
+		return 0, fmt.Errorf("pg: start the backup: %w", err)
+	}
+	return pg.ParseLSN(s)
+}
+
+// stopBackup ends the backup without waiting for archiving: Push checks
+// the repository itself, which also proves archive_command writes there.
+func stopBackup(ctx context.Context, conn *pgx.Conn, versionNum int) (pg.LSN, string, string, error) {
+	q := "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)"
+	if versionNum < 150000 {
+		q = "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, false)"
+	}
+	var lsn, label, spcmap string
+	if err := conn.QueryRow(ctx, q).Scan(&lsn, &label, &spcmap); err != nil {
+		return 0, "", "", fmt.Errorf("pg: stop the backup: %w", err)
+	}
+	l, err := pg.ParseLSN(lsn)
+	return l, label, spcmap, err
+}
+
+func nameTablespaces(ctx context.Context, conn *pgx.Conn, ts []Tablespace) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	rows, err := conn.Query(ctx, "SELECT oid::int8, spcname FROM pg_tablespace")
+	if err != nil {
+		return fmt.Errorf("pg: list tablespaces: %w", err)
+	}
+	names := map[uint32]string{}
+	for rows.Next() {
+		var oid int64
+		var name string
+		if err := rows.Scan(&oid, &name); err != nil {
+			return fmt.Errorf("pg: list tablespaces: %w", err)
+		}
+		names[uint32(oid)] = name
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("pg: list tablespaces: %w", err)
+	}
+	for i := range ts {
+		ts[i].Name = names[ts[i].OID]
+	}
+	return nil
+}
+
+// waitForWAL polls the repository until every segment from the backup's
+// start to its end is there.
+func waitForWAL(ctx context.Context, r *repo.Repo, m *Manifest, segSize pg.WALSegmentSize, timeout time.Duration) error {
+	first, _ := pg.ParseWALFileName(m.StartWAL, segSize)
+	last, _ := pg.ParseWALFileName(m.StopWAL, segSize)
+	deadline := time.Now().Add(timeout)
+	wait := 100 * time.Millisecond
+	next := first.SegNo
+	for next <= last.SegNo {
+		name := pg.SegmentName(m.Timeline, next, segSize)
+		key, err := repo.WALKey(name, segSize)
+		if err != nil {
+			return err
+		}
+		_, err = r.Store().Stat(ctx, key)
+		if err == nil {
+			next++
+			continue
+		}
+		if !errors.Is(err, storage.ErrNotExist) {
+			return fmt.Errorf("look for %s in %s: %w", name, r, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s (of %s..%s) did not reach %s within %s: check that archive_command pushes to this repository and look for its errors in the server log; the backup was discarded",
+				ErrWALMissing, name, m.StartWAL, m.StopWAL, r, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+	return nil
+}
+
+// removeIncomplete deletes what interrupted backups left (prefixes with no
+// manifest). The caller holds the backup lease, so none of them is running.
+func removeIncomplete(ctx context.Context, r *repo.Repo, log *slog.Logger) error {
+	_, incomplete, err := IDs(ctx, r)
+	if err != nil {
+		return err
+	}
+	for _, id := range incomplete {
+		log.Info("removing an interrupted backup's objects", "backup", id)
+		if err := deletePrefix(ctx, r, repo.BackupPrefix(id)); err != nil {
+			return fmt.Errorf("remove the interrupted backup %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// deletePrefix removes every object under prefix.
+func deletePrefix(ctx context.Context, r *repo.Repo, prefix string) error {
+	var keys []string
+	if err := r.Store().List(ctx, prefix, func(oi storage.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	// The manifest goes first: a half-deleted backup must not look whole.
+	for i, k := range keys {
+		if strings.HasSuffix(k, "/manifest") {
+			keys[0], keys[i] = keys[i], keys[0]
+		}
+	}
+	for _, k := range keys {
+		if err := r.Store().Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/backup"
+)
+
+func (a *app) backupPushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "backup-push",
+		Usage:     "take a base backup into the repository",
+		UsageText: "walferry backup-push --repo URL... [--pgdata DIR] [--pg-conn STRING] [--incremental | --full] [--jobs N] [--json]",
+		Description: `Takes a non-exclusive base backup of the PostgreSQL server reached with
+--pg-conn (or libpq's PG* variables): pg_backup_start on a connection held
+open for the whole backup, then the data directory's files are read,
+checksummed, compressed (and encrypted when the repository is) and uploaded
+by --jobs workers; small files are bundled into shared objects and large
+ones split, so memory stays bounded and one huge table does not serialize
+the backup. Tablespaces are included. pg_backup_stop ends it, and the
+backup becomes visible (its manifest is written, last) only once the WAL
+from its start to its end is in the repository: archive_command must
+push there (walferry archive-push).
+
+   walferry backup-push --repo s3://bucket/db --pgdata /var/lib/postgresql/15/main
+   walferry backup-push --repo s3://bucket/db --incremental     # from cron, every few hours
+
+The server must be the primary, with archive_mode on. --pgdata must be the
+server's data directory as this process sees it (the default is the
+server's data_directory setting): run backup-push on the database host or
+in a sidecar that mounts the data volume.
+
+--incremental stores only what changed since the newest backup in the
+repository: unchanged files and 8 MiB units are recognised by checksum,
+and inside changed relation files only the pages whose LSN is newer than
+the previous backup's start are stored. When there is no backup yet, or the
+newest is on another timeline, a full backup is taken. Full is the default.
+
+Page checksums are verified while reading when the cluster has them; a
+mismatch is reported (and listed by backup-show) but does not stop the
+backup, as with pg_basebackup.
+
+An interrupted backup leaves no manifest, so backup-list never shows it;
+its objects are removed at once, or by the next backup-push. Only one
+backup-push or backup-delete runs against a repository at a time (exit 8
+names the holder). With several --repo, a backup is taken into each, one
+after the other.
+
+On a terminal a progress bar shows bytes, rate and ETA; --json (or JSON
+logging in pods) prints one JSON summary line per backup on stdout.`,
+		Flags: withCommonFlags(
+			&cli.BoolFlag{Name: "incremental", EnvVars: []string{"WALFERRY_BACKUP_INCREMENTAL"},
+				Usage: "store only what changed since the newest backup (full when there is none)"},
+			&cli.BoolFlag{Name: "full", Usage: "take a full backup (the default; overrides WALFERRY_BACKUP_INCREMENTAL)"},
+			&cli.BoolFlag{Name: "remote", Usage: "take the backup over the replication protocol (BASE_BACKUP), without access to the data directory"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_BACKUP_JOBS"},
+				Usage: "files read, compressed and uploaded in parallel (default: one per CPU, at least 2)"},
+			&cli.BoolFlag{Name: "spread-checkpoint", Usage: "wait for a spread checkpoint instead of an immediate one"},
+			&cli.DurationFlag{Name: "archive-timeout", EnvVars: []string{"WALFERRY_ARCHIVE_TIMEOUT"}, Value: 2 * time.Minute,
+				Usage: "how long to wait for the backup's WAL to reach the repository"},
+			&cli.StringFlag{Name: "label", Usage: "backup label (default \"walferry <id>\")"},
+			&cli.BoolFlag{Name: "json", Usage: "print a JSON summary line per backup"},
+		),
+		Action: a.backupPush,
+	}
+}
+
+func (a *app) backupPush(c *cli.Context) error {
+	if c.Bool("incremental") && c.Bool("full") && c.IsSet("incremental") {
+		return usage(errors.New("--incremental and --full contradict each other: pick one"))
+	}
+	if c.Bool("remote") {
+		return usage(errors.New("--remote (BASE_BACKUP over the replication protocol) is not in this build yet: run backup-push where the data directory is mounted"))
+	}
+	if c.IsSet("jobs") && c.Int("jobs") < 1 {
+		return usage(fmt.Errorf("--jobs %d: want at least 1", c.Int("jobs")))
+	}
+	s, err := a.loadWith(c, nil)
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	repos, closeRepos, err := s.openRepos(c.Context)
+	if err != nil {
+		return err
+	}
+	defer closeRepos()
+	jsonOut := c.Bool("json") || a.logFormat == "json"
+	for i, r := range repos {
+		opts := backup.Options{
+			Conn:             s.cfg.PGConn.Reveal(),
+			PGData:           s.cfg.PGData,
+			Incremental:      c.Bool("incremental") && !c.Bool("full"),
+			Jobs:             c.Int("jobs"),
+			SpreadCheckpoint: c.Bool("spread-checkpoint"),
+			ArchiveTimeout:   c.Duration("archive-timeout"),
+			Label:            c.String("label"),
+			Logger:           s.log.With("repo", s.cfg.Repos[i]),
+		}
+		bar := newProgressBar(a.stderr)
+		if bar != nil && !jsonOut {
+			opts.Progress = bar.update
+		}
+		m, err := backup.Push(c.Context, r, opts)
+		bar.finish()
+		if err != nil {
+			return err
+		}
+		if err := a.printBackupSummary(s.cfg.Repos[i], m, jsonOut); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// backupSummary is the one line a backup leaves for scripts and pods.
+type backupSummary struct {
+	Repo        string         `json:"repo"`
+	ID          string         `json:"id"`
+	Type        backup.Type    `json:"type"`
+	Parent      string         `json:"parent,omitempty"`
+	StartLSN    string         `json:"start_lsn"`
+	StopLSN     string         `json:"stop_lsn"`
+	Timeline    uint32         `json:"timeline"`
+	StartWAL    string         `json:"start_wal"`
+	StopWAL     string         `json:"stop_wal"`
+	Files       int            `json:"files"`
+	DataBytes   int64          `json:"data_bytes"`
+	NewBytes    int64          `json:"new_bytes"`
+	StoredBytes int64          `json:"stored_bytes"`
+	Duration    backup.Seconds `json:"duration_seconds"`
+	PageErrors  int            `json:"page_checksum_errors"`
+}
+
+func (a *app) printBackupSummary(url string, m *backup.Manifest, jsonOut bool) error {
+	sum := backupSummary{
+		Repo: url, ID: m.ID, Type: m.Type, Parent: m.Parent,
+		StartLSN: m.StartLSN.String(), StopLSN: m.StopLSN.String(), Timeline: uint32(m.Timeline),
+		StartWAL: m.StartWAL, StopWAL: m.StopWAL, Files: m.Stats.Files,
+		DataBytes: m.Stats.DataBytes, NewBytes: m.Stats.NewBytes, StoredBytes: m.Stats.StoredBytes,
+		Duration: m.Stats.Duration, PageErrors: len(m.PageChecksumErrors),
+	}
+	if jsonOut {
+		return writeJSONLine(a.stdout, sum)
+	}
+	parent := ""
+	if m.Parent != "" {
+		parent = " on " + m.Parent
+	}
+	_, err := fmt.Fprintf(a.stdout, "backup %s (%s%s) complete in %s: %d files, %s, %s new, %s stored in %s; needs WAL %s..%s\n",
+		m.ID, m.Type, parent, time.Duration(float64(m.Stats.Duration)*float64(time.Second)).Round(10*time.Millisecond),
+		m.Stats.Files, humanBytes(m.Stats.DataBytes), humanBytes(m.Stats.NewBytes), humanBytes(m.Stats.StoredBytes), url,
+		m.StartWAL, m.StopWAL)
+	if err == nil && len(m.PageChecksumErrors) > 0 {
+		_, err = fmt.Fprintf(a.stdout, "warning: %d pages failed their checksum (see walferry backup-show %s)\n", len(m.PageChecksumErrors), m.ID)
+	}
+	return err
+}
+
+// progressBar draws one updating line on a terminal.
+type progressBar struct {
+	w     io.Writer
+	drawn bool
+}
+
+// newProgressBar returns nil when w is not a terminal.
+func newProgressBar(w io.Writer) *progressBar {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	st, err := f.Stat()
+	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	return &progressBar{w: w}
+}
+
+func (b *progressBar) update(p backup.Progress) {
+	const width = 30
+	var line string
+	switch p.Phase {
+	case "copy":
+		frac := 0.0
+		if p.BytesTotal > 0 {
+			frac = min(1, float64(p.BytesDone)/float64(p.BytesTotal))
+		}
+		fill := int(frac * width)
+		rate := float64(p.BytesDone) / max(p.Elapsed.Seconds(), 0.001)
+		eta := "?"
+		if rate > 0 {
+			eta = time.Duration(float64(p.BytesTotal-p.BytesDone) / rate * float64(time.Second)).Round(time.Second).String()
+		}
+		line = fmt.Sprintf("%s [%s%s] %3.0f%% %s/%s %s/s ETA %s", p.ID, strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
+			frac*100, humanBytes(p.BytesDone), humanBytes(p.BytesTotal), humanBytes(int64(rate)), eta)
+	case "checkpoint":
+		line = p.ID + " waiting for the checkpoint..."
+	case "wait-wal":
+		line = p.ID + " files copied; waiting for the WAL to be archived..."
+	default:
+		return
+	}
+	fmt.Fprintf(b.w, "\r\033[K%s", line)
+	b.drawn = true
+}
+
+// finish clears the line; it accepts a nil bar.
+func (b *progressBar) finish() {
+	if b != nil && b.drawn {
+		fmt.Fprint(b.w, "\r\033[K")
+	}
+}
+
+// writeJSONLine writes v as one compact JSON line.
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}

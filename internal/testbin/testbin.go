@@ -1,0 +1,61 @@
+// Package testbin builds the walferry binary once per test process, for
+// integration tests whose PostgreSQL runs it as archive_command or
+// restore_command.
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once  sync.Once
+	built string
+	err   error
+)
+
+// Walferry returns the path of a walferry binary built from this checkout.
+// The binary and its directory are readable and executable by everyone
+// (PostgreSQL runs it as the postgres user); it is removed by Cleanup, which
+// TestMain should call after m.Run.
+func Walferry(t testing.TB) string {
+	t.Helper()
+	once.Do(func() { built, err = build() })
+	if err != nil {
+		t.Fatalf("testbin: build walferry: %v", err)
+	}
+	return built
+}
+
+// Cleanup removes the built binary, if any.
+func Cleanup() {
+	if built != "" {
+		os.RemoveAll(filepath.Dir(built))
+	}
+}
+
+func build() (string, error) {
+	dir, err := os.MkdirTemp("", "walferry-testbin-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(dir, "walferry")
+	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", out, "github.com/walferry/walferry/cmd/walferry")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%w\n%s", err, b)
+	}
+	return out, os.Chmod(out, 0o755)
+}
