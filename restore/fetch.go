@@ -1,0 +1,445 @@
+package restore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/storage"
+)
+
+// bufSize is the buffer each worker streams through: memory stays at
+// jobs x bufSize plus the decoders' own buffers, whatever the objects'
+// sizes.
+const bufSize = 256 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// progressEvery is the least time between two Progress calls.
+const progressEvery = 200 * time.Millisecond
+
+// meter counts a phase's bytes and reports them.
+type meter struct {
+	phase string
+	total int64
+	done  atomic.Int64
+	start time.Time
+}
+
+func (m *meter) snapshot() Progress {
+	return Progress{Phase: m.phase, Done: m.done.Load(), Total: m.total, Elapsed: time.Since(m.start)}
+}
+
+// phase runs fn, calling the Progress callback while it runs and once at
+// its end.
+func (rs *restorer) phase(name string, total int64, fn func(*meter) error) error {
+	m := &meter{phase: name, total: total, start: time.Now()}
+	if rs.o.Progress == nil {
+		return fn(m)
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				rs.o.Progress(m.snapshot())
+			}
+		}
+	}()
+	err := fn(m)
+	close(stop)
+	<-stopped
+	rs.o.Progress(m.snapshot())
+	return err
+}
+
+// unitTask is one unit of one file to hash.
+type unitTask struct {
+	it *item
+	i  int
+}
+
+// hashUnits hashes the given units of their files (at it.path) with the
+// configured parallelism and calls check with each unit's hex SHA-256 and
+// how many bytes were there.
+func (rs *restorer) hashUnits(ctx context.Context, m *meter, tasks []unitTask, check func(t unitTask, sum string, n int64) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rs.jobs)
+	for _, t := range tasks {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			off, end := unitSpan(t.i, t.it.f.Size)
+			sum, n, err := hashRange(gctx, t.it.path, off, end-off)
+			if err != nil {
+				return err
+			}
+			m.done.Add(end - off)
+			return check(t, sum, n)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// hashRange returns the hex SHA-256 of up to n bytes of file p from off,
+// and how many bytes there were.
+func hashRange(ctx context.Context, p string, off, n int64) (string, int64, error) {
+	if err := ctx.Err(); err != nil {
+		return "", 0, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	h := sha256.New()
+	got, err := io.CopyBuffer(h, io.NewSectionReader(f, off, n), *bp)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), got, nil
+}
+
+// compare looks at what a delta restore finds where each file goes and
+// marks the units that differ from the backup.
+func (rs *restorer) compare(ctx context.Context) error {
+	var tasks []unitTask
+	var total int64
+	for _, it := range rs.p.items {
+		fi, err := os.Lstat(it.path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue
+		case err != nil:
+			return err
+		case !fi.Mode().IsRegular():
+			if err := rs.remove(it.path); err != nil {
+				return err
+			}
+			continue
+		}
+		it.existed, it.localSize = true, fi.Size()
+		n := units(it.f.Size)
+		it.bad = make([]bool, n)
+		for i := 0; i < n; i++ {
+			off, end := unitSpan(i, it.f.Size)
+			if end > it.localSize {
+				it.bad[i] = true // short: cannot match
+				continue
+			}
+			tasks = append(tasks, unitTask{it, i})
+			total += end - off
+		}
+	}
+	return rs.phase("compare", total, func(m *meter) error {
+		return rs.hashUnits(ctx, m, tasks, func(t unitTask, sum string, n int64) error {
+			off, end := unitSpan(t.i, t.it.f.Size)
+			if n != end-off || sum != t.it.f.Sums[t.i] {
+				t.it.bad[t.i] = true
+			}
+			return nil
+		})
+	})
+}
+
+// prepareFiles creates every file that gets bytes from the repository at
+// its final size (a gap between extents is zeros), zeroes the gaps of
+// the units a delta restore rewrites, and cuts kept files to size.
+func (rs *restorer) prepareFiles(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rs.jobs)
+	for _, it := range rs.p.items {
+		if it.fetched() {
+			rs.filesFetched++
+		} else {
+			rs.filesKept++
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			return prepareFile(it)
+		})
+	}
+	return g.Wait()
+}
+
+func prepareFile(it *item) error {
+	if !it.fetched() {
+		if it.localSize != it.f.Size {
+			return os.Truncate(it.path, it.f.Size)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(it.path, os.O_WRONLY|os.O_CREATE, fileMode(it.f.Mode, 0o600))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", it.path, err)
+	}
+	err = f.Truncate(it.f.Size)
+	if err == nil && it.existed {
+		err = zeroGaps(f, it)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("prepare %s: %w", it.path, err)
+	}
+	return nil
+}
+
+// zeroGaps writes zeros over the parts of the rewritten units that no
+// extent covers (a new file has them from Truncate).
+func zeroGaps(f *os.File, it *item) error {
+	ext := make([][2]int64, 0, len(it.f.Extents))
+	for _, e := range it.f.Extents {
+		ext = append(ext, [2]int64{e.Off, e.Off + e.Len})
+	}
+	sort.Slice(ext, func(i, j int) bool { return ext[i][0] < ext[j][0] })
+	var zeros []byte
+	for _, sp := range it.spans() {
+		pos := sp[0]
+		for _, e := range append(ext, [2]int64{sp[1], sp[1]}) {
+			if e[1] <= pos {
+				continue
+			}
+			if gapEnd := min(e[0], sp[1]); gapEnd > pos {
+				if zeros == nil {
+					zeros = make([]byte, 64<<10)
+				}
+				for pos < gapEnd {
+					n := min(int64(len(zeros)), gapEnd-pos)
+					if _, err := f.WriteAt(zeros[:n], pos); err != nil {
+						return err
+					}
+					pos += n
+				}
+			}
+			pos = max(pos, e[1])
+			if pos >= sp[1] {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// piece is a part of an extent to write: n bytes at raw offset at of an
+// object, to file offset off of it.
+type piece struct {
+	it         *item
+	off, n, at int64
+}
+
+// pieces groups what must be fetched by object key.
+func (rs *restorer) pieces() (map[string][]piece, int64) {
+	byKey := map[string][]piece{}
+	var total int64
+	for _, it := range rs.p.items {
+		if !it.fetched() {
+			continue
+		}
+		spans := it.spans()
+		for _, e := range it.f.Extents {
+			for _, sp := range spans {
+				lo, hi := max(e.Off, sp[0]), min(e.Off+e.Len, sp[1])
+				if lo >= hi {
+					continue
+				}
+				byKey[e.Key] = append(byKey[e.Key], piece{it: it, off: lo, n: hi - lo, at: e.At + lo - e.Off})
+				total += hi - lo
+			}
+		}
+	}
+	for _, ps := range byKey {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].at < ps[j].at })
+	}
+	return byKey, total
+}
+
+// fetch downloads every object that holds needed bytes, jobs at a time,
+// each once from its start, and writes its pieces into place.
+func (rs *restorer) fetch(ctx context.Context) error {
+	byKey, total := rs.pieces()
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	rs.log.Info("fetching", "objects", len(keys), "bytes", total)
+	return rs.phase("fetch", total, func(m *meter) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(rs.jobs)
+		for _, k := range keys {
+			if gctx.Err() != nil {
+				break
+			}
+			g.Go(func() error { return rs.fetchObject(gctx, m, k, byKey[k]) })
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		return ctx.Err()
+	})
+}
+
+// fetchObject streams object key through the verifying decoder and
+// writes the pieces (sorted by raw offset) that intersect each chunk.
+// Bytes no piece needs are read and dropped: the checksum covers the
+// whole object, and only its end says the bytes were right.
+func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []piece) error {
+	obj, err := rs.r.Get(ctx, key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return fmt.Errorf("backup %s needs object %s, which %s does not have: the backup is damaged (see walferry verify)", rs.m.ID, key, rs.r)
+	}
+	if err != nil {
+		return fmt.Errorf("backup %s: get object %s: %w", rs.m.ID, key, err)
+	}
+	defer obj.Close()
+	rs.objectsRead.Add(1)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+
+	type open struct {
+		piece
+		f *os.File
+	}
+	var active []open
+	defer func() {
+		for _, a := range active {
+			a.f.Close()
+		}
+	}()
+	next := 0
+	var pos int64
+	for {
+		n, rerr := obj.Read(buf)
+		lo, hi := pos, pos+int64(n)
+		pos = hi
+		rs.bytesRead.Add(int64(n))
+		for next < len(ps) && ps[next].at < hi {
+			f, err := os.OpenFile(ps[next].it.path, os.O_WRONLY, 0)
+			if err != nil {
+				return fmt.Errorf("open %s: %w", ps[next].it.path, err)
+			}
+			active = append(active, open{ps[next], f})
+			next++
+		}
+		kept := active[:0]
+		for _, a := range active {
+			s, e := max(a.at, lo), min(a.at+a.n, hi)
+			if s < e {
+				if _, err := a.f.WriteAt(buf[s-lo:e-lo], a.off+s-a.at); err != nil {
+					a.f.Close()
+					return fmt.Errorf("write %s: %w", a.it.path, err)
+				}
+				rs.bytesFetched.Add(e - s)
+				m.done.Add(e - s)
+			}
+			if a.at+a.n <= hi {
+				if err := a.f.Close(); err != nil {
+					return fmt.Errorf("write %s: %w", a.it.path, err)
+				}
+				continue
+			}
+			kept = append(kept, a)
+		}
+		active = kept
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("backup %s: %w", rs.m.ID, rerr)
+		}
+	}
+	if next < len(ps) || len(active) > 0 {
+		want := ps[len(ps)-1].at + ps[len(ps)-1].n
+		return fmt.Errorf("backup %s: object %s in %s has %d bytes, but the manifest needs bytes up to %d: %w",
+			rs.m.ID, key, rs.r, pos, want, codec.ErrCorrupt)
+	}
+	return nil
+}
+
+// verify reads back every unit written from the repository and compares
+// it with the manifest's checksum, then makes the files durable.
+func (rs *restorer) verify(ctx context.Context) error {
+	var tasks []unitTask
+	var total int64
+	var written []*item
+	for _, it := range rs.p.items {
+		if !it.fetched() {
+			continue
+		}
+		written = append(written, it)
+		for i := 0; i < units(it.f.Size); i++ {
+			if it.needs(i) {
+				off, end := unitSpan(i, it.f.Size)
+				tasks = append(tasks, unitTask{it, i})
+				total += end - off
+			}
+		}
+	}
+	err := rs.phase("verify", total, func(m *meter) error {
+		return rs.hashUnits(ctx, m, tasks, func(t unitTask, sum string, n int64) error {
+			off, end := unitSpan(t.i, t.it.f.Size)
+			if n != end-off || sum != t.it.f.Sums[t.i] {
+				return fmt.Errorf("restored file %s does not match backup %s at bytes %d..%d (SHA-256 %s, manifest %s): the backup's objects and manifest disagree: %w",
+					t.it.f.Path, rs.m.ID, off, end, sum, t.it.f.Sums[t.i], codec.ErrCorrupt)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(rs.jobs)
+	for _, it := range written {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			return syncFile(it.path)
+		})
+	}
+	return g.Wait()
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}

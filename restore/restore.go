@@ -1,0 +1,296 @@
+// Package restore rebuilds a PostgreSQL data directory from a walferry
+// backup and prepares it for recovery: full restores into an empty
+// directory, delta restores that keep what already matches (the fast way
+// to turn an old primary back into a copy of the backup), relocated
+// tablespaces, and the recovery settings (restore_command, a recovery
+// target, recovery.signal or standby.signal) of PostgreSQL 12 and later.
+//
+// A restore reads only the backup's manifest and the objects its extents
+// point at (this backup's and, for an incremental, its ancestors'). Each
+// object is downloaded once, streamed through the verifying decoder from
+// its start, and its pieces are written into place with pwrite; memory is
+// bounded by Jobs times a small buffer whatever the size of the objects.
+// Every restored file is then read back and compared with the manifest's
+// SHA-256 of each 8 MiB unit.
+//
+// Nothing is silently half-restored: global/pg_control is written under a
+// temporary name and renamed into place only once every file is verified,
+// and backup_label is written last. A restore that fails removes
+// pg_control, backup_label and the signal files, so PostgreSQL refuses to
+// start on the directory until a restore (a delta one reuses what is
+// there) completes.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/repo"
+)
+
+// Options describe one restore.
+type Options struct {
+	// Backup is the id of the backup to restore, or backup.Latest. With
+	// Latest and a time or LSN target, the newest backup that ended
+	// before the target is chosen.
+	Backup string
+	// DataDir is the data directory to fill. It is made (mode 0700) when
+	// missing; otherwise it must be empty, unless Delta is set.
+	DataDir string
+	// Delta reuses a non-empty DataDir: local files are compared with the
+	// backup unit by unit and only what differs is fetched; local files
+	// and directories the backup does not have are removed. The directory
+	// must look like a PostgreSQL data directory (or be empty).
+	Delta bool
+	// Standby writes standby.signal instead of recovery.signal.
+	Standby bool
+	// Jobs is how many objects are downloaded, and how many units hashed,
+	// at once; 0 means runtime.NumCPU(). It is at least 2.
+	Jobs int
+	// TablespaceMap relocates tablespaces: each entry is OID=DIR or
+	// NAME=DIR with DIR absolute. Other tablespaces go back to their
+	// recorded location.
+	TablespaceMap []string
+	// Target says where recovery stops; the zero value replays the whole
+	// archive (PostgreSQL's default).
+	Target Target
+	// RestoreCommand says how the restored server fetches WAL.
+	RestoreCommand RestoreCommand
+	// Log receives progress milestones; nil discards them.
+	Log *slog.Logger
+	// Progress, when set, is called with the current phase's progress at
+	// most every 200 ms while a phase runs and once when it ends.
+	Progress func(Progress)
+	// Now gives the time written into postgresql.auto.conf; nil is time.Now.
+	Now func() time.Time
+}
+
+// RestoreCommand is how the restored server reaches the repository: its
+// restore_command runs Executable archive-get with these settings.
+// Credentials are not written anywhere: the server's environment must
+// provide them (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*,
+// WALFERRY_ENCRYPTION_PASSPHRASE), or the configuration file.
+type RestoreCommand struct {
+	// Executable is the absolute path of the walferry binary; empty means
+	// the running program (os.Executable).
+	Executable string
+	// Repos are the repository URLs, each passed as --repo.
+	Repos []string
+	// Config is the configuration file, passed as --config when set.
+	Config string
+	// PassphraseFile is passed as --encryption-passphrase-file when set.
+	PassphraseFile string
+}
+
+// Result reports what a restore did.
+type Result struct {
+	Backup  string `json:"backup"`
+	DataDir string `json:"data_dir"`
+	Delta   bool   `json:"delta"`
+	Standby bool   `json:"standby"`
+	// Files is how many files the backup has; FilesKept were already
+	// right (delta), FilesFetched were written from the repository.
+	Files        int `json:"files"`
+	FilesKept    int `json:"files_kept"`
+	FilesFetched int `json:"files_fetched"`
+	// FilesRemoved and DirsRemoved count what a delta restore deleted.
+	FilesRemoved int `json:"files_removed"`
+	DirsRemoved  int `json:"dirs_removed"`
+	// Bytes is the size of the restored files; BytesFetched the part
+	// written from the repository; BytesRead the raw bytes decoded from
+	// ObjectsRead objects (including the parts no file needed).
+	Bytes        int64 `json:"bytes"`
+	BytesFetched int64 `json:"bytes_fetched"`
+	BytesRead    int64 `json:"bytes_read"`
+	ObjectsRead  int   `json:"objects_read"`
+	// Tablespaces maps each tablespace OID to where it was restored.
+	Tablespaces map[string]string `json:"tablespaces,omitempty"`
+	// Signal is the file that starts recovery: recovery.signal or standby.signal.
+	Signal string `json:"signal"`
+	// RecoveryTarget describes the target ("recovery_target_lsn = '0/3000028'"), empty for none.
+	RecoveryTarget string `json:"recovery_target,omitempty"`
+	// Owner is the OS user the files were given to (root runs only).
+	Owner    string         `json:"owner,omitempty"`
+	Duration backup.Seconds `json:"duration_seconds"`
+}
+
+// Progress is a snapshot of one phase of a restore.
+type Progress struct {
+	// Phase is "compare" (hashing local files, delta only), "fetch"
+	// (downloading and writing) or "verify" (reading the files back).
+	Phase string
+	// Done and Total count bytes.
+	Done, Total int64
+	// Elapsed is the time since the phase started.
+	Elapsed time.Duration
+}
+
+// ErrInvalid marks a request refused before anything was written: a bad
+// option, a non-empty target directory without Delta, a running server,
+// a recovery target the backup cannot reach. Fixing the command line
+// fixes it.
+var ErrInvalid = errors.New("invalid restore request")
+
+// ErrIncomplete marks a restore that failed after it started writing:
+// the directory cannot start a server until a restore completes.
+var ErrIncomplete = errors.New("restore incomplete")
+
+// marked is an error that matches a sentinel without printing it.
+type marked struct {
+	err  error
+	mark error
+}
+
+func (e *marked) Error() string        { return e.err.Error() }
+func (e *marked) Unwrap() error        { return e.err }
+func (e *marked) Is(target error) bool { return target == e.mark }
+
+func invalidf(format string, args ...any) error {
+	return &marked{err: fmt.Errorf(format, args...), mark: ErrInvalid}
+}
+
+// incomplete wraps the cause of a failed restore with what it means for
+// the directory.
+func incomplete(err error) error {
+	return &marked{err: fmt.Errorf("%w; restore incomplete: the directory is not usable; run the restore again (with --delta to reuse what is there)", err),
+		mark: ErrIncomplete}
+}
+
+// minJobs is the least parallelism a restore runs with.
+const minJobs = 2
+
+// Validate checks the options that need no repository: the data
+// directory, the parallelism, the tablespace map's syntax and the
+// recovery target. Every error matches ErrInvalid. Run calls it first.
+func (o *Options) Validate() error {
+	if o.DataDir == "" {
+		return invalidf("which data directory? pass --pgdata DIR (or set PGDATA)")
+	}
+	abs, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return invalidf("--pgdata %s: %v", o.DataDir, err)
+	}
+	o.DataDir = abs
+	if o.Backup == "" {
+		return invalidf("which backup? give its id (see walferry backup-list) or LATEST")
+	}
+	if o.Jobs < 0 {
+		return invalidf("--jobs %d: give a positive number, or 0 for one per CPU", o.Jobs)
+	}
+	if _, err := parseTablespaceMap(o.TablespaceMap); err != nil {
+		return err
+	}
+	if _, err := o.Target.settings(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (o *Options) jobs() int {
+	n := o.Jobs
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	return max(n, minJobs)
+}
+
+// Run restores the backup o.Backup names from r into o.DataDir and writes
+// the recovery settings. On failure after writing started, the error
+// matches ErrIncomplete and the directory cannot start a server; a
+// corrupt object or a restored file that does not match its checksums
+// fails with an error matching codec.ErrCorrupt that names the object or
+// the file.
+func Run(ctx context.Context, r *repo.Repo, o Options) (Result, error) {
+	start := time.Now()
+	if err := o.Validate(); err != nil {
+		return Result{}, err
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.RestoreCommand.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return Result{}, fmt.Errorf("find the walferry binary for restore_command: %w", err)
+		}
+		o.RestoreCommand.Executable = exe
+	}
+	m, err := selectBackup(ctx, r, o.Backup, o.Target)
+	if err != nil {
+		return Result{}, err
+	}
+	meta := r.Metadata()
+	if m.SystemID != meta.SystemID {
+		return Result{}, fmt.Errorf("%w: backup %s is of system identifier %d but %s belongs to system identifier %d: the repository is damaged or mixed",
+			repo.ErrWrongCluster, m.ID, m.SystemID, r, meta.SystemID)
+	}
+	if m.PGVersionNum != 0 && meta.PGMajor != 0 && m.PGVersionNum/10000 != meta.PGMajor {
+		return Result{}, fmt.Errorf("%w: backup %s is of PostgreSQL %d but %s holds PostgreSQL %d",
+			repo.ErrWrongCluster, m.ID, m.PGVersionNum/10000, r, meta.PGMajor)
+	}
+	p, err := newPlan(m, o)
+	if err != nil {
+		return Result{}, err
+	}
+	rs := &restorer{r: r, m: m, o: o, p: p, jobs: o.jobs(), log: o.Log.With("backup", m.ID)}
+	if err := rs.check(); err != nil {
+		return Result{}, err
+	}
+	rs.log.Info("restore started", "data_dir", o.DataDir, "delta", o.Delta, "files", len(m.Files), "jobs", rs.jobs)
+	if err := rs.run(ctx); err != nil {
+		rs.abandon()
+		return rs.result(start), incomplete(err)
+	}
+	res := rs.result(start)
+	rs.log.Info("restore done", "files", res.Files, "files_fetched", res.FilesFetched, "files_kept", res.FilesKept,
+		"bytes", res.BytesFetched, "objects", res.ObjectsRead, "seconds", float64(res.Duration))
+	return res, nil
+}
+
+// selectBackup reads the manifest name selects. With LATEST and a time or
+// LSN target it takes the newest backup that ends before the target (a
+// backup can only reach targets after its end); with an id it checks that.
+func selectBackup(ctx context.Context, r *repo.Repo, name string, t Target) (*backup.Manifest, error) {
+	if !strings.EqualFold(name, backup.Latest) || !t.comparable() {
+		m, err := backup.Resolve(ctx, r, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.reachableFrom(m); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	ids, _, err := backup.IDs(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) == 0 {
+		return backup.Resolve(ctx, r, name) // its "no backup yet" error
+	}
+	var oldest *backup.Manifest
+	for i := len(ids) - 1; i >= 0; i-- {
+		m, err := backup.ReadManifest(ctx, r, ids[i])
+		if err != nil {
+			return nil, err
+		}
+		if t.reachableFrom(m) == nil {
+			return m, nil
+		}
+		oldest = m
+	}
+	return nil, fmt.Errorf("%w: %s has no backup that ends before the recovery target (%s); the oldest, %s, ends at %s (LSN %s): "+
+		"recovery cannot stop before the end of the backup it starts from",
+		backup.ErrNoBackup, r, t.describe(), oldest.ID, oldest.StopTime.UTC().Format(time.RFC3339), oldest.StopLSN)
+}
