@@ -275,7 +275,7 @@ func day(n float64) time.Time { return day0.Add(time.Duration(n * 24 * float64(t
 // segments 1..40 on timeline 1, each backup starting 5 segments after the
 // previous one.
 type chains struct {
-	f                          *fixture
+	f                         *fixture
 	f1, i1a, i1b, f2, i2a, f3 *backup.Manifest
 }
 
