@@ -193,6 +193,17 @@ func (w *objectWriter) finish(cause error) error {
 	return err
 }
 
+// piecesByFile groups the tasks' pieces by file.
+func piecesByFile(tasks []task) map[int][]piece {
+	byFile := map[int][]piece{}
+	for _, t := range tasks {
+		for _, pc := range t.pieces {
+			byFile[pc.file] = append(byFile[pc.file], pc)
+		}
+	}
+	return byFile
+}
+
 // pack reads a task's pieces into one new object.
 func (p *packer) pack(ctx context.Context, t task) error {
 	w := &objectWriter{ctx: ctx, r: p.r, key: repo.BackupDataKey(p.id, t.n)}
@@ -254,29 +265,39 @@ func (p *packer) readPiece(ctx context.Context, pc piece, w *objectWriter) (*pie
 		if n == 0 {
 			break
 		}
-		sum := sha256.Sum256(data)
-		hexSum := hex.EncodeToString(sum[:])
-		res.sums = append(res.sums, hexSum)
-		if f.relation && p.checksum {
-			res.pageErrs = append(res.pageErrs, p.checkPages(f, unitOff, data)...)
-		}
-		for _, rg := range p.changedRanges(f, parentFile, unitOff, data, hexSum) {
-			if !rg.fresh {
-				res.extents = append(res.extents, sliceExtents(parentFile.Extents, unitOff+rg.from, unitOff+rg.to)...)
-				continue
-			}
-			at := w.written
-			if _, err := w.Write(data[rg.from:rg.to]); err != nil {
-				return nil, fmt.Errorf("back up %s: %w", f.rel, err)
-			}
-			res.newBytes += rg.to - rg.from
-			res.extents = appendExtent(res.extents, Extent{Off: unitOff + rg.from, Len: rg.to - rg.from, Key: w.key, At: at})
+		if err := p.storeUnit(w, res, f, parentFile, unitOff, data); err != nil {
+			return nil, err
 		}
 		if int64(n) < want {
 			break // the file shrank
 		}
 	}
 	return res, nil
+}
+
+// storeUnit hashes one unit of a file (at most UnitSize bytes at file
+// offset unitOff, UnitSize-aligned), checks its pages, and writes to w what
+// the parent does not have, recording where every byte of it is in res.
+func (p *packer) storeUnit(w *objectWriter, res *pieceResult, f *entry, parentFile *File, unitOff int64, data []byte) error {
+	sum := sha256.Sum256(data)
+	hexSum := hex.EncodeToString(sum[:])
+	res.sums = append(res.sums, hexSum)
+	if f.relation && p.checksum {
+		res.pageErrs = append(res.pageErrs, p.checkPages(f, unitOff, data)...)
+	}
+	for _, rg := range p.changedRanges(f, parentFile, unitOff, data, hexSum) {
+		if !rg.fresh {
+			res.extents = append(res.extents, sliceExtents(parentFile.Extents, unitOff+rg.from, unitOff+rg.to)...)
+			continue
+		}
+		at := w.written
+		if _, err := w.Write(data[rg.from:rg.to]); err != nil {
+			return fmt.Errorf("back up %s: %w", f.rel, err)
+		}
+		res.newBytes += rg.to - rg.from
+		res.extents = appendExtent(res.extents, Extent{Off: unitOff + rg.from, Len: rg.to - rg.from, Key: w.key, At: at})
+	}
+	return nil
 }
 
 // checkPages verifies the checksums of a unit's pages. Pages changed
@@ -367,17 +388,12 @@ func sliceExtents(exts []Extent, from, to int64) []Extent {
 // order. A file that shrank while it was read ends at the first short
 // piece (what follows was truncated; WAL replay truncates it too); a file
 // that vanished is left out.
-func (p *packer) assemble(tasks []task) ([]File, []PageError, int64) {
-	byFile := map[int][]piece{}
-	for _, t := range tasks {
-		for _, pc := range t.pieces {
-			byFile[pc.file] = append(byFile[pc.file], pc)
-		}
-	}
+func (p *packer) assemble(byFile map[int][]piece) ([]File, []PageError, int64) {
 	var files []File
 	var pageErrs []PageError
 	var newBytes int64
-	for i, f := range p.files {
+	for i := range p.files {
+		f := p.files[i]
 		pcs := byFile[i]
 		sort.Slice(pcs, func(a, b int) bool { return pcs[a].off < pcs[b].off })
 		mf := File{Path: f.rel, Mode: uint32(f.mode), MTime: f.mtime, Sums: []string{}, Extents: []Extent{}}

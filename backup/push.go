@@ -54,6 +54,12 @@ type Options struct {
 	// Label is stored in backup_label (default "walferry <id>").
 	Label  string
 	Logger *slog.Logger
+	// Remote takes the backup over the replication protocol (BASE_BACKUP)
+	// instead of reading PGData: for a CronJob without the data volume.
+	Remote bool
+	// ServerCompression asks the server to compress the BASE_BACKUP
+	// stream (lz4, zstd, gzip; empty: none). Remote only.
+	ServerCompression string
 	// Progress, when set, is called about five times a second while files
 	// are read, and once at the end.
 	Progress func(Progress)
@@ -99,37 +105,26 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	}
 	began := time.Now()
 
-	conn, err := pg.Connect(ctx, o.Conn)
+	var src source
+	var err error
+	if o.Remote {
+		src, err = openRemote(ctx, o)
+	} else {
+		src, err = openLocal(ctx, o)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	info, err := pg.ClusterInfo(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
+	defer src.close(context.WithoutCancel(ctx))
+	info := src.info()
 	meta := r.Metadata()
 	if info.SystemID != meta.SystemID || info.Major != meta.PGMajor || info.WALSegSize != meta.WALSegmentSize {
 		return nil, fmt.Errorf("%w: the server (system identifier %d, PostgreSQL %d, %d-byte segments) is not the cluster of %s (system identifier %d, PostgreSQL %d, %d-byte segments): use this cluster's repository",
 			repo.ErrWrongCluster, info.SystemID, info.Major, info.WALSegSize, r, meta.SystemID, meta.PGMajor, meta.WALSegmentSize)
 	}
-	if info.InRecovery {
-		return nil, fmt.Errorf("%w: the server is a standby; run backup-push against the primary", ErrNotReady)
-	}
 	segSize, err := info.SegmentSize()
 	if err != nil {
 		return nil, err
-	}
-	dataDir, err := checkDataDir(ctx, conn, o.PGData, info)
-	if err != nil {
-		return nil, err
-	}
-	var archiveMode string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('archive_mode')").Scan(&archiveMode); err != nil {
-		return nil, fmt.Errorf("pg: read archive_mode: %w", err)
-	}
-	if archiveMode == "off" {
-		return nil, fmt.Errorf("%w: archive_mode is off, so the WAL a restore needs would never reach the repository; set archive_mode = on and archive_command = 'walferry archive-push %%p' (restart needed)", ErrNotReady)
 	}
 
 	lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-push"})
@@ -176,7 +171,10 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	m := &Manifest{
 		FormatVersion: ManifestVersion, ID: id, Type: typ, Mode: "local",
 		SystemID: info.SystemID, PGVersionNum: info.VersionNum, DataChecksums: info.DataChecksums,
-		Owner: dataDirOwner(dataDir),
+		Timeline: info.Timeline,
+	}
+	if o.Remote {
+		m.Mode = "remote"
 	}
 	if parent != nil {
 		m.Parent = parent.ID
@@ -188,12 +186,15 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	log = log.With("backup", id)
 
 	var done atomic.Int64
-	report := func(phase string, total int64, files int) {
+	var total atomic.Int64
+	var files atomic.Int64
+	report := func(phase string) {
 		if o.Progress != nil {
-			o.Progress(Progress{ID: id, Phase: phase, BytesDone: done.Load(), BytesTotal: total, Files: files, Elapsed: time.Since(began)})
+			o.Progress(Progress{ID: id, Phase: phase, BytesDone: done.Load(), BytesTotal: total.Load(),
+				Files: int(files.Load()), Elapsed: time.Since(began)})
 		}
 	}
-	report("checkpoint", 0, 0)
+	report("checkpoint")
 
 	// From here on, a failure removes what was stored.
 	ok := false
@@ -207,36 +208,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 		}
 	}()
 
-	m.StartTime = time.Now().UTC()
-	start, err := startBackup(ctx, conn, info.VersionNum, m.Label, !o.SpreadCheckpoint)
-	if err != nil {
-		return nil, err
-	}
-	m.StartLSN = start
-	m.Timeline = info.Timeline
-	var tli int32
-	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tli); err == nil {
-		m.Timeline = pg.TimeLineID(tli)
-	}
-	if parent != nil && m.Timeline != parent.Timeline {
-		return nil, fmt.Errorf("%w: the server switched timeline while the backup started; run it again", ErrNotReady)
-	}
-	log.Info("backup started", "lsn", start, "timeline", m.Timeline, "type", typ)
-
-	sc, err := walkDataDir(dataDir, info.Major)
-	if err != nil {
-		return nil, err
-	}
-	if err := nameTablespaces(ctx, conn, sc.tablespaces); err != nil {
-		return nil, err
-	}
-	m.Dirs, m.Tablespaces = sc.dirs, sc.tablespaces
-	var total int64
-	for _, f := range sc.files {
-		total += f.size
-	}
-	tasks := planTasks(sc.files, o.ObjectSize)
-	p := newPacker(r, id, sc.files, start, info.DataChecksums, parent, &done)
+	p := newPacker(r, id, nil, 0, info.DataChecksums, parent, &done)
 	tick := time.NewTicker(200 * time.Millisecond)
 	copyDone := make(chan struct{})
 	go func() {
@@ -245,38 +217,37 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 			case <-copyDone:
 				return
 			case <-tick.C:
-				report("copy", total, len(sc.files))
+				if files.Load() > 0 {
+					report("copy")
+				}
 			}
 		}
 	}()
-	err = p.run(ctx, tasks, o.Jobs)
+	m.StartTime = time.Now().UTC()
+	err = src.copy(ctx, m, p, copyParams{jobs: o.Jobs, objectSize: o.ObjectSize, fast: !o.SpreadCheckpoint,
+		total: &total, files: &files, log: log})
 	tick.Stop()
 	close(copyDone)
 	if err != nil {
 		return nil, err
 	}
-	var newBytes int64
-	m.Files, m.PageChecksumErrors, newBytes = p.assemble(tasks)
+	if parent != nil && m.Timeline != parent.Timeline {
+		return nil, fmt.Errorf("%w: the server switched timeline while the backup started; run it again", ErrNotReady)
+	}
+	m.StopTime = time.Now().UTC()
 	m.Objects = p.objects
 	for _, pe := range m.PageChecksumErrors {
 		log.Warn("page checksum mismatch: the file is damaged on disk (backed up as it is)", "path", pe.Path, "block", pe.Block)
 	}
-
-	stopLSN, label, spcmap, err := stopBackup(ctx, conn, info.VersionNum)
-	if err != nil {
-		return nil, err
-	}
-	m.StopLSN, m.BackupLabel, m.TablespaceMap = stopLSN, label, spcmap
-	m.StopTime = time.Now().UTC()
 	m.StartWAL = pg.SegmentNameOf(m.Timeline, m.StartLSN, segSize)
 	m.StopWAL = pg.SegmentName(m.Timeline, segSize.SegNoBefore(m.StopLSN), segSize)
 	log.Info("files copied; waiting for the WAL the backup needs", "start_wal", m.StartWAL, "stop_wal", m.StopWAL)
-	report("wait-wal", total, len(sc.files))
+	report("wait-wal")
 	if err := waitForWAL(ctx, r, m, segSize, o.ArchiveTimeout); err != nil {
 		return nil, err
 	}
 
-	m.Stats = Stats{DataBytes: 0, NewBytes: newBytes, Files: len(m.Files)}
+	m.Stats.Files = len(m.Files)
 	for _, f := range m.Files {
 		m.Stats.DataBytes += f.Size
 	}
@@ -291,9 +262,126 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 		return nil, err
 	}
 	ok = true
-	report("done", total, len(sc.files))
+	report("done")
 	log.Info("backup complete", "files", len(m.Files), "bytes", m.Stats.DataBytes, "stored_bytes", m.Stats.StoredBytes)
 	return m, nil
+}
+
+// copyParams are what a source needs to copy the files.
+type copyParams struct {
+	jobs       int
+	objectSize int64
+	fast       bool
+	total      *atomic.Int64 // bytes to read, once known
+	files      *atomic.Int64
+	log        *slog.Logger
+}
+
+// source is where a backup's files come from: the data directory (local)
+// or a BASE_BACKUP stream (remote).
+type source interface {
+	info() pg.Info
+	// copy starts the backup on the server, stores the files through p
+	// (which it sets startLSN on), stops the backup, and fills m's LSNs,
+	// timeline, label, tablespaces, directories, files, page errors and
+	// Stats.NewBytes.
+	copy(ctx context.Context, m *Manifest, p *packer, cp copyParams) error
+	close(ctx context.Context)
+}
+
+// localSource reads the data directory, with pg_backup_start/stop on a
+// connection held open for the whole backup.
+type localSource struct {
+	conn    *pgx.Conn
+	pgInfo  pg.Info
+	dataDir string
+}
+
+func openLocal(ctx context.Context, o Options) (*localSource, error) {
+	conn, err := pg.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	s := &localSource{conn: conn}
+	if err := s.check(ctx, o); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *localSource) check(ctx context.Context, o Options) error {
+	info, err := pg.ClusterInfo(ctx, s.conn)
+	if err != nil {
+		return err
+	}
+	s.pgInfo = info
+	if info.InRecovery {
+		return fmt.Errorf("%w: the server is a standby; run backup-push against the primary", ErrNotReady)
+	}
+	if s.dataDir, err = checkDataDir(ctx, s.conn, o.PGData, info); err != nil {
+		return err
+	}
+	var archiveMode string
+	if err := s.conn.QueryRow(ctx, "SELECT current_setting('archive_mode')").Scan(&archiveMode); err != nil {
+		return fmt.Errorf("pg: read archive_mode: %w", err)
+	}
+	return checkArchiveMode(archiveMode)
+}
+
+// checkArchiveMode refuses a server whose WAL never reaches a repository.
+func checkArchiveMode(mode string) error {
+	if mode == "off" {
+		return fmt.Errorf("%w: archive_mode is off, so the WAL a restore needs would never reach the repository; set archive_mode = on and archive_command = 'walferry archive-push %%p' (restart needed)", ErrNotReady)
+	}
+	return nil
+}
+
+func (s *localSource) info() pg.Info { return s.pgInfo }
+
+func (s *localSource) close(ctx context.Context) { s.conn.Close(ctx) }
+
+func (s *localSource) copy(ctx context.Context, m *Manifest, p *packer, cp copyParams) error {
+	m.Owner = dataDirOwner(s.dataDir)
+	start, err := startBackup(ctx, s.conn, s.pgInfo.VersionNum, m.Label, cp.fast)
+	if err != nil {
+		return err
+	}
+	m.StartLSN = start
+	var tli int32
+	if err := s.conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tli); err == nil {
+		m.Timeline = pg.TimeLineID(tli)
+	}
+	cp.log.Info("backup started", "lsn", start, "timeline", m.Timeline, "type", m.Type)
+
+	sc, err := walkDataDir(s.dataDir, s.pgInfo.Major)
+	if err != nil {
+		return err
+	}
+	if err := nameTablespaces(ctx, s.conn, sc.tablespaces); err != nil {
+		return err
+	}
+	m.Dirs, m.Tablespaces = sc.dirs, sc.tablespaces
+	var total int64
+	for _, f := range sc.files {
+		total += f.size
+	}
+	cp.total.Store(total)
+	cp.files.Store(int64(len(sc.files)))
+	tasks := planTasks(sc.files, cp.objectSize)
+	p.files = sc.files
+	p.startLSN = start
+	if err := p.run(ctx, tasks, cp.jobs); err != nil {
+		return err
+	}
+	m.Files, m.PageChecksumErrors, m.Stats.NewBytes = p.assemble(piecesByFile(tasks))
+
+	stopLSN, label, spcmap, err := stopBackup(ctx, s.conn, s.pgInfo.VersionNum)
+	if err != nil {
+		return err
+	}
+	m.StopLSN, m.BackupLabel, m.TablespaceMap = stopLSN, label, spcmap
+	return nil
 }
 
 // checkDataDir finds the data directory and makes sure it is the server's.

@@ -291,3 +291,82 @@ func TestPushRefusals(t *testing.T) {
 		t.Errorf("a backup without its WAL left %v %v", complete, incomplete)
 	}
 }
+
+// TestPushRemote takes the same cluster's backup locally and over the
+// replication protocol: the same files, the same bytes for files that do
+// not change, and incrementals work in both directions.
+func TestPushRemote(t *testing.T) {
+	c, r, _ := archivingCluster(t, pgtest.Options{DataChecksums: true})
+	c.Exec(t, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+	c.Exec(t, "INSERT INTO t SELECT i, repeat(md5(i::text), 8) FROM generate_series(1, 60000) i")
+	tsDir := c.MkdirOwned(t, "ts1")
+	c.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+tsDir+"'")
+	c.Exec(t, "CREATE TABLE in_ts (id int) TABLESPACE ts1")
+	c.Exec(t, "INSERT INTO in_ts SELECT generate_series(1, 5000)")
+	c.Exec(t, "CHECKPOINT")
+	var tablePath, tsPath string
+	c.QueryRow(t, "SELECT pg_relation_filepath('t'), pg_relation_filepath('in_ts')").Scan(&tablePath, &tsPath)
+	ctx := context.Background()
+
+	local, err := backup.Push(ctx, r, backup.Options{Conn: c.ConnString(), PGData: c.DataDir})
+	if err != nil {
+		t.Fatalf("local backup: %v", err)
+	}
+	for _, comp := range []string{"", "lz4", "zstd", "gzip"} {
+		remote, err := backup.Push(ctx, r, backup.Options{Conn: c.ConnString(), Remote: true, ServerCompression: comp, ObjectSize: 8 << 20})
+		if err != nil {
+			t.Fatalf("remote backup (server compression %q): %v", comp, err)
+		}
+		if remote.Mode != "remote" || !strings.Contains(remote.BackupLabel, "START WAL LOCATION") || remote.StopLSN <= remote.StartLSN {
+			t.Fatalf("remote manifest: mode %s label %q LSNs %s..%s", remote.Mode, remote.BackupLabel, remote.StartLSN, remote.StopLSN)
+		}
+		lf, rf := local.FileMap(), remote.FileMap()
+		for p := range lf {
+			if rf[p] == nil && !strings.HasPrefix(p, "pg_stat") {
+				t.Errorf("remote backup lacks %s", p)
+			}
+		}
+		for p := range rf {
+			if lf[p] == nil && !strings.HasPrefix(p, "pg_stat") && !strings.HasPrefix(p, "pg_logical") {
+				t.Errorf("remote backup has %s, the local one does not", p)
+			}
+		}
+		if len(remote.Tablespaces) != 1 || remote.Tablespaces[0].Location != tsDir {
+			t.Errorf("remote tablespaces %+v, want one at %s", remote.Tablespaces, tsDir)
+		}
+		if !strings.Contains(remote.TablespaceMap, tsDir) {
+			t.Errorf("remote tablespace_map %q lacks %s", remote.TablespaceMap, tsDir)
+		}
+		for _, p := range []string{tablePath, tsPath} {
+			onDisk, err := os.ReadFile(filepath.Join(c.DataDir, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readBack(t, r, rf[p]); !bytes.Equal(got, onDisk) {
+				t.Fatalf("remote %s differs from the file", p)
+			}
+		}
+		for i := range remote.Files {
+			f := &remote.Files[i]
+			if got := unitSums(readBack(t, r, f)); strings.Join(got, ",") != strings.Join(f.Sums, ",") {
+				t.Fatalf("remote %s: unit sums differ from its bytes", f.Path)
+			}
+		}
+	}
+	c.Exec(t, "UPDATE t SET v = 'x' WHERE id <= 600")
+	inc, err := backup.Push(ctx, r, backup.Options{Conn: c.ConnString(), Remote: true, Incremental: true})
+	if err != nil {
+		t.Fatalf("remote incremental: %v", err)
+	}
+	if inc.Type != backup.Incremental || inc.Stats.NewBytes*4 > inc.Stats.DataBytes {
+		t.Errorf("remote incremental: type %s, %d new of %d bytes", inc.Type, inc.Stats.NewBytes, inc.Stats.DataBytes)
+	}
+	c.Exec(t, "CHECKPOINT")
+	onDisk, err := os.ReadFile(filepath.Join(c.DataDir, tablePath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, r, inc.FileMap()[tablePath]); len(got) != len(onDisk) {
+		t.Errorf("remote incremental %s: %d bytes, file has %d", tablePath, len(got), len(onDisk))
+	}
+}

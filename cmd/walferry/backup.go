@@ -18,7 +18,7 @@ func (a *app) backupPushCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "backup-push",
 		Usage:     "take a base backup into the repository",
-		UsageText: "walferry backup-push --repo URL... [--pgdata DIR] [--pg-conn STRING] [--incremental | --full] [--jobs N] [--json]",
+		UsageText: "walferry backup-push --repo URL... [--pgdata DIR | --remote [--server-compression lz4]] [--pg-conn STRING] [--incremental | --full] [--jobs N] [--json]",
 		Description: `Takes a non-exclusive base backup of the PostgreSQL server reached with
 --pg-conn (or libpq's PG* variables): pg_backup_start on a connection held
 open for the whole backup, then the data directory's files are read,
@@ -54,13 +54,26 @@ backup-push or backup-delete runs against a repository at a time (exit 8
 names the holder). With several --repo, a backup is taken into each, one
 after the other.
 
+--remote takes the backup over the replication protocol instead
+(PostgreSQL 15's BASE_BACKUP), for a CronJob that cannot mount the data
+volume: the connection needs a user with the REPLICATION attribute and a
+"replication" line in pg_hba.conf. The stream is read once and split into
+the same objects, manifest and incrementals as a local backup;
+--server-compression lz4 (or zstd, gzip) makes the server compress what it
+sends, which saves network between sites at the server's CPU cost.
+
+   walferry backup-push --remote --repo s3://bucket/db --pg-conn 'host=db user=replicator'
+
 On a terminal a progress bar shows bytes, rate and ETA; --json (or JSON
 logging in pods) prints one JSON summary line per backup on stdout.`,
 		Flags: withCommonFlags(
 			&cli.BoolFlag{Name: "incremental", EnvVars: []string{"WALFERRY_BACKUP_INCREMENTAL"},
 				Usage: "store only what changed since the newest backup (full when there is none)"},
 			&cli.BoolFlag{Name: "full", Usage: "take a full backup (the default; overrides WALFERRY_BACKUP_INCREMENTAL)"},
-			&cli.BoolFlag{Name: "remote", Usage: "take the backup over the replication protocol (BASE_BACKUP), without access to the data directory"},
+			&cli.BoolFlag{Name: "remote", EnvVars: []string{"WALFERRY_BACKUP_REMOTE"},
+				Usage: "take the backup over the replication protocol (BASE_BACKUP), without access to the data directory"},
+			&cli.StringFlag{Name: "server-compression", EnvVars: []string{"WALFERRY_SERVER_COMPRESSION"},
+				Usage: "with --remote: have the server compress the stream (lz4, zstd, gzip or none) to save network"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_BACKUP_JOBS"},
 				Usage: "files read, compressed and uploaded in parallel (default: one per CPU, at least 2)"},
 			&cli.BoolFlag{Name: "spread-checkpoint", Usage: "wait for a spread checkpoint instead of an immediate one"},
@@ -77,8 +90,13 @@ func (a *app) backupPush(c *cli.Context) error {
 	if c.Bool("incremental") && c.Bool("full") && c.IsSet("incremental") {
 		return usage(errors.New("--incremental and --full contradict each other: pick one"))
 	}
-	if c.Bool("remote") {
-		return usage(errors.New("--remote (BASE_BACKUP over the replication protocol) is not in this build yet: run backup-push where the data directory is mounted"))
+	if c.IsSet("server-compression") && !c.Bool("remote") {
+		return usage(errors.New("--server-compression applies to --remote backups only"))
+	}
+	switch sc := c.String("server-compression"); sc {
+	case "", "none", "lz4", "zstd", "gzip":
+	default:
+		return usage(fmt.Errorf("--server-compression %q: want lz4, zstd, gzip or none", sc))
 	}
 	if c.IsSet("jobs") && c.Int("jobs") < 1 {
 		return usage(fmt.Errorf("--jobs %d: want at least 1", c.Int("jobs")))
@@ -98,14 +116,16 @@ func (a *app) backupPush(c *cli.Context) error {
 	jsonOut := c.Bool("json") || a.logFormat == "json"
 	for i, r := range repos {
 		opts := backup.Options{
-			Conn:             s.cfg.PGConn.Reveal(),
-			PGData:           s.cfg.PGData,
-			Incremental:      c.Bool("incremental") && !c.Bool("full"),
-			Jobs:             c.Int("jobs"),
-			SpreadCheckpoint: c.Bool("spread-checkpoint"),
-			ArchiveTimeout:   c.Duration("archive-timeout"),
-			Label:            c.String("label"),
-			Logger:           s.log.With("repo", s.cfg.Repos[i]),
+			Conn:              s.cfg.PGConn.Reveal(),
+			PGData:            s.cfg.PGData,
+			Incremental:       c.Bool("incremental") && !c.Bool("full"),
+			Jobs:              c.Int("jobs"),
+			SpreadCheckpoint:  c.Bool("spread-checkpoint"),
+			ArchiveTimeout:    c.Duration("archive-timeout"),
+			Label:             c.String("label"),
+			Remote:            c.Bool("remote"),
+			ServerCompression: c.String("server-compression"),
+			Logger:            s.log.With("repo", s.cfg.Repos[i]),
 		}
 		bar := newProgressBar(a.stderr)
 		if bar != nil && !jsonOut {
