@@ -77,6 +77,10 @@ EXIT CODES
 			a.daemonCommand(),
 			a.walReceiveCommand(),
 			a.backupPushCommand(),
+			a.backupListCommand(),
+			a.backupShowCommand(),
+			a.backupDeleteCommand(),
+			a.verifyCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

@@ -14,11 +14,7 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"backup-list", "list backups", "walferry backup-list [--json]", nil},
-		{"backup-show", "show one backup", "walferry backup-show <id|LATEST> [--json]", nil},
-		{"backup-delete", "delete backups and the WAL only they need", "walferry backup-delete (--retain-full N | --before TIME | <id>) [--dry-run]", nil},
 		{"restore", "restore a backup, optionally to a point in time", "walferry restore <id|LATEST> --pgdata DIR [--delta] [--standby] [--target-...]", nil},
-		{"verify", "re-read and check backups and WAL continuity", "walferry verify [<id>] [--wal]", nil},
 		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
 		{"sidecar", "sidecar agent: hooks socket, backups, WAL streaming, metrics", "walferry sidecar", nil},
 		{"status", "show archiving, replication and backup status", "walferry status [--json]", nil},
