@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/walferry/walferry/storage"
@@ -97,7 +98,7 @@ func (r *Repo) Acquire(ctx context.Context, name string, o LeaseOptions) (*Lease
 		if rerr != nil {
 			return nil, fmt.Errorf("read the lease %s: %w", l.key, rerr)
 		}
-		if age := time.Since(held.Renewed); age < o.StaleAfter {
+		if age := time.Since(held.Renewed); age < o.StaleAfter && !deadHere(held) {
 			return nil, fmt.Errorf("%w: %s (pid %d on %s, since %s, renewed %s ago); wait for it to finish, or delete %s in %s if that process is gone",
 				ErrLocked, held.Purpose, held.PID, held.Host, held.Acquired.Format(time.RFC3339), age.Round(time.Second), l.key, r)
 		}
@@ -188,4 +189,16 @@ func (r *Repo) readLease(ctx context.Context, key string) (leaseRecord, error) {
 		return rec, fmt.Errorf("lease %s: %w", key, err)
 	}
 	return rec, nil
+}
+
+// deadHere reports whether the lease's holder ran on this host and its
+// process is gone: then the lease is stale at once (a killed backup run
+// again on the same machine need not wait for StaleAfter).
+func deadHere(rec leaseRecord) bool {
+	host, err := os.Hostname()
+	if err != nil || host != rec.Host || rec.PID <= 0 || rec.PID == os.Getpid() {
+		return false
+	}
+	err = syscall.Kill(rec.PID, 0)
+	return errors.Is(err, syscall.ESRCH)
 }
