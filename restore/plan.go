@@ -235,18 +235,15 @@ func newPlan(m *backup.Manifest, o Options) (*plan, error) {
 }
 
 // checkPath cleans a manifest path and refuses anything that would land
-// outside the data directory or its tablespaces.
+// outside the data directory.
 func (p *plan) checkPath(m *backup.Manifest, raw string) (string, error) {
 	rel := path.Clean(raw)
 	if raw == "" || path.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", fmt.Errorf("backup %s: path %q is outside the data directory: the manifest is damaged", m.ID, raw)
 	}
-	if first, rest, ok := strings.Cut(rel, "/"); ok && first == tblspcDir {
-		oid, _, _ := strings.Cut(rest, "/")
-		if p.links[tblspcDir+"/"+oid] == nil {
-			return "", fmt.Errorf("backup %s: %q is under pg_tblspc/%s, which is not one of its tablespaces: the manifest is damaged", m.ID, raw, oid)
-		}
-	}
+	// pg_tblspc/<oid>/... goes through the tablespace's link; an <oid>
+	// that is not a tablespace is an in-place tablespace (PostgreSQL 15's
+	// allow_in_place_tablespaces), an ordinary directory.
 	return rel, nil
 }
 

@@ -81,6 +81,7 @@ EXIT CODES
 			a.backupShowCommand(),
 			a.backupDeleteCommand(),
 			a.verifyCommand(),
+			a.restoreCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

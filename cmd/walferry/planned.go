@@ -14,7 +14,6 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"restore", "restore a backup, optionally to a point in time", "walferry restore <id|LATEST> --pgdata DIR [--delta] [--standby] [--target-...]", nil},
 		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
 		{"sidecar", "sidecar agent: hooks socket, backups, WAL streaming, metrics", "walferry sidecar", nil},
 		{"status", "show archiving, replication and backup status", "walferry status [--json]", nil},

@@ -1,7 +1,9 @@
-// Command bench measures walferry's archive hooks side by side with
-// pgBackRest's, the way PostgreSQL calls them: one process per segment, in
-// order. scripts/bench/run.sh (make bench) prepares the workload, the
-// repositories' MinIO and this program's arguments; see docs/benchmarks.md.
+// Command bench measures walferry side by side with pgBackRest: the
+// archive hooks the way PostgreSQL calls them, one process per segment, in
+// order (W1, W2), and base backups of a running cluster, their restore and
+// incremental backups (W3-W5, backup.go). scripts/bench/run.sh (make bench)
+// prepares the workloads, the repositories' MinIO and this program's
+// arguments; see docs/benchmarks.md.
 //
 //	bench all --work DIR ...   run every variant, write the report
 //	bench variant              run one variant (Spec as JSON on stdin)
@@ -23,6 +25,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,11 +47,11 @@ func main() {
 		err = variantMain()
 	case "all":
 		err = allMain(os.Args[2:])
-	case "size": // bench size URL: the total size of a store's objects
+	case "size": // bench size URL [PREFIX]: the total size of a store's objects
 		var c config
 		var n int64
-		if len(os.Args) == 3 {
-			n, err = c.storeSize(os.Args[2])
+		if len(os.Args) == 3 || len(os.Args) == 4 {
+			n, err = c.storeSizePrefix(os.Args[2], strings.Join(os.Args[3:], ""))
 			fmt.Println(n)
 		}
 	default:
@@ -73,7 +76,22 @@ type config struct {
 	as                         runAs
 	segments                   []string
 	self                       string
+	want                       map[string]bool // the workloads to run, W1..W5
+	// W3-W5
+	backupTemplate     string // stopped cluster holding the pgbench database
+	backupAbout        string // markdown table row describing that workload
+	walAbout           string // the same for W1-W2
+	backupDataBytes    int64  // its data directory's size
+	pgbin, sockDir     string
+	walferryHasRestore bool
 }
+
+// allWorkloads in order. W2 reads what W1 pushed and W4, W5 build on W3's
+// backup, so W1 runs whenever W2 does and W3 whenever W4 or W5 do.
+var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5"}
+
+func (c *config) archiveRun() bool { return c.want["W1"] || c.want["W2"] }
+func (c *config) backupRun() bool  { return c.want["W3"] || c.want["W4"] || c.want["W5"] }
 
 func allMain(args []string) error {
 	var c config
@@ -94,8 +112,31 @@ func allMain(args []string) error {
 	fl.StringVar(&stores, "stores", "fs,MinIO", "stores")
 	fl.StringVar(&comps, "compressions", "lz4,zstd", "compressions")
 	fl.IntVar(&c.idleCalls, "idle-calls", 50, "calls of the hook-cost measurements")
+	workloads := fl.String("workloads", strings.Join(allWorkloads, ","), "workloads to run")
+	fl.StringVar(&c.backupTemplate, "backup-template", "", "stopped cluster holding the W3-W5 pgbench database")
+	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown describing the W3-W5 workload")
+	fl.StringVar(&c.walAbout, "wal-about", "", "markdown describing the W1-W2 workload")
+	fl.StringVar(&c.pgbin, "pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL's programs")
+	fl.StringVar(&c.sockDir, "socket-dir", "", "directory of the servers' unix sockets (default: --work)")
 	if err := fl.Parse(args); err != nil {
 		return err
+	}
+	c.want = map[string]bool{}
+	for _, w := range strings.Split(*workloads, ",") {
+		w = strings.ToUpper(strings.TrimSpace(w))
+		if !slices.Contains(allWorkloads, w) {
+			return fmt.Errorf("--workloads: unknown workload %q (want some of %s)", w, strings.Join(allWorkloads, ","))
+		}
+		c.want[w] = true
+	}
+	if c.want["W2"] {
+		c.want["W1"] = true
+	}
+	if c.want["W4"] || c.want["W5"] {
+		c.want["W3"] = true
+	}
+	if c.sockDir == "" {
+		c.sockDir = c.work
 	}
 	c.stores = strings.Split(stores, ",")
 	c.compressions = strings.Split(comps, ",")
@@ -111,15 +152,26 @@ func allMain(args []string) error {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	c.as = runAs{uid: uint32(uid), gid: uint32(gid), home: u.HomeDir}
-	ents, err := os.ReadDir(c.walDir)
-	if err != nil {
-		return err
+	if c.archiveRun() {
+		ents, err := os.ReadDir(c.walDir)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			c.segments = append(c.segments, e.Name())
+		}
+		if len(c.segments) < 2 {
+			return fmt.Errorf("no workload in %s", c.walDir)
+		}
 	}
-	for _, e := range ents {
-		c.segments = append(c.segments, e.Name())
-	}
-	if len(c.segments) < 2 {
-		return fmt.Errorf("no workload in %s", c.walDir)
+	if c.backupRun() {
+		if c.backupTemplate == "" {
+			return fmt.Errorf("W3-W5 need --backup-template")
+		}
+		c.backupDataBytes = dirBytes(c.backupTemplate)
+		// A walferry without restore still runs W3 and W5 (W4 is
+		// reported as not measured).
+		c.walferryHasRestore = exec.Command(c.walferry, "restore", "--help").Run() == nil
 	}
 
 	for _, d := range []string{"pgdata", "variants", "logs", "repos"} {
@@ -128,17 +180,31 @@ func allMain(args []string) error {
 		}
 	}
 	var results []Result
-	for _, store := range c.stores {
-		for _, comp := range c.compressions {
-			rs, err := c.runGroup(store, comp)
-			results = append(results, rs...)
-			if err != nil {
-				return err
+	save := func() error {
+		raw, _ := json.MarshalIndent(resultsJSON(results), "", "  ")
+		return os.WriteFile(filepath.Join(c.work, "results.json"), raw, 0o644)
+	}
+	if c.archiveRun() {
+		for _, store := range c.stores {
+			for _, comp := range c.compressions {
+				rs, err := c.runGroup(store, comp)
+				results = append(results, rs...)
+				if err != nil {
+					save()
+					return err
+				}
 			}
 		}
 	}
-	raw, _ := json.MarshalIndent(resultsJSON(results), "", "  ")
-	if err := os.WriteFile(filepath.Join(c.work, "results.json"), raw, 0o644); err != nil {
+	if c.backupRun() {
+		rs, err := c.runBackups()
+		results = append(results, rs...)
+		if err != nil {
+			save()
+			return err
+		}
+	}
+	if err := save(); err != nil {
 		return err
 	}
 	return writeReport(c, results)
@@ -261,6 +327,11 @@ func (c *config) run(spec Spec) (Result, error) {
 		return Result{}, fmt.Errorf("variant result: %w: %s", err, out)
 	}
 	r.Spec = spec
+	if oneCommand(spec.Workload) {
+		fmt.Fprintf(os.Stderr, "%6.2f s, cpu %.2f + %.2f s, rss %d MiB (all processes %d MiB)%s\n", r.WallSeconds,
+			r.UserSeconds, r.SysSeconds, r.MaxRSSKiB/1024, r.TreeRSSKiB/1024, errSuffix(r))
+		return r, nil
+	}
 	fmt.Fprintf(os.Stderr, "%6.2f s, %d calls, %d failed, cpu %.2f s, rss %d MiB%s\n", r.WallSeconds, r.Calls, r.Failed,
 		r.UserSeconds+r.SysSeconds, r.MaxRSSKiB/1024, errSuffix(r))
 	return r, nil
@@ -475,7 +546,10 @@ func (c *config) repoSize(store, tool, repoPath string) (int64, error) {
 
 // storeSize sums the sizes of the objects of the store at url. run.sh sets
 // AWS_* and SSL_CERT_FILE in this process's environment.
-func (c *config) storeSize(url string) (int64, error) {
+func (c *config) storeSize(url string) (int64, error) { return c.storeSizePrefix(url, "") }
+
+// storeSizePrefix sums the sizes of the objects under prefix.
+func (c *config) storeSizePrefix(url, prefix string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
@@ -484,7 +558,7 @@ func (c *config) storeSize(url string) (int64, error) {
 	}
 	defer st.Close()
 	var total int64
-	err = st.List(ctx, "", func(oi storage.ObjectInfo) error {
+	err = st.List(ctx, prefix, func(oi storage.ObjectInfo) error {
 		total += oi.Size
 		return nil
 	})

@@ -182,3 +182,61 @@ func childrenUsage() (user, sys time.Duration, maxRSSKiB int64) {
 	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
 	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Maxrss
 }
+
+// treeRSS samples, every interval until stop is closed, the summed RSS of
+// every live descendant of this process, and sends the largest sum seen.
+// ru_maxrss gives the peak of the largest single process; a tool that
+// works with several processes (pgBackRest's process-max) holds the sum.
+func treeRSS(interval time.Duration, stop <-chan struct{}) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			if s := descendantsRSSKiB(); s > peak {
+				peak = s
+			}
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return out
+}
+
+// descendantsRSSKiB is the summed resident set of this process's live
+// descendants, in KiB.
+func descendantsRSSKiB() int64 {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := ppid(pid); pp > 0 {
+			children[pp] = append(children[pp], pid)
+		}
+	}
+	var sum int64
+	queue := append([]int(nil), children[os.Getpid()]...)
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = append(queue[1:], children[pid]...)
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			continue
+		}
+		pages, _ := strconv.ParseInt(f[1], 10, 64)
+		sum += pages * int64(os.Getpagesize()) / 1024
+	}
+	return sum
+}

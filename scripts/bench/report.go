@@ -43,17 +43,62 @@ func failedCell(r Result) string {
 	return s
 }
 
+// The generated part holds one block per group of workloads, each with
+// the run that produced it, so that a run of some workloads
+// (BENCH_WORKLOADS) replaces their block and keeps the others.
+const (
+	partArchive = "archive" // W1, W2 and the hook cost
+	partBackup  = "backup"  // W3, W4, W5
+)
+
+var partOrder = []string{partArchive, partBackup}
+
+func partBegin(name string) string { return "<!-- BEGIN PART " + name + " -->" }
+func partEnd(name string) string   { return "<!-- END PART " + name + " -->" }
+
 func writeReport(c config, rs []Result) error {
-	var b strings.Builder
-	b.WriteString(beginMarker + "\n")
-	if c.about != "" {
-		about, err := os.ReadFile(c.about)
+	parts := map[string]string{}
+	if c.archiveRun() {
+		s, err := archivePart(c, rs)
 		if err != nil {
 			return err
 		}
-		b.Write(about)
-		b.WriteString("\n")
+		parts[partArchive] = s
 	}
+	if c.backupRun() {
+		s, err := backupPart(c, rs)
+		if err != nil {
+			return err
+		}
+		parts[partBackup] = s
+	}
+	return splice(c.out, parts)
+}
+
+// aboutBlock is the run's environment table (run.sh) with the workload's row.
+func aboutBlock(c config, workloadRow string) (string, error) {
+	var b strings.Builder
+	if c.about != "" {
+		about, err := os.ReadFile(c.about)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(strings.TrimRight(string(about), "\n") + "\n")
+	}
+	if workloadRow != "" {
+		b.WriteString(strings.TrimRight(workloadRow, "\n") + "\n")
+	}
+	b.WriteString("\n")
+	return b.String(), nil
+}
+
+func archivePart(c config, rs []Result) (string, error) {
+	var b strings.Builder
+	about, err := aboutBlock(c, c.walAbout)
+	if err != nil {
+		return "", err
+	}
+	b.WriteString(about)
 	n := len(c.segments)
 
 	fmt.Fprintf(&b, "### W1: archive-push of %d segments, one call at a time\n\n", n)
@@ -117,18 +162,22 @@ func writeReport(c config, rs []Result) error {
 				percentile(g.CallMillis, 50), percentile(g.CallMillis, 95), p.Failed+g.Failed)
 		}
 	}
+	b.WriteString(problems(rs, func(r Result) bool { return !oneCommand(r.Spec.Workload) }))
+	return b.String(), nil
+}
+
+func problems(rs []Result, in func(Result) bool) string {
 	var notes []string
 	for _, r := range rs {
-		if len(r.Notes) > 0 || r.Err != "" {
+		if in(r) && (len(r.Notes) > 0 || r.Err != "") {
 			notes = append(notes, fmt.Sprintf("- %s %s %s %s %s: %s", r.Spec.Workload, r.Spec.Store, r.Spec.Compression,
 				r.Spec.Tool, r.Spec.Mode, strings.TrimSpace(errSuffix(r))))
 		}
 	}
-	if len(notes) > 0 {
-		b.WriteString("\nProblems seen during the run:\n\n" + strings.Join(notes, "\n") + "\n")
+	if len(notes) == 0 {
+		return ""
 	}
-	b.WriteString(endMarker + "\n")
-	return splice(c.out, b.String())
+	return "\nProblems seen during the run:\n\n" + strings.Join(notes, "\n") + "\n"
 }
 
 func best(rs []Result, work, store, comp, tool string) *Result {
@@ -155,21 +204,155 @@ func find(rs []Result, work, store, tool, mode string) *Result {
 	return nil
 }
 
-// splice replaces the generated part of path (or appends it).
-func splice(path, generated string) error {
+// splice writes parts into the generated block of path, keeping the
+// blocks of parts not in this run. A generated block without part markers
+// (written before W3-W5 existed) is the archive part.
+func splice(path string, parts map[string]string) error {
 	old, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	s := string(old)
 	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
+	have := map[string]string{}
 	if i >= 0 && j > i {
-		s = s[:i] + generated + strings.TrimPrefix(s[j+len(endMarker):], "\n")
+		body := s[i+len(beginMarker) : j]
+		found := false
+		for _, name := range partOrder {
+			bi, ei := strings.Index(body, partBegin(name)), strings.Index(body, partEnd(name))
+			if bi >= 0 && ei > bi {
+				have[name] = strings.Trim(body[bi+len(partBegin(name)):ei], "\n") + "\n"
+				found = true
+			}
+		}
+		if !found && strings.TrimSpace(body) != "" {
+			have[partArchive] = strings.Trim(body, "\n") + "\n"
+		}
+	}
+	for name, p := range parts {
+		have[name] = p
+	}
+	var g strings.Builder
+	g.WriteString(beginMarker + "\n")
+	for _, name := range partOrder {
+		p, ok := have[name]
+		if !ok {
+			continue
+		}
+		g.WriteString(partBegin(name) + "\n" + strings.TrimRight(p, "\n") + "\n" + partEnd(name) + "\n")
+	}
+	g.WriteString(endMarker + "\n")
+	if i >= 0 && j > i {
+		s = s[:i] + g.String() + strings.TrimPrefix(s[j+len(endMarker):], "\n")
 	} else {
 		if s != "" && !strings.HasSuffix(s, "\n") {
 			s += "\n"
 		}
-		s += "\n" + generated
+		s += "\n" + g.String()
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// goals of the issue for W3-W5: walferry's speed-up over pgBackRest.
+var backupGoal = map[string]float64{workBackupFull: 1.5, workRestore: 1.5, workBackupIncr: 3}
+
+func backupPart(c config, rs []Result) (string, error) {
+	var b strings.Builder
+	about, err := aboutBlock(c, c.backupAbout)
+	if err != nil {
+		return "", err
+	}
+	b.WriteString(about)
+	cell := func(r Result) string {
+		if r.Err != "" {
+			return "FAILED: " + r.Err
+		}
+		return ""
+	}
+	rss := func(r Result) string {
+		return fmt.Sprintf("%s / %s", mib(r.MaxRSSKiB), mib(r.TreeRSSKiB))
+	}
+	sections := []struct {
+		work, title, extra string
+		extraCell           func(Result) string
+	}{
+		{workBackupFull, "W3: full backup of the running cluster (fast checkpoint, copy, wait for its WAL to be archived)",
+			"backup in repository MiB", func(r Result) string { return fmt.Sprintf("%.1f", float64(r.StoredBytes)/(1<<20)) }},
+		{workRestore, "W4: restore of that full backup into an empty directory",
+			"restored MiB | restored cluster started, digest", func(r Result) string {
+				return fmt.Sprintf("%.0f | %s", float64(r.DataBytes)/(1<<20), orDash(r.Check))
+			}},
+		{workBackupIncr, "W5: incremental backup after `" + updateSQL + "` and `CHECKPOINT`",
+			"backup in repository MiB | its restore, digest", func(r Result) string {
+				return fmt.Sprintf("%.1f | %s", float64(r.StoredBytes)/(1<<20), orDash(r.Check))
+			}},
+	}
+	for _, sec := range sections {
+		if !c.want[map[string]string{workBackupFull: "W3", workRestore: "W4", workBackupIncr: "W5"}[sec.work]] {
+			continue
+		}
+		fmt.Fprintf(&b, "### %s\n\n", sec.title)
+		cols := strings.Count(sec.extra, "|") + 1
+		fmt.Fprintf(&b, "| store | compr. | tool | wall s | CPU s user+sys | peak RSS MiB, largest process / all processes | %s |\n", sec.extra)
+		b.WriteString("|---|---|---|--:|--:|--:|" + strings.Repeat("--:|", cols) + "\n")
+		for _, r := range rs {
+			if r.Spec.Workload != sec.work {
+				continue
+			}
+			if f := cell(r); f != "" {
+				fmt.Fprintf(&b, "| %s | %s | %s | %s |%s\n", r.Spec.Store, r.Spec.Compression, r.Spec.Tool, f, strings.Repeat(" |", 2+cols))
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f + %.2f | %s | %s |\n", r.Spec.Store, r.Spec.Compression, r.Spec.Tool,
+				r.WallSeconds, r.UserSeconds, r.SysSeconds, rss(r), sec.extraCell(r))
+		}
+		b.WriteString("\n")
+	}
+
+	b.WriteString("### Ratios within this run (pgBackRest / walferry: above 1, walferry is faster or smaller)\n\n")
+	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (goal) | CPU time pgBackRest / walferry | peak RSS, all processes, walferry / pgBackRest | backup size pgBackRest / walferry |\n")
+	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, w := range []string{workBackupFull, workRestore, workBackupIncr} {
+		for _, store := range c.stores {
+			for _, comp := range c.compressions {
+				pb, wf := findOK(rs, w, store, comp, "pgBackRest"), findOK(rs, w, store, comp, "walferry")
+				if pb == nil || wf == nil {
+					continue
+				}
+				label := map[string]string{workBackupFull: "W3 full", workRestore: "W4 restore", workBackupIncr: "W5 incr"}[w]
+				speed := pb.WallSeconds / wf.WallSeconds
+				mark := "met"
+				if speed < backupGoal[w] {
+					mark = "not met"
+				}
+				size := "-"
+				if w != workRestore && wf.StoredBytes > 0 {
+					size = fmt.Sprintf("%.2f", float64(pb.StoredBytes)/float64(wf.StoredBytes))
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.1fx: %s) | %.2f | %.2f | %s |\n", label, store, comp,
+					pb.WallSeconds, wf.WallSeconds, speed, backupGoal[w], mark,
+					(pb.UserSeconds+pb.SysSeconds)/(wf.UserSeconds+wf.SysSeconds),
+					float64(wf.TreeRSSKiB)/float64(pb.TreeRSSKiB), size)
+			}
+		}
+	}
+	b.WriteString(problems(rs, func(r Result) bool { return oneCommand(r.Spec.Workload) }))
+	return b.String(), nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func findOK(rs []Result, work, store, comp, tool string) *Result {
+	for i := range rs {
+		r := &rs[i]
+		if r.Spec.Workload == work && r.Spec.Store == store && r.Spec.Compression == comp && r.Spec.Tool == tool && r.Err == "" && r.WallSeconds > 0 {
+			return r
+		}
+	}
+	return nil
 }

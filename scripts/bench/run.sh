@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# make bench: walferry's archive hooks side by side with pgBackRest's (Debian
-# package), same machine, same run, same compression, to a filesystem
-# repository and to MinIO. Results go to docs/benchmarks.md (the part
-# between the GENERATED markers is rewritten; the rest is kept).
+# make bench: walferry side by side with pgBackRest (Debian package), same
+# machine, same run, same compression, to a filesystem repository and to
+# MinIO. Results go to docs/benchmarks.md (the blocks of the workloads run
+# between the GENERATED markers are rewritten; the rest is kept).
 #
 #   W1  archive-push of N real WAL segments, one call at a time, in order,
 #       .ready files renamed to .done after each success (PostgreSQL's
@@ -12,14 +12,25 @@
 #       pg_wal/RECOVERYXLOG, then one call past the end (recovery's
 #       restore_command); walferry standalone (prefetch) and with its daemon,
 #       pgBackRest sync and archive-async (archive-get-queue-max).
+#   W3  full backup of a running pgbench database (scale BENCH_BACKUP_SCALE,
+#       100: about 1.6 GB) whose archive_command pushes into the tool's own
+#       repository: walferry backup-push --jobs 2, pgbackrest --type=full
+#       backup with process-max=2, start-fast=y, archive-check on.
+#   W4  restore of that backup into an empty directory (walferry restore
+#       LATEST, pgbackrest restore); every restored cluster is then started
+#       and its tables compared with the source (not timed).
+#   W5  incremental backup after UPDATE of 5% of pgbench_accounts and a
+#       CHECKPOINT (walferry --incremental, pgbackrest --type=incr).
 #
 # pgBackRest 2.45 talks to S3 over TLS only, so this script starts its own
 # MinIO with a self-signed certificate (--certs-dir) and points both tools
 # at it: pgBackRest with repo1-storage-verify-tls=n, walferry with
 # SSL_CERT_FILE naming the certificate.
 #
-# Knobs (environment): BENCH_SEGMENTS (200), BENCH_SCALE (pgbench -i scale,
-# 60), BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
+# Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; W2 needs W1 and
+# W4, W5 need W3, which then run too), BENCH_SEGMENTS (200), BENCH_SCALE
+# (pgbench -i scale of W1-W2's WAL, 60), BENCH_BACKUP_SCALE (W3-W5, 100),
+# BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
 # (docs/benchmarks.md), BENCH_KEEP=1 keeps the work directory.
 # Must run as root (the hooks run as the postgres OS user, like PostgreSQL's).
 set -euo pipefail
@@ -28,6 +39,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 PGBIN=${WALFERRY_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
 SEGMENTS=${BENCH_SEGMENTS:-200}
 SCALE=${BENCH_SCALE:-60}
+BACKUP_SCALE=${BENCH_BACKUP_SCALE:-100}
+WORKLOADS=${BENCH_WORKLOADS:-W1,W2,W3,W4,W5}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
@@ -38,6 +51,13 @@ BUCKET=walferry-bench
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
+want() { case ",${WORKLOADS^^}," in *",$1,"*) return 0 ;; esac; return 1; }
+for w in ${WORKLOADS//,/ }; do
+	case "${w^^}" in W1 | W2 | W3 | W4 | W5) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5)" ;; esac
+done
+archive_run=0 backup_run=0
+if want W1 || want W2; then archive_run=1; fi
+if want W3 || want W4 || want W5; then backup_run=1; fi
 [ "$(id -u)" = 0 ] || die "run as root: the hooks run as the postgres OS user, as PostgreSQL runs them"
 bash "$root/scripts/install-bench-deps.sh"
 MINIO_BIN=$CACHE/bin/minio
@@ -48,6 +68,10 @@ chmod 755 "$work"
 as_pg() { runuser -u postgres -- "$@"; }
 cleanup() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -m immediate stop >/dev/null 2>&1 || true
+	for d in "$work"/backup/*/pg "$work"/backup/*/restore*; do
+		[ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+	done
 	if [ -f "$work/minio.pid" ]; then
 		pid=$(cat "$work/minio.pid")
 		case "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" in *minio*) kill "$pid" 2>/dev/null || true ;; esac
@@ -92,11 +116,12 @@ curl -fsSk -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_S
 log "MinIO (TLS, self-signed) on https://127.0.0.1:$port"
 
 # --- workload: real WAL from pgbench ----------------------------------------------
-log "generating $SEGMENTS WAL segments with pgbench (scale $SCALE)"
 chown postgres: "$work"
-pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_pg "$PGBIN/initdb" -D "$work/pg" -A trust -U postgres --no-sync >/dev/null
-cat >>"$work/pg/postgresql.conf" <<CONF
+if [ "$archive_run" = 1 ]; then
+	log "generating $SEGMENTS WAL segments with pgbench (scale $SCALE)"
+	pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	as_pg "$PGBIN/initdb" -D "$work/pg" -A trust -U postgres --no-sync >/dev/null
+	cat >>"$work/pg/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $pgport
 unix_socket_directories = '$work'
@@ -108,36 +133,68 @@ archive_command = ''  # keep every segment, with its .ready file
 max_wal_size = 1GB
 checkpoint_timeout = 30s
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
-export PGHOST=$work PGPORT=$pgport PGUSER=postgres PGDATABASE=postgres
-t0=$(date +%s)
-as_pg "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1
-ready() { find "$work/pg/pg_wal/archive_status" -name '*.ready' | wc -l; }
-while [ "$(ready)" -le "$SEGMENTS" ]; do
-	[ $(($(date +%s) - t0)) -lt 900 ] || die "pgbench wrote only $(ready) segments in 15 minutes"
-	as_pg "$PGBIN/pgbench" -n -c 4 -j 2 -T 10 >/dev/null 2>&1
-done
-as_pg "$PGBIN/psql" -qAtc "SELECT pg_switch_wal()" >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null
-mkdir -p "$work/wal" "$work/template/global"
-find "$work/pg/pg_wal/archive_status" -name '*.ready' -printf '%f\n' | grep -E '^[0-9A-F]{24}\.ready$' |
-	sort | tail -n "$SEGMENTS" | sed 's/\.ready$//' | while read -r seg; do
-	cp "$work/pg/pg_wal/$seg" "$work/wal/$seg"
-done
-cp "$work/pg/PG_VERSION" "$work/template/"
-cp "$work/pg/global/pg_control" "$work/template/global/"
-chown -R postgres: "$work/wal" "$work/template"
-n=$(ls "$work/wal" | wc -l)
-[ "$n" = "$SEGMENTS" ] || die "workload has $n segments, want $SEGMENTS"
-raw=$(du -sb "$work/wal" | cut -f1)
-log "workload: $n segments ($(ls "$work/wal" | head -1) .. $(ls "$work/wal" | tail -1)) in $(($(date +%s) - t0)) s"
-rm -rf "$work/pg"
+	as_pg "$PGBIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
+	export PGHOST=$work PGPORT=$pgport PGUSER=postgres PGDATABASE=postgres
+	t0=$(date +%s)
+	as_pg "$PGBIN/pgbench" -i -q -s "$SCALE" >/dev/null 2>&1
+	ready() { find "$work/pg/pg_wal/archive_status" -name '*.ready' | wc -l; }
+	while [ "$(ready)" -le "$SEGMENTS" ]; do
+		[ $(($(date +%s) - t0)) -lt 900 ] || die "pgbench wrote only $(ready) segments in 15 minutes"
+		as_pg "$PGBIN/pgbench" -n -c 4 -j 2 -T 10 >/dev/null 2>&1
+	done
+	as_pg "$PGBIN/psql" -qAtc "SELECT pg_switch_wal()" >/dev/null
+	as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m fast -w stop >/dev/null
+	mkdir -p "$work/wal" "$work/template/global"
+	find "$work/pg/pg_wal/archive_status" -name '*.ready' -printf '%f\n' | grep -E '^[0-9A-F]{24}\.ready$' |
+		sort | tail -n "$SEGMENTS" | sed 's/\.ready$//' | while read -r seg; do
+		cp "$work/pg/pg_wal/$seg" "$work/wal/$seg"
+	done
+	cp "$work/pg/PG_VERSION" "$work/template/"
+	cp "$work/pg/global/pg_control" "$work/template/global/"
+	chown -R postgres: "$work/wal" "$work/template"
+	n=$(ls "$work/wal" | wc -l)
+	[ "$n" = "$SEGMENTS" ] || die "workload has $n segments, want $SEGMENTS"
+	raw=$(du -sb "$work/wal" | cut -f1)
+	log "workload: $n segments ($(ls "$work/wal" | head -1) .. $(ls "$work/wal" | tail -1)) in $(($(date +%s) - t0)) s"
+	rm -rf "$work/pg"
+	wal_about="| workload W1-W2 | $n segments written by \`pgbench -i -s $SCALE\` then \`pgbench -c 4 -j 2\` (checkpoint_timeout 30s, max_wal_size 1GB), $((raw >> 20)) MiB |"
+fi
+
+# --- workload W3-W5: a pgbench database in a stopped cluster --------------------
+if [ "$backup_run" = 1 ]; then
+	log "creating the W3-W5 cluster: pgbench -i -s $BACKUP_SCALE, data checksums on"
+	t0=$(date +%s)
+	as_pg "$PGBIN/initdb" -D "$work/bk-template" -A trust -U postgres -k >/dev/null
+	# Each tool's copy appends its port, archive_mode = on and its
+	# archive_command (scripts/bench/backup.go).
+	cat >>"$work/bk-template/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$work'
+shared_buffers = 128MB
+wal_level = replica
+max_wal_size = 1GB
+autovacuum = off  # the same data change on every copy, nothing else
+CONF
+	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -l "$work/bk-template.log" -o "-p 5499" -w start >/dev/null
+	as_pg "$PGBIN/pgbench" -h "$work" -p 5499 -U postgres -i -q -s "$BACKUP_SCALE" postgres >/dev/null 2>&1 ||
+		die "pgbench -i -s $BACKUP_SCALE failed"
+	as_pg "$PGBIN/psql" -X -h "$work" -p 5499 -U postgres -d postgres -qc CHECKPOINT
+	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -m fast -w stop >/dev/null
+	bk_bytes=$(du -sb "$work/bk-template" | cut -f1)
+	bk_wal=$(du -sb "$work/bk-template/pg_wal" | cut -f1)
+	log "W3-W5 cluster: $((bk_bytes >> 20)) MiB ($((bk_wal >> 20)) MiB of pg_wal) in $(($(date +%s) - t0)) s"
+	backup_about="| workload W3-W5 | \`pgbench -i -s $BACKUP_SCALE\`, data checksums on, autovacuum off: data directory $((bk_bytes >> 20)) MiB ($((bk_wal >> 20)) MiB of it pg_wal); one stopped copy per tool, store and compression |"
+fi
 
 # --- the run ---------------------------------------------------------------------
+invocation="make bench"
+for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_STORES BENCH_COMPRESSIONS; do
+	[ -n "${!v:-}" ] && invocation="$v=${!v} $invocation"
+done
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 {
-	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') by \`make bench\` (scripts/bench/run.sh)."
+	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') by \`$invocation\` (scripts/bench/run.sh)."
 	echo
 	echo "| | |"
 	echo "|---|---|"
@@ -146,14 +203,14 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
 	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
-	echo "| workload | $n segments written by \`pgbench -i -s $SCALE\` then \`pgbench -c 4 -j 2\` (checkpoint_timeout 30s, max_wal_size 1GB), $((raw >> 20)) MiB |"
-	echo
 } >"$work/about.md"
-log "running the variants (log of every hook call in $work/logs)"
+log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
 	SSL_CERT_FILE=$work/certs/public.crt AWS_CA_BUNDLE=$work/certs/public.crt \
 	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --pgbackrest "$(command -v pgbackrest)" \
-	--template "$work/template" --wal "$work/wal" \
+	--workloads "$WORKLOADS" --pgbin "$PGBIN" --socket-dir "$work" \
+	--template "$work/template" --wal "$work/wal" --wal-about "${wal_about:-}" \
+	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \
 	--ca-cert "$work/certs/public.crt" --stores "$STORES" --compressions "$COMPRESSIONS" \
 	--about "$work/about.md" --out "$OUT"

@@ -28,7 +28,20 @@ const (
 	workPushAgain = "push-again"
 	// archive-get of segments that are not archived (exit 1 expected).
 	workGetMissing = "get-missing"
+	// W3: a full backup of a running cluster whose archive_command pushes
+	// to the same repository (the fast checkpoint, the copy and the wait
+	// for the backup's WAL to be archived).
+	workBackupFull = "backup-full"
+	// W4: the restore of that backup into an empty directory.
+	workRestore = "restore"
+	// W5: an incremental backup after 5% of pgbench_accounts changed.
+	workBackupIncr = "backup-incr"
 )
+
+// oneCommand: the workloads that are one command, run once.
+func oneCommand(work string) bool {
+	return work == workBackupFull || work == workRestore || work == workBackupIncr
+}
 
 // Spec is one variant: a tool in one mode running one workload.
 type Spec struct {
@@ -48,6 +61,9 @@ type Spec struct {
 	Home        string
 	LogFile     string
 	FetchDir    string // get: restored files are moved here, then checked
+	// Command is the argv of a one-command workload (W3-W5), run once in
+	// PGData as the postgres OS user; its stdout and stderr go to LogFile.
+	Command []string
 }
 
 // Result is what a variant measured.
@@ -65,6 +81,11 @@ type Result struct {
 	EndMillis    float64   `json:"end_millis"`    // get: its duration
 	RepoBytes    int64     `json:"repo_bytes"`    // push: compressed size of the repository
 	DaemonMillis float64   `json:"daemon_millis"` // start-up of the daemon, not in WallSeconds
+	TreeRSSKiB   int64     `json:"tree_rss_kib"`  // W3-W5: peak of the summed RSS of all processes, sampled
+	ExitCode     int       `json:"exit_code"`     // W3-W5: the command's exit status
+	StoredBytes  int64     `json:"stored_bytes"`  // W3, W5: what the backup added to the repository
+	DataBytes    int64     `json:"data_bytes"`    // W3: data directory; W4: restored directory
+	Check        string    `json:"check"`         // W4, W5: restore check ("ok", or what differed)
 	Notes        []string  `json:"notes"`
 	Err          string    `json:"err,omitempty"`
 }
@@ -112,6 +133,10 @@ func runVariant(spec Spec) Result {
 		}
 		code, err := waitFor(pid)
 		return code, time.Since(t0), err
+	}
+
+	if oneCommand(spec.Workload) {
+		return runOnce(res, spec, as, logf)
 	}
 
 	start := time.Now()
@@ -238,6 +263,33 @@ func finish(res Result, start time.Time) Result {
 	}
 	u, s, rss := childrenUsage()
 	res.UserSeconds, res.SysSeconds, res.MaxRSSKiB = u.Seconds(), s.Seconds(), rss
+	return res
+}
+
+// runOnce runs a one-command workload: wall time from the start of the
+// command to its exit, CPU and peak RSS of it and every process it
+// started, and the summed RSS of them all sampled every 20 ms.
+func runOnce(res Result, spec Spec, as *runAs, logf *os.File) Result {
+	stop := make(chan struct{})
+	peak := treeRSS(20*time.Millisecond, stop)
+	start := time.Now()
+	pid, err := spawn(spec.Command, spec.PGData, spec.Env, as, logf)
+	if err != nil {
+		res.Err = err.Error()
+	} else {
+		res.ExitCode, err = waitFor(pid)
+		res.WallSeconds = time.Since(start).Seconds()
+		res.Calls = 1
+		if err != nil {
+			res.Err = err.Error()
+		} else if res.ExitCode != 0 {
+			res.Failed = 1
+			res.Err = fmt.Sprintf("exit status %d (see %s)", res.ExitCode, spec.LogFile)
+		}
+	}
+	res = finish(res, start)
+	close(stop)
+	res.TreeRSSKiB = <-peak
 	return res
 }
 
