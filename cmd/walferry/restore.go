@@ -1,0 +1,354 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/restore"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/open"
+)
+
+func (a *app) restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "restore a backup into a data directory, optionally to a point in time",
+		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--json]",
+		Description: `Rebuilds a PostgreSQL data directory from a backup in the repository and
+prepares it for recovery: start PostgreSQL on it and it fetches the WAL it
+needs from the repository with walferry archive-get, replays it, and then
+promotes (or stays a standby with --standby).
+
+   # the newest backup, replaying the whole archive
+   walferry restore LATEST --pgdata /var/lib/postgresql/15/main --repo s3://bucket/db
+
+   # point in time: the newest backup that ended before 10:15 UTC, replayed up to it
+   walferry restore LATEST --pgdata /srv/pg/main --repo s3://bucket/db \
+       --target-time '2026-11-22 10:15:00+00' --target-action promote
+
+   # rebuild an old primary in place as a standby, fetching only what differs
+   walferry restore LATEST --pgdata /var/lib/postgresql/15/main --repo s3://bucket/db \
+       --delta --standby
+
+   # a chosen backup, its tablespace "fast" moved to a new disk
+   walferry restore 20261122T101500F --pgdata /srv/pg/main --repo s3://bucket/db \
+       --tablespace-map fast=/mnt/nvme/fast
+
+Backups are named by id (see walferry backup-list) or LATEST. Without --delta
+the data directory must be empty or missing (it is created, mode 0700), and a
+directory with a postmaster.pid is always refused: stop the server first.
+
+Every object the backup needs (its own and, for an incremental, its
+ancestors') is downloaded once, --jobs at a time, streamed through the
+verifying decoder and written into place; memory stays at --jobs times a
+small buffer. Every restored file is then read back and compared with the
+manifest's SHA-256 of each 8 MiB unit. A corrupt object or a mismatch fails
+the restore (exit 6), naming the object or the file.
+
+Nothing is half-restored silently: global/pg_control is put in place only
+after every file is verified, and backup_label is written last. When a
+restore fails or is interrupted it removes pg_control, backup_label and the
+signal files, so PostgreSQL refuses to start on the directory; run the
+restore again, with --delta to reuse what is already there.
+
+--delta rebuilds a non-empty data directory (an old primary, a failed
+restore): each local file is compared with the backup 8 MiB unit by unit,
+only the units that differ or are missing are fetched (objects holding none
+of them are not downloaded), files are cut to size, and files and
+directories the backup does not have are removed, pg_wal's segments
+included. The directory must look like a PostgreSQL data directory.
+
+Tablespaces are restored to their recorded locations through
+pg_tblspc/<oid> links, or elsewhere with --tablespace-map OID=DIR or
+NAME=DIR (repeatable); tablespace_map is rewritten to match. A tablespace's
+directory must be empty or missing (without --delta).
+
+Recovery settings (PostgreSQL 12 and later): recovery.signal, or
+standby.signal with --standby, and a block in postgresql.auto.conf (read last
+by PostgreSQL, so it wins over postgresql.conf) that replaces any earlier
+restore_command and recovery_target* lines:
+
+   restore_command = '/usr/local/bin/walferry archive-get --repo s3://bucket/db %f %p'
+
+naming this walferry binary and the same --repo and --config. Credentials
+are not written anywhere: give the server's environment what this command
+had (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*,
+WALFERRY_ENCRYPTION_PASSPHRASE), or use a --config file readable by the
+server's OS user.
+
+Recovery targets (at most one): --target-time ('2026-11-22 10:15:00+00' or
+RFC 3339; give a zone, PostgreSQL reads a time without one in the server's
+timezone), --target-lsn, --target-xid, --target-name (a restore point), or
+--target-immediate (stop as soon as the backup is consistent). With LATEST
+and a time or LSN target the newest backup that ended before the target is
+chosen; a backup that ended after the target is refused. --target-action
+says what happens at the target (PostgreSQL's default: pause),
+--target-exclusive stops just before it, --target-timeline follows another
+timeline than the newest (latest, current or a number).
+
+Run as root, the restored files are given to the owner of an existing
+--pgdata (unless root), else to the backup's recorded owner when that user
+exists (usually postgres). On a terminal a progress line shows bytes, rate
+and time left; --json prints the result as one JSON object.
+
+The backup is read from the first --repo that can be opened.`,
+		Flags: withCommonFlags(
+			&cli.BoolFlag{Name: "delta", Usage: "rebuild a non-empty data directory in place, fetching only what differs and removing what the backup does not have"},
+			&cli.BoolFlag{Name: "standby", Usage: "write standby.signal (a standby replaying the archive) instead of recovery.signal"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_RESTORE_JOBS"},
+				Usage: "objects downloaded and files checked at once: `N`, 0 for one per CPU (at least 2)"},
+			&cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALFERRY_RESTORE_TABLESPACE_MAP"},
+				Usage: "restore a tablespace elsewhere: `OID=DIR` or NAME=DIR (repeatable)"},
+			&cli.StringFlag{Name: "target-time", Usage: "stop recovery at this `TIME` ('2026-11-22 10:15:00+00')"},
+			&cli.StringFlag{Name: "target-lsn", Usage: "stop recovery at this `LSN` (0/3000028)"},
+			&cli.StringFlag{Name: "target-xid", Usage: "stop recovery at the commit of this transaction `ID`"},
+			&cli.StringFlag{Name: "target-name", Usage: "stop recovery at this restore point `NAME` (pg_create_restore_point)"},
+			&cli.BoolFlag{Name: "target-immediate", Usage: "stop recovery as soon as the backup is consistent"},
+			&cli.StringFlag{Name: "target-action", Usage: "at the target: promote, pause or shutdown (PostgreSQL's default: pause)"},
+			&cli.BoolFlag{Name: "target-exclusive", Usage: "stop just before the target instead of just after it"},
+			&cli.StringFlag{Name: "target-timeline", Usage: "recovery_target_timeline: latest (PostgreSQL's default), current or a `NUMBER`"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+		),
+		Action: a.restore,
+	}
+}
+
+func (a *app) restore(c *cli.Context) error {
+	args, err := interspersed(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
+		return usage(fmt.Errorf("restore takes one argument, the backup id (see walferry backup-list) or LATEST, got %d: walferry restore LATEST --pgdata DIR", len(args)))
+	}
+	s, err := a.load(c)
+	if err != nil {
+		return err
+	}
+	if err := s.requireRepos(); err != nil {
+		return err
+	}
+	o := restore.Options{
+		Backup:        args[0],
+		DataDir:       s.cfg.PGData,
+		Delta:         c.Bool("delta"),
+		Standby:       c.Bool("standby"),
+		Jobs:          c.Int("jobs"),
+		TablespaceMap: splitList(c.StringSlice("tablespace-map")),
+		Target: restore.Target{
+			Time: c.String("target-time"), LSN: c.String("target-lsn"), XID: c.String("target-xid"),
+			Name: c.String("target-name"), Immediate: c.Bool("target-immediate"), Action: c.String("target-action"),
+			Exclusive: c.Bool("target-exclusive"), Timeline: c.String("target-timeline"),
+		},
+		RestoreCommand: restore.RestoreCommand{Repos: s.cfg.Repos},
+		Log:            s.log.With("component", "restore"),
+	}
+	if path := c.String("config"); path != "" {
+		if o.RestoreCommand.Config, err = filepath.Abs(path); err != nil {
+			return usage(err)
+		}
+	}
+	if c.IsSet("encryption-passphrase-file") {
+		if o.RestoreCommand.PassphraseFile, err = filepath.Abs(s.cfg.EncryptionPassphraseFile); err != nil {
+			return usage(err)
+		}
+	}
+	if err := o.Validate(); err != nil {
+		return usage(err)
+	}
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return err
+	}
+	st, r, err := openFirstRepo(c, s, pass)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var line *progressLine
+	if isTerminal(a.stderr) {
+		line = &progressLine{w: a.stderr}
+		o.Progress = line.show
+	}
+	res, err := restore.Run(c.Context, r, o)
+	line.end()
+	if errors.Is(err, restore.ErrInvalid) {
+		return usage(err)
+	}
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return a.printJSON(res)
+	}
+	a.printRestore(res)
+	return nil
+}
+
+// openFirstRepo opens the first repository that can be opened: a restore
+// reads one; the others stay in restore_command.
+func openFirstRepo(c *cli.Context, s *settings, pass []byte) (storage.Store, *repo.Repo, error) {
+	var firstErr error
+	for _, url := range s.cfg.Repos {
+		st, err := open.Store(c.Context, url, s.store)
+		if err != nil {
+			err = classifyOpenError(err)
+		} else {
+			r, oerr := repo.Open(c.Context, st, repo.OpenOptions{Passphrase: pass})
+			if oerr == nil {
+				return st, r, nil
+			}
+			st.Close()
+			err = oerr
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if len(s.cfg.Repos) > 1 {
+			s.log.Warn("repository unusable, trying the next", "repo", url, "err", err)
+		}
+	}
+	return nil, nil, firstErr
+}
+
+func (a *app) printRestore(res restore.Result) {
+	fmt.Fprintf(a.stdout, "restored backup %s into %s: %d files, %s, in %s\n",
+		res.Backup, res.DataDir, res.Files, humanBytes(res.Bytes), time.Duration(float64(res.Duration)*float64(time.Second)).Round(time.Millisecond))
+	fmt.Fprintf(a.stdout, "  fetched %d files (%s) from %d objects", res.FilesFetched, humanBytes(res.BytesFetched), res.ObjectsRead)
+	if res.Delta {
+		fmt.Fprintf(a.stdout, "; kept %d files; removed %d files and %d directories", res.FilesKept, res.FilesRemoved, res.DirsRemoved)
+	}
+	fmt.Fprintln(a.stdout)
+	for oid, dir := range res.Tablespaces {
+		fmt.Fprintf(a.stdout, "  tablespace %s in %s\n", oid, dir)
+	}
+	if res.Owner != "" {
+		fmt.Fprintf(a.stdout, "  owned by %s\n", res.Owner)
+	}
+	what := "replays the archive, then promotes"
+	if res.Standby {
+		what = "runs as a standby replaying the archive"
+	}
+	if res.RecoveryTarget != "" {
+		what = "replays the archive up to " + res.RecoveryTarget
+	}
+	fmt.Fprintf(a.stdout, "  %s written; start PostgreSQL on it (pg_ctl -D %s start): it %s\n", res.Signal, res.DataDir, what)
+}
+
+// progressLine draws restore progress on a terminal, one line rewritten
+// in place, a new line per phase.
+type progressLine struct {
+	w     io.Writer
+	phase string
+}
+
+func (p *progressLine) show(pr restore.Progress) {
+	if p.phase != "" && p.phase != pr.Phase {
+		fmt.Fprintln(p.w)
+	}
+	p.phase = pr.Phase
+	fmt.Fprintf(p.w, "\r%s\x1b[K", formatProgress(pr))
+}
+
+// end finishes the line; it does nothing on a nil progressLine.
+func (p *progressLine) end() {
+	if p != nil && p.phase != "" {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// formatProgress renders "fetch  1.5 GiB / 3 GiB  50%  120.3 MiB/s  ETA 13s".
+func formatProgress(p restore.Progress) string {
+	s := fmt.Sprintf("%-7s %s / %s", p.Phase, humanBytes(p.Done), humanBytes(p.Total))
+	if p.Total > 0 {
+		s += fmt.Sprintf("  %3d%%", p.Done*100/p.Total)
+	}
+	if secs := p.Elapsed.Seconds(); secs > 0 && p.Done > 0 {
+		rate := float64(p.Done) / secs
+		s += fmt.Sprintf("  %s/s", humanBytes(int64(rate)))
+		if left := p.Total - p.Done; left > 0 {
+			s += "  ETA " + time.Duration(float64(left)/rate*float64(time.Second)).Round(time.Second).String()
+		}
+	}
+	return s
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// interspersed returns the command's arguments, parsing flags that follow
+// them ("walferry restore LATEST --pgdata DIR"): urfave/cli stops at the
+// first argument.
+func interspersed(c *cli.Context) ([]string, error) {
+	var args []string
+	rest := c.Args().Slice()
+	for len(rest) > 0 {
+		if rest[0] == "--" {
+			return append(args, rest[1:]...), nil
+		}
+		if !strings.HasPrefix(rest[0], "-") || rest[0] == "-" {
+			args = append(args, rest[0])
+			rest = rest[1:]
+			continue
+		}
+		set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
+		set.SetOutput(io.Discard)
+		byName := map[string]cli.Flag{}
+		for _, f := range c.Command.Flags {
+			if err := f.Apply(set); err != nil {
+				return nil, err
+			}
+			for _, n := range f.Names() {
+				byName[n] = f
+			}
+		}
+		if err := set.Parse(rest); err != nil {
+			return nil, usage(fmt.Errorf("%w (see: walferry %s --help)", err, c.Command.FullName()))
+		}
+		var setErr error
+		set.Visit(func(fl *flag.Flag) {
+			f := byName[fl.Name]
+			if f == nil || setErr != nil {
+				return
+			}
+			name := f.Names()[0]
+			switch v := fl.Value.(type) {
+			case *cli.StringSlice:
+				for _, s := range v.Value() {
+					if err := c.Set(name, s); err != nil {
+						setErr = err
+					}
+				}
+			default:
+				for _, n := range f.Names() {
+					if err := c.Set(n, fl.Value.String()); err != nil {
+						setErr = err
+					}
+				}
+			}
+		})
+		if setErr != nil {
+			return nil, usage(setErr)
+		}
+		rest = set.Args()
+	}
+	return args, nil
+}
