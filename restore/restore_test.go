@@ -10,8 +10,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/user"
-	"reflect"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,7 +154,7 @@ func newFixture(t *testing.T, r *repo.Repo) *fixture {
 	fx.addFile("base/5/1259", randomBytes(2, 8192), 0o600, a, 8192) // bundled in a with the next ones
 	fx.addFile("base/5/1259_fsm", randomBytes(3, 24576), 0o600, a, 24576)
 	fx.addFile("base/5/2608", randomBytes(4, 9*mib), 0o600, a, 3*mib, c, 6*mib) // two units, over a and c
-	fx.addFile("PG_VERSION", []byte("15\n"), 0o600, p, 3)                         // from the parent
+	fx.addFile("PG_VERSION", []byte("15\n"), 0o600, p, 3)                       // from the parent
 	fx.addFile("base/1/112", randomBytes(5, 16384), 0o640, p, 16384)
 	fx.addFile("base/5/16390_vm", nil, 0o600) // empty
 	sparse := make([]byte, 3*mib)
