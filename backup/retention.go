@@ -343,6 +343,9 @@ func planDeletion(ms []*Manifest, o DeleteOptions) (map[string]string, error) {
 				continue
 			}
 			reason := fmt.Sprintf("older than the %d newest full backups", o.RetainFull)
+			if o.RetainFull == 1 {
+				reason = "older than the newest full backup"
+			}
 			if !hasFull(members) {
 				reason = "its chain has no full backup (parent " + missingParent(members, byID) + " is gone): it cannot be restored"
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"runtime"
@@ -123,7 +124,7 @@ do not match); 3 when the store could not be read. Problems are printed
 one per line; --json prints the whole report.`,
 		Flags: withCommonFlags(
 			&cli.BoolFlag{Name: "wal", Usage: "also check WAL continuity and re-read the archived WAL"},
-			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_JOBS"}, Value: runtime.NumCPU(),
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_VERIFY_JOBS"}, Value: runtime.NumCPU(),
 				Usage: "objects read at once"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		),
@@ -156,8 +157,12 @@ type listRow struct {
 }
 
 func (a *app) backupList(c *cli.Context) error {
-	if c.NArg() != 0 {
-		return usage(fmt.Errorf("backup-list takes no arguments, got %q", c.Args().Slice()))
+	args, err := adminArgs(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 0 {
+		return usage(fmt.Errorf("backup-list takes no arguments, got %q", args))
 	}
 	s, repos, closeStores, err := a.openAdmin(c)
 	if err != nil {
@@ -223,7 +228,11 @@ type showJSON struct {
 }
 
 func (a *app) backupShow(c *cli.Context) error {
-	if c.NArg() != 1 {
+	args, err := adminArgs(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
 		return usage(errors.New("backup-show takes one backup id or LATEST (see walferry backup-list)"))
 	}
 	if c.Bool("files") && !c.Bool("json") {
@@ -236,7 +245,7 @@ func (a *app) backupShow(c *cli.Context) error {
 	defer closeStores()
 	var out []showJSON
 	for i, r := range repos {
-		m, err := backup.Resolve(c.Context, r, c.Args().First())
+		m, err := backup.Resolve(c.Context, r, args[0])
 		if err != nil {
 			return err
 		}
@@ -333,11 +342,17 @@ func (a *app) printDetails(url string, d *backup.Details) {
 // deleteOptions turns backup-delete's command line into options; every
 // mistake is a usage error.
 func deleteOptions(c *cli.Context, now time.Time) (backup.DeleteOptions, error) {
-	o := backup.DeleteOptions{DryRun: c.Bool("dry-run")}
-	if c.NArg() > 1 {
-		return o, usage(fmt.Errorf("backup-delete takes at most one backup id, got %q", c.Args().Slice()))
+	args, err := adminArgs(c)
+	if err != nil {
+		return backup.DeleteOptions{}, err
 	}
-	o.ID = c.Args().First()
+	o := backup.DeleteOptions{DryRun: c.Bool("dry-run")}
+	if len(args) > 1 {
+		return o, usage(fmt.Errorf("backup-delete takes at most one backup id, got %q", args))
+	}
+	if len(args) == 1 {
+		o.ID = args[0]
+	}
 	if c.IsSet("retain-full") {
 		o.RetainFull = c.Int("retain-full")
 		if o.RetainFull < 1 {
@@ -427,8 +442,16 @@ func (a *app) printDeleteResult(res *backup.DeleteResult) {
 }
 
 func (a *app) verify(c *cli.Context) error {
-	if c.NArg() > 1 {
-		return usage(fmt.Errorf("verify takes at most one backup id, got %q", c.Args().Slice()))
+	args, err := adminArgs(c)
+	if err != nil {
+		return err
+	}
+	if len(args) > 1 {
+		return usage(fmt.Errorf("verify takes at most one backup id, got %q", args))
+	}
+	id := ""
+	if len(args) == 1 {
+		id = args[0]
 	}
 	if c.Int("jobs") < 1 {
 		return usage(fmt.Errorf("--jobs %d: read at least 1 object at a time", c.Int("jobs")))
@@ -438,7 +461,7 @@ func (a *app) verify(c *cli.Context) error {
 		return err
 	}
 	defer closeStores()
-	o := backup.VerifyOptions{ID: c.Args().First(), WAL: c.Bool("wal"), Jobs: c.Int("jobs")}
+	o := backup.VerifyOptions{ID: id, WAL: c.Bool("wal"), Jobs: c.Int("jobs")}
 	var reports []*backup.VerifyReport
 	var failure error
 	for i, r := range repos {
@@ -519,4 +542,56 @@ func (a *app) printVerifyReport(rep *backup.VerifyReport) {
 	} else {
 		fmt.Fprintf(out, "  %d problems\n", len(rep.Problems))
 	}
+}
+
+// adminArgs returns the command's arguments and applies the flags that
+// follow them ("walferry backup-show LATEST --json"): urfave/cli stops
+// parsing flags at the first argument. "--" ends the flags.
+func adminArgs(c *cli.Context) ([]string, error) {
+	var args []string
+	rest := c.Args().Slice()
+	for len(rest) > 0 {
+		if rest[0] == "--" {
+			return append(args, rest[1:]...), nil
+		}
+		if !strings.HasPrefix(rest[0], "-") || rest[0] == "-" {
+			args, rest = append(args, rest[0]), rest[1:]
+			continue
+		}
+		set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
+		set.SetOutput(io.Discard)
+		byName := map[string]cli.Flag{}
+		for _, f := range c.Command.Flags {
+			if err := f.Apply(set); err != nil {
+				return nil, err
+			}
+			for _, n := range f.Names() {
+				byName[n] = f
+			}
+		}
+		if err := set.Parse(rest); err != nil {
+			return nil, usage(fmt.Errorf("%w (see: walferry %s --help)", err, c.Command.FullName()))
+		}
+		var setErr error
+		set.Visit(func(fl *flag.Flag) {
+			f := byName[fl.Name]
+			if f == nil || setErr != nil {
+				return
+			}
+			if v, ok := fl.Value.(*cli.StringSlice); ok {
+				for _, s := range v.Value() {
+					setErr = errors.Join(setErr, c.Set(f.Names()[0], s))
+				}
+				return
+			}
+			for _, n := range f.Names() {
+				setErr = errors.Join(setErr, c.Set(n, fl.Value.String()))
+			}
+		})
+		if setErr != nil {
+			return nil, usage(setErr)
+		}
+		rest = set.Args()
+	}
+	return args, nil
 }
