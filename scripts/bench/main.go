@@ -328,7 +328,7 @@ func (c *config) run(spec Spec) (Result, error) {
 	}
 	r.Spec = spec
 	if oneCommand(spec.Workload) {
-		fmt.Fprintf(os.Stderr, "%6.2f s, cpu %.2f + %.2f s, rss %d MiB (all processes %d MiB)%s\n", r.WallSeconds,
+		fmt.Fprintf(os.Stderr, "%6.2f s, cpu %.2f + %.2f s, rss %d MiB (all processes, PSS: %d MiB)%s\n", r.WallSeconds,
 			r.UserSeconds, r.SysSeconds, r.MaxRSSKiB/1024, r.TreeRSSKiB/1024, errSuffix(r))
 		return r, nil
 	}

@@ -183,10 +183,12 @@ func childrenUsage() (user, sys time.Duration, maxRSSKiB int64) {
 	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Maxrss
 }
 
-// treeRSS samples, every interval until stop is closed, the summed RSS of
+// treeRSS samples, every interval until stop is closed, the summed
+// proportional set size (PSS: shared pages split among their users) of
 // every live descendant of this process, and sends the largest sum seen.
 // ru_maxrss gives the peak of the largest single process; a tool that
-// works with several processes (pgBackRest's process-max) holds the sum.
+// works with several processes (pgBackRest's process-max) holds the sum,
+// and PSS does not count the shared libraries of its processes twice.
 func treeRSS(interval time.Duration, stop <-chan struct{}) <-chan int64 {
 	out := make(chan int64, 1)
 	go func() {
@@ -194,7 +196,7 @@ func treeRSS(interval time.Duration, stop <-chan struct{}) <-chan int64 {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
-			if s := descendantsRSSKiB(); s > peak {
+			if s := descendantsPSSKiB(); s > peak {
 				peak = s
 			}
 			select {
@@ -208,9 +210,9 @@ func treeRSS(interval time.Duration, stop <-chan struct{}) <-chan int64 {
 	return out
 }
 
-// descendantsRSSKiB is the summed resident set of this process's live
-// descendants, in KiB.
-func descendantsRSSKiB() int64 {
+// descendantsPSSKiB is the summed PSS of this process's live descendants,
+// in KiB.
+func descendantsPSSKiB() int64 {
 	children := map[int][]int{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -227,16 +229,17 @@ func descendantsRSSKiB() int64 {
 	for len(queue) > 0 {
 		pid := queue[0]
 		queue = append(queue[1:], children[pid]...)
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 		if err != nil {
 			continue
 		}
-		f := strings.Fields(string(b))
-		if len(f) < 2 {
-			continue
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				sum += n
+				break
+			}
 		}
-		pages, _ := strconv.ParseInt(f[1], 10, 64)
-		sum += pages * int64(os.Getpagesize()) / 1024
 	}
 	return sum
 }

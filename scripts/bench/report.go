@@ -274,7 +274,7 @@ func backupPart(c config, rs []Result) (string, error) {
 	}
 	sections := []struct {
 		work, title, extra string
-		extraCell           func(Result) string
+		extraCell          func(Result) string
 	}{
 		{workBackupFull, "W3: full backup of the running cluster (fast checkpoint, copy, wait for its WAL to be archived)",
 			"backup in repository MiB", func(r Result) string { return fmt.Sprintf("%.1f", float64(r.StoredBytes)/(1<<20)) }},
@@ -293,7 +293,7 @@ func backupPart(c config, rs []Result) (string, error) {
 		}
 		fmt.Fprintf(&b, "### %s\n\n", sec.title)
 		cols := strings.Count(sec.extra, "|") + 1
-		fmt.Fprintf(&b, "| store | compr. | tool | wall s | CPU s user+sys | peak RSS MiB, largest process / all processes | %s |\n", sec.extra)
+		fmt.Fprintf(&b, "| store | compr. | tool | wall s | CPU s user+sys | peak RSS MiB, largest process / all processes (PSS) | %s |\n", sec.extra)
 		b.WriteString("|---|---|---|--:|--:|--:|" + strings.Repeat("--:|", cols) + "\n")
 		for _, r := range rs {
 			if r.Spec.Workload != sec.work {
@@ -310,7 +310,7 @@ func backupPart(c config, rs []Result) (string, error) {
 	}
 
 	b.WriteString("### Ratios within this run (pgBackRest / walferry: above 1, walferry is faster or smaller)\n\n")
-	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (goal) | CPU time pgBackRest / walferry | peak RSS, all processes, walferry / pgBackRest | backup size pgBackRest / walferry |\n")
+	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (goal) | CPU time pgBackRest / walferry | peak memory, all processes (PSS), walferry / pgBackRest | backup size pgBackRest / walferry |\n")
 	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{workBackupFull, workRestore, workBackupIncr} {
 		for _, store := range c.stores {

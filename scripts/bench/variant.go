@@ -81,7 +81,7 @@ type Result struct {
 	EndMillis    float64   `json:"end_millis"`    // get: its duration
 	RepoBytes    int64     `json:"repo_bytes"`    // push: compressed size of the repository
 	DaemonMillis float64   `json:"daemon_millis"` // start-up of the daemon, not in WallSeconds
-	TreeRSSKiB   int64     `json:"tree_rss_kib"`  // W3-W5: peak of the summed RSS of all processes, sampled
+	TreeRSSKiB   int64     `json:"tree_pss_kib"`  // W3-W5: peak of the summed PSS of all processes, sampled
 	ExitCode     int       `json:"exit_code"`     // W3-W5: the command's exit status
 	StoredBytes  int64     `json:"stored_bytes"`  // W3, W5: what the backup added to the repository
 	DataBytes    int64     `json:"data_bytes"`    // W3: data directory; W4: restored directory
@@ -268,7 +268,7 @@ func finish(res Result, start time.Time) Result {
 
 // runOnce runs a one-command workload: wall time from the start of the
 // command to its exit, CPU and peak RSS of it and every process it
-// started, and the summed RSS of them all sampled every 20 ms.
+// started, and the summed PSS of them all sampled every 20 ms.
 func runOnce(res Result, spec Spec, as *runAs, logf *os.File) Result {
 	stop := make(chan struct{})
 	peak := treeRSS(20*time.Millisecond, stop)
