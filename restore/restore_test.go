@@ -35,7 +35,7 @@ var testCluster = repo.Cluster{SystemID: 7310012345678901234, PGMajor: 15, WALSe
 
 // newRepo returns an initialized repository on a fresh directory and
 // the directory (objects are files under it).
-func newRepo(t *testing.T) (*repo.Repo, string) {
+func newRepo(t testing.TB) (*repo.Repo, string) {
 	t.Helper()
 	ctx := context.Background()
 	st, root := teststore.FS(t)
@@ -611,5 +611,52 @@ func TestValidate(t *testing.T) {
 		case tt.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: got %v; want ErrInvalid containing %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// BenchmarkRestore restores a synthetic 512 MiB backup (16 files of 32
+// MiB, pages half random half zeros, one object per file, lz4) from a
+// filesystem repository and reports the throughput and each phase's share.
+func BenchmarkRestore(b *testing.B) {
+	ctx := context.Background()
+	r, _ := newRepo(b)
+	const files, size = 16, 32 * mib
+	m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n",
+		Dirs: []backup.Dir{{Path: "base", Mode: 0o700}, {Path: "base/5", Mode: 0o700}}}
+	for i := 0; i < files; i++ {
+		content := make([]byte, size)
+		rnd := randomBytes(uint64(i), size/2)
+		for p := 0; p < size/8192; p++ {
+			copy(content[p*8192:p*8192+4096], rnd[p*4096:])
+		}
+		key := repo.BackupDataKey(parentID, i)
+		if _, err := r.Put(ctx, key, bytes.NewReader(content)); err != nil {
+			b.Fatal(err)
+		}
+		m.Files = append(m.Files, backup.File{Path: "base/5/" + strconv.Itoa(16384+i), Size: size, Mode: 0o600, Sums: sums(content),
+			Extents: []backup.Extent{{Off: 0, Len: size, Key: key}}})
+	}
+	if err := backup.WriteManifest(ctx, r, m); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(files * size)
+	phases := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dir := filepath.Join(b.TempDir(), "pgdata")
+		o := testOptions(dir)
+		o.Jobs = 0
+		o.Progress = func(p Progress) { phases[p.Phase] = max(phases[p.Phase], p.Elapsed) }
+		b.StartTimer()
+		if _, err := Run(ctx, r, o); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		for k, v := range phases {
+			b.ReportMetric(v.Seconds(), k+"-s")
+		}
+		os.RemoveAll(dir)
+		b.StartTimer()
 	}
 }
