@@ -37,8 +37,9 @@ type VerifyOptions struct {
 	Jobs int
 	// BufferBudget bounds the memory held for file pieces that arrive
 	// before the piece preceding them in their 8 MiB unit (a file split
-	// across objects read in parallel); 0 means 64 MiB. Units that do not
-	// fit are checked afterwards by reading their pieces again.
+	// across objects read in parallel, or an incremental's changed pages
+	// next to its parent's); 0 means 128 MiB. Units that do not fit are
+	// checked afterwards, assembled in windows of this size.
 	BufferBudget int64
 }
 
@@ -55,7 +56,7 @@ const (
 	ProblemBackupWAL    = "backup-wal"  // WAL a backup needs is missing
 	ProblemHistory      = "history"     // a timeline history file is missing or invalid
 	maxFilesInAProblem  = 3
-	defaultBufferBudget = 64 << 20
+	defaultBufferBudget = 128 << 20
 )
 
 // Problem is one thing Verify found wrong.
@@ -422,7 +423,16 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 			return ou.refs[i].u.pieces[ou.refs[i].idx].at < ou.refs[j].u.pieces[ou.refs[j].idx].at
 		})
 	}
-	sort.Strings(keys)
+	// Newest backups' objects first: an incremental's pieces of a unit
+	// (its changed pages) are then the ones that wait in the buffer for
+	// their turn, not its parent's unchanged bulk.
+	sort.Slice(keys, func(i, j int) bool {
+		oi, oj := objectOwner(keys[i]), objectOwner(keys[j])
+		if oi != oj {
+			return oi > oj
+		}
+		return keys[i] < keys[j]
+	})
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(v.o.Jobs)
@@ -474,19 +484,11 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 		}
 		uc.pending = nil
 	}
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(v.o.Jobs)
-	for _, uc := range again {
-		g.Go(func() error {
-			if err := v.hashAgain(gctx, uc); err != nil {
-				return err
-			}
-			v.compareUnit(uc)
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	if err := v.hashAgain(ctx, again); err != nil {
 		return err
+	}
+	for _, uc := range again {
+		v.compareUnit(uc)
 	}
 	for _, uc := range units {
 		if uc.done && !unitTainted(uc, objects) {
@@ -543,67 +545,43 @@ func (v *verifier) readObject(ctx context.Context, key string, ou *objectUse) er
 		return fmt.Errorf("read %s in %s: %w", key, v.r, err)
 	}
 	defer obj.Close()
-	buf := make([]byte, 256<<10)
-	type active struct {
-		ref      unitPieceRef
-		at, end  int64
-		direct   bool
-		skip     bool
-		buffered []byte
+	type state struct {
+		direct, skip bool
+		buffered     []byte
 	}
-	var live []*active
-	next := 0
-	var off int64
-	for {
-		n, rerr := obj.Read(buf)
-		if n > 0 {
-			c0, c1 := off, off+int64(n)
-			for next < len(ou.refs) {
-				ref := ou.refs[next]
-				p := ref.u.pieces[ref.idx]
-				if p.at >= c1 {
-					break
-				}
-				a := &active{ref: ref, at: p.at, end: p.at + p.n}
-				a.direct, a.skip = v.startPiece(ref)
-				if !a.direct && !a.skip {
-					a.buffered = make([]byte, 0, p.n)
-				}
-				live = append(live, a)
-				next++
+	states := make([]state, len(ou.refs))
+	off, rerr := pieceSweep(obj, make([]byte, sweepBufSize), len(ou.refs),
+		func(i int) (int64, int64) { p := ou.refs[i].u.pieces[ou.refs[i].idx]; return p.at, p.n },
+		func(i int) {
+			st := &states[i]
+			st.direct, st.skip = v.startPiece(ou.refs[i])
+			if !st.direct && !st.skip {
+				st.buffered = make([]byte, 0, ou.refs[i].u.pieces[ou.refs[i].idx].n)
 			}
-			kept := live[:0]
-			for _, a := range live {
-				lo, hi := max(a.at, c0), min(a.end, c1)
-				if lo < hi && !a.skip {
-					b := buf[lo-c0 : hi-c0]
-					if a.direct {
-						a.ref.u.h.Write(b)
-					} else {
-						a.buffered = append(a.buffered, b...)
-					}
-				}
-				if a.end <= c1 {
-					if !a.skip {
-						v.finishPiece(a.ref, a.direct, a.buffered)
-					}
-					continue
-				}
-				kept = append(kept, a)
+		},
+		func(i int, b []byte) {
+			switch st := &states[i]; {
+			case st.skip:
+			case st.direct:
+				ou.refs[i].u.h.Write(b)
+			default:
+				st.buffered = append(st.buffered, b...)
 			}
-			live = kept
-			off = c1
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			if errors.Is(rerr, codec.ErrCorrupt) {
-				ou.bad, ou.raw = rerr.Error(), off
-				return nil
+		},
+		func(i int) {
+			st := &states[i]
+			if !st.skip {
+				v.finishPiece(ou.refs[i], st.direct, st.buffered)
 			}
-			return fmt.Errorf("read %s in %s: %w", key, v.r, rerr)
+			st.buffered = nil
+		},
+		false)
+	if rerr != nil {
+		if errors.Is(rerr, codec.ErrCorrupt) {
+			ou.bad, ou.raw = rerr.Error(), off
+			return nil
 		}
+		return fmt.Errorf("read %s in %s: %w", key, v.r, rerr)
 	}
 	ou.raw = off
 	if rec := ou.record; rec != nil {
@@ -691,25 +669,146 @@ func (v *verifier) finishPiece(ref unitPieceRef, direct bool, buffered []byte) {
 	}
 }
 
-// hashAgain hashes a unit by reading its pieces in order.
-func (v *verifier) hashAgain(ctx context.Context, u *unitCheck) error {
-	h := sha256.New()
-	for _, p := range u.pieces {
-		obj, err := v.r.Get(ctx, p.key)
-		if err != nil {
-			return fmt.Errorf("read %s in %s: %w", p.key, v.r, err)
+// sweepBufSize is the read size of object streams.
+const sweepBufSize = 256 << 10
+
+// pieceSweep streams r once and hands each of n spans (sorted by raw
+// offset, possibly overlapping) its bytes in order: start(i) before the
+// first, feed(i, b) for every part, done(i) after the last. With
+// untilLast it stops once the last span is done instead of reading to
+// EOF. It returns the bytes read and the error that ended the stream
+// (nil at EOF, or when it stopped early).
+func pieceSweep(r io.Reader, buf []byte, n int, span func(int) (at, n int64),
+	start func(int), feed func(int, []byte), done func(int), untilLast bool) (int64, error) {
+	type live struct {
+		i       int
+		at, end int64
+	}
+	var active []live
+	next, finished := 0, 0
+	var off int64
+	for {
+		if untilLast && finished == n {
+			return off, nil
 		}
-		_, err = io.CopyN(io.Discard, obj, p.at)
-		if err == nil {
-			_, err = io.CopyN(h, obj, p.n)
+		k, err := r.Read(buf)
+		if k > 0 {
+			c0, c1 := off, off+int64(k)
+			for ; next < n; next++ {
+				at, ln := span(next)
+				if at >= c1 {
+					break
+				}
+				start(next)
+				active = append(active, live{i: next, at: at, end: at + ln})
+			}
+			kept := active[:0]
+			for _, a := range active {
+				if lo, hi := max(a.at, c0), min(a.end, c1); lo < hi {
+					feed(a.i, buf[lo-c0:hi-c0])
+				}
+				if a.end <= c1 {
+					done(a.i)
+					finished++
+					continue
+				}
+				kept = append(kept, a)
+			}
+			active = kept
+			off = c1
 		}
-		obj.Close()
+		if err == io.EOF {
+			return off, nil
+		}
 		if err != nil {
-			return fmt.Errorf("read %s in %s: %w", p.key, v.r, err)
+			return off, err
 		}
 	}
-	u.got = hex.EncodeToString(h.Sum(nil))
-	u.done = true
+}
+
+// hashAgain hashes the units whose pieces did not fit in the budget when
+// they arrived out of order. They are assembled in windows of about the
+// budget (at least one unit): each window streams the objects its units
+// need once, copying the pieces into unit buffers, then hashes them.
+// Units are grouped by the objects they need, so an object is streamed
+// about once for all its units.
+func (v *verifier) hashAgain(ctx context.Context, units []*unitCheck) error {
+	sort.Slice(units, func(i, j int) bool {
+		a, b := units[i].pieces[0], units[j].pieces[0]
+		if a.key != b.key {
+			return a.key < b.key
+		}
+		return a.at < b.at
+	})
+	window := max(v.o.BufferBudget, UnitSize)
+	for i := 0; i < len(units); {
+		var size int64
+		j := i
+		for j < len(units) && (j == i || size+unitLen(units[j]) <= window) {
+			size += unitLen(units[j])
+			j++
+		}
+		if err := v.hashWindow(ctx, units[i:j]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+func unitLen(u *unitCheck) int64 {
+	var n int64
+	for _, p := range u.pieces {
+		n += p.n
+	}
+	return n
+}
+
+func (v *verifier) hashWindow(ctx context.Context, units []*unitCheck) error {
+	type place struct {
+		dst     []byte
+		at      int64
+		written int
+	}
+	perKey := map[string][]*place{}
+	bufs := make([][]byte, len(units))
+	for ui, u := range units {
+		bufs[ui] = make([]byte, unitLen(u))
+		var off int64
+		for _, p := range u.pieces {
+			perKey[p.key] = append(perKey[p.key], &place{dst: bufs[ui][off : off+p.n], at: p.at})
+			off += p.n
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(v.o.Jobs)
+	for key, places := range perKey {
+		sort.Slice(places, func(i, j int) bool { return places[i].at < places[j].at })
+		g.Go(func() error {
+			obj, err := v.r.Get(gctx, key)
+			if err != nil {
+				return fmt.Errorf("read %s in %s again: %w", key, v.r, err)
+			}
+			defer obj.Close()
+			_, err = pieceSweep(obj, make([]byte, sweepBufSize), len(places),
+				func(i int) (int64, int64) { return places[i].at, int64(len(places[i].dst)) },
+				func(int) {},
+				func(i int, b []byte) { places[i].written += copy(places[i].dst[places[i].written:], b) },
+				func(int) {},
+				true)
+			if err != nil {
+				return fmt.Errorf("read %s in %s again: %w", key, v.r, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for ui, u := range units {
+		sum := sha256.Sum256(bufs[ui])
+		u.got, u.done = hex.EncodeToString(sum[:]), true
+	}
 	return nil
 }
 
