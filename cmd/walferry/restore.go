@@ -2,12 +2,10 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -124,7 +122,7 @@ The backup is read from the first --repo that can be opened.`,
 }
 
 func (a *app) restore(c *cli.Context) error {
-	args, err := interspersed(c)
+	args, err := adminArgs(c) // flags may follow the backup id
 	if err != nil {
 		return err
 	}
@@ -292,63 +290,4 @@ func isTerminal(w io.Writer) bool {
 	}
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
-}
-
-// interspersed returns the command's arguments, parsing flags that follow
-// them ("walferry restore LATEST --pgdata DIR"): urfave/cli stops at the
-// first argument.
-func interspersed(c *cli.Context) ([]string, error) {
-	var args []string
-	rest := c.Args().Slice()
-	for len(rest) > 0 {
-		if rest[0] == "--" {
-			return append(args, rest[1:]...), nil
-		}
-		if !strings.HasPrefix(rest[0], "-") || rest[0] == "-" {
-			args = append(args, rest[0])
-			rest = rest[1:]
-			continue
-		}
-		set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
-		set.SetOutput(io.Discard)
-		byName := map[string]cli.Flag{}
-		for _, f := range c.Command.Flags {
-			if err := f.Apply(set); err != nil {
-				return nil, err
-			}
-			for _, n := range f.Names() {
-				byName[n] = f
-			}
-		}
-		if err := set.Parse(rest); err != nil {
-			return nil, usage(fmt.Errorf("%w (see: walferry %s --help)", err, c.Command.FullName()))
-		}
-		var setErr error
-		set.Visit(func(fl *flag.Flag) {
-			f := byName[fl.Name]
-			if f == nil || setErr != nil {
-				return
-			}
-			name := f.Names()[0]
-			switch v := fl.Value.(type) {
-			case *cli.StringSlice:
-				for _, s := range v.Value() {
-					if err := c.Set(name, s); err != nil {
-						setErr = err
-					}
-				}
-			default:
-				for _, n := range f.Names() {
-					if err := c.Set(n, fl.Value.String()); err != nil {
-						setErr = err
-					}
-				}
-			}
-		})
-		if setErr != nil {
-			return nil, usage(setErr)
-		}
-		rest = set.Args()
-	}
-	return args, nil
 }
