@@ -371,7 +371,9 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 		for fi := range m.Files {
 			f := &m.Files[fi]
 			for _, e := range f.Extents {
-				use(e.Key).users[m.ID] = true
+				if _, _, ok := repo.BackupIDFromKey(e.Key); ok {
+					use(e.Key).users[m.ID] = true
+				}
 			}
 			if msg := extentLayoutProblem(f); msg != "" {
 				v.problem(Problem{Kind: ProblemLayout, Backups: []string{m.ID},
@@ -462,7 +464,7 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 		for _, f := range m.Files {
 			for _, e := range f.Extents {
 				ou := objects[e.Key]
-				if ou.bad == "" && e.At >= 0 && e.At+e.Len > ou.raw {
+				if ou != nil && ou.bad == "" && e.At >= 0 && e.At+e.Len > ou.raw {
 					v.problem(Problem{Kind: ProblemLayout, Backups: []string{m.ID}, Key: e.Key,
 						Message: fmt.Sprintf("backup %s: file %s: bytes %d-%d are said to be at %d-%d of object %s, which holds only %d bytes",
 							m.ID, f.Path, e.Off, e.Off+e.Len-1, e.At, e.At+e.Len-1, e.Key, ou.raw)})
@@ -633,10 +635,7 @@ func (v *verifier) finishPiece(ref unitPieceRef, direct bool, buffered []byte) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.fallback {
-		if !direct {
-			// its budget was returned when the unit fell back
-		}
-		return
+		return // the unit is hashed again later; its budget was returned
 	}
 	if direct {
 		u.next++
