@@ -14,6 +14,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -49,27 +50,32 @@ type cluster struct {
 	url                  string   // walferry: the repository URL
 	sizeURL, sizePrefix  string   // where the tool keeps its backups, to measure them
 	restoreOK            bool     // the tool has a restore command
+	round                int      // 1..rounds; restores are checked in round 1
 	srcDigest, updDigest string
 }
 
-// runBackups runs W3-W5 for every store, compression and tool. The order
-// of the two tools alternates from one group to the next, so slow drift
-// of the shared machine's load does not always favour the same tool.
+// runBackups runs W3-W5 for every store, compression and tool, in rounds
+// (each round on fresh copies and fresh repositories; the report gives the
+// median). The order of the two tools alternates from one group and one
+// round to the next, so the drift of the shared machine's load does not
+// always favour the same tool. Restores are checked in the first round.
 func (c *config) runBackups() ([]Result, error) {
 	var out []Result
-	i := 0
-	for _, store := range c.stores {
-		for _, comp := range c.compressions {
-			tools := []string{"pgBackRest", "walferry"}
-			if i%2 == 1 {
-				tools[0], tools[1] = tools[1], tools[0]
-			}
-			i++
-			for _, tool := range tools {
-				rs, err := c.runBackupTool(tool, store, comp)
-				out = append(out, rs...)
-				if err != nil {
-					return out, fmt.Errorf("%s %s %s: %w", tool, store, comp, err)
+	for round := 1; round <= c.rounds; round++ {
+		i := round - 1
+		for _, store := range c.stores {
+			for _, comp := range c.compressions {
+				tools := []string{"pgBackRest", "walferry"}
+				if i%2 == 1 {
+					tools[0], tools[1] = tools[1], tools[0]
+				}
+				i++
+				for _, tool := range tools {
+					rs, err := c.runBackupTool(tool, store, comp, round)
+					out = append(out, rs...)
+					if err != nil {
+						return out, fmt.Errorf("%s %s %s round %d: %w", tool, store, comp, round, err)
+					}
 				}
 			}
 		}
@@ -77,9 +83,9 @@ func (c *config) runBackups() ([]Result, error) {
 	return out, nil
 }
 
-func (c *config) runBackupTool(tool, store, comp string) ([]Result, error) {
-	name := strings.ToLower(store) + "-" + comp + "-" + strings.ToLower(tool)
-	k := &cluster{c: c, tool: tool, store: store, comp: comp, name: name,
+func (c *config) runBackupTool(tool, store, comp string, round int) ([]Result, error) {
+	name := fmt.Sprintf("%s-%s-%s-r%d", strings.ToLower(store), comp, strings.ToLower(tool), round)
+	k := &cluster{c: c, tool: tool, store: store, comp: comp, name: name, round: round,
 		dir: filepath.Join(c.work, "backup", name)}
 	k.pgdata = filepath.Join(k.dir, "pg")
 	var err error
@@ -118,8 +124,10 @@ func (c *config) runBackupTool(tool, store, comp string) ([]Result, error) {
 	if full.Err != "" {
 		return out, nil // nothing to restore or to build on; the report shows why
 	}
-	if k.srcDigest, err = k.psql(k.port, digestSQL); err != nil {
-		return out, step("digest", err)
+	if round == 1 {
+		if k.srcDigest, err = k.psql(k.port, digestSQL); err != nil {
+			return out, step("digest", err)
+		}
 	}
 
 	// W4: restore of the full backup into an empty directory.
@@ -139,8 +147,10 @@ func (c *config) runBackupTool(tool, store, comp string) ([]Result, error) {
 			}
 			if r.Err == "" {
 				r.DataBytes = dirBytes(dest)
-				r.Check = k.checkRestore(dest, k.srcDigest)
-				fmt.Fprintf(os.Stderr, "bench: %s: restored %d MiB, check: %s\n", name, r.DataBytes>>20, r.Check)
+				if round == 1 {
+					r.Check = k.checkRestore(dest, k.srcDigest)
+					fmt.Fprintf(os.Stderr, "bench: %s: restored %d MiB, check: %s\n", name, r.DataBytes>>20, r.Check)
+				}
 			}
 			os.RemoveAll(dest)
 			record(r)
@@ -174,17 +184,17 @@ func (c *config) runBackupTool(tool, store, comp string) ([]Result, error) {
 		if err != nil {
 			incr.Notes = append(incr.Notes, "repository size: "+err.Error())
 		}
-		if k.updDigest, err = k.psql(k.port, digestSQL); err != nil {
-			return out, step("digest", err)
-		}
-		if k.restoreOK {
+		if k.restoreOK && round == 1 {
+			if k.updDigest, err = k.psql(k.port, digestSQL); err != nil {
+				return out, step("digest", err)
+			}
 			// Not timed: the restore of the incremental backup (its chain).
 			dest := filepath.Join(k.dir, "restore-incr")
 			if err := k.emptyDir(dest); err != nil {
 				return out, err
 			}
 			if _, err := k.asPG(k.restoreArgv(dest)...); err != nil {
-				incr.Check = "restore failed: " + firstLine(err.Error())
+				incr.Check = "restore FAILED: " + k.short(err)
 			} else {
 				incr.Check = k.checkRestore(dest, k.updDigest)
 			}
@@ -219,7 +229,7 @@ func (k *cluster) prepare() error {
 		"PGDATA=" + k.pgdata, "PGHOST=" + c.sockDir, "PGPORT=" + strconv.Itoa(k.port),
 		"PGUSER=postgres", "PGDATABASE=postgres",
 	}
-	repoPath := "/" + k.name
+	repoPath := "/" + k.name // a repository per tool, store, compression and round
 	var archiveCommand string
 	switch k.tool {
 	case "walferry":
@@ -339,7 +349,7 @@ func (k *cluster) restoreArgv(dest string) []string {
 func (k *cluster) spec(work string, argv []string) Spec {
 	return Spec{
 		Tool: k.tool, Mode: fmt.Sprintf("%d jobs", backupJobs), Workload: work, Store: k.store, Compression: k.comp,
-		PGData: k.pgdata, Command: argv, Env: k.env,
+		PGData: k.pgdata, Command: argv, Env: k.env, Round: k.round,
 		UID: k.c.as.uid, GID: k.c.as.gid, Home: k.c.as.home,
 		LogFile: filepath.Join(k.c.work, "logs", k.name+".log"),
 	}
@@ -400,7 +410,7 @@ func (k *cluster) checkRestore(dest, want string) string {
 	logFile := dest + ".log"
 	opts := fmt.Sprintf("-c port=%d -c archive_mode=off -c listen_addresses='' -c unix_socket_directories=%s", port, k.c.sockDir)
 	if _, err := k.asPG(filepath.Join(k.c.pgbin, "pg_ctl"), "-D", dest, "-l", logFile, "-w", "-t", "300", "-o", opts, "start"); err != nil {
-		return "restored cluster did not start: " + firstLine(err.Error()) + " (" + logFile + ")"
+		return "restored cluster did not start: " + k.short(err) + " (" + strings.ReplaceAll(logFile, k.c.work, "$WORK") + ")"
 	}
 	defer k.asPG(filepath.Join(k.c.pgbin, "pg_ctl"), "-D", dest, "-m", "immediate", "-w", "stop")
 	deadline := time.Now().Add(5 * time.Minute)
@@ -416,7 +426,7 @@ func (k *cluster) checkRestore(dest, want string) string {
 	}
 	got, err := k.psql(port, digestSQL)
 	if err != nil {
-		return "digest: " + firstLine(err.Error())
+		return "digest: " + k.short(err)
 	}
 	if got != want {
 		return fmt.Sprintf("MISMATCH: digest %s, source %s", got, want)
@@ -453,6 +463,10 @@ func (k *cluster) asPG(argv ...string) (string, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return "", &pgError{argv: argv, code: ee.ExitCode(), stderr: string(bytes.TrimSpace(stderr.Bytes()))}
+	}
 	if err != nil {
 		return "", fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(stderr.Bytes()))
 	}
@@ -491,6 +505,28 @@ func dirBytes(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// short is err without the command line and with the run's work
+// directory elided, for a table cell.
+func (k *cluster) short(err error) string {
+	var pe *pgError
+	msg := err.Error()
+	if errors.As(err, &pe) {
+		msg = fmt.Sprintf("exit %d: %s", pe.code, firstLine(pe.stderr))
+	}
+	return strings.ReplaceAll(msg, k.c.work, "$WORK")
+}
+
+// pgError is a failed command of asPG.
+type pgError struct {
+	argv   []string
+	code   int
+	stderr string
+}
+
+func (e *pgError) Error() string {
+	return fmt.Sprintf("%s: exit status %d: %s", strings.Join(e.argv, " "), e.code, e.stderr)
 }
 
 func firstLine(s string) string {

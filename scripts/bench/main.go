@@ -83,6 +83,7 @@ type config struct {
 	walAbout           string // the same for W1-W2
 	backupDataBytes    int64  // its data directory's size
 	pgbin, sockDir     string
+	rounds             int // W3-W5 are measured this many times
 	walferryHasRestore bool
 }
 
@@ -117,6 +118,7 @@ func allMain(args []string) error {
 	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown describing the W3-W5 workload")
 	fl.StringVar(&c.walAbout, "wal-about", "", "markdown describing the W1-W2 workload")
 	fl.StringVar(&c.pgbin, "pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL's programs")
+	fl.IntVar(&c.rounds, "rounds", 3, "rounds of W3-W5 (the report gives the median)")
 	fl.StringVar(&c.sockDir, "socket-dir", "", "directory of the servers' unix sockets (default: --work)")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -317,7 +319,11 @@ func (c *config) run(spec Spec) (Result, error) {
 	cmd := exec.Command(c.self, "variant")
 	cmd.Stdin = bytes.NewReader(in)
 	cmd.Stderr = os.Stderr
-	fmt.Fprintf(os.Stderr, "bench: %-11s %-6s %-4s %-10s %-10s ... ", spec.Workload, spec.Store, spec.Compression, spec.Tool, spec.Mode)
+	mode := spec.Mode
+	if spec.Round > 0 {
+		mode = fmt.Sprintf("round %d", spec.Round)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %-11s %-6s %-4s %-10s %-10s ... ", spec.Workload, spec.Store, spec.Compression, spec.Tool, mode)
 	out, err := cmd.Output()
 	if err != nil {
 		return Result{}, fmt.Errorf("variant %s %s: %w", spec.Tool, spec.Mode, err)

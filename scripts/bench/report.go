@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 )
 
@@ -170,8 +171,12 @@ func problems(rs []Result, in func(Result) bool) string {
 	var notes []string
 	for _, r := range rs {
 		if in(r) && (len(r.Notes) > 0 || r.Err != "") {
+			mode := r.Spec.Mode
+			if r.Spec.Round > 0 {
+				mode = fmt.Sprintf("round %d", r.Spec.Round)
+			}
 			notes = append(notes, fmt.Sprintf("- %s %s %s %s %s: %s", r.Spec.Workload, r.Spec.Store, r.Spec.Compression,
-				r.Spec.Tool, r.Spec.Mode, strings.TrimSpace(errSuffix(r))))
+				r.Spec.Tool, mode, strings.TrimSpace(errSuffix(r))))
 		}
 	}
 	if len(notes) == 0 {
@@ -256,6 +261,70 @@ func splice(path string, parts map[string]string) error {
 // goals of the issue for W3-W5: walferry's speed-up over pgBackRest.
 var backupGoal = map[string]float64{workBackupFull: 1.5, workRestore: 1.5, workBackupIncr: 3}
 
+var workloadName = map[string]string{workBackupFull: "W3", workRestore: "W4", workBackupIncr: "W5"}
+
+// cellRuns are the rounds of one workload, store, compression and tool.
+type cellRuns struct {
+	ok     []Result // successful rounds, by wall time
+	failed []Result
+	first  *Result // round 1 (restore checks, sizes), when it succeeded
+}
+
+func collect(rs []Result, work, store, comp, tool string) cellRuns {
+	var c cellRuns
+	for i := range rs {
+		r := rs[i]
+		if r.Spec.Workload != work || r.Spec.Store != store || r.Spec.Compression != comp || r.Spec.Tool != tool {
+			continue
+		}
+		if r.Err != "" || r.WallSeconds == 0 {
+			c.failed = append(c.failed, r)
+			continue
+		}
+		c.ok = append(c.ok, r)
+		if r.Spec.Round == 1 {
+			c.first = &c.ok[len(c.ok)-1]
+		}
+	}
+	sort.Slice(c.ok, func(i, j int) bool { return c.ok[i].WallSeconds < c.ok[j].WallSeconds })
+	for i := range c.ok {
+		if c.ok[i].Spec.Round == 1 {
+			c.first = &c.ok[i]
+		}
+	}
+	return c
+}
+
+// median is the round with the median wall time (the lower one of two).
+func (c cellRuns) median() *Result {
+	if len(c.ok) == 0 {
+		return nil
+	}
+	return &c.ok[(len(c.ok)-1)/2]
+}
+
+func (c cellRuns) peaks() (rss, pss int64) {
+	for _, r := range c.ok {
+		rss, pss = max(rss, r.MaxRSSKiB), max(pss, r.TreeRSSKiB)
+	}
+	return rss, pss
+}
+
+func (c cellRuns) wallCell() string {
+	m := c.median()
+	if len(c.ok) == 1 {
+		return fmt.Sprintf("%.2f", m.WallSeconds)
+	}
+	return fmt.Sprintf("%.2f (%.2f-%.2f)", m.WallSeconds, c.ok[0].WallSeconds, c.ok[len(c.ok)-1].WallSeconds)
+}
+
+func (c cellRuns) sizeRun() *Result {
+	if c.first != nil {
+		return c.first
+	}
+	return c.median()
+}
+
 func backupPart(c config, rs []Result) (string, error) {
 	var b strings.Builder
 	about, err := aboutBlock(c, c.backupAbout)
@@ -263,59 +332,74 @@ func backupPart(c config, rs []Result) (string, error) {
 		return "", err
 	}
 	b.WriteString(about)
-	cell := func(r Result) string {
-		if r.Err != "" {
-			return "FAILED: " + r.Err
-		}
-		return ""
-	}
-	rss := func(r Result) string {
-		return fmt.Sprintf("%s / %s", mib(r.MaxRSSKiB), mib(r.TreeRSSKiB))
+	if c.rounds > 1 {
+		fmt.Fprintf(&b, "Each cell is the median of %d rounds (fresh copies of the cluster, fresh repositories), "+
+			"with the fastest and slowest round in parentheses; CPU time is the median round's, peak memory the largest of any round. "+
+			"Restores were checked in round 1.\n\n", c.rounds)
 	}
 	sections := []struct {
 		work, title, extra string
-		extraCell          func(Result) string
+		extraCell          func(cellRuns) string
 	}{
 		{workBackupFull, "W3: full backup of the running cluster (fast checkpoint, copy, wait for its WAL to be archived)",
-			"backup in repository MiB", func(r Result) string { return fmt.Sprintf("%.1f", float64(r.StoredBytes)/(1<<20)) }},
+			"backup in repository MiB", func(cr cellRuns) string {
+				return fmt.Sprintf("%.1f", float64(cr.sizeRun().StoredBytes)/(1<<20))
+			}},
 		{workRestore, "W4: restore of that full backup into an empty directory",
-			"restored MiB | restored cluster started, digest", func(r Result) string {
-				return fmt.Sprintf("%.0f | %s", float64(r.DataBytes)/(1<<20), orDash(r.Check))
+			"restored MiB | restored cluster started, tables compared", func(cr cellRuns) string {
+				r := cr.sizeRun()
+				chk := "-"
+				if cr.first != nil {
+					chk = orDash(cr.first.Check)
+				}
+				return fmt.Sprintf("%.0f | %s", float64(r.DataBytes)/(1<<20), chk)
 			}},
 		{workBackupIncr, "W5: incremental backup after `" + updateSQL + "` and `CHECKPOINT`",
-			"backup in repository MiB | its restore, digest", func(r Result) string {
-				return fmt.Sprintf("%.1f | %s", float64(r.StoredBytes)/(1<<20), orDash(r.Check))
+			"backup in repository MiB | restore of it, tables compared", func(cr cellRuns) string {
+				chk := "-"
+				if cr.first != nil {
+					chk = orDash(cr.first.Check)
+				}
+				return fmt.Sprintf("%.1f | %s", float64(cr.sizeRun().StoredBytes)/(1<<20), chk)
 			}},
 	}
 	for _, sec := range sections {
-		if !c.want[map[string]string{workBackupFull: "W3", workRestore: "W4", workBackupIncr: "W5"}[sec.work]] {
+		if !c.want[workloadName[sec.work]] {
 			continue
 		}
 		fmt.Fprintf(&b, "### %s\n\n", sec.title)
 		cols := strings.Count(sec.extra, "|") + 1
 		fmt.Fprintf(&b, "| store | compr. | tool | wall s | CPU s user+sys | peak RSS MiB, largest process / all processes (PSS) | %s |\n", sec.extra)
 		b.WriteString("|---|---|---|--:|--:|--:|" + strings.Repeat("--:|", cols) + "\n")
-		for _, r := range rs {
-			if r.Spec.Workload != sec.work {
-				continue
+		for _, store := range c.stores {
+			for _, comp := range c.compressions {
+				for _, tool := range []string{"pgBackRest", "walferry"} {
+					cr := collect(rs, sec.work, store, comp, tool)
+					m := cr.median()
+					if m == nil {
+						if len(cr.failed) > 0 {
+							fmt.Fprintf(&b, "| %s | %s | %s | FAILED: %s |%s\n", store, comp, tool,
+								strings.ReplaceAll(cr.failed[0].Err, "|", "/"), strings.Repeat(" |", 2+cols))
+						}
+						continue
+					}
+					rss, pss := cr.peaks()
+					fmt.Fprintf(&b, "| %s | %s | %s | %s | %.2f + %.2f | %s / %s | %s |\n", store, comp, tool,
+						cr.wallCell(), m.UserSeconds, m.SysSeconds, mib(rss), mib(pss), sec.extraCell(cr))
+				}
 			}
-			if f := cell(r); f != "" {
-				fmt.Fprintf(&b, "| %s | %s | %s | %s |%s\n", r.Spec.Store, r.Spec.Compression, r.Spec.Tool, f, strings.Repeat(" |", 2+cols))
-				continue
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f + %.2f | %s | %s |\n", r.Spec.Store, r.Spec.Compression, r.Spec.Tool,
-				r.WallSeconds, r.UserSeconds, r.SysSeconds, rss(r), sec.extraCell(r))
 		}
 		b.WriteString("\n")
 	}
 
-	b.WriteString("### Ratios within this run (pgBackRest / walferry: above 1, walferry is faster or smaller)\n\n")
+	b.WriteString("### Ratios within this run (pgBackRest / walferry, medians: above 1, walferry is faster or smaller)\n\n")
 	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (goal) | CPU time pgBackRest / walferry | peak memory, all processes (PSS), walferry / pgBackRest | backup size pgBackRest / walferry |\n")
 	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{workBackupFull, workRestore, workBackupIncr} {
 		for _, store := range c.stores {
 			for _, comp := range c.compressions {
-				pb, wf := findOK(rs, w, store, comp, "pgBackRest"), findOK(rs, w, store, comp, "walferry")
+				pbc, wfc := collect(rs, w, store, comp, "pgBackRest"), collect(rs, w, store, comp, "walferry")
+				pb, wf := pbc.median(), wfc.median()
 				if pb == nil || wf == nil {
 					continue
 				}
@@ -326,13 +410,15 @@ func backupPart(c config, rs []Result) (string, error) {
 					mark = "not met"
 				}
 				size := "-"
-				if w != workRestore && wf.StoredBytes > 0 {
-					size = fmt.Sprintf("%.2f", float64(pb.StoredBytes)/float64(wf.StoredBytes))
+				if w != workRestore && wfc.sizeRun().StoredBytes > 0 {
+					size = fmt.Sprintf("%.2f", float64(pbc.sizeRun().StoredBytes)/float64(wfc.sizeRun().StoredBytes))
 				}
+				_, pbPSS := pbc.peaks()
+				_, wfPSS := wfc.peaks()
 				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.1fx: %s) | %.2f | %.2f | %s |\n", label, store, comp,
 					pb.WallSeconds, wf.WallSeconds, speed, backupGoal[w], mark,
 					(pb.UserSeconds+pb.SysSeconds)/(wf.UserSeconds+wf.SysSeconds),
-					float64(wf.TreeRSSKiB)/float64(pb.TreeRSSKiB), size)
+					float64(wfPSS)/float64(pbPSS), size)
 			}
 		}
 	}
@@ -340,19 +426,15 @@ func backupPart(c config, rs []Result) (string, error) {
 	return b.String(), nil
 }
 
+// orDash makes s a table cell: "-" when empty, no "|", at most 200
+// characters.
 func orDash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
-}
-
-func findOK(rs []Result, work, store, comp, tool string) *Result {
-	for i := range rs {
-		r := &rs[i]
-		if r.Spec.Workload == work && r.Spec.Store == store && r.Spec.Compression == comp && r.Spec.Tool == tool && r.Err == "" && r.WallSeconds > 0 {
-			return r
-		}
+	s = strings.ReplaceAll(s, "|", "/")
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:200]) + "..."
 	}
-	return nil
+	return s
 }

@@ -30,6 +30,7 @@
 # Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; W2 needs W1 and
 # W4, W5 need W3, which then run too), BENCH_SEGMENTS (200), BENCH_SCALE
 # (pgbench -i scale of W1-W2's WAL, 60), BENCH_BACKUP_SCALE (W3-W5, 100),
+# BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 3),
 # BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
 # (docs/benchmarks.md), BENCH_KEEP=1 keeps the work directory.
 # Must run as root (the hooks run as the postgres OS user, like PostgreSQL's).
@@ -41,6 +42,7 @@ SEGMENTS=${BENCH_SEGMENTS:-200}
 SCALE=${BENCH_SCALE:-60}
 BACKUP_SCALE=${BENCH_BACKUP_SCALE:-100}
 WORKLOADS=${BENCH_WORKLOADS:-W1,W2,W3,W4,W5}
+ROUNDS=${BENCH_ROUNDS:-3}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
@@ -187,10 +189,11 @@ CONF
 fi
 
 # --- the run ---------------------------------------------------------------------
-invocation="make bench"
-for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_STORES BENCH_COMPRESSIONS; do
-	[ -n "${!v:-}" ] && invocation="$v=${!v} $invocation"
+invocation=""
+for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS; do
+	if [ -n "${!v:-}" ]; then invocation="$invocation$v=${!v} "; fi
 done
+invocation="${invocation}make bench"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 {
@@ -208,7 +211,7 @@ log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
 	SSL_CERT_FILE=$work/certs/public.crt AWS_CA_BUNDLE=$work/certs/public.crt \
 	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --pgbackrest "$(command -v pgbackrest)" \
-	--workloads "$WORKLOADS" --pgbin "$PGBIN" --socket-dir "$work" \
+	--workloads "$WORKLOADS" --rounds "$ROUNDS" --pgbin "$PGBIN" --socket-dir "$work" \
 	--template "$work/template" --wal "$work/wal" --wal-about "${wal_about:-}" \
 	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \

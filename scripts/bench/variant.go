@@ -64,6 +64,7 @@ type Spec struct {
 	// Command is the argv of a one-command workload (W3-W5), run once in
 	// PGData as the postgres OS user; its stdout and stderr go to LogFile.
 	Command []string
+	Round   int // W3-W5: 1..rounds
 }
 
 // Result is what a variant measured.
@@ -268,10 +269,10 @@ func finish(res Result, start time.Time) Result {
 
 // runOnce runs a one-command workload: wall time from the start of the
 // command to its exit, CPU and peak RSS of it and every process it
-// started, and the summed PSS of them all sampled every 20 ms.
+// started, and the summed PSS of them all sampled every 50 ms.
 func runOnce(res Result, spec Spec, as *runAs, logf *os.File) Result {
 	stop := make(chan struct{})
-	peak := treeRSS(20*time.Millisecond, stop)
+	peak := treeRSS(50*time.Millisecond, stop)
 	start := time.Now()
 	pid, err := spawn(spec.Command, spec.PGData, spec.Env, as, logf)
 	if err != nil {
