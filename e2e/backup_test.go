@@ -315,6 +315,9 @@ func testBackupRetention(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 		pgRun(t, primary, time.Minute, "pgbench", "-n", "-c", "2", "-t", "100")
 		psql(t, primary, "SELECT pg_switch_wal()")
 	}
+	// The backups follow each other closely (work takes well under a
+	// second here), so two of the same type may start within one second:
+	// backup-push must then wait for a fresh id.
 	f1 := backupPush(t, primary, url)
 	work()
 	f2 := backupPush(t, primary, url)
