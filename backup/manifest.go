@@ -72,6 +72,7 @@ type Manifest struct {
 	SystemID      uint64 `json:"system_identifier,string"`
 	PGVersionNum  int    `json:"pg_version_num"`
 	DataChecksums bool   `json:"data_checksums"`
+	WALLogHints   bool   `json:"wal_log_hints"`
 	// Owner is the OS user owning the data directory; a restore run as
 	// root gives the restored files to this user when it exists.
 	Owner string `json:"owner,omitempty"`

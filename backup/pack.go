@@ -84,9 +84,11 @@ type packer struct {
 	files    []entry
 	startLSN pg.LSN
 	checksum bool // verify page checksums
-	parent   *Manifest
-	parentFS map[string]*File
-	readDone *atomic.Int64 // progress: bytes read
+	// pageLevel allows page-level incrementals (see changedRanges).
+	pageLevel bool
+	parent    *Manifest
+	parentFS  map[string]*File
+	readDone  *atomic.Int64 // progress: bytes read
 
 	mu      sync.Mutex
 	results map[piece]*pieceResult
@@ -327,10 +329,13 @@ type byteRange struct {
 
 // changedRanges decides which bytes of a unit this backup stores. Without
 // a parent copy, all of them. With one: none when the unit's checksum is
-// the parent's; for relation files, the pages whose LSN is at or after
-// the parent's start (every change since then is WAL-logged and stamps
-// the page), the pages the parent did not have, and new (zeroed) pages;
-// for other files the whole unit.
+// the parent's. Otherwise, when page LSNs are trustworthy (pageLevel: data
+// checksums or wal_log_hints, so even hint-bit changes stamp the page,
+// on this backup and its parent) and the file is a main or init fork: the
+// pages whose LSN is at or after the parent's start, the pages the parent
+// did not have, and new (zeroed) pages; every other page is byte for byte
+// the parent's, so the unit's checksum still describes what a restore
+// writes. In every other case the whole unit.
 func (p *packer) changedRanges(f *entry, parentFile *File, unitOff int64, data []byte, sum string) []byteRange {
 	all := []byteRange{{from: 0, to: int64(len(data)), fresh: true}}
 	if parentFile == nil {
@@ -341,7 +346,7 @@ func (p *packer) changedRanges(f *entry, parentFile *File, unitOff int64, data [
 		unitOff+int64(len(data)) <= parentFile.Size {
 		return []byteRange{{from: 0, to: int64(len(data)), fresh: false}}
 	}
-	if !f.relation || len(data)%pg.PageSize != 0 {
+	if !p.pageLevel || !f.lsnStamped || len(data)%pg.PageSize != 0 {
 		return all
 	}
 	var out []byteRange

@@ -171,7 +171,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	m := &Manifest{
 		FormatVersion: ManifestVersion, ID: id, Type: typ, Mode: "local",
 		SystemID: info.SystemID, PGVersionNum: info.VersionNum, DataChecksums: info.DataChecksums,
-		Timeline: info.Timeline,
+		WALLogHints: info.WALLogHints, Timeline: info.Timeline,
 	}
 	if o.Remote {
 		m.Mode = "remote"
@@ -209,6 +209,10 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	}()
 
 	p := newPacker(r, id, nil, 0, info.DataChecksums, parent, &done)
+	// Page-level incrementals need every change, hint bits included, to
+	// stamp the page's LSN, on this backup and on its parent.
+	p.pageLevel = parent != nil && (info.DataChecksums || info.WALLogHints) &&
+		(parent.DataChecksums || parent.WALLogHints)
 	tick := time.NewTicker(200 * time.Millisecond)
 	copyDone := make(chan struct{})
 	go func() {

@@ -76,7 +76,7 @@ func (s *remoteSource) identify(ctx context.Context) error {
 	}
 	s.pgInfo.Timeline = pg.TimeLineID(isr.Timeline)
 	settings := map[string]string{}
-	for _, name := range []string{"server_version_num", "wal_segment_size", "data_checksums", "archive_mode", "server_version"} {
+	for _, name := range []string{"server_version_num", "wal_segment_size", "data_checksums", "archive_mode", "server_version", "wal_log_hints"} {
 		res, err := s.conn.Exec(ctx, "SHOW "+name).ReadAll()
 		if err != nil {
 			return fmt.Errorf("SHOW %s: %w", name, err)
@@ -98,6 +98,7 @@ func (s *remoteSource) identify(ctx context.Context) error {
 		return fmt.Errorf("wal_segment_size: %w", err)
 	}
 	s.pgInfo.DataChecksums = settings["data_checksums"] == "on"
+	s.pgInfo.WALLogHints = settings["wal_log_hints"] == "on"
 	s.pgInfo.BlockSize = pg.PageSize
 	return checkArchiveMode(settings["archive_mode"])
 }
@@ -533,6 +534,7 @@ func (st *streamPacker) readFile(tr io.Reader, hdr *tar.Header, rel string) erro
 	en := &entry{rel: rel, size: hdr.Size, mode: hdr.FileInfo().Mode().Perm(), mtime: hdr.ModTime.Unix()}
 	if m := relFileName.FindStringSubmatch(path.Base(rel)); m != nil && inDatabaseDir(rel) {
 		en.relation = true
+		en.lsnStamped = m[3] == "" || m[3] == "init"
 		if m[5] != "" {
 			seg, _ := strconv.ParseUint(m[5], 10, 32)
 			en.firstBlock = uint32(seg) * pg.RelSegmentBlocks

@@ -49,7 +49,6 @@ var excludeTopFiles = map[string]bool{
 // relFileName matches relation files: <relfilenode>[_fork][.segment].
 var relFileName = regexp.MustCompile(`^([0-9]+)(_(fsm|vm|init))?(\.([0-9]+))?$`)
 
-
 // entry is a file found in the data directory.
 type entry struct {
 	rel   string // manifest path, "/"-separated
@@ -61,6 +60,11 @@ type entry struct {
 	// is the block number of the file's first page within its relation.
 	relation   bool
 	firstBlock uint32
+	// lsnStamped is set for the main and init forks, whose pages carry
+	// the LSN of their last WAL-logged change; the free space map is not
+	// WAL-logged and visibility map bits are cleared without stamping the
+	// map's page, so their pages' LSNs say nothing.
+	lsnStamped bool
 }
 
 // scan is the result of walking a data directory.
@@ -183,6 +187,7 @@ func (s *scan) walk(dir, rel string, top bool) error {
 			en := entry{rel: childRel, abs: abs, size: st.Size(), mode: st.Mode().Perm(), mtime: st.ModTime().Unix()}
 			if m != nil && inDatabaseDir(childRel) {
 				en.relation = true
+				en.lsnStamped = m[3] == "" || m[3] == "init"
 				if m[5] != "" {
 					seg, _ := strconv.ParseUint(m[5], 10, 32)
 					en.firstBlock = uint32(seg) * pg.RelSegmentBlocks

@@ -40,8 +40,9 @@ in a sidecar that mounts the data volume.
 
 --incremental stores only what changed since the newest backup in the
 repository: unchanged files and 8 MiB units are recognised by checksum,
-and inside changed relation files only the pages whose LSN is newer than
-the previous backup's start are stored. When there is no backup yet, or the
+and, when the cluster has data checksums or wal_log_hints, inside changed
+relation files only the pages whose LSN is newer than the previous
+backup's start are stored. When there is no backup yet, or the
 newest is on another timeline, a full backup is taken. Full is the default.
 
 Page checksums are verified while reading when the cluster has them; a

@@ -142,7 +142,10 @@ type Info struct {
 	WALSegSize    int64  // bytes
 	BlockSize     int
 	DataChecksums bool
-	InRecovery    bool
+	// WALLogHints is wal_log_hints: with it (or data checksums) even a
+	// hint-bit change stamps the page with a new LSN.
+	WALLogHints bool
+	InRecovery  bool
 	// Timeline is the timeline of the latest checkpoint
 	// (pg_control_checkpoint()); on a standby it may trail the timeline
 	// being replayed until the next restartpoint.
@@ -161,7 +164,8 @@ const clusterInfoQuery = `SELECT
 	current_setting('block_size'),
 	current_setting('data_checksums'),
 	pg_is_in_recovery(),
-	(SELECT timeline_id FROM pg_control_checkpoint())`
+	(SELECT timeline_id FROM pg_control_checkpoint()),
+	current_setting('wal_log_hints') = 'on'`
 
 // ClusterInfo asks the server who it is: system identifier, version, WAL
 // segment size, block size, data checksums, recovery state and timeline.
@@ -173,7 +177,7 @@ func ClusterInfo(ctx context.Context, conn *pgx.Conn) (Info, error) {
 		tli                                      int32
 	)
 	err := conn.QueryRow(ctx, clusterInfoQuery).Scan(&sysID, &versionNum, &info.Version,
-		&segSize, &blockSize, &checksum, &info.InRecovery, &tli)
+		&segSize, &blockSize, &checksum, &info.InRecovery, &tli, &info.WALLogHints)
 	if err != nil {
 		return Info{}, fmt.Errorf("pg: query cluster info: %w", err)
 	}
