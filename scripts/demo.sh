@@ -3,10 +3,11 @@
 # filesystem repository. Everything lives in one temporary directory that is
 # removed at the end, and the server is stopped even when a step fails.
 #
-# What it shows grows with walferry: today repository creation, checks, the
-# wrong-cluster guard, WAL archiving (archive_command, archive-get, the
-# daemon) and WAL streaming (wal-receive). Backups, restoring a standby and
-# switching it to streaming join as those commands land.
+# What it shows: repository creation, checks, the wrong-cluster guard, WAL
+# archiving (archive_command, archive-get, the daemon), WAL streaming
+# (wal-receive), full and incremental base backups, restoring a standby from
+# the repository, switching it from archive replay to streaming, and the
+# status of it all (repository, backups, verify, replication).
 set -euo pipefail
 
 PGBIN=${WALFERRY_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -33,6 +34,7 @@ cleanup() {
   pkill -TERM -f "^$work/walferry wal-receive" 2>/dev/null || true
   as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/other" -m immediate stop >/dev/null 2>&1 || true
+  as_pg "$PGBIN/pg_ctl" -D "$work/standby" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -198,5 +200,58 @@ for i in $(seq 1 100); do pgrep -f "^$work/walferry wal-receive" >/dev/null || b
 echo "the receiver's log:"
 sed 's/^/  /' "$work/receive.log"
 
+step "Base backup: walferry backup-push (full), while the primary keeps working"
+run wf backup-push --config "$work/walferry.yaml" --pgdata "$work/primary" \
+  --pg-conn "host=127.0.0.1 port=$port user=postgres dbname=postgres"
+psql -c "UPDATE accounts SET balance = balance + 1 WHERE id <= 2000" \
+     -c "CREATE TABLE orders AS SELECT g AS id, now() AS at FROM generate_series(1, 5000) g"
+step "An incremental backup stores only what changed since"
+run wf backup-push --config "$work/walferry.yaml" --pgdata "$work/primary" --incremental \
+  --pg-conn "host=127.0.0.1 port=$port user=postgres dbname=postgres"
+run wf backup-list --config "$work/walferry.yaml"
+
+step "Restore a standby from the repository (no connection to the primary needed)"
+run wf restore LATEST --config "$work/walferry.yaml" --pgdata "$work/standby" --standby
+sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The restored postgresql.conf is the primary's; give the standby its own port.
+cat >>"$work/standby/postgresql.conf" <<CONF
+port = $sport
+CONF
+echo "restore_command written by walferry:"
+grep -A3 'walferry' "$work/standby/postgresql.auto.conf" | sed 's/^/  /'
+as_pg "$PGBIN/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w start >/dev/null
+spsql() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$sport" -U postgres -X -q "$@"; }
+psql -c "INSERT INTO orders SELECT g, now() FROM generate_series(5001, 6000) g" -c "SELECT pg_switch_wal()" >/dev/null
+want=$(psql -Atc "SELECT count(*) || '/' || sum(balance) FROM accounts")
+for i in $(seq 1 120); do
+  got=$(spsql -Atc "SELECT (SELECT count(*) FROM orders) || ' ' || (SELECT count(*) || '/' || sum(balance) FROM accounts)" 2>/dev/null || true)
+  [ "$got" = "6000 $want" ] && break
+  sleep 0.5
+done
+echo "standby (archive replay): orders/accounts = $got; primary: 6000 $want"
+[ "$got" = "6000 $want" ] || { echo "demo: the standby did not catch up from the archive:" >&2; tail -20 "$work/standby.log" >&2; exit 1; }
+grep -c 'restored log file' "$work/standby.log" | sed 's/^/WAL files replayed from the repository: /'
+
+step "Switch the standby from archive replay to streaming from the primary"
+spsql -c "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=$port user=postgres application_name=standby'" \
+      -c "SELECT pg_reload_conf()" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(spsql -Atc "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null)" = streaming ] && break
+  sleep 0.2
+done
+spsql -c "SELECT status, sender_host, sender_port, flushed_lsn FROM pg_stat_wal_receiver"
+psql -c "INSERT INTO orders VALUES (6001, now())" >/dev/null
+for i in $(seq 1 50); do
+  [ "$(spsql -Atc 'SELECT max(id) FROM orders')" = 6001 ] && break
+  sleep 0.1
+done
+echo "a row inserted on the primary is on the standby at once (no segment switch): max(id) = $(spsql -Atc 'SELECT max(id) FROM orders')"
+[ "$(spsql -Atc 'SELECT max(id) FROM orders')" = 6001 ] || { echo "demo: the standby does not stream" >&2; exit 1; }
+
+step "Status: replication on the primary, the repository, the backups, and a full verify"
+psql -c "SELECT application_name, state, sync_state, replay_lsn FROM pg_stat_replication"
+run wf repo info --config "$work/walferry.yaml"
+run wf verify --config "$work/walferry.yaml" --wal
+
 step "Done"
-echo "The demo's PostgreSQL is stopped and $work is removed on exit."
+echo "The demo's servers are stopped and $work is removed on exit. See README.md for the commands."
