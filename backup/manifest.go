@@ -235,14 +235,15 @@ func WriteManifest(ctx context.Context, r *repo.Repo, m *Manifest) error {
 
 // IDs lists the ids of the complete backups (those with a manifest),
 // oldest first, and the ids of prefixes without a manifest (interrupted
-// or in-progress backups).
+// or in-progress backups). Prefixes whose name is not a backup id are not
+// walferry's and are ignored.
 func IDs(ctx context.Context, r *repo.Repo) (complete, incomplete []string, err error) {
 	seen := map[string]bool{}
 	var order []string
 	err = r.Store().List(ctx, repo.BackupsPrefix, func(oi storage.ObjectInfo) error {
 		id, isManifest, ok := repo.BackupIDFromKey(oi.Key)
-		if !ok {
-			return nil
+		if !ok || !validID(id) {
+			return nil // not walferry's: left alone, never deleted
 		}
 		if _, known := seen[id]; !known {
 			order = append(order, id)
