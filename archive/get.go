@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"math"
@@ -417,9 +418,9 @@ func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs strin
 
 // downloaded is a verified download in a temporary file.
 type downloaded struct {
-	tmp    *tempFile // nil unless the download completed
-	size   int64     // bytes written, also after a failure
-	sumHex string    // SHA-256 of the content
+	tmp  *tempFile // nil unless the download completed
+	size int64     // bytes written, also after a failure
+	crc  uint32    // CRC-32C of the content, for the spool's name
 }
 
 // download streams key from r into a new locked temporary file in dir
@@ -459,9 +460,11 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 	bp := g.getBuf()
 	defer g.putBuf(bp)
 	buf := *bp
+	var crc uint32
 	for {
 		n, rerr := obj.Read(buf)
 		if n > 0 {
+			crc = crc32.Update(crc, castagnoli, buf[:n])
 			if _, werr := t.Write(buf[:n]); werr != nil {
 				t.discard()
 				return downloaded{size: d.size}, true, fmt.Errorf("write %s: %w", t.path, werr)
@@ -477,12 +480,10 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 			return downloaded{size: d.size}, true, explain(rerr)
 		}
 	}
-	sum, ok := strings.CutPrefix(obj.Sum(), "sha256:")
-	if !ok || len(sum) != 64 {
-		t.discard()
-		return downloaded{size: d.size}, true, fmt.Errorf("%s in %s: unexpected checksum %q", key, r, obj.Sum())
-	}
-	d.tmp, d.sumHex = t, sum
+	// The object's SHA-256 was verified at EOF; the spool keeps a CRC-32C
+	// (hardware-accelerated, ~1 ms a segment) to check the local copy
+	// when it is served.
+	d.tmp, d.crc = t, crc
 	return d, true, nil
 }
 
@@ -639,7 +640,7 @@ func (g *Getter) prefetchOne(ctx context.Context, name, spool string) (missing b
 		if !found {
 			continue
 		}
-		final := filepath.Join(spool, spoolFileName(name, g.sysID, d.size, d.sumHex))
+		final := filepath.Join(spool, spoolFileName(name, g.sysID, d.size, d.crc))
 		if err := d.tmp.commit(final); err != nil {
 			return false, fmt.Errorf("spool %s: %w", name, err)
 		}

@@ -1,8 +1,7 @@
 package archive
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -20,11 +19,11 @@ import (
 
 func TestParseSpoolFileName(t *testing.T) {
 	size := getSegSize(t, 16<<20)
-	sum := strings.Repeat("ab", 32)
-	good := spoolFileName("0000000200000001000000FE", 7310000000000000042, 16<<20, sum)
+	sum := "abcdef01"
+	good := spoolFileName("0000000200000001000000FE", 7310000000000000042, 16<<20, 0xabcdef01)
 	sf, ok := parseSpoolFileName(good, size)
 	if !ok || sf.name != "0000000200000001000000FE" || sf.sys != 7310000000000000042 || sf.tli != 2 || sf.seg != 0x1FE || sf.size != 16<<20 ||
-		hex.EncodeToString(sf.sum[:]) != sum || sf.file != good {
+		sf.crc != 0xabcdef01 || sf.file != good {
 		t.Fatalf("parse %q: %+v, %v", good, sf, ok)
 	}
 	for _, bad := range []string{
@@ -32,7 +31,8 @@ func TestParseSpoolFileName(t *testing.T) {
 		"000000010000000000000001",
 		"000000010000000000000001.1.16777216",
 		"000000010000000000000001.16777216." + sum, // no system identifier
-		"000000010000000000000001.1.16777216." + sum[:63],
+		"000000010000000000000001.1.16777216." + sum[:7],
+		"000000010000000000000001.1.16777216." + sum + "0",
 		"000000010000000000000001.1.16777216." + strings.ToUpper(sum),
 		"000000010000000000000001.1.016777216." + sum,
 		"000000010000000000000001.01.16777216." + sum,
@@ -52,9 +52,8 @@ func TestParseSpoolFileName(t *testing.T) {
 }
 
 func FuzzParseSpoolFileName(f *testing.F) {
-	sum := strings.Repeat("0f", 32)
-	f.Add(spoolFileName("000000010000000000000001", 1, 16<<20, sum))
-	f.Add(spoolFileName("00000001000000000000000A", 0, 0, sum))
+	f.Add(spoolFileName("000000010000000000000001", 1, 16<<20, 0x0f0f0f0f))
+	f.Add(spoolFileName("00000001000000000000000A", 0, 0, 0))
 	f.Add("000000010000000000000001.1.2")
 	f.Add(".tmp-x")
 	size, _ := pg.NewWALSegmentSize(16 << 20)
@@ -63,7 +62,7 @@ func FuzzParseSpoolFileName(f *testing.F) {
 		if !ok {
 			return
 		}
-		if got := spoolFileName(sf.name, sf.sys, sf.size, hex.EncodeToString(sf.sum[:])); got != s || sf.file != s {
+		if got := spoolFileName(sf.name, sf.sys, sf.size, sf.crc); got != s || sf.file != s {
 			t.Fatalf("parse %q then format: %q", s, got)
 		}
 		if pg.SegmentName(sf.tli, sf.seg, size) != sf.name {
@@ -79,12 +78,12 @@ func spoolPut(t testing.TB, dir string, sys uint64, name string, data []byte) sp
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(data)
-	file := spoolFileName(name, sys, int64(len(data)), hex.EncodeToString(sum[:]))
+	crc := crc32.Checksum(data, castagnoli)
+	file := spoolFileName(name, sys, int64(len(data)), crc)
 	if err := os.WriteFile(filepath.Join(dir, file), data, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	return spoolFile{file: file, name: name, sys: sys, size: int64(len(data)), sum: sum}
+	return spoolFile{file: file, name: name, sys: sys, size: int64(len(data)), crc: crc}
 }
 
 // spoolLocked creates a temporary-looking file in dir and holds its lock
@@ -242,8 +241,7 @@ func TestSpoolCleanup(t *testing.T) {
 	getCheck(t, dest, segs[seg(1, 5)])
 	want := append([]string{spoolTempPrefix + "busy"}, foreign...)
 	for _, i := range []int{6, 7} {
-		sum := sha256.Sum256(segs[seg(1, i)])
-		want = append(want, spoolFileName(seg(1, i), getSysID, getSegBytes, hex.EncodeToString(sum[:])))
+		want = append(want, spoolFileName(seg(1, i), getSysID, getSegBytes, crc32.Checksum(segs[seg(1, i)], castagnoli)))
 	}
 	if runtime.GOOS != "linux" {
 		want = want[1:] // without locks the "busy" file is as stale as any
