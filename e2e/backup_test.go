@@ -413,6 +413,45 @@ func testBackupRetention(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 	t.Logf("%s: total %s", kind, time.Since(start).Round(time.Second))
 }
 
+// TestBackupSameSecond takes full backups of a small idle cluster back to
+// back, so several start within the second the previous one started in:
+// each must get its own id (backup-push waits for the next second) and
+// succeed.
+func TestBackupSameSecond(t *testing.T) {
+	s3 := needE2E(t)
+	for _, kind := range repoKinds {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			primary, url := archivingPrimary(t, kind, s3)
+			var ids []string
+			for range 4 {
+				step := time.Now()
+				r := wf(t, primary, "backup-push", "--repo", url, "--json")
+				if r.code != 0 {
+					t.Errorf("backup-push right after %v: %v", ids, r)
+					// The backups taken before must be intact.
+					if v := wf(t, primary, "verify", "--repo", url); v.code != 0 {
+						t.Errorf("verify after the failed backup-push: %v\n%s", v, v.stdout)
+					}
+					break
+				}
+				var p pushed
+				if err := json.Unmarshal([]byte(lastLine(r.stdout)), &p); err != nil {
+					t.Fatalf("backup-push --json printed %q: %v", r.stdout, err)
+				}
+				if n := len(ids); n > 0 && p.ID <= ids[n-1] {
+					t.Errorf("backup %s after %s: ids must be fresh and increasing", p.ID, ids[n-1])
+				}
+				ids = append(ids, p.ID)
+				t.Logf("%s: backup %s in %s", kind, p.ID, time.Since(step).Round(time.Millisecond))
+			}
+			if got := backupList(t, primary, url); !slices.Equal(got, ids) {
+				t.Errorf("backup-list: %v, want %v (a backup-push, failed or not, must leave the others alone)", got, ids)
+			}
+		})
+	}
+}
+
 // archivingPrimary starts a cluster with data checksums whose
 // archive_command is walferry archive-push into a fresh, initialized
 // repository of the given kind, and returns it with the repository's URL.
