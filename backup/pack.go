@@ -168,11 +168,14 @@ func (w *objectWriter) Write(b []byte) (int, error) {
 	}
 	n, err := w.pw.Write(b)
 	w.written += int64(n)
-	if err != nil {
-		// The upload failed and closed the pipe; its error says why.
-		if uerr := w.finish(err); uerr != nil {
-			return n, uerr
+	if err != nil && w.done != nil {
+		// The upload stopped reading: its own error says why (the pipe's
+		// only says that it closed).
+		w.pw.CloseWithError(err)
+		if uerr := <-w.done; uerr != nil {
+			err = uerr
 		}
+		w.done = nil
 	}
 	return n, err
 }

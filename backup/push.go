@@ -427,21 +427,36 @@ func dataDirOwner(dir string) string {
 	return u.Username
 }
 
-// freshID returns an id no backup uses yet (two backups started in the
-// same second wait for the next one).
+// freshID claims an id for a new backup: later than every id in the
+// repository (complete or not), so ids sort in the order backups were
+// taken, and claimed with a conditional create of backups/<id>/claim, so
+// two processes never share one (and a failed backup's cleanup, which
+// removes its whole prefix, only ever removes its own objects).
 func freshID(ctx context.Context, r *repo.Repo, typ Type) (string, error) {
 	for {
-		id := newID(time.Now(), typ)
-		taken := false
-		err := r.Store().List(ctx, repo.BackupPrefix(id[:15]), func(storage.ObjectInfo) error {
-			taken = true
-			return errStopList
-		})
-		if err != nil && !errors.Is(err, errStopList) {
-			return "", fmt.Errorf("list backups in %s: %w", r, err)
+		complete, incomplete, err := IDs(ctx, r)
+		if err != nil {
+			return "", err
 		}
-		if !taken {
-			return id, nil
+		newest := ""
+		for _, ids := range [][]string{complete, incomplete} {
+			if len(ids) > 0 && ids[len(ids)-1][:15] > newest {
+				newest = ids[len(ids)-1][:15]
+			}
+		}
+		if t, err := time.Parse("20060102T150405", newest); err == nil && time.Until(t) > time.Minute {
+			return "", fmt.Errorf("the newest backup in %s, %s, started %s in the future by this host's clock: fix the clocks (backup ids must increase)",
+				r, newest, time.Until(t).Round(time.Second))
+		}
+		id := newID(time.Now(), typ)
+		if id[:15] > newest {
+			_, err := r.PutIfAbsent(ctx, repo.BackupClaimKey(id), strings.NewReader(id))
+			if err == nil {
+				return id, nil
+			}
+			if !errors.Is(err, storage.ErrExist) {
+				return "", fmt.Errorf("claim backup id %s in %s: %w", id, r, err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -451,7 +466,6 @@ func freshID(ctx context.Context, r *repo.Repo, typ Type) (string, error) {
 	}
 }
 
-var errStopList = errors.New("stop listing")
 
 func startBackup(ctx context.Context, conn *pgx.Conn, versionNum int, label string, fast bool) (pg.LSN, error) {
 	q := "SELECT pg_backup_start($1, $2)::text"

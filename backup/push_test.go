@@ -410,3 +410,35 @@ func TestIncrementalWithoutChecksums(t *testing.T) {
 		})
 	}
 }
+
+// TestPushSameSecond: backups taken back to back get increasing ids, and
+// none of them can disturb another.
+func TestPushSameSecond(t *testing.T) {
+	c, r, _ := archivingCluster(t, pgtest.Options{})
+	ctx := context.Background()
+	var ids []string
+	for i := range 3 {
+		o := backup.Options{Conn: c.ConnString(), PGData: c.DataDir, Incremental: i == 1}
+		m, err := backup.Push(ctx, r, o)
+		if err != nil {
+			t.Fatalf("backup %d: %v", i, err)
+		}
+		if len(ids) > 0 && m.ID[:15] <= ids[len(ids)-1][:15] {
+			t.Fatalf("backup %d got id %s after %s: ids must increase", i, m.ID, ids[len(ids)-1])
+		}
+		ids = append(ids, m.ID)
+	}
+	list, err := backup.List(ctx, r)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("List: %d backups, %v", len(list), err)
+	}
+	for i, m := range list {
+		if m.ID != ids[i] {
+			t.Errorf("backup %d is %s, want %s", i, m.ID, ids[i])
+		}
+	}
+	latest, err := backup.Resolve(ctx, r, backup.Latest)
+	if err != nil || latest.ID != ids[2] {
+		t.Errorf("LATEST is %v (%v), want %s", latest, err, ids[2])
+	}
+}

@@ -67,6 +67,10 @@ func BackupPrefix(id string) string { return BackupsPrefix + id + "/" }
 // BackupManifestKey returns the key of backup id's manifest.
 func BackupManifestKey(id string) string { return BackupPrefix(id) + manifestName }
 
+// BackupClaimKey returns the key that claims id for one backup-push:
+// written first, with a conditional create.
+func BackupClaimKey(id string) string { return BackupPrefix(id) + "claim" }
+
 // BackupDataKey returns the key of the n-th data object of backup id.
 func BackupDataKey(id string, n int) string {
 	return fmt.Sprintf("%sdata/%06d", BackupPrefix(id), n)
