@@ -151,5 +151,5 @@ clean: ## remove build and coverage outputs
 	rm -rf bin/ dist/ coverage.out coverage.html *.coverprofile *.test
 
 .PHONY: bench
-bench: ## W1-W5 benchmarks vs pgBackRest -> docs/benchmarks.md (root; ~40 min; BENCH_WORKLOADS=W3,W4,W5 for backups only; not part of test)
+bench: ## W1-W5 benchmarks vs pgBackRest -> docs/benchmarks.md (root; ~50 min; BENCH_WORKLOADS=W3,W4,W5 for backups only; not part of test)
 	@bash scripts/bench/run.sh

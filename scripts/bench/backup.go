@@ -341,7 +341,7 @@ func (k *cluster) backupArgv(incremental bool) []string {
 
 func (k *cluster) restoreArgv(dest string) []string {
 	if k.tool == "walferry" {
-		return []string{k.c.walferry, "restore", "LATEST", "--pgdata", dest}
+		return []string{k.c.walferry, "restore", "LATEST", "--pgdata", dest, "--jobs", strconv.Itoa(backupJobs)}
 	}
 	return []string{k.c.pgbackrest, "--config=" + k.conf, "--stanza=bench", "--pg1-path=" + dest, "restore"}
 }

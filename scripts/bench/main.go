@@ -118,7 +118,7 @@ func allMain(args []string) error {
 	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown describing the W3-W5 workload")
 	fl.StringVar(&c.walAbout, "wal-about", "", "markdown describing the W1-W2 workload")
 	fl.StringVar(&c.pgbin, "pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL's programs")
-	fl.IntVar(&c.rounds, "rounds", 3, "rounds of W3-W5 (the report gives the median)")
+	fl.IntVar(&c.rounds, "rounds", 5, "rounds of W3-W5 (the report gives the median)")
 	fl.StringVar(&c.sockDir, "socket-dir", "", "directory of the servers' unix sockets (default: --work)")
 	if err := fl.Parse(args); err != nil {
 		return err

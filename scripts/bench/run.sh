@@ -30,7 +30,7 @@
 # Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; W2 needs W1 and
 # W4, W5 need W3, which then run too), BENCH_SEGMENTS (200), BENCH_SCALE
 # (pgbench -i scale of W1-W2's WAL, 60), BENCH_BACKUP_SCALE (W3-W5, 100),
-# BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 3),
+# BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 5),
 # BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
 # (docs/benchmarks.md), BENCH_KEEP=1 keeps the work directory.
 # Must run as root (the hooks run as the postgres OS user, like PostgreSQL's).
@@ -42,7 +42,7 @@ SEGMENTS=${BENCH_SEGMENTS:-200}
 SCALE=${BENCH_SCALE:-60}
 BACKUP_SCALE=${BENCH_BACKUP_SCALE:-100}
 WORKLOADS=${BENCH_WORKLOADS:-W1,W2,W3,W4,W5}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
