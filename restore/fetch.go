@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/storage"
 )
@@ -280,9 +282,74 @@ func (rs *restorer) pieces() (map[string][]piece, int64) {
 	return byKey, total
 }
 
+// unitHash checks one unit while it is written: when its bytes arrive in
+// file order (a full backup's always do: a unit lives in one object), the
+// unit is verified against the manifest without reading it back. A unit
+// whose bytes come out of order (an incremental's pages from several
+// objects) is left to verify's read-back.
+type unitHash struct {
+	mu     sync.Mutex
+	h      hash.Hash
+	next   int64
+	broken bool
+	done   bool
+}
+
+// stream feeds the bytes written at file offset off to the units they
+// belong to, and fails as soon as a completed unit does not match.
+func (rs *restorer) stream(it *item, off int64, b []byte) error {
+	for len(b) > 0 {
+		i := int(off / backup.UnitSize)
+		uOff, uEnd := unitSpan(i, it.f.Size)
+		n := min(int64(len(b)), uEnd-off)
+		u := &it.streamed[i]
+		u.mu.Lock()
+		err := func() error {
+			if u.broken || u.done {
+				return nil
+			}
+			if u.h == nil {
+				if off != uOff {
+					u.broken = true
+					return nil
+				}
+				u.h, u.next = sha256.New(), uOff
+			}
+			if off != u.next {
+				u.broken, u.h = true, nil
+				return nil
+			}
+			u.h.Write(b[:n])
+			u.next += n
+			if u.next < uEnd {
+				return nil
+			}
+			sum := hex.EncodeToString(u.h.Sum(nil))
+			u.h, u.done = nil, true
+			if sum != it.f.Sums[i] {
+				return fmt.Errorf("restored file %s does not match backup %s at bytes %d..%d (SHA-256 %s, manifest %s): the backup's objects and manifest disagree: %w",
+					it.f.Path, rs.m.ID, uOff, uEnd, sum, it.f.Sums[i], codec.ErrCorrupt)
+			}
+			return nil
+		}()
+		u.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		off += n
+		b = b[n:]
+	}
+	return nil
+}
+
 // fetch downloads every object that holds needed bytes, jobs at a time,
 // each once from its start, and writes its pieces into place.
 func (rs *restorer) fetch(ctx context.Context) error {
+	for _, it := range rs.p.items {
+		if it.fetched() && len(it.f.Sums) == units(it.f.Size) {
+			it.streamed = make([]unitHash, units(it.f.Size))
+		}
+	}
 	byKey, total := rs.pieces()
 	keys := make([]string, 0, len(byKey))
 	for k := range byKey {
@@ -357,6 +424,12 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 					a.f.Close()
 					return fmt.Errorf("write %s: %w", a.it.path, err)
 				}
+				if a.it.streamed != nil {
+					if err := rs.stream(a.it, a.off+s-a.at, buf[s-lo:e-lo]); err != nil {
+						a.f.Close()
+						return err
+					}
+				}
 				rs.bytesFetched.Add(e - s)
 				m.done.Add(e - s)
 			}
@@ -396,6 +469,9 @@ func (rs *restorer) verify(ctx context.Context) error {
 		}
 		written = append(written, it)
 		for i := 0; i < units(it.f.Size); i++ {
+			if it.streamed != nil && it.streamed[i].done {
+				continue // verified while it was written
+			}
 			if it.needs(i) {
 				off, end := unitSpan(i, it.f.Size)
 				tasks = append(tasks, unitTask{it, i})

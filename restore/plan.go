@@ -56,6 +56,9 @@ type item struct {
 	// bad[i] says unit i must come from the repository; nil means every
 	// unit (a new file).
 	bad []bool
+	// streamed[i] hashes unit i as its bytes are written, when they come
+	// in order; allocated by fetch.
+	streamed []unitHash
 }
 
 // units returns how many UnitSize units a file of size bytes has.
