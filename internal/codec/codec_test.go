@@ -469,3 +469,47 @@ func TestReadThenWriteTo(t *testing.T) {
 		}
 	}
 }
+
+// TestNoRawSum: an object written without the content SHA-256 reads back
+// whole, says it has no sum, and still fails on a flipped byte.
+func TestNoRawSum(t *testing.T) {
+	raw := bytes.Repeat([]byte("walferry backup data "), 50000)
+	for _, comp := range []Compression{None, LZ4, Zstd, Gzip} {
+		var buf bytes.Buffer
+		zw, err := NewWriter(&buf, Options{Compression: comp, NoRawSum: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := zw.Write(raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if zw.Sum() != "" {
+			t.Errorf("%s: writer Sum %q, want none", comp, zw.Sum())
+		}
+		stored := buf.Bytes()
+		zr, err := NewReader(bytes.NewReader(stored), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(zr)
+		if err != nil || !bytes.Equal(got, raw) || zr.Sum() != "" {
+			t.Fatalf("%s: read %d bytes, err %v, sum %q", comp, len(got), err, zr.Sum())
+		}
+		info, err := ReadInfo(bytes.NewReader(stored), int64(len(stored)), nil)
+		if err != nil || info.Sum != "" || info.RawSize != int64(len(raw)) {
+			t.Fatalf("%s: info %+v, %v", comp, info, err)
+		}
+		bad := bytes.Clone(stored)
+		bad[len(bad)/2] ^= 0x40
+		zr, err = NewReader(bytes.NewReader(bad), nil)
+		if err == nil {
+			_, err = io.Copy(io.Discard, zr)
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: flipped byte: %v, want ErrCorrupt", comp, err)
+		}
+	}
+}

@@ -45,7 +45,8 @@ const (
 	formatVersion  = 1
 	headerSize     = 56 // version 1
 	flagEncrypted  = 1 << 0
-	knownFlags     = flagEncrypted
+	flagNoRawSum   = 1 << 1 // the trailer's SHA-256 is zero: integrity is the caller's
+	knownFlags     = flagEncrypted | flagNoRawSum
 	saltOffset     = 20
 	keyIDOffset    = 12
 	objSaltSize    = 32
@@ -69,6 +70,7 @@ type header struct {
 	crc         uint32
 	compression Compression
 	encrypted   bool
+	noRawSum    bool
 	chunkSize   int
 	keyID       [keyIDSize]byte
 	salt        [objSaltSize]byte
@@ -93,7 +95,10 @@ func (h *header) encode() {
 	b[5] = headerSize
 	b[6] = byte(h.compression)
 	if h.encrypted {
-		b[7] = flagEncrypted
+		b[7] |= flagEncrypted
+	}
+	if h.noRawSum {
+		b[7] |= flagNoRawSum
 	}
 	b[8] = byte(log2(h.chunkSize))
 	copy(b[keyIDOffset:], h.keyID[:])
@@ -185,6 +190,7 @@ func (h *header) decode() error {
 		return corruptf("unknown header flags %#02x", b[7])
 	}
 	h.encrypted = b[7]&flagEncrypted != 0
+	h.noRawSum = b[7]&flagNoRawSum != 0
 	lg := int(b[8])
 	if lg < minChunkLg || lg > maxChunkLg {
 		return corruptf("record size 2^%d out of range 2^%d..2^%d", lg, minChunkLg, maxChunkLg)

@@ -14,7 +14,7 @@ type Info struct {
 	KeyID       string      // id of the encryption key; "" when not encrypted
 	RecordSize  int         // maximum payload bytes per record
 	RawSize     int64       // length of the raw content
-	Sum         string      // "sha256:<hex>" of the raw content
+	Sum         string      // "sha256:<hex>" of the raw content; "" when written with NoRawSum
 	StoredSize  int64       // length of the stored object
 }
 
@@ -84,6 +84,9 @@ func ReadInfo(r io.ReaderAt, size int64, keys KeyResolver) (Info, error) {
 		RawSize:     t.rawSize,
 		Sum:         FormatSum(t.sum),
 		StoredSize:  size,
+	}
+	if h.noRawSum {
+		info.Sum = ""
 	}
 	if h.encrypted {
 		info.KeyID = h.keyIDString()

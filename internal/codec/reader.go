@@ -66,7 +66,10 @@ func (c *Codec) NewReader(r io.Reader, keys KeyResolver) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	zr := &Reader{c: c, h: h, hash: sha256.New()}
+	zr := &Reader{c: c, h: h}
+	if !h.noRawSum {
+		zr.hash = sha256.New()
+	}
 	zr.fr = frameReader{
 		src:    r,
 		hdrCRC: h.crc,
@@ -96,7 +99,9 @@ func (zr *Reader) Read(p []byte) (int, error) {
 	}
 	n, err := zr.src.Read(p)
 	if n > 0 {
-		zr.hash.Write(p[:n])
+		if zr.hash != nil {
+			zr.hash.Write(p[:n])
+		}
 		zr.raw += int64(n)
 	}
 	switch {
@@ -168,14 +173,16 @@ func (zr *Reader) WriteTo(w io.Writer) (int64, error) {
 			piece := bufs[i][:n]
 			zr.raw += int64(n)
 			prev = piece
-			if n >= parallelHashMin {
+			switch {
+			case zr.hash == nil:
+			case n >= parallelHashMin:
 				done := make(chan struct{})
 				hashed = done
 				go func() {
 					zr.hash.Write(piece)
 					close(done)
 				}()
-			} else {
+			default:
 				zr.hash.Write(piece)
 			}
 		}
@@ -266,7 +273,9 @@ func (zr *Reader) finish() error {
 	if t.rawSize != zr.raw {
 		return corruptf("length mismatch: trailer says %d raw bytes, read %d", t.rawSize, zr.raw)
 	}
-	zr.hash.Sum(zr.sum[:0])
+	if zr.hash != nil {
+		zr.hash.Sum(zr.sum[:0])
+	}
 	if subtle.ConstantTimeCompare(zr.sum[:], t.sum[:]) != 1 {
 		return corruptf("checksum mismatch: stored %s computed %s", FormatSum(t.sum), FormatSum(zr.sum))
 	}
@@ -304,9 +313,9 @@ func (zr *Reader) Close() error {
 }
 
 // Sum returns "sha256:<hex>" of the raw bytes once Read returned io.EOF, and
-// "" before.
+// "" before, or when the object was written without it (Options.NoRawSum).
 func (zr *Reader) Sum() string {
-	if zr.err != io.EOF {
+	if zr.err != io.EOF || zr.hash == nil {
 		return ""
 	}
 	return FormatSum(zr.sum)

@@ -24,6 +24,13 @@ type Options struct {
 	// derived from Key and a random per-object salt.
 	Key *Key
 
+	// NoRawSum leaves out the SHA-256 of the raw content (the trailer holds
+	// zeros and a header flag says so): for objects whose content the
+	// caller checksums itself at a finer grain (backup data objects, whose
+	// manifest has a SHA-256 per 8 MiB of every file), so the bytes are not
+	// hashed twice. Records keep their CRC-32C or authentication tag.
+	NoRawSum bool
+
 	// recordLg overrides the record size (2^recordLg) in tests; 0 = default.
 	recordLg int
 }
@@ -85,7 +92,7 @@ func (c *Codec) NewWriter(w io.Writer, opts Options) (*Writer, error) {
 	if opts.Key != nil && opts.Key.mat() == nil {
 		return nil, errors.New("codec: options: Key is a zero Key; make keys with NewKey or DeriveKey")
 	}
-	h := &header{compression: opts.Compression, encrypted: opts.Key != nil, chunkSize: 1 << lg}
+	h := &header{compression: opts.Compression, encrypted: opts.Key != nil, noRawSum: opts.NoRawSum, chunkSize: 1 << lg}
 	var aead cipher.AEAD
 	if opts.Key != nil {
 		copy(h.keyID[:], opts.Key.mat().id[:])
@@ -100,7 +107,10 @@ func (c *Codec) NewWriter(w io.Writer, opts Options) (*Writer, error) {
 			return nil, err
 		}
 	}
-	zw := &Writer{c: c, opts: opts, hash: sha256.New()}
+	zw := &Writer{c: c, opts: opts}
+	if !opts.NoRawSum {
+		zw.hash = sha256.New()
+	}
 	zw.fw = frameWriter{
 		dst:    w,
 		hdrCRC: h.crc,
@@ -133,7 +143,9 @@ func (zw *Writer) Write(p []byte) (int, error) {
 	}
 	zw.raw += int64(len(p))
 	var hashed chan struct{}
-	if len(p) >= parallelHashMin {
+	switch {
+	case zw.hash == nil:
+	case len(p) >= parallelHashMin:
 		// Hash on another core while this one compresses: p stays valid
 		// and unmodified until Write returns, and nothing else touches
 		// zw.hash meanwhile.
@@ -142,7 +154,7 @@ func (zw *Writer) Write(p []byte) (int, error) {
 			zw.hash.Write(p)
 			close(hashed)
 		}()
-	} else {
+	default:
 		zw.hash.Write(p)
 	}
 	var n int
@@ -223,7 +235,9 @@ func (zw *Writer) Close() error {
 		}
 	}
 	if zw.err == nil {
-		zw.hash.Sum(zw.sum[:0])
+		if zw.hash != nil {
+			zw.hash.Sum(zw.sum[:0])
+		}
 		t := trailer{rawSize: zw.raw, sum: zw.sum}
 		if err := zw.fw.finish(&t); err != nil {
 			zw.err = err
@@ -240,10 +254,10 @@ func (zw *Writer) Close() error {
 }
 
 // Sum returns "sha256:<hex>" of the raw bytes written, or "" before a
-// successful Close. Two objects with the same Sum hold the same raw content
+// successful Close or with Options.NoRawSum. Two objects with the same Sum hold the same raw content
 // whatever their compression or encryption.
 func (zw *Writer) Sum() string {
-	if !zw.closed || zw.err != nil {
+	if !zw.closed || zw.err != nil || zw.hash == nil {
 		return ""
 	}
 	return FormatSum(zw.sum)

@@ -123,8 +123,41 @@ func (r *Repo) PutIfAbsent(ctx context.Context, key string, src io.Reader) (Obje
 	return r.put(ctx, key, src, r.store.Put)
 }
 
+// PutOptions select the variant of PutWith.
+type PutOptions struct {
+	// IfAbsent fails with storage.ErrExist when key is taken (PutIfAbsent).
+	IfAbsent bool
+	// NoRawSum leaves the content SHA-256 out of the object
+	// (codec.Options.NoRawSum): for objects whose content the caller
+	// checksums itself. ObjectSum.Sum is then empty.
+	NoRawSum bool
+}
+
+// PutWith is Put or PutIfAbsent with options.
+func (r *Repo) PutWith(ctx context.Context, key string, src io.Reader, o PutOptions) (ObjectSum, error) {
+	opts := r.opts
+	opts.NoRawSum = o.NoRawSum
+	if !o.IfAbsent {
+		return r.putOpts(ctx, key, src, r.store.Put, opts)
+	}
+	if cc, ok := r.store.(storage.ConditionalCreator); ok {
+		return r.putOpts(ctx, key, src, cc.PutIfAbsent, opts)
+	}
+	if _, err := r.store.Stat(ctx, key); err == nil {
+		return ObjectSum{}, fmt.Errorf("%s: %w", key, storage.ErrExist)
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		return ObjectSum{}, err
+	}
+	return r.putOpts(ctx, key, src, r.store.Put, opts)
+}
+
 func (r *Repo) put(ctx context.Context, key string, src io.Reader,
 	store func(context.Context, string, io.Reader) error) (ObjectSum, error) {
+	return r.putOpts(ctx, key, src, store, r.opts)
+}
+
+func (r *Repo) putOpts(ctx context.Context, key string, src io.Reader,
+	store func(context.Context, string, io.Reader) error, opts codec.Options) (ObjectSum, error) {
 	pr, pw := io.Pipe()
 	type encoded struct {
 		sum ObjectSum
@@ -135,7 +168,7 @@ func (r *Repo) put(ctx context.Context, key string, src io.Reader,
 		// The encoder writes its header at once, so it must run while the
 		// store reads the other end of the pipe.
 		var res encoded
-		zw, err := r.codec.NewWriter(pw, r.opts)
+		zw, err := r.codec.NewWriter(pw, opts)
 		if err == nil {
 			_, err = io.Copy(zw, src)
 			if err == nil {
