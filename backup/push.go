@@ -466,7 +466,6 @@ func freshID(ctx context.Context, r *repo.Repo, typ Type) (string, error) {
 	}
 }
 
-
 func startBackup(ctx context.Context, conn *pgx.Conn, versionNum int, label string, fast bool) (pg.LSN, error) {
 	q := "SELECT pg_backup_start($1, $2)::text"
 	if versionNum < 150000 {
