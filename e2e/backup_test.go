@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walferry/walferry/restore"
+
 	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
@@ -558,23 +560,7 @@ func (d *restoreTarget) configure(t *testing.T) {
 }
 
 // restored is what walferry restore --json reports.
-type restored struct {
-	Backup         string  `json:"backup"`
-	DataDir        string  `json:"data_dir"`
-	Delta          bool    `json:"delta"`
-	Files          int     `json:"files"`
-	FilesKept      int     `json:"files_kept"`
-	FilesFetched   int     `json:"files_fetched"`
-	FilesRemoved   int     `json:"files_removed"`
-	DirsRemoved    int     `json:"dirs_removed"`
-	Bytes          int64   `json:"bytes"`
-	BytesFetched   int64   `json:"bytes_fetched"`
-	BytesRead      int64   `json:"bytes_read"`
-	ObjectsRead    int     `json:"objects_read"`
-	Signal         string  `json:"signal"`
-	RecoveryTarget string  `json:"recovery_target"`
-	Duration       float64 `json:"duration_seconds"`
-}
+type restored = restore.Result
 
 // restoreCmd runs walferry restore id --pgdata <d's data directory> --json
 // as the cluster's OS user, from the cluster's directory (the data

@@ -21,12 +21,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/walferry/walferry/internal/testbin"
 
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
@@ -45,17 +45,14 @@ func TestMain(m *testing.M) {
 	if testing.Short() {
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "walferry-e2e-bin-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
-		os.Exit(1)
-	}
 	code := func() int {
-		defer os.RemoveAll(dir)
-		if err := build(dir); err != nil {
+		defer testbin.Cleanup()
+		bin, err := testbin.Build()
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: build walferry: %v\n", err)
 			return 1
 		}
+		walferryBin = bin
 		// The servers the tests start inherit this process's environment,
 		// and with it MinIO's credentials for their archive and restore
 		// commands, as a real server gets them from its service manager.
@@ -71,29 +68,6 @@ func TestMain(m *testing.M) {
 		return m.Run()
 	}()
 	os.Exit(code)
-}
-
-// build compiles ./cmd/walferry into dir/walferry, both readable and
-// executable by everyone (PostgreSQL runs it as the postgres user).
-func build(dir string) error {
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	out := filepath.Join(dir, "walferry")
-	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", out, "github.com/walferry/walferry/cmd/walferry")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%w\n%s", err, b)
-	}
-	if err := os.Chmod(out, 0o755); err != nil {
-		return err
-	}
-	walferryBin = out
-	return nil
 }
 
 // needE2E skips in -short mode and returns MinIO's coordinates (failing

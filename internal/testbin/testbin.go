@@ -25,11 +25,17 @@ var (
 // TestMain should call after m.Run.
 func Walferry(t testing.TB) string {
 	t.Helper()
-	once.Do(func() { built, err = build() })
+	path, err := Build()
 	if err != nil {
 		t.Fatalf("testbin: build walferry: %v", err)
 	}
-	return built
+	return path
+}
+
+// Build is Walferry for a TestMain: it builds once and returns the path.
+func Build() (string, error) {
+	once.Do(func() { built, err = build() })
+	return built, err
 }
 
 // Cleanup removes the built binary, if any.
