@@ -7,6 +7,7 @@
 //
 //	bench all --work DIR ...   run every variant, write the report
 //	bench variant              run one variant (Spec as JSON on stdin)
+//	bench report ...           render the W3-W5 report again from results.json
 //
 // Each variant runs in a fresh process that is a child subreaper, so the
 // CPU time and peak RSS it reports cover every process its hooks started,
@@ -47,6 +48,8 @@ func main() {
 		err = variantMain()
 	case "all":
 		err = allMain(os.Args[2:])
+	case "report":
+		err = reportMain(os.Args[2:])
 	case "size": // bench size URL [PREFIX]: the total size of a store's objects
 		var c config
 		var n int64

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"sort"
@@ -16,15 +18,62 @@ const (
 
 type resultJSON struct {
 	Tool, Mode, Workload, Store, Compression string
+	Round                                    int `json:",omitempty"`
 	Result
 }
 
 func resultsJSON(rs []Result) []resultJSON {
 	out := make([]resultJSON, len(rs))
 	for i, r := range rs {
-		out[i] = resultJSON{r.Spec.Tool, r.Spec.Mode, r.Spec.Workload, r.Spec.Store, r.Spec.Compression, r}
+		out[i] = resultJSON{r.Spec.Tool, r.Spec.Mode, r.Spec.Workload, r.Spec.Store, r.Spec.Compression, r.Spec.Round, r}
 	}
 	return out
+}
+
+// reportMain is "bench report": the W3-W5 report rendered again from a
+// run's results.json (kept with BENCH_KEEP=1), e.g. after a change of the
+// report's layout, without measuring again.
+func reportMain(args []string) error {
+	var c config
+	var results, workloads, stores, comps string
+	fl := flag.NewFlagSet("report", flag.ContinueOnError)
+	fl.StringVar(&results, "results", "", "results.json of the run")
+	fl.StringVar(&c.out, "out", "", "markdown report to update")
+	fl.StringVar(&c.about, "about", "", "the run's about.md")
+	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown row describing the W3-W5 workload")
+	fl.StringVar(&workloads, "workloads", "W3,W4,W5", "workloads of the run (W3-W5 only)")
+	fl.StringVar(&stores, "stores", "fs,MinIO", "stores")
+	fl.StringVar(&comps, "compressions", "lz4,zstd", "compressions")
+	fl.IntVar(&c.rounds, "rounds", 5, "rounds of the run")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	c.stores, c.compressions = strings.Split(stores, ","), strings.Split(comps, ",")
+	c.want = map[string]bool{}
+	for _, w := range strings.Split(workloads, ",") {
+		if w != "W3" && w != "W4" && w != "W5" {
+			return fmt.Errorf("--workloads: bench report renders W3-W5 only, not %q", w)
+		}
+		c.want[w] = true
+	}
+	raw, err := os.ReadFile(results)
+	if err != nil {
+		return err
+	}
+	var rj []resultJSON
+	if err := json.Unmarshal(raw, &rj); err != nil {
+		return fmt.Errorf("%s: %w", results, err)
+	}
+	var rs []Result
+	for _, x := range rj {
+		r := x.Result
+		r.Spec = Spec{Tool: x.Tool, Mode: x.Mode, Workload: x.Workload, Store: x.Store, Compression: x.Compression, Round: x.Round}
+		if r.Spec.Round == 0 {
+			return fmt.Errorf("%s: a result without its round (written before rounds were recorded)", results)
+		}
+		rs = append(rs, r)
+	}
+	return writeReport(c, rs)
 }
 
 func segsPerSec(r Result) float64 {
@@ -334,7 +383,8 @@ func backupPart(c config, rs []Result) (string, error) {
 	b.WriteString(about)
 	if c.rounds > 1 {
 		fmt.Fprintf(&b, "Each cell is the median of %d rounds (fresh copies of the cluster, fresh repositories), "+
-			"with the fastest and slowest round in parentheses; CPU time is the median round's, peak memory the largest of any round. "+
+			"with the fastest and slowest round in parentheses; CPU time is the median round's, peak memory the largest of any round; "+
+			"sizes are round 1's (every round stores the same). "+
 			"Restores were checked in round 1.\n\n", c.rounds)
 	}
 	sections := []struct {
@@ -392,9 +442,11 @@ func backupPart(c config, rs []Result) (string, error) {
 		b.WriteString("\n")
 	}
 
-	b.WriteString("### Ratios within this run (pgBackRest / walferry, medians: above 1, walferry is faster or smaller)\n\n")
-	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (goal) | CPU time pgBackRest / walferry | peak memory, all processes (PSS), walferry / pgBackRest | backup size pgBackRest / walferry |\n")
-	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("### Ratios within this run (pgBackRest / walferry: above 1, walferry is faster or smaller)\n\n")
+	b.WriteString("The two tools of a group run back to back in every round, so each round gives one speed-up under the load of its moment; " +
+		"the speed-up below is the median of those per-round ratios, and the range the lowest and highest of them.\n\n")
+	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (range) | goal | CPU time pgBackRest / walferry | peak memory, all processes (PSS), walferry / pgBackRest | backup size pgBackRest / walferry |\n")
+	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, w := range []string{workBackupFull, workRestore, workBackupIncr} {
 		for _, store := range c.stores {
 			for _, comp := range c.compressions {
@@ -404,7 +456,8 @@ func backupPart(c config, rs []Result) (string, error) {
 					continue
 				}
 				label := map[string]string{workBackupFull: "W3 full", workRestore: "W4 restore", workBackupIncr: "W5 incr"}[w]
-				speed := pb.WallSeconds / wf.WallSeconds
+				speeds, cpus := pairedRatios(pbc, wfc)
+				speed := medianOf(speeds)
 				mark := "met"
 				if speed < backupGoal[w] {
 					mark = "not met"
@@ -415,15 +468,62 @@ func backupPart(c config, rs []Result) (string, error) {
 				}
 				_, pbPSS := pbc.peaks()
 				_, wfPSS := wfc.peaks()
-				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.1fx: %s) | %.2f | %.2f | %s |\n", label, store, comp,
-					pb.WallSeconds, wf.WallSeconds, speed, backupGoal[w], mark,
-					(pb.UserSeconds+pb.SysSeconds)/(wf.UserSeconds+wf.SysSeconds),
-					float64(wfPSS)/float64(pbPSS), size)
+				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.2f-%.2f) | %.1fx: %s | %.2f | %.2f | %s |\n", label, store, comp,
+					pb.WallSeconds, wf.WallSeconds, speed, minOf(speeds), maxOf(speeds), backupGoal[w], mark,
+					medianOf(cpus), float64(wfPSS)/float64(pbPSS), size)
 			}
 		}
 	}
 	b.WriteString(problems(rs, func(r Result) bool { return oneCommand(r.Spec.Workload) }))
 	return b.String(), nil
+}
+
+// pairedRatios are, for every round both tools completed, pgBackRest's
+// wall time over walferry's and the same for CPU time.
+func pairedRatios(pb, wf cellRuns) (wall, cpu []float64) {
+	byRound := map[int]Result{}
+	for _, r := range wf.ok {
+		byRound[r.Spec.Round] = r
+	}
+	for _, p := range pb.ok {
+		w, ok := byRound[p.Spec.Round]
+		if !ok {
+			continue
+		}
+		wall = append(wall, p.WallSeconds/w.WallSeconds)
+		cpu = append(cpu, (p.UserSeconds+p.SysSeconds)/(w.UserSeconds+w.SysSeconds))
+	}
+	return wall, cpu
+}
+
+func medianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func minOf(v []float64) float64 {
+	m := 0.0
+	for i, x := range v {
+		if i == 0 || x < m {
+			m = x
+		}
+	}
+	return m
+}
+
+func maxOf(v []float64) float64 {
+	m := 0.0
+	for _, x := range v {
+		m = max(m, x)
+	}
+	return m
 }
 
 // orDash makes s a table cell: "-" when empty, no "|", at most 200
