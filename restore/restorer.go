@@ -194,14 +194,15 @@ func (rs *restorer) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := rs.prepareFiles(ctx); err != nil {
-		return err
-	}
-	if err := rs.fetch(ctx); err != nil {
-		return err
-	}
-	if err := rs.verify(ctx); err != nil {
-		return err
+	for _, step := range []struct {
+		name string
+		run  func(context.Context) error
+	}{{"prepare files", rs.prepareFiles}, {"fetch", rs.fetch}, {"verify and sync", rs.verify}} {
+		began := time.Now()
+		if err := step.run(ctx); err != nil {
+			return err
+		}
+		rs.log.Debug("restore step done", "step", step.name, "seconds", time.Since(began).Seconds())
 	}
 	if err := rs.setMetadata(); err != nil {
 		return err
