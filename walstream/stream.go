@@ -53,6 +53,7 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	if err != nil {
 		return err
 	}
+	r.m.connectedTo(pg.LSN(isr.XLogPos))
 	if r.tli == 0 {
 		r.tli = pg.TimeLineID(isr.Timeline)
 		start, err := r.startPosition(ctx, conn, pending, restart, pg.LSN(isr.XLogPos))
@@ -66,6 +67,7 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	// from its beginning.
 	r.closeSegment()
 	r.next = r.size.StartLSN(r.size.SegNoOf(r.next))
+	r.m.receivedTo(r.next)
 	for {
 		if err := r.queueHistory(ctx, conn, r.tli); err != nil {
 			return err
@@ -73,6 +75,8 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 		if err := r.startReplication(ctx, conn); err != nil {
 			return err
 		}
+		r.m.onTimeline(r.tli)
+		r.m.streaming()
 		r.log.Info("streaming", "lsn", r.next, "timeline", uint32(r.tli),
 			"segment", pg.SegmentNameOf(r.tli, r.next, r.size), "slot", r.o.Slot)
 		tli, startpos, err := r.copyLoop(ctx, conn)
@@ -325,6 +329,7 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 		if err := r.fatalErr(); err != nil {
 			return 0, 0, err
 		}
+		r.m.logProgress(ctx, r.log)
 		r.mu.Lock()
 		flushMoved := r.flushed != r.lastStatus
 		r.mu.Unlock()
@@ -354,6 +359,7 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 				if err != nil {
 					return 0, 0, err
 				}
+				r.m.serverReported(pg.LSN(pkm.ServerWALEnd))
 				if pkm.ReplyRequested {
 					nextStatus = time.Time{}
 				}
@@ -362,9 +368,11 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 				if err != nil {
 					return 0, 0, err
 				}
+				r.m.serverReported(pg.LSN(xld.ServerWALEnd))
 				if err := r.write(ctx, pg.LSN(xld.WALStart), xld.WALData); err != nil {
 					return 0, 0, err
 				}
+				r.m.receivedTo(r.next)
 			}
 		case *pgproto3.CopyDone:
 			return r.endOfStream(ctx, conn)

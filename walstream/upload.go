@@ -56,11 +56,13 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 			return nil
 		}
 		if errors.Is(err, archive.ErrConflict) {
+			r.m.uploadFailed(err)
 			return fmt.Errorf("walstream: %w", err)
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
+		r.m.uploadFailed(err)
 		r.log.Warn("upload failed; retrying", "segment", name, "attempt", attempt, "backoff", backoff, "err", err)
 		t := time.NewTimer(backoff)
 		select {
@@ -77,6 +79,7 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 // as archive-push does, .partial files by overwriting; then removes it
 // from the spool and advances the flush position.
 func (r *receiver) uploadOne(ctx context.Context, name string) error {
+	start := time.Now()
 	p := filepath.Join(r.o.SpoolDir, name)
 	f, err := pg.ParseWALFileName(name, r.size)
 	if err != nil {
@@ -106,10 +109,17 @@ func (r *receiver) uploadOne(ctx context.Context, name string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if f.Kind == pg.KindSegment {
-		r.deletePartials(ctx, name)
-		r.advanceFlushed(r.size.StartLSN(f.SegNo + 1))
+	switch f.Kind {
+	case pg.KindPartial:
+		r.m.uploadDone(uploadPartial, pg.InvalidLSN, time.Since(start))
+		return nil
+	case pg.KindHistory:
+		r.m.uploadDone(uploadOther, pg.InvalidLSN, time.Since(start))
+		return nil
 	}
+	r.m.uploadDone(uploadSegment, r.size.StartLSN(f.SegNo+1), time.Since(start))
+	r.deletePartials(ctx, name)
+	r.advanceFlushed(r.size.StartLSN(f.SegNo + 1))
 	return nil
 }
 
@@ -135,18 +145,22 @@ func (r *receiver) uploadPartial(ctx context.Context, last *current) {
 	start := time.Now()
 	if err := r.putAll(ctx, key, f, r.size.Bytes()); err != nil {
 		if ctx.Err() == nil {
+			r.m.uploadFailed(err)
 			r.log.Warn("partial upload failed; retrying at the next interval", "segment", cur.name, "err", err)
 		}
 		return
 	}
 	*last = cur
+	r.m.uploadDone(uploadPartial, cur.end, time.Since(start))
 	r.mu.Lock()
 	if r.flushed >= cur.start {
 		r.flushed = max(r.flushed, cur.end)
 	}
+	flushed := r.flushed
 	r.mu.Unlock()
-	r.log.Debug("partial uploaded", "segment", cur.name+".partial", "lsn", cur.end,
-		"duration", time.Since(start))
+	r.m.flushedTo(flushed)
+	r.log.Debug("partial uploaded", append([]any{"segment", cur.name + ".partial", "lsn", cur.end,
+		"duration", time.Since(start), "flushed", flushed}, r.m.lagAttrs()...)...)
 }
 
 // ioSection reads the first size bytes of f.

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/internal/pg"
@@ -86,8 +87,17 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the pause between attempts (doubling
 	// from the first to the second); 0 means 1s and 1m.
 	MinBackoff, MaxBackoff time.Duration
-	// Log receives operational messages; nil discards them.
+	// Log receives operational messages; nil discards them. Every minute
+	// it gets a "progress" line with the received, flushed and uploaded
+	// positions and the lag, when they moved.
 	Log *slog.Logger
+	// Registry, when not nil, gets the receiver's Prometheus metrics
+	// (walferry_walstream_*, see metrics.go and docs/metrics.md) while Run
+	// runs: they are unregistered when it returns, so one registry serves
+	// one Run at a time.
+	Registry *prometheus.Registry
+	// Health, when not nil, is kept up to date for a health check.
+	Health *Health
 }
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -118,6 +128,7 @@ type receiver struct {
 	o      Options
 	log    *slog.Logger
 	pusher *archive.Pusher
+	m      *metrics
 	sysID  uint64
 	size   pg.WALSegmentSize
 
@@ -198,13 +209,19 @@ func newReceiver(o Options) (*receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &receiver{o: o, log: log, pusher: pusher, sysID: sysID, size: o.SegmentSize,
+	m, err := newMetrics(o.Registry, o.Health)
+	if err != nil {
+		return nil, err
+	}
+	return &receiver{o: o, log: log, pusher: pusher, m: m, sysID: sysID, size: o.SegmentSize,
 		histories: map[pg.TimeLineID]bool{}}, nil
 }
 
 func (r *receiver) run(ctx context.Context) error {
+	defer r.m.unregister()
 	lock, err := lockSpool(r.o.SpoolDir)
 	if err != nil {
+		r.m.disconnected(nil)
 		return err
 	}
 	defer lock.Close()
@@ -224,6 +241,7 @@ func (r *receiver) run(ctx context.Context) error {
 	}()
 
 	err = r.receive(ctx, pending)
+	r.m.disconnected(nil)
 
 	// Shutdown: no more sends on the queue; let the uploader drain it and
 	// upload the last partial, within the shutdown timeout.
@@ -309,6 +327,7 @@ func (r *receiver) receive(ctx context.Context, pending []string) error {
 		}
 		r.progressed = false
 		err := r.session(ctx, pending)
+		r.m.disconnected(err)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -327,6 +346,7 @@ func (r *receiver) receive(ctx context.Context, pending []string) error {
 		}
 		r.log.Warn("streaming failed; reconnecting", "err", err, "attempt", failures, "backoff", backoff,
 			"lsn", r.next, "timeline", uint32(r.tli))
+		r.m.reconnecting()
 		r.closeConn(ctx)
 		t := time.NewTimer(backoff)
 		select {
@@ -364,7 +384,9 @@ func (r *receiver) flushedLSN() pg.LSN {
 func (r *receiver) advanceFlushed(lsn pg.LSN) {
 	r.mu.Lock()
 	r.flushed = max(r.flushed, lsn)
+	flushed := r.flushed
 	r.mu.Unlock()
+	r.m.flushedTo(flushed)
 }
 
 // putAll stores the spooled file name as key in every repository with
