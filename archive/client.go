@@ -58,11 +58,25 @@ func (c *Client) Push(ctx context.Context, path string) error {
 // are resolved against the working directory). A file in no repository
 // returns an error wrapping ErrNotArchived; otherwise as Push.
 func (c *Client) Get(ctx context.Context, name, dest string) error {
+	return c.get(ctx, Request{Op: OpGet, Name: name}, dest)
+}
+
+// GetPartial is Get for Getter.GetPartial: a segment in no repository is
+// served from its .partial, zero-padded. It needs protocol version 2: a
+// daemon that speaks only version 1 refuses it, and the error wraps
+// ErrDaemonUnavailable, so the hook works standalone.
+func (c *Client) GetPartial(ctx context.Context, name, dest string) error {
+	return c.get(ctx, Request{Version: partialVersion, Op: OpGet, Name: name, Partial: true}, dest)
+}
+
+func (c *Client) get(ctx context.Context, req Request, dest string) error {
+	name := req.Name
 	abs, err := filepath.Abs(dest)
 	if err != nil {
 		return fmt.Errorf("get %s: %w", name, err)
 	}
-	if err := c.do(ctx, Request{Op: OpGet, Name: name, Dest: abs}); err != nil {
+	req.Dest = abs
+	if err := c.do(ctx, req); err != nil {
 		if errors.Is(err, ErrNotArchived) {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -71,13 +85,17 @@ func (c *Client) Get(ctx context.Context, name, dest string) error {
 	return nil
 }
 
-// do sends one request and reads its answer.
+// do sends one request and reads its answer. The request goes in the
+// oldest protocol version that has its fields (req.Version when set,
+// else 1), so older daemons serve what they can and refuse the rest.
 func (c *Client) do(ctx context.Context, req Request) error {
 	dataDir, err := filepath.Abs(c.DataDir)
 	if err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	req.Version = ProtocolVersion
+	if req.Version == 0 {
+		req.Version = minProtocolVersion
+	}
 	req.DataDir = dataDir
 	req.SystemID, req.PGMajor, req.WALSegmentSize = c.Cluster.SystemID, c.Cluster.PGMajor, c.Cluster.WALSegmentSize
 	line, err := json.Marshal(req)

@@ -24,7 +24,7 @@ import (
 	"github.com/walferry/walferry/storage"
 )
 
-// The hooks' socket protocol, version 1.
+// The hooks' socket protocol, versions 1 and 2.
 //
 // One connection carries one call. The hook connects to the daemon's unix
 // socket, writes one Request as a single line of JSON, and reads one
@@ -46,9 +46,25 @@ import (
 //
 // A daemon that does not speak the hook's version answers with class
 // "unsupported", and the hook does the work itself.
+//
+// Version 2 adds "partial" to get (archive-get --partial: serve the
+// segment's .partial when the segment is not archived). A hook sends
+// version 2 only for a request that needs it, so a version-1 daemon keeps
+// serving every other request and answers "unsupported" to one whose
+// field it would silently drop; the daemon accepts both versions and
+// answers in its own.
+//
+//	→ {"v":2,"op":"get","name":"000000010000000000000005","dest":"/pgdata/pg_wal/RECOVERYXLOG","partial":true,...}
 
-// ProtocolVersion is the version of the hooks' socket protocol.
-const ProtocolVersion = 1
+// ProtocolVersion is the newest version of the hooks' socket protocol,
+// the one the daemon answers in.
+const ProtocolVersion = 2
+
+// minProtocolVersion is the oldest version the daemon serves.
+const minProtocolVersion = 1
+
+// partialVersion is the version that added Request.Partial.
+const partialVersion = 2
 
 // Operations of a Request.
 const (
@@ -89,6 +105,9 @@ type Request struct {
 	// write it to (get).
 	Name string `json:"name,omitempty"`
 	Dest string `json:"dest,omitempty"`
+	// Partial serves the segment's .partial, zero-padded, when the
+	// segment itself is not archived (get; version 2).
+	Partial bool `json:"partial,omitempty"`
 	// DataDir and the identity fields say which cluster the hook runs for.
 	DataDir        string `json:"pgdata"`
 	SystemID       uint64 `json:"system_identifier,string"`
@@ -330,9 +349,12 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 // handle checks a request and runs it.
 func (d *Daemon) handle(ctx context.Context, req Request) Response {
 	start := time.Now()
-	if req.Version != ProtocolVersion {
+	if req.Version < minProtocolVersion || req.Version > ProtocolVersion {
 		return Response{Status: StatusError, Class: ClassUnsupported,
-			Message: fmt.Sprintf("daemon speaks protocol version %d, the hook sent version %d", ProtocolVersion, req.Version)}
+			Message: fmt.Sprintf("daemon speaks protocol versions %d to %d, the hook sent version %d", minProtocolVersion, ProtocolVersion, req.Version)}
+	}
+	if req.Partial && (req.Op != OpGet || req.Version < partialVersion) {
+		return badRequest("%q with partial (protocol version %d): partial goes with get, from version %d", req.Op, req.Version, partialVersion)
 	}
 	if resp, ok := d.refuse(req); !ok {
 		d.log.Warn("request refused", "op", req.Op, "pgdata", req.DataDir, "err", resp.Message)
@@ -355,7 +377,11 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		if !filepath.IsAbs(req.Dest) {
 			return badRequest("get: the destination must be an absolute path, got %q", req.Dest)
 		}
-		err = d.getter.Get(ctx, req.Name, filepath.Clean(req.Dest))
+		if req.Partial {
+			err = d.getter.GetPartial(ctx, req.Name, filepath.Clean(req.Dest))
+		} else {
+			err = d.getter.Get(ctx, req.Name, filepath.Clean(req.Dest))
+		}
 	default:
 		return Response{Status: StatusError, Class: ClassUnsupported, Message: fmt.Sprintf("daemon does not know the operation %q", req.Op)}
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -160,6 +161,32 @@ func NewGetter(cfg Config, o GetOptions) (*Getter, error) {
 // then fetches from the repositories and prefetches the segments that
 // follow; history, backup history and partial files are fetched directly.
 func (g *Getter) Get(ctx context.Context, name, dest string) error {
+	return g.get(ctx, name, dest, false)
+}
+
+// GetPartial is Get, except that a WAL segment no repository holds is
+// served from its .partial object, the unfinished segment wal-receive
+// uploads (or PostgreSQL archives at promotion): its content is written
+// to dest zero-padded to the segment size, whole and atomically. That is
+// how PostgreSQL replays pg_receivewal's .partial files: it reads the
+// zeros as the end of WAL, so recovery ends at the last streamed byte.
+//
+// A complete segment always wins: the partial is only looked for once
+// the segment is found in no repository (and in no spool). Among
+// repositories holding the partial, the one written last is used.
+// Partials change, so they are never prefetched or spooled. Names other
+// than segments are served as Get serves them. With neither the segment
+// nor its partial anywhere, the error wraps ErrNotArchived.
+//
+// A recovery that ends inside a partial promotes there: use it when the
+// partial will not grow any more (the primary is gone), never to restore
+// a copy of a primary that is still writing.
+func (g *Getter) GetPartial(ctx context.Context, name, dest string) error {
+	return g.get(ctx, name, dest, true)
+}
+
+// get is Get, and GetPartial with partial set.
+func (g *Getter) get(ctx context.Context, name, dest string, partial bool) error {
 	f, err := pg.ParseWALFileName(name, g.segSize)
 	if err != nil {
 		return fmt.Errorf("archive-get %s: %w", name, err)
@@ -178,10 +205,18 @@ func (g *Getter) Get(ctx context.Context, name, dest string) error {
 		return fmt.Errorf("archive-get %s: %w", name, errGetterClosed)
 	}
 	g.cleanDestDir(filepath.Dir(destAbs))
-	if f.Kind != pg.KindSegment || g.prefetch == 0 {
+	if f.Kind != pg.KindSegment {
 		return g.fetch(ctx, name, destAbs, nil)
 	}
-	return g.getSegment(ctx, f, name, destAbs)
+	if g.prefetch == 0 {
+		err = g.fetch(ctx, name, destAbs, nil)
+	} else {
+		err = g.getSegment(ctx, f, name, destAbs)
+	}
+	if partial && errors.Is(err, ErrNotArchived) {
+		return g.fetchPartial(ctx, name, destAbs)
+	}
+	return err
 }
 
 // Close stops the prefetches under way (their temporary files are
@@ -349,7 +384,7 @@ func (g *Getter) fetch(ctx context.Context, name, destAbs string, onFound func()
 	}
 	var errs []error
 	for i, r := range g.repos {
-		found, err := g.fetchFrom(ctx, r, key, destAbs, onFound)
+		found, err := g.fetchFrom(ctx, r, key, destAbs, 0, onFound)
 		switch {
 		case err == nil && found:
 			g.log.Debug("restored", "segment", name, "repo", r.String())
@@ -379,10 +414,70 @@ func (g *Getter) repoNames() string {
 	return strings.Join(names, ", ")
 }
 
+// fetchPartial writes name's .partial object, zero-padded to the segment
+// size, to destAbs: see GetPartial. The repositories holding it are tried
+// newest first; an error wraps ErrNotArchived when none has it.
+func (g *Getter) fetchPartial(ctx context.Context, name, destAbs string) error {
+	pname := name + ".partial"
+	key, err := repo.WALKey(pname, g.segSize)
+	if err != nil {
+		return fmt.Errorf("archive-get %s: %w", name, err)
+	}
+	type holder struct {
+		r   *repo.Repo
+		mod time.Time
+	}
+	var holders []holder
+	var errs []error
+	for _, r := range g.repos {
+		oi, err := r.Store().Stat(ctx, key)
+		switch {
+		case err == nil:
+			holders = append(holders, holder{r, oi.ModTime})
+		case errors.Is(err, storage.ErrNotExist):
+		case ctx.Err() != nil:
+			return fmt.Errorf("archive-get %s: %w", pname, err)
+		default:
+			errs = append(errs, fmt.Errorf("stat %s in %s: %w", key, r, err))
+		}
+	}
+	// wal-receive uploads each partial to every repository; one that
+	// missed the last upload holds an older, shorter version.
+	slices.SortStableFunc(holders, func(a, b holder) int { return b.mod.Compare(a.mod) })
+	for i, h := range holders {
+		found, err := g.fetchFrom(ctx, h.r, key, destAbs, g.segSize.Bytes(), nil)
+		switch {
+		case err == nil && found:
+			g.log.Info("served the partial segment, zero-padded: recovery ends in it", "segment", name,
+				"key", key, "repo", h.r.String())
+			return nil
+		case err == nil:
+			// Deleted since the Stat: wal-receive stored the complete
+			// segment meanwhile.
+			if err := g.fetch(ctx, name, destAbs, nil); !errors.Is(err, ErrNotArchived) {
+				return err
+			}
+			continue
+		case ctx.Err() != nil:
+			return fmt.Errorf("archive-get %s: %w", pname, err)
+		}
+		errs = append(errs, err)
+		if i < len(holders)-1 {
+			g.log.Warn("repository failed; trying the next one", "segment", pname, "repo", h.r.String(), "err", err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("archive-get %s: %w", pname, errors.Join(errs...))
+	}
+	g.log.Debug("not in the archive, nor its partial", "segment", name)
+	return fmt.Errorf("archive-get %s: %w, nor %s (looked in %s)", name, ErrNotArchived, pname, g.repoNames())
+}
+
 // fetchFrom writes key from r to destAbs, retrying transient errors for up
 // to MaxRetryTime without progress. found is false (and err nil) when r
-// does not have key.
-func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs string, onFound func()) (found bool, err error) {
+// does not have key. With padTo > 0 the content is zero-padded to padTo
+// bytes; content longer than padTo is refused.
+func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs string, padTo int64, onFound func()) (found bool, err error) {
 	dir := filepath.Dir(destAbs)
 	since := time.Now()
 	wait := firstRetryWait
@@ -391,6 +486,12 @@ func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs strin
 		if err == nil {
 			if !found {
 				return false, nil
+			}
+			if padTo > 0 {
+				if err := padZeros(d.tmp, d.size, padTo); err != nil {
+					d.tmp.discard()
+					return true, fmt.Errorf("%s in %s: %w", key, r, err)
+				}
 			}
 			if err := d.tmp.commit(destAbs); err != nil {
 				return true, fmt.Errorf("write %s: %w", destAbs, err)
@@ -485,6 +586,24 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 	// when it is served.
 	d.tmp, d.crc = t, crc
 	return d, true, nil
+}
+
+// padZeros appends zeros to t, which holds size bytes, up to n bytes.
+// They are written, not left as a hole: PostgreSQL may recycle the file
+// as a later segment and write into it, and must not find the disk full.
+func padZeros(t *tempFile, size, n int64) error {
+	if size > n {
+		return fmt.Errorf("%d bytes, longer than a %d-byte segment", size, n)
+	}
+	zeros := make([]byte, min(n-size, copyBufSize))
+	for size < n {
+		w, err := t.Write(zeros[:min(n-size, int64(len(zeros)))])
+		size += int64(w)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", t.path, err)
+		}
+	}
+	return nil
 }
 
 func (g *Getter) getBuf() *[]byte  { return g.bufs.Get().(*[]byte) }
