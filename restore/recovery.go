@@ -243,6 +243,9 @@ func (rc RestoreCommand) commandLine() string {
 	if rc.PassphraseFile != "" {
 		args = append(args, "--encryption-passphrase-file", shellQuote(rc.PassphraseFile))
 	}
+	if rc.Partial {
+		args = append(args, "--partial")
+	}
 	return strings.Join(append(args, "%f", "%p"), " ")
 }
 

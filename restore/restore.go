@@ -88,6 +88,12 @@ type RestoreCommand struct {
 	Config string
 	// PassphraseFile is passed as --encryption-passphrase-file when set.
 	PassphraseFile string
+	// Partial passes --partial: a segment that is not archived is served
+	// from its .partial (the unfinished segment wal-receive uploads),
+	// zero-padded, so recovery ends at the last streamed byte. For
+	// disaster recovery of a repository fed by wal-receive once the
+	// primary is gone; a live primary's partial keeps growing.
+	Partial bool
 }
 
 // Result reports what a restore did.

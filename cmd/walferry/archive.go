@@ -39,6 +39,11 @@ func socketFlag(usage string) cli.Flag {
 	return &cli.StringFlag{Name: "socket", EnvVars: []string{"WALFERRY_SOCKET"}, Usage: usage}
 }
 
+func partialFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "partial", EnvVars: []string{"WALFERRY_ARCHIVE_PARTIAL"},
+		Usage: "serve a segment that is not archived from its .partial (wal-receive's unfinished segment), zero-padded: disaster recovery only"}
+}
+
 const hookSocketUsage = "hand the call to walferry daemon on this unix socket `PATH`; work standalone when it does not answer"
 
 func (a *app) archivePushCommand() *cli.Command {
@@ -90,7 +95,7 @@ func (a *app) archiveGetCommand() *cli.Command {
 		Name:      "archive-get",
 		Aliases:   []string{"wal-fetch"},
 		Usage:     "fetch one WAL file (restore_command)",
-		UsageText: "walferry archive-get [--repo URL]... [--prefetch N] [--socket PATH] <name> <dest>",
+		UsageText: "walferry archive-get [--repo URL]... [--prefetch N] [--socket PATH] [--partial] <name> <dest>",
 		Description: `PostgreSQL runs it as its restore_command, in the data directory, during
 recovery and on standbys:
 
@@ -113,8 +118,18 @@ spool on pg_wal's filesystem. Overlapping calls never race on a spool file.
 
 With --socket (WALFERRY_SOCKET) the call is handed to "walferry daemon" serving
 that socket, whose prefetch runs in the background; when the daemon does not
-answer, the command does the work itself.`,
-		Flags:  withCommonFlags(prefetchFlag(), spoolDirFlag(), socketFlag(hookSocketUsage)),
+answer, the command does the work itself.
+
+--partial (WALFERRY_ARCHIVE_PARTIAL, archive.partial): a segment that is in no
+repository is served from <name>.partial, the unfinished segment
+"walferry wal-receive" uploads every --partial-interval, zero-padded to the
+segment size; PostgreSQL reads the zeros as the end of WAL, so recovery ends
+at the last streamed byte instead of the last complete segment. A complete
+segment always wins, and partials are never prefetched. Only for disaster
+recovery once the primary is gone ("walferry restore --use-partial" writes
+it): a recovery that ends in a partial promotes there, while a live primary's
+partial keeps growing.`,
+		Flags:  withCommonFlags(prefetchFlag(), spoolDirFlag(), socketFlag(hookSocketUsage), partialFlag()),
 		Action: a.archiveGet,
 	}
 }
@@ -266,12 +281,20 @@ func (a *app) archiveGet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	partial := s.cfg.Archive.Partial
+	if c.IsSet("partial") {
+		partial = c.Bool("partial")
+	}
 	t, err := s.hookTarget(c.Context)
 	if err != nil {
 		return err
 	}
 	if client := s.daemonClient(t); client != nil {
-		err := client.Get(c.Context, name, dest)
+		get := client.Get
+		if partial {
+			get = client.GetPartial
+		}
+		err := get(c.Context, name, dest)
 		if !errors.Is(err, archive.ErrDaemonUnavailable) {
 			return err
 		}
@@ -286,7 +309,11 @@ func (a *app) archiveGet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	err = g.Get(c.Context, name, dest)
+	if partial {
+		err = g.GetPartial(c.Context, name, dest)
+	} else {
+		err = g.Get(c.Context, name, dest)
+	}
 	if cerr := g.Close(c.Context); cerr != nil && err == nil {
 		s.log.Warn("prefetch did not finish", "err", cerr)
 	}

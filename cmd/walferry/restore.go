@@ -21,7 +21,7 @@ func (a *app) restoreCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "restore",
 		Usage:     "restore a backup into a data directory, optionally to a point in time",
-		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--json]",
+		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--use-partial] [--json]",
 		Description: `Rebuilds a PostgreSQL data directory from a backup in the repository and
 prepares it for recovery: start PostgreSQL on it and it fetches the WAL it
 needs from the repository with walferry archive-get, replays it, and then
@@ -94,6 +94,14 @@ says what happens at the target (PostgreSQL's default: pause),
 --target-exclusive stops just before it, --target-timeline follows another
 timeline than the newest (latest, current or a number).
 
+--use-partial adds --partial to restore_command: a segment that is not
+archived is served from its .partial, the unfinished segment
+"walferry wal-receive" uploads every --partial-interval, zero-padded. For
+disaster recovery from a repository fed by wal-receive once the primary is
+gone: recovery then reaches the last streamed second instead of the last
+complete segment. Leave it off while the primary is alive: its partial is
+still growing, and a recovery that ends in it promotes there.
+
 Run as root, the restored files are given to the owner of an existing
 --pgdata (unless root), else to the backup's recorded owner when that user
 exists (usually postgres). On a terminal a progress line shows bytes, rate
@@ -115,6 +123,7 @@ The backup is read from the first --repo that can be opened.`,
 			&cli.StringFlag{Name: "target-action", Usage: "at the target: promote, pause or shutdown (PostgreSQL's default: pause)"},
 			&cli.BoolFlag{Name: "target-exclusive", Usage: "stop just before the target instead of just after it"},
 			&cli.StringFlag{Name: "target-timeline", Usage: "recovery_target_timeline: latest (PostgreSQL's default), current or a `NUMBER`"},
+			&cli.BoolFlag{Name: "use-partial", Usage: "restore_command also serves wal-receive's unfinished segment (.partial): disaster recovery up to the last streamed second"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		),
 		Action: a.restore,
@@ -148,7 +157,7 @@ func (a *app) restore(c *cli.Context) error {
 			Name: c.String("target-name"), Immediate: c.Bool("target-immediate"), Action: c.String("target-action"),
 			Exclusive: c.Bool("target-exclusive"), Timeline: c.String("target-timeline"),
 		},
-		RestoreCommand: restore.RestoreCommand{Repos: s.cfg.Repos},
+		RestoreCommand: restore.RestoreCommand{Repos: s.cfg.Repos, Partial: c.Bool("use-partial")},
 		Log:            s.log.With("component", "restore"),
 	}
 	if path := c.String("config"); path != "" {

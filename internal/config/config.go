@@ -67,6 +67,11 @@ type Archive struct {
 	// work to the daemon when it answers there, and work standalone when it
 	// does not. Empty means no daemon.
 	Socket string `yaml:"socket"`
+	// Partial makes archive-get serve a segment that is not archived from
+	// its .partial (the unfinished segment wal-receive uploads),
+	// zero-padded: recovery then ends at the last streamed byte. For
+	// disaster recovery only; off by default.
+	Partial bool `yaml:"partial"`
 }
 
 // AutoAhead asks for a look-ahead or prefetch depth sized for the machine.
