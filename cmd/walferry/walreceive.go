@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/codec"
@@ -29,7 +35,7 @@ func (a *app) walReceiveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "wal-receive",
 		Usage:     "stream WAL into the repository over the replication protocol",
-		UsageText: "walferry wal-receive --repo URL... [--pg-conn STRING] [--slot NAME] [--synchronous] [--partial-interval D] [--spool-dir DIR]",
+		UsageText: "walferry wal-receive --repo URL... [--pg-conn STRING] [--slot NAME] [--synchronous] [--partial-interval D] [--spool-dir DIR] [--metrics-address HOST:PORT]",
 		Description: `Connects to PostgreSQL with the physical replication protocol (the connection
 comes from --pg-conn or libpq's PG* variables; replication=true is added) and
 stores the WAL it receives in every --repo, until SIGTERM or SIGINT.
@@ -73,7 +79,24 @@ bounds the commit latency added.
 It reconnects with exponential backoff (1s to 1m) after every failure,
 forever, or --max-attempts consecutive failures. SIGTERM or SIGINT shut it
 down cleanly: spooled segments and the last partial are uploaded (within
---shutdown-timeout), a final status is sent, and it exits 0.`,
+--shutdown-timeout), a final status is sent, and it exits 0.
+
+Every minute, when anything moved, it logs a "progress" line: the received,
+flushed (durable in every repository) and uploaded positions, the server's
+WAL end, and the lag in bytes and time.
+
+--metrics-address HOST:PORT (e.g. 127.0.0.1:9187; port 0 picks a free one,
+logged at start-up) serves over HTTP, until the receiver has shut down:
+
+   /metrics   Prometheus metrics: walferry_walstream_received_lsn, _flushed_lsn,
+              _uploaded_lsn, _server_lsn, _lag_bytes, _lag_seconds, _timeline,
+              _connected, _segments_uploaded_total, _partial_uploads_total,
+              _upload_errors_total, _reconnects_total, _upload_seconds, plus the
+              Go runtime's go_* and the process's process_* (docs/metrics.md)
+   /healthz   200 "ok" while streaming and the last upload succeeded, else
+              503 and one line saying why
+
+An address that cannot be listened on exits 2 before anything connects.`,
 		Flags: withCommonFlags(
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALFERRY_SLOT"},
 				Usage: "physical replication slot `NAME` to use, created when missing (lower-case letters, digits, _)"},
@@ -87,6 +110,8 @@ down cleanly: spooled segments and the last partial are uploaded (within
 				Usage: "give up after `N` consecutive failed connection attempts; 0 retries forever"},
 			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: walstream.DefaultShutdownTimeout,
 				Usage: "on SIGTERM, how long to finish uploading spooled segments and the last partial"},
+			&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"WALFERRY_METRICS_ADDRESS"},
+				Usage: "serve Prometheus /metrics and /healthz on `HOST:PORT`, e.g. 127.0.0.1:9187 (default: no server)"},
 		),
 		Action: a.walReceive,
 	}
@@ -123,6 +148,21 @@ func (a *app) walReceive(c *cli.Context) error {
 	if err != nil {
 		return usage(err)
 	}
+	var reg *prometheus.Registry
+	health := &walstream.Health{}
+	if addr := c.String("metrics-address"); addr != "" {
+		ln, err := listenMetrics(addr)
+		if err != nil {
+			return err
+		}
+		if reg, err = newRegistry(); err != nil {
+			ln.Close()
+			return err
+		}
+		s.log.Info("serving metrics", "address", ln.Addr().String(), "paths", "/metrics /healthz")
+		stop := serveMetrics(ln, reg, health, s.log)
+		defer stop()
+	}
 	repos, closeStores, err := s.openRepos(c.Context)
 	if err != nil {
 		return err
@@ -150,6 +190,8 @@ func (a *app) walReceive(c *cli.Context) error {
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		MaxAttempts:     c.Int("max-attempts"),
 		Log:             s.log,
+		Registry:        reg,
+		Health:          health,
 	})
 	if errors.Is(err, walstream.ErrSpoolBusy) {
 		return usage(err)
@@ -202,4 +244,70 @@ func (s *settings) openRepos(ctx context.Context) ([]*repo.Repo, func(), error) 
 		repos = append(repos, r)
 	}
 	return repos, closeStores, nil
+}
+
+// metricsShutdownTimeout bounds the wait for scrapes in flight when the
+// metrics server stops.
+const metricsShutdownTimeout = 5 * time.Second
+
+// listenMetrics listens on --metrics-address; a bad address is a usage
+// error, found before anything connects.
+func listenMetrics(addr string) (net.Listener, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, usage(fmt.Errorf("--metrics-address %q: %v; want HOST:PORT, e.g. 127.0.0.1:9187 or :9187", addr, err))
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, usage(fmt.Errorf("--metrics-address %q: %w; choose another HOST:PORT", addr, err))
+	}
+	return ln, nil
+}
+
+// newRegistry is the private registry /metrics serves, with the Go
+// runtime's and the process's collectors; walstream adds its own.
+func newRegistry() (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// serveMetrics serves /metrics and /healthz on ln until the returned stop
+// is called, which waits (briefly) for requests in flight.
+func serveMetrics(ln net.Listener, reg *prometheus.Registry, health *walstream.Health, log *slog.Logger) (stop func()) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := health.Check(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, err)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close()
+		}
+		<-done
+	}
 }
