@@ -90,6 +90,8 @@ type lagSample struct {
 // not returned) is an error.
 func newMetrics(reg *prometheus.Registry, h *Health) (*metrics, error) {
 	m := &metrics{reg: reg, health: h, now: time.Now}
+	// A Health handed to an earlier Run starts afresh.
+	h.set(func(h *Health) { h.streaming, h.stopped, h.sessionErr, h.uploadErr = false, false, nil, nil })
 	gauge := func(name, help string) prometheus.Gauge {
 		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help})
 	}
@@ -108,7 +110,7 @@ func newMetrics(reg *prometheus.Registry, h *Health) (*metrics, error) {
 		func() float64 { return m.lagSince().Seconds() })
 	m.segments = counter("segments_uploaded_total", "Complete WAL segments stored in every repository.")
 	m.partials = counter("partial_uploads_total", "Unfinished segments stored as .partial in every repository.")
-	m.uploadErrors = counter("upload_errors_total", "Failed upload attempts of segments, .partial and history files (each retry counts).")
+	m.uploadErrors = counter("upload_errors_total", "Failed upload attempts of segments, .partial and history files, each after its quick retries gave up; every later retry counts again.")
 	m.reconnects = counter("reconnects_total", "Reconnections to the server after a failed or ended streaming session.")
 	m.uploadSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "upload_seconds",
 		Help: "Duration of each successful upload of a segment, .partial or history file to every repository.", Buckets: uploadBuckets})
@@ -246,7 +248,7 @@ func (m *metrics) onTimeline(tli pg.TimeLineID) {
 // streaming records that START_REPLICATION succeeded.
 func (m *metrics) streaming() {
 	m.connected.Set(1)
-	m.health.set(func(h *Health) { h.streaming, h.sessionErr = true, nil })
+	m.health.set(func(h *Health) { h.streaming, h.stopped, h.sessionErr = true, false, nil })
 }
 
 // disconnected records the end of a session; err says why (nil at

@@ -96,7 +96,8 @@ type Options struct {
 	// runs: they are unregistered when it returns, so one registry serves
 	// one Run at a time.
 	Registry *prometheus.Registry
-	// Health, when not nil, is kept up to date for a health check.
+	// Health, when not nil, is kept up to date for a health check; Run
+	// starts it afresh.
 	Health *Health
 }
 

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
@@ -544,6 +546,8 @@ func TestStoreOutage(t *testing.T) {
 	log := &logBuf{}
 	o := testOptions(t, c, rp, spool, log)
 	o.ShutdownTimeout = 300 * time.Millisecond
+	reg, health := prometheus.NewRegistry(), &Health{}
+	o.Registry, o.Health = reg, health
 
 	flaky.down.Store(true)
 	recv := start(o)
@@ -569,6 +573,28 @@ func TestStoreOutage(t *testing.T) {
 	if restart != slotStart {
 		t.Fatalf("the slot moved from %s to %s while nothing could be stored", slotStart, restart)
 	}
+	// The metrics and the health check show the outage once an upload
+	// attempt (with the pusher's own quick retries) has given up.
+	waitFor(t, "a failed upload in the metrics and the health check", 30*time.Second, log, func() bool {
+		return gather(t, reg)["walferry_walstream_upload_errors_total"] >= 1 && health.Check() != nil
+	})
+	m := gather(t, reg)
+	if start, err := pg.ParseLSN(slotStart); err != nil || m["walferry_walstream_flushed_lsn"] != float64(start) {
+		t.Errorf("flushed_lsn %v during the outage, want the slot's %s", pg.LSN(m["walferry_walstream_flushed_lsn"]), slotStart)
+	}
+	if m["walferry_walstream_upload_errors_total"] < 1 || m["walferry_walstream_uploaded_lsn"] != 0 ||
+		m["walferry_walstream_segments_uploaded_total"] != 0 {
+		t.Errorf("during the outage: upload_errors_total %v, uploaded_lsn %v, segments_uploaded_total %v; want >= 1, 0, 0",
+			m["walferry_walstream_upload_errors_total"], m["walferry_walstream_uploaded_lsn"], m["walferry_walstream_segments_uploaded_total"])
+	}
+	if m["walferry_walstream_lag_bytes"] < float64(3*size.Bytes()) || m["walferry_walstream_lag_seconds"] < 1 {
+		t.Errorf("during the outage: lag %v bytes, %v seconds; want at least the 3 segments waiting and 1s",
+			m["walferry_walstream_lag_bytes"], m["walferry_walstream_lag_seconds"])
+	}
+	if err := health.Check(); err == nil || !strings.Contains(err.Error(), "the last upload failed") ||
+		!strings.Contains(err.Error(), "store down (test)") {
+		t.Errorf("Health during the outage: %v", err)
+	}
 	recv.stop(t)
 	for _, n := range down {
 		if _, ok := stored(t, rp, n); ok {
@@ -580,6 +606,9 @@ func TestStoreOutage(t *testing.T) {
 	recv = start(o)
 	up := switchWAL(t, c, 1)
 	checkSegments(t, c, rp, log, append(down, up...))
+	waitFor(t, "a healthy receiver once the store is back", 30*time.Second, log, func() bool {
+		return health.Check() == nil && gather(t, reg)["walferry_walstream_segments_uploaded_total"] >= float64(len(down)+len(up))
+	})
 	recv.stop(t)
 	segs := storedSegments(t, rp)
 	for i := 1; i < len(segs); i++ {
