@@ -27,7 +27,7 @@ import (
 //	walferry_walstream_connected             gauge    1 while streaming, else 0
 //	walferry_walstream_segments_uploaded_total   counter  complete segments stored in every repository
 //	walferry_walstream_partial_uploads_total     counter  .partial objects stored in every repository
-//	walferry_walstream_upload_errors_total       counter  failed upload attempts (each retry counts)
+//	walferry_walstream_upload_errors_total       counter  failed upload attempts, each after its quick retries gave up
 //	walferry_walstream_reconnects_total          counter  reconnections after a failed or ended session
 //	walferry_walstream_upload_seconds        histogram  duration of each successful upload to every repository
 //

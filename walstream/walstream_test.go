@@ -440,6 +440,8 @@ func TestTimelineSwitch(t *testing.T) {
 	log := &logBuf{}
 	o := testOptions(t, standby, rp, filepath.Join(t.TempDir(), "spool"), log)
 	o.Slot = "" // streaming from the standby, without a slot
+	reg := prometheus.NewRegistry()
+	o.Registry = reg
 	recv := start(o)
 	waitFor(t, "streaming from the standby", 30*time.Second, log, func() bool {
 		var n int
@@ -473,6 +475,9 @@ func TestTimelineSwitch(t *testing.T) {
 		}
 	}
 	checkSegments(t, standby, rp, log, append([]string{"00000002.history"}, newer...))
+	waitFor(t, "the timeline metric to follow to 2", 30*time.Second, log, func() bool {
+		return gather(t, reg)["walferry_walstream_timeline"] == 2
+	})
 	recv.stop(t)
 
 	// The history file and the old timeline's last, partial segment are
