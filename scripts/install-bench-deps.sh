@@ -40,8 +40,11 @@ for tool in pgbackrest:pgbackrest openssl:openssl python3:python3; do
 		log "installed $cmd"
 	fi
 done
-# pgbench ships with the postgresql-15 package install-test-deps.sh installs.
+# pgbench (W1-W5's data), psql and pg_ctl (W3-W5 run and check clusters)
+# ship with the postgresql-15 package install-test-deps.sh installs.
 PGBIN="${WALFERRY_TEST_PGBIN:-/usr/lib/postgresql/15/bin}"
-[ -x "$PGBIN/pgbench" ] || die "$PGBIN/pgbench is missing (postgresql-15 / postgresql-contrib)"
+for prog in pgbench psql pg_ctl initdb; do
+	[ -x "$PGBIN/$prog" ] || die "$PGBIN/$prog is missing (postgresql-15 / postgresql-contrib)"
+done
 log "pgBackRest: $(pgbackrest version)"
 log "all benchmark dependencies present"
