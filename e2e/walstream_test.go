@@ -53,8 +53,13 @@ import (
 
 const (
 	wsScale       = 1     // pgbench -i -s
-	wsPgbenchRate = "100" // pgbench -R: transactions per second, both clients together
+	wsPgbenchRate = "200" // pgbench -R: transactions per second, both clients together
 	wsApp         = "walferry"
+	// wsSmallSegMB is the WAL segment size (MiB) of the tests that need
+	// many segments in little time from a small pgbench: kill -9, the
+	// MinIO outage, promotion. The recovery point and latency tests keep
+	// the default 16 MiB, as users run it.
+	wsSmallSegMB = 1
 	// wsAsyncInterval is wal-receive's default --partial-interval, the
 	// bound on what asynchronous mode may lose.
 	wsAsyncInterval = 10 * time.Second
@@ -116,7 +121,7 @@ func testWalstreamRPO(t *testing.T, sync bool, s3 testenv.S3Env) {
 	lost := wsDisaster(t, primary, recv)
 	cm.wait()
 	lastAck, acks := cm.acked()
-	t.Logf("%s: backup %s; %d commits acknowledged in %s under pgbench, the last %s before the disaster (%v); %s",
+	t.Logf("%s: backup %s; %d commits acknowledged in %s under pgbench, the last %s before the receiver was killed (then: %v); %s",
 		mode, b.ID, lastAck, load, wsSince(acks, lastAck, lost), cm.err, wsLatencyStats(cm.latencies()))
 	if lastAck == 0 {
 		t.Fatal("no commit was acknowledged")
@@ -134,7 +139,7 @@ func testWalstreamRPO(t *testing.T, sync bool, s3 testenv.S3Env) {
 	} else {
 		missing := max(0, lastAck-restoredMax)
 		span := wsSpanDuration(acks, restoredMax, lastAck)
-		t.Logf("async: RECOVERY POINT: the restore holds commits 1..%d of %d acknowledged: %d acknowledged commits lost, spanning %s of commits (the newest restored commit was acknowledged %s before the disaster); partial interval %s",
+		t.Logf("async: RECOVERY POINT: the restore holds commits 1..%d of %d acknowledged: %d acknowledged commits lost, spanning %s of commits (the newest restored commit was acknowledged %s before the receiver was killed); partial interval %s",
 			restoredMax, lastAck, missing, span.Round(time.Millisecond), wsSince(acks, restoredMax, lost), wsAsyncInterval)
 		if restoredMax == 0 {
 			t.Errorf("async: the restore holds no commit of the %d acknowledged over %s", lastAck, load)
@@ -157,7 +162,7 @@ func testWalstreamRPO(t *testing.T, sync bool, s3 testenv.S3Env) {
 func TestWalstreamKill9(t *testing.T) {
 	s3 := needE2E(t)
 	start := time.Now()
-	primary := wsPrimary(t, pgtest.Options{})
+	primary := wsPrimary(t, pgtest.Options{WALSegSizeMB: wsSmallSegMB})
 	url := newRepoURL(t, primary, kindS3, s3)
 	mustWF(t, primary, "repo", "init", "--repo", url, "--pgdata", primary.DataDir)
 	spool := primary.MkdirOwned(t, "spool")
@@ -223,7 +228,7 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	s3 := needE2E(t)
 	start := time.Now()
 	minio := wsStartMinIO(t, s3)
-	primary := wsPrimary(t, pgtest.Options{})
+	primary := wsPrimary(t, pgtest.Options{WALSegSizeMB: wsSmallSegMB})
 	url := minio.repoURL(t)
 	mustWF(t, primary, "repo", "init", "--repo", url, "--pgdata", primary.DataDir)
 	spool := primary.MkdirOwned(t, "spool")
@@ -301,7 +306,7 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	lost := wsDisaster(t, primary, recv)
 	cm.wait()
 	lastAck, acks := cm.acked()
-	t.Logf("backup %s; %d commits acknowledged, the last %s before the disaster; %s",
+	t.Logf("backup %s; %d commits acknowledged, the last %s before the receiver was killed; %s",
 		b.ID, lastAck, wsSince(acks, lastAck, lost), wsLatencyStats(cm.latencies()))
 	dst, restoredMax := wsRecover(t, url, true)
 	wsCompareAck(t, dst.c, primary, "ack", restoredMax, lastAck)
@@ -326,7 +331,7 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 func TestWalstreamPromotion(t *testing.T) {
 	s3 := needE2E(t)
 	start := time.Now()
-	primary := wsPrimary(t, pgtest.Options{})
+	primary := wsPrimary(t, pgtest.Options{WALSegSizeMB: wsSmallSegMB})
 	standby := wsStandby(t, primary, pgtest.Options{}, "standby1",
 		"archive_mode = on", "archive_command = ''", "wal_keep_size = '1GB'", "log_checkpoints = off")
 	url := newRepoURL(t, primary, kindS3, s3)
@@ -359,9 +364,9 @@ func TestWalstreamPromotion(t *testing.T) {
 	if !promoted {
 		t.Fatal("pg_promote failed")
 	}
-	var tli string
-	standby.QueryRow(t, "SELECT timeline_id::text FROM pg_control_checkpoint()").Scan(&tli)
-	t.Logf("primary stopped at %s; standby promoted (checkpoint timeline %s)", endLSN, tli)
+	var seg string
+	standby.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&seg)
+	t.Logf("primary stopped at %s; standby promoted, now writing %s", endLSN, seg)
 
 	// The receiver, pointed at the new primary.
 	recv = wsStartReceiver(t, standby, url, standby.ConnString(), spool, args...)
@@ -389,7 +394,7 @@ func TestWalstreamPromotion(t *testing.T) {
 	if !bytes.Equal(hist, local) {
 		t.Errorf("wal/history/00000002.history is %q, the server's is %q", hist, local)
 	}
-	switchLSN, switchSeg := wsHistorySwitch(t, string(hist))
+	switchLSN, switchSeg := wsHistorySwitch(t, string(hist), wsSegSize(t, r))
 	t.Logf("00000002.history: timeline 1 ends at %s, in segment %s", switchLSN, switchSeg)
 
 	// Timeline 1 up to the switch as the old primary wrote it, its last
@@ -1048,7 +1053,7 @@ func wsCheckAgainstServer(t *testing.T, r *repo.Repo, c *pgtest.Cluster, tli int
 	if len(segs) == 0 {
 		t.Fatalf("no segment of timeline %d in the repository", tli)
 	}
-	checkContiguous(t, segs)
+	wsContiguous(t, wsSegSize(t, r), segs)
 	if segs[0][8:] > first[8:] {
 		t.Errorf("timeline %d in the repository starts at %s, after %s", tli, segs[0], first)
 	}
@@ -1131,22 +1136,32 @@ func wsSpooled(t *testing.T, spool string) []string {
 
 // wsHistorySwitch reads the last line of a timeline history file: the
 // switch LSN and the name of the segment holding it on the new timeline.
-func wsHistorySwitch(t *testing.T, hist string) (string, string) {
+func wsHistorySwitch(t *testing.T, hist string, size pg.WALSegmentSize) (string, string) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(hist), "\n")
 	f := strings.Fields(lines[len(lines)-1])
 	if len(f) < 2 {
 		t.Fatalf("history file %q", hist)
 	}
-	hi, lo, ok := strings.Cut(f[1], "/")
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if !ok || err1 != nil || err2 != nil {
-		t.Fatalf("history file %q: bad LSN %q", hist, f[1])
+	lsn, err := pg.ParseLSN(f[1])
+	if err != nil {
+		t.Fatalf("history file %q: %v", hist, err)
 	}
-	lsn := h<<32 | l
-	seg := lsn / segSize
-	return f[1], fmt.Sprintf("%08X%08X%08X", 2, seg/(0x100000000/segSize), seg%(0x100000000/segSize))
+	return f[1], pg.SegmentNameOf(2, lsn, size)
+}
+
+// wsContiguous fails t when sorted segment names of one timeline skip one.
+func wsContiguous(t *testing.T, size pg.WALSegmentSize, segs []string) {
+	t.Helper()
+	for i := 1; i < len(segs); i++ {
+		tli, n, err := pg.ParseSegmentName(segs[i-1], size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := pg.SegmentName(tli, n+1, size); segs[i] != want {
+			t.Errorf("the repository's segments jump from %s to %s (missing %s)", segs[i-1], segs[i], want)
+		}
+	}
 }
 
 // ---- a dedicated MinIO -----------------------------------------------------
