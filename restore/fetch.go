@@ -351,6 +351,33 @@ func (rs *restorer) fetch(ctx context.Context) error {
 		}
 	}
 	byKey, total := rs.pieces()
+	for _, ps := range byKey {
+		for _, pc := range ps {
+			pc.it.pending.Add(pc.n)
+		}
+	}
+	// A file is made durable as soon as it is whole, by syncers working
+	// while the next objects are fetched: the disk writes back one file
+	// while the CPU decodes the next, instead of everything waiting for
+	// one flush at the end.
+	syncq := make(chan *item, len(rs.p.items))
+	var syncers sync.WaitGroup
+	for range rs.jobs {
+		syncers.Add(1)
+		go func() {
+			defer syncers.Done()
+			for it := range syncq {
+				if syncFile(it.path) == nil {
+					it.synced.Store(true)
+				} // else verify syncs it again and reports the error
+			}
+		}()
+	}
+	defer func() {
+		close(syncq)
+		syncers.Wait()
+	}()
+	rs.syncq = syncq
 	keys := make([]string, 0, len(byKey))
 	for k := range byKey {
 		keys = append(keys, k)
@@ -432,6 +459,9 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 				}
 				rs.bytesFetched.Add(e - s)
 				m.done.Add(e - s)
+				if a.it.pending.Add(-(e - s)) == 0 {
+					rs.syncq <- a.it // buffered for every file: never blocks
+				}
 			}
 			if a.at+a.n <= hi {
 				if err := a.f.Close(); err != nil {
@@ -495,6 +525,9 @@ func (rs *restorer) verify(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(rs.jobs)
 	for _, it := range written {
+		if it.synced.Load() {
+			continue
+		}
 		g.Go(func() error {
 			if err := gctx.Err(); err != nil {
 				return err

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/walferry/walferry/backup"
 )
@@ -59,6 +60,11 @@ type item struct {
 	// streamed[i] hashes unit i as its bytes are written, when they come
 	// in order; allocated by fetch.
 	streamed []unitHash
+	// pending counts the bytes fetch still has to write; the file is
+	// synced in the background, while other objects are fetched, when it
+	// reaches zero, and synced is then set.
+	pending atomic.Int64
+	synced  atomic.Bool
 }
 
 // units returns how many UnitSize units a file of size bytes has.

@@ -36,6 +36,10 @@ type restorer struct {
 	filesKept, filesFetched, filesRemoved, dirsRemoved int
 	bytesFetched, bytesRead                            atomic.Int64
 	objectsRead                                        atomic.Int64
+
+	// syncq takes the files fetch completed, to be synced in the
+	// background (see fetch).
+	syncq chan<- *item
 }
 
 // owner is the OS account restored files are given to.
