@@ -414,9 +414,27 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 	}
 	defer obj.Close()
 	rs.objectsRead.Add(1)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	// Two buffers: while the units of one are hashed on another core, the
+	// next is decoded and written.
+	bp0, bp1 := bufPool.Get().(*[]byte), bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp0)
+	defer bufPool.Put(bp1)
+	bufs := [2][]byte{*bp0, *bp1}
+	type hashJob struct {
+		it  *item
+		off int64
+		b   []byte
+	}
+	var hashed chan error // the previous buffer's hashing, nil when none
+	waitHash := func() error {
+		if hashed == nil {
+			return nil
+		}
+		err := <-hashed
+		hashed = nil
+		return err
+	}
+	defer waitHash() // before the buffers go back to the pool
 
 	type open struct {
 		piece
@@ -430,7 +448,8 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 	}()
 	next := 0
 	var pos int64
-	for {
+	for i := 0; ; i ^= 1 {
+		buf := bufs[i]
 		n, rerr := obj.Read(buf)
 		lo, hi := pos, pos+int64(n)
 		pos = hi
@@ -443,6 +462,7 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 			active = append(active, open{ps[next], f})
 			next++
 		}
+		var jobs []hashJob
 		kept := active[:0]
 		for _, a := range active {
 			s, e := max(a.at, lo), min(a.at+a.n, hi)
@@ -452,10 +472,7 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 					return fmt.Errorf("write %s: %w", a.it.path, err)
 				}
 				if a.it.streamed != nil {
-					if err := rs.stream(a.it, a.off+s-a.at, buf[s-lo:e-lo]); err != nil {
-						a.f.Close()
-						return err
-					}
+					jobs = append(jobs, hashJob{a.it, a.off + s - a.at, buf[s-lo : e-lo]})
 				}
 				rs.bytesFetched.Add(e - s)
 				m.done.Add(e - s)
@@ -472,12 +489,33 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 			kept = append(kept, a)
 		}
 		active = kept
+		// The other buffer's hashing must end before it is read into
+		// again; this one's starts now.
+		if err := waitHash(); err != nil {
+			return err
+		}
+		if len(jobs) > 0 {
+			done := make(chan error, 1)
+			hashed = done
+			go func() {
+				for _, j := range jobs {
+					if err := rs.stream(j.it, j.off, j.b); err != nil {
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+		}
 		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
 			return fmt.Errorf("backup %s: %w", rs.m.ID, rerr)
 		}
+	}
+	if err := waitHash(); err != nil {
+		return err
 	}
 	if next < len(ps) || len(active) > 0 {
 		want := ps[len(ps)-1].at + ps[len(ps)-1].n
