@@ -2,7 +2,6 @@ package pg
 
 import (
 	"encoding/binary"
-	"fmt"
 )
 
 // PageSize is the size of a relation data page (BLCKSZ). walferry only
@@ -76,11 +75,12 @@ const checksumRow = nSums * 4
 // (sum % 65535) + 1, so a checksum is never zero.
 //
 // PostgreSQL only checksums initialized pages; the value for a page where
-// PageIsNew is true is computed all the same but has no meaning. It panics
-// unless len(page) == PageSize.
+// PageIsNew is true is computed all the same but has no meaning. A slice
+// that is not PageSize bytes is not a page: its checksum is 0, which no
+// page has.
 func PageChecksum(page []byte, blkno uint32) uint16 {
 	if len(page) != PageSize {
-		panic(fmt.Sprintf("pg: PageChecksum of a %d-byte page, want %d", len(page), PageSize))
+		return 0
 	}
 	sums := checksumBaseOffsets
 
@@ -121,10 +121,11 @@ func PageChecksum(page []byte, blkno uint32) uint16 {
 // blkno is the block number within the relation fork: for page k of segment
 // file "<relfilenode>.N" (or "<relfilenode>_fsm.N", ...) the caller passes
 // N*RelSegmentBlocks + k. Unlike PostgreSQL, VerifyPage does not check the
-// rest of the header for sanity. It panics unless len(page) == PageSize.
+// rest of the header for sanity. A slice that is not PageSize bytes does
+// not verify.
 func VerifyPage(page []byte, blkno uint32) (ok bool) {
 	if len(page) != PageSize {
-		panic(fmt.Sprintf("pg: VerifyPage of a %d-byte page, want %d", len(page), PageSize))
+		return false
 	}
 	if PageIsNew(page) {
 		return allZero(page)
