@@ -70,31 +70,44 @@ const (
 )
 
 // TestWalstreamRPO streams a primary under pgbench and a committing client
-// into MinIO, then loses the site at once: the receiver is killed (SIGKILL)
-// and the primary stopped with pg_ctl -m immediate. The latest backup,
-// restored with --use-partial and replayed to the end of the repository,
-// must hold every commit the client saw acknowledged in synchronous mode,
-// and all but at most the last partial interval's (plus slack) in
-// asynchronous mode; the gap is measured and logged. The restored rows are
-// then compared with the primary's own after its crash recovery.
+// into MinIO, then stops the primary with pg_ctl -m immediate. In "sync"
+// and "async" the whole site is lost at once: the receiver is killed
+// (SIGKILL) just before. In "async-receiver-survives" only the primary
+// dies; the receiver is killed one partial interval later. The latest
+// backup, restored with --use-partial and replayed to the end of the
+// repository, must hold every commit the client saw acknowledged in
+// synchronous mode; in asynchronous mode all but at most the last partial
+// interval's (plus slack) when the site is lost, the gap measured and
+// logged, and all but the last second's when the receiver survives (it
+// uploads what it received after losing the server). The restored rows
+// are then compared with the primary's own after its crash recovery.
 func TestWalstreamRPO(t *testing.T) {
 	s3 := needE2E(t)
-	for _, sync := range []bool{true, false} {
-		t.Run(wsModeName(sync), func(t *testing.T) {
-			testWalstreamRPO(t, sync, s3)
+	for _, m := range []wsRPOMode{
+		{name: "sync", sync: true},
+		{name: "async"},
+		{name: "async-receiver-survives", survives: true},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			testWalstreamRPO(t, m, s3)
 		})
 	}
 }
 
-func testWalstreamRPO(t *testing.T, sync bool, s3 testenv.S3Env) {
+type wsRPOMode struct {
+	name     string
+	sync     bool // --synchronous, synchronous_standby_names = 'walferry'
+	survives bool // the receiver outlives the primary by one partial interval
+}
+
+func testWalstreamRPO(t *testing.T, m wsRPOMode, s3 testenv.S3Env) {
 	start := time.Now()
-	mode := wsModeName(sync)
 	primary := wsPrimary(t, pgtest.Options{})
 	url := newRepoURL(t, primary, kindS3, s3)
 	mustWF(t, primary, "repo", "init", "--repo", url, "--pgdata", primary.DataDir)
 	spool := primary.MkdirOwned(t, "spool")
 	var args []string
-	if sync {
+	if m.sync {
 		args = append(args, "--synchronous") // --partial-interval 1s
 	} // else the default --partial-interval, wsAsyncInterval
 	recv := wsStartReceiver(t, primary, url, primary.ConnString(), spool, args...)
@@ -102,54 +115,72 @@ func testWalstreamRPO(t *testing.T, sync bool, s3 testenv.S3Env) {
 
 	pgRun(t, primary, 5*time.Minute, "pgbench", "-i", "-q", "-s", strconv.Itoa(wsScale))
 	b := backupPush(t, primary, url)
-	if sync {
+	if m.sync {
 		wsSetSyncNames(t, primary, wsApp)
 	}
 	stopBench := wsPgbench(t, primary)
 	defer stopBench()
 	pause := time.Duration(0)
-	if !sync {
+	if !m.sync {
 		pause = 10 * time.Millisecond // ~100 commits a second
 	}
 	cm := wsStartCommitter(t, primary, "ack", pause)
 	load := 15 * time.Second
-	if !sync {
-		load = 2*wsAsyncInterval + 5*time.Second
+	if !m.sync && !m.survives {
+		// At a random phase of the partial uploads' cycle: the recovery
+		// point measured is one sample of what a site loss costs.
+		load = 2*wsAsyncInterval + time.Duration(rand.Int64N(int64(wsAsyncInterval)))
 	}
 	time.Sleep(load)
 	recv.checkRunning(t)
-	lost := wsDisaster(t, primary, recv)
+	var lost time.Time
+	if m.survives {
+		lost = time.Now()
+		primary.Stop(t, pgtest.StopImmediate)
+		time.Sleep(wsAsyncInterval + 3*time.Second)
+		recv.checkRunning(t)
+		recv.kill(t)
+		t.Logf("%s: primary stopped (immediate); the receiver killed %s later", m.name, time.Since(lost).Round(time.Millisecond))
+	} else {
+		lost = wsDisaster(t, primary, recv)
+	}
 	cm.wait()
 	lastAck, acks := cm.acked()
-	t.Logf("%s: backup %s; %d commits acknowledged in %s under pgbench, the last %s before the receiver was killed (then: %v); %s",
-		mode, b.ID, lastAck, load, wsSince(acks, lastAck, lost), cm.err, wsLatencyStats(cm.latencies()))
+	t.Logf("%s: backup %s; %d commits acknowledged in %s under pgbench, the last %s the loss (then: %v); %s",
+		m.name, b.ID, lastAck, load, wsSince(acks, lastAck, lost), cm.err, wsLatencyStats(cm.latencies()))
 	if lastAck == 0 {
 		t.Fatal("no commit was acknowledged")
 	}
 
 	dst, restoredMax := wsRecover(t, url, true)
 	wsCompareAck(t, dst.c, primary, "ack", restoredMax, lastAck)
-	if sync {
+	missing := max(0, lastAck-restoredMax)
+	span := wsSpanDuration(acks, restoredMax, lastAck)
+	switch {
+	case m.sync:
 		if restoredMax < lastAck {
 			t.Errorf("sync: the restore holds commits 1..%d, but %d were acknowledged: %d acknowledged commits lost (the last %s of them)",
-				restoredMax, lastAck, lastAck-restoredMax, wsSpan(acks, restoredMax, lastAck))
+				restoredMax, lastAck, missing, span.Round(time.Millisecond))
 		} else {
 			t.Logf("sync: the restore holds commits 1..%d: every one of the %d acknowledged, none lost", restoredMax, lastAck)
 		}
-	} else {
-		missing := max(0, lastAck-restoredMax)
-		span := wsSpanDuration(acks, restoredMax, lastAck)
-		t.Logf("async: RECOVERY POINT: the restore holds commits 1..%d of %d acknowledged: %d acknowledged commits lost, spanning %s of commits (the newest restored commit was acknowledged %s before the receiver was killed); partial interval %s",
-			restoredMax, lastAck, missing, span.Round(time.Millisecond), wsSince(acks, restoredMax, lost), wsAsyncInterval)
+	default:
+		t.Logf("%s: RECOVERY POINT: the restore holds commits 1..%d of %d acknowledged: %d acknowledged commits lost, spanning %s of commits (the newest restored commit was acknowledged %s the loss); partial interval %s",
+			m.name, restoredMax, lastAck, missing, span.Round(time.Millisecond), wsSince(acks, restoredMax, lost), wsAsyncInterval)
 		if restoredMax == 0 {
-			t.Errorf("async: the restore holds no commit of the %d acknowledged over %s", lastAck, load)
+			t.Errorf("%s: the restore holds no commit of the %d acknowledged over %s", m.name, lastAck, load)
 		}
-		if bound := wsAsyncInterval + wsSlack; span > bound {
-			t.Errorf("async: %s of acknowledged commits lost, over the partial interval %s plus %s of slack", span.Round(time.Millisecond), wsAsyncInterval, wsSlack)
+		bound := wsAsyncInterval + wsSlack
+		if m.survives {
+			// Only what the server had not sent when it died.
+			bound = time.Second
+		}
+		if span > bound {
+			t.Errorf("%s: %s of acknowledged commits lost, over the bound of %s", m.name, span.Round(time.Millisecond), bound)
 		}
 	}
 	wsVerifyWAL(t, primary, url)
-	t.Logf("%s: total %s", mode, time.Since(start).Round(time.Second))
+	t.Logf("%s: total %s", m.name, time.Since(start).Round(time.Second))
 }
 
 // TestWalstreamKill9 kills the receiver with SIGKILL at random moments
@@ -306,7 +337,7 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	lost := wsDisaster(t, primary, recv)
 	cm.wait()
 	lastAck, acks := cm.acked()
-	t.Logf("backup %s; %d commits acknowledged, the last %s before the receiver was killed; %s",
+	t.Logf("backup %s; %d commits acknowledged, the last %s the receiver was killed; %s",
 		b.ID, lastAck, wsSince(acks, lastAck, lost), wsLatencyStats(cm.latencies()))
 	dst, restoredMax := wsRecover(t, url, true)
 	wsCompareAck(t, dst.c, primary, "ack", restoredMax, lastAck)
@@ -470,13 +501,6 @@ func TestWalstreamSyncLatency(t *testing.T) {
 }
 
 // ---- clusters ----------------------------------------------------------
-
-func wsModeName(sync bool) string {
-	if sync {
-		return "sync"
-	}
-	return "async"
-}
 
 // wsPrimary starts a primary for wal-receive: replication, and archive_mode
 // on with an empty archive_command (see the top of this file).
@@ -953,12 +977,17 @@ func wsLatencyStats(d []time.Duration) string {
 		len(s), r(sum/time.Duration(len(s))), r(pct(.5)), r(pct(.9)), r(pct(.99)), r(s[len(s)-1]))
 }
 
-// wsSince says how long before moment the commit of id was acknowledged.
+// wsSince says how long before (or after) moment the commit of id was
+// acknowledged.
 func wsSince(acks []wsAck, id int, moment time.Time) string {
 	if id < 1 || id > len(acks) {
 		return "(none)"
 	}
-	return moment.Sub(acks[id-1].at).Round(time.Millisecond).String()
+	d := moment.Sub(acks[id-1].at)
+	if d < 0 {
+		return (-d).Round(time.Millisecond).String() + " after"
+	}
+	return d.Round(time.Millisecond).String() + " before"
 }
 
 // wsSpanDuration is the time between the acknowledgements of commits from
