@@ -351,16 +351,27 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 }
 
 // TestWalstreamPromotion streams a primary that has a streaming standby;
-// the primary fails (immediate stop, after the standby replayed
-// everything), the standby is promoted to timeline 2, and a receiver on
-// the same repository and spool is pointed at it while pgbench writes
-// there. The repository must hold timeline 1 up to the switch (its last
-// segment as .partial), wal/history/00000002.history, and timeline 2 from
-// the switch on, each byte for byte as the servers wrote them; verify
-// --wal must follow the switch, and the backup taken on timeline 1 must
-// restore to the new primary's data, row for row.
+// the primary fails (pg_ctl -m immediate), the standby is promoted to
+// timeline 2, and a receiver on the same repository and spool is pointed
+// at it while pgbench writes there. In "caught-up" the standby replayed
+// everything the primary wrote before it failed; in "under-load" pgbench
+// was still writing when it failed; in "diverged" the standby was down
+// while the primary wrote a few more segments, which the receiver stored:
+// the repository then holds timeline 1 WAL past the switch point, a
+// history the new primary does not share. The repository must hold
+// timeline 1 (its switch segment whole or as .partial),
+// wal/history/00000002.history, and timeline 2 from the switch on, each
+// byte for byte as the servers wrote them; verify --wal must follow the
+// switch, and the backup taken on timeline 1 must restore to the new
+// primary's data, row for row.
 func TestWalstreamPromotion(t *testing.T) {
 	s3 := needE2E(t)
+	for _, how := range []string{"caught-up", "under-load", "diverged"} {
+		t.Run(how, func(t *testing.T) { testWalstreamPromotion(t, how, s3) })
+	}
+}
+
+func testWalstreamPromotion(t *testing.T, how string, s3 testenv.S3Env) {
 	start := time.Now()
 	primary := wsPrimary(t, pgtest.Options{WALSegSizeMB: wsSmallSegMB})
 	standby := wsStandby(t, primary, pgtest.Options{}, "standby1",
@@ -375,18 +386,47 @@ func TestWalstreamPromotion(t *testing.T) {
 	b := backupPush(t, primary, url)
 	stopBench := wsPgbench(t, primary)
 	time.Sleep(8 * time.Second)
-	stopBench()
 
-	// The failure: once the standby replayed everything, the primary
-	// stops dead; the standby is promoted.
+	// The failure: the primary stops dead, under load or once the standby
+	// replayed everything; the standby is promoted once it replayed what
+	// it received.
 	var endLSN string
-	primary.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&endLSN)
-	wsWaitFor(t, "the standby to replay "+endLSN, 2*time.Minute, func() bool {
-		var ok bool
-		standby.QueryRow(t, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", endLSN).Scan(&ok)
-		return ok
-	})
-	primary.Stop(t, pgtest.StopImmediate)
+	switch how {
+	case "diverged":
+		standby.Stop(t, pgtest.StopFast)
+		r := openRepo(t, url)
+		from := wsNewestSegment(t, r, 1)
+		wsWaitFor(t, "two segments past "+from+" in the repository", 2*time.Minute, func() bool {
+			n := wsNewestSegment(t, r, 1)
+			return n > from && wsPrevSegment(t, r, n) > from
+		})
+		primary.Stop(t, pgtest.StopImmediate)
+		stopBench()
+		standby.Start(t)
+		standby.QueryRow(t, "SELECT pg_last_wal_replay_lsn()::text").Scan(&endLSN)
+	case "under-load":
+		primary.Stop(t, pgtest.StopImmediate)
+		stopBench()
+		prev := ""
+		wsWaitFor(t, "the standby to replay what it received", 2*time.Minute, func() bool {
+			var cur string
+			standby.QueryRow(t, "SELECT pg_last_wal_receive_lsn()::text || ' ' || pg_last_wal_replay_lsn()::text").Scan(&cur)
+			f := strings.Fields(cur)
+			done := len(f) == 2 && f[0] == f[1] && cur == prev
+			prev = cur
+			return done
+		})
+		endLSN = strings.Fields(prev)[1]
+	default:
+		stopBench()
+		primary.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&endLSN)
+		wsWaitFor(t, "the standby to replay "+endLSN, 2*time.Minute, func() bool {
+			var ok bool
+			standby.QueryRow(t, "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", endLSN).Scan(&ok)
+			return ok
+		})
+		primary.Stop(t, pgtest.StopImmediate)
+	}
 	if code := recv.stop(t); code != 0 {
 		t.Errorf("wal-receive of the failed primary after SIGTERM: exit %d, want 0", code)
 	}
@@ -397,7 +437,7 @@ func TestWalstreamPromotion(t *testing.T) {
 	}
 	var seg string
 	standby.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&seg)
-	t.Logf("primary stopped at %s; standby promoted, now writing %s", endLSN, seg)
+	t.Logf("primary stopped; standby promoted after replaying up to %s, now writing %s", endLSN, seg)
 
 	// The receiver, pointed at the new primary.
 	recv = wsStartReceiver(t, standby, url, standby.ConnString(), spool, args...)
@@ -432,16 +472,30 @@ func TestWalstreamPromotion(t *testing.T) {
 	// segment as .partial unless the switch is at a segment boundary;
 	// timeline 2 from the switch on as the new primary wrote it.
 	tl1 := wsCheckAgainstServer(t, r, primary, 1, b.StartWAL, "")
-	if n := len(tl1); n == 0 || tl1[n-1] >= "00000001"+switchSeg[8:] {
-		t.Errorf("timeline 1 segments in the repository: %v; want them up to, not including, the switch segment %s", tl1, switchSeg)
+	old := "00000001" + switchSeg[8:] // the switch segment on timeline 1
+	whole, partial := wsHas(t, r, old), wsHas(t, r, old+".partial")
+	if n := len(tl1); n == 0 || tl1[n-1] < "00000001"+wsPrevSegment(t, r, switchSeg)[8:] {
+		t.Fatalf("timeline 1 segments in the repository: %v; want them up to the switch segment %s", tl1, old)
 	}
-	if wsHas(t, r, "00000001"+switchSeg[8:]) == wsHas(t, r, "00000001"+switchSeg[8:]+".partial") {
-		t.Errorf("timeline 1's switch segment %s: want it stored either whole or as .partial (%v, %v)",
-			"00000001"+switchSeg[8:], wsHas(t, r, "00000001"+switchSeg[8:]), wsHas(t, r, "00000001"+switchSeg[8:]+".partial"))
+	switch how {
+	case "caught-up":
+		if tl1[len(tl1)-1] >= old {
+			t.Errorf("timeline 1 segments in the repository: %v; want them up to, not including, the switch segment %s", tl1, old)
+		}
+		if whole == partial {
+			t.Errorf("timeline 1's switch segment %s: want it stored either whole or as .partial (whole %v, .partial %v)", old, whole, partial)
+		}
+	case "diverged":
+		if tl1[len(tl1)-1] <= old {
+			t.Errorf("timeline 1 segments in the repository: %v; want them past the switch segment %s (the test did not diverge)", tl1, old)
+		}
+	}
+	if !whole && !partial {
+		t.Errorf("timeline 1's switch segment %s is stored neither whole nor as .partial", old)
 	}
 	tl2 := wsCheckAgainstServer(t, r, standby, 2, switchSeg, last)
-	t.Logf("repository: timeline 1 %s..%s (%d segments) + %s.partial, 00000002.history, timeline 2 %s..%s (%d segments)",
-		tl1[0], tl1[len(tl1)-1], len(tl1), "00000001"+switchSeg[8:], tl2[0], tl2[len(tl2)-1], len(tl2))
+	t.Logf("repository: timeline 1 %s..%s (%d segments; switch segment %s whole %v, .partial %v), 00000002.history, timeline 2 %s..%s (%d segments)",
+		tl1[0], tl1[len(tl1)-1], len(tl1), old, whole, partial, tl2[0], tl2[len(tl2)-1], len(tl2))
 	wsVerifyWAL(t, standby, url)
 
 	dst, _ := wsRecover(t, url, false)
@@ -1177,6 +1231,16 @@ func wsHistorySwitch(t *testing.T, hist string, size pg.WALSegmentSize) (string,
 		t.Fatalf("history file %q: %v", hist, err)
 	}
 	return f[1], pg.SegmentNameOf(2, lsn, size)
+}
+
+// wsPrevSegment returns the name of the segment before name.
+func wsPrevSegment(t *testing.T, r *repo.Repo, name string) string {
+	t.Helper()
+	tli, n, err := pg.ParseSegmentName(name, wsSegSize(t, r))
+	if err != nil || n == 0 {
+		t.Fatalf("segment before %q: %v", name, err)
+	}
+	return pg.SegmentName(tli, n-1, wsSegSize(t, r))
 }
 
 // wsContiguous fails t when sorted segment names of one timeline skip one.
