@@ -254,9 +254,22 @@ func TestWalstreamKill9(t *testing.T) {
 // the spool): the committing client's commits must wait meanwhile (none is
 // acknowledged during the outage), resume once MinIO is back and the
 // receiver caught up, and after a site loss the repository alone must
-// restore every acknowledged commit and pass verify --wal.
+// restore every acknowledged commit, pass verify --wal, and hold every
+// segment as the server wrote it. In "receiver-killed" the receiver is
+// also killed (SIGKILL) halfway through the outage, with segments waiting
+// in its spool, and restarted at once.
 func TestWalstreamMinIOOutage(t *testing.T) {
 	s3 := needE2E(t)
+	for _, kill := range []bool{false, true} {
+		name := "receiver-running"
+		if kill {
+			name = "receiver-killed"
+		}
+		t.Run(name, func(t *testing.T) { testWalstreamMinIOOutage(t, kill, s3) })
+	}
+}
+
+func testWalstreamMinIOOutage(t *testing.T, kill bool, s3 testenv.S3Env) {
 	start := time.Now()
 	minio := wsStartMinIO(t, s3)
 	primary := wsPrimary(t, pgtest.Options{WALSegSizeMB: wsSmallSegMB})
@@ -280,7 +293,25 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	var serverAtStop string
 	primary.QueryRow(t, "SELECT pg_current_wal_lsn()::text").Scan(&serverAtStop)
 	t.Logf("MinIO stopped at commit %d, server WAL at %s", ackedBefore, serverAtStop)
-	time.Sleep(30 * time.Second)
+	if kill {
+		time.Sleep(15 * time.Second)
+		recv.checkRunning(t)
+		recv.kill(t)
+		t.Logf("receiver killed and restarted with %d files waiting in its spool: %v", len(wsSpooled(t, spool)), wsSpooled(t, spool))
+		recv = wsStartReceiver(t, primary, url, primary.ConnString(), spool, "--synchronous")
+		time.Sleep(15 * time.Second)
+		if recv.exited() {
+			// Once running, the receiver rides out an outage of any
+			// length; started during one, it must not give up either:
+			// with --synchronous every commit then waits until something
+			// restarts it. The test goes on as a supervisor would,
+			// restarting it once MinIO is back.
+			t.Errorf("wal-receive started while MinIO was down exited by itself with status %d after %s, instead of retrying until the store is back:\n%s",
+				recv.code, recv.lifetime().Round(time.Millisecond), recv.log())
+		}
+	} else {
+		time.Sleep(30 * time.Second)
+	}
 	spooled := wsSpooled(t, spool)
 	var flushLSN, sentLSN, serverLSN string
 	primary.QueryRow(t, `SELECT coalesce(max(flush_lsn)::text, '-'), coalesce(max(sent_lsn)::text, '-'), pg_current_wal_lsn()::text
@@ -288,6 +319,9 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	ackedDuring, _ := cm.acked()
 	restarted := time.Now()
 	minio.start(t)
+	if recv.exited() {
+		recv = wsStartReceiver(t, primary, url, primary.ConnString(), spool, "--synchronous")
+	}
 	t.Logf("MinIO down for %s: commits acknowledged %d -> %d; %d segments waiting in the spool %v; receiver flushed %s, sent %s, server at %s",
 		restarted.Sub(stopped).Round(time.Millisecond), ackedBefore, ackedDuring, len(spooled), spooled, flushLSN, sentLSN, serverLSN)
 	if len(spooled) == 0 {
@@ -328,8 +362,12 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 	if waited == 0 {
 		t.Errorf("no commit was waiting when MinIO came back")
 	}
-	if l := recv.log(); !strings.Contains(l, "upload failed") && !strings.Contains(l, "storage operation failed") {
-		t.Errorf("the receiver logged no failed upload or storage operation during the outage:\n%s", l)
+	var logs string
+	for _, rv := range wsAllReceivers(t) {
+		logs += rv.log()
+	}
+	if !strings.Contains(logs, "upload failed") && !strings.Contains(logs, "storage operation failed") {
+		t.Errorf("the receivers logged no failed upload or storage operation during the outage:\n%s", logs)
 	}
 
 	time.Sleep(5 * time.Second)
@@ -347,6 +385,8 @@ func TestWalstreamMinIOOutage(t *testing.T) {
 		t.Logf("the restore holds commits 1..%d: every one of the %d acknowledged", restoredMax, lastAck)
 	}
 	wsVerifyWAL(t, primary, url)
+	segs := wsCheckAgainstServer(t, openRepo(t, url), primary, 1, b.StartWAL, "")
+	t.Logf("repository: %d contiguous segments %s..%s, each identical to the primary's pg_wal", len(segs), segs[0], segs[len(segs)-1])
 	t.Logf("total %s", time.Since(start).Round(time.Second))
 }
 
@@ -777,6 +817,7 @@ type wsReceiver struct {
 	cmd     *exec.Cmd
 	out     wsBuffer
 	started time.Time
+	ended   time.Time // once done
 	done    chan struct{}
 	code    int // exit status once done; -1 when a signal ended it
 }
@@ -812,6 +853,7 @@ func wsStartReceiver(t *testing.T, c *pgtest.Cluster, url, conn, spool string, a
 		default:
 			r.code = -2
 		}
+		r.ended = time.Now()
 		close(r.done)
 	}()
 	wsReceiversMu.Lock()
@@ -840,6 +882,22 @@ func wsAllReceivers(t *testing.T) []*wsReceiver {
 func (r *wsReceiver) log() string { return r.out.String() }
 
 func (r *wsReceiver) ran() time.Duration { return time.Since(r.started) }
+
+// lifetime is how long the process ran, once it ended.
+func (r *wsReceiver) lifetime() time.Duration {
+	<-r.done
+	return r.ended.Sub(r.started)
+}
+
+// exited reports whether the process has ended.
+func (r *wsReceiver) exited() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
 
 // checkRunning fails t when the receiver exited by itself.
 func (r *wsReceiver) checkRunning(t *testing.T) {
@@ -1054,10 +1112,6 @@ func wsSpanDuration(acks []wsAck, from, to int) time.Duration {
 		return acks[to-1].at.Sub(acks[0].start)
 	}
 	return acks[to-1].at.Sub(acks[from-1].at)
-}
-
-func wsSpan(acks []wsAck, from, to int) string {
-	return wsSpanDuration(acks, from, to).Round(time.Millisecond).String()
 }
 
 // ---- the repository --------------------------------------------------------
