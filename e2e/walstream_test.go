@@ -180,6 +180,8 @@ func testWalstreamRPO(t *testing.T, m wsRPOMode, s3 testenv.S3Env) {
 		}
 	}
 	wsVerifyWAL(t, primary, url)
+	segs := wsCheckAgainstServer(t, openRepo(t, url), primary, 1, b.StartWAL, "")
+	t.Logf("%s: repository: %d contiguous segments %s..%s and the .partial after them, identical to the primary's pg_wal", m.name, len(segs), segs[0], segs[len(segs)-1])
 	t.Logf("%s: total %s", m.name, time.Since(start).Round(time.Second))
 }
 
@@ -206,21 +208,30 @@ func TestWalstreamKill9(t *testing.T) {
 	defer stopBench()
 
 	r := openRepo(t, url)
-	for round := 1; round <= 4; round++ {
+	for round := 1; round <= 6; round++ {
 		// Wait for a new complete segment at least, so that each run
-		// uploads segments and partials, then kill at a random moment.
+		// uploads segments and partials, then kill at a random moment;
+		// every other round just after a segment switch, while the
+		// segment is being received, spooled or uploaded.
 		before := wsNewestSegment(t, r, 1)
 		wsWaitFor(t, fmt.Sprintf("round %d: a segment after %s in the repository", round, before), 2*time.Minute, func() bool {
 			return wsNewestSegment(t, r, 1) > before
 		})
-		time.Sleep(time.Duration(rand.Int64N(int64(3 * time.Second))))
+		how := "at a random moment"
+		if round%2 == 0 {
+			psql(t, primary, "SELECT pg_switch_wal()")
+			time.Sleep(time.Duration(rand.Int64N(int64(50 * time.Millisecond))))
+			how = "just after a segment switch"
+		} else {
+			time.Sleep(time.Duration(rand.Int64N(int64(3 * time.Second))))
+		}
 		recv.checkRunning(t)
 		recv.kill(t)
 		spooled := wsSpooled(t, spool)
 		down := time.Duration(rand.Int64N(int64(3 * time.Second)))
 		time.Sleep(down)
-		t.Logf("round %d: receiver killed after %s (%d files in the spool), restarted %s later",
-			round, recv.ran().Round(time.Millisecond), len(spooled), down.Round(time.Millisecond))
+		t.Logf("round %d: receiver killed %s, after %s (spool: %v), restarted %s later",
+			round, how, recv.ran().Round(time.Millisecond), spooled, down.Round(time.Millisecond))
 		recv = wsStartReceiver(t, primary, url, primary.ConnString(), spool, args...)
 	}
 	time.Sleep(3 * time.Second)
