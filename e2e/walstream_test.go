@@ -268,7 +268,8 @@ func TestWalstreamKill9(t *testing.T) {
 // restore every acknowledged commit, pass verify --wal, and hold every
 // segment as the server wrote it. In "receiver-killed" the receiver is
 // also killed (SIGKILL) halfway through the outage, with segments waiting
-// in its spool, and restarted at once.
+// in its spool, and restarted at once: started while MinIO is still down,
+// it must wait for the store, as it does once running, rather than exit.
 func TestWalstreamMinIOOutage(t *testing.T) {
 	s3 := needE2E(t)
 	for _, kill := range []bool{false, true} {
