@@ -163,7 +163,7 @@ func (a *app) walReceive(c *cli.Context) error {
 		stop := serveMetrics(ln, reg, health, s.log)
 		defer stop()
 	}
-	repos, closeStores, err := s.openRepos(c.Context)
+	repos, closeStores, err := s.openReposPatiently(c.Context, c.Int("max-attempts"))
 	if err != nil {
 		return err
 	}
@@ -202,6 +202,33 @@ func (a *app) walReceive(c *cli.Context) error {
 		return &postgresError{err}
 	}
 	return nil
+}
+
+// openReposPatiently is openRepos for a long-running receiver: a store
+// that cannot be reached at start (an outage, a restarting MinIO, a
+// network not up yet) is retried with backoff (1s to 1m) forever, or
+// maxAttempts times, as an outage while streaming is; a supervisor that
+// restarts the receiver must not turn a short outage into a crash loop
+// while synchronous commits wait. Anything else (wrong credentials, no
+// bucket, another cluster) fails at once.
+func (s *settings) openReposPatiently(ctx context.Context, maxAttempts int) ([]*repo.Repo, func(), error) {
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		repos, closeStores, err := s.openRepos(ctx)
+		if err == nil {
+			return repos, closeStores, nil
+		}
+		if exitCode(err) != exitUnreachable || (maxAttempts > 0 && attempt >= maxAttempts) {
+			return nil, nil, err
+		}
+		s.log.Warn("repository unreachable; retrying", "attempt", attempt, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, nil, context.Cause(ctx)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
 }
 
 // openRepos opens every repository without a local cluster to compare
