@@ -77,7 +77,8 @@ upload covering it, so --partial-interval (1s by default with --synchronous)
 bounds the commit latency added.
 
 It reconnects with exponential backoff (1s to 1m) after every failure,
-forever, or --max-attempts consecutive failures. SIGTERM or SIGINT shut it
+forever, or --max-attempts consecutive failures; a repository that cannot
+be reached when it starts is waited for the same way. SIGTERM or SIGINT shut it
 down cleanly: spooled segments and the last partial are uploaded (within
 --shutdown-timeout), a final status is sent, and it exits 0.
 
