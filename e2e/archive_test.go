@@ -37,12 +37,7 @@ const (
 // archive-get) and compares the data with the primary's.
 func TestArchiveReplay(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testArchiveReplay(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testArchiveReplay)
 }
 
 func testArchiveReplay(t *testing.T, kind repoKind, s3 testenv.S3Env) {

@@ -42,12 +42,7 @@ const backupScale = 5
 // pgbench tables of the primary row for row, and a clean pg_amcheck.
 func TestBackupPITR(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testBackupPITR(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testBackupPITR)
 }
 
 func testBackupPITR(t *testing.T, kind repoKind, s3 testenv.S3Env) {
@@ -132,12 +127,7 @@ func testBackupPITR(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 // and so is the data once both are started.
 func TestBackupDelta(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testBackupDelta(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testBackupDelta)
 }
 
 func testBackupDelta(t *testing.T, kind repoKind, s3 testenv.S3Env) {
@@ -239,12 +229,7 @@ func testBackupDelta(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 // restore must leave nothing PostgreSQL could start.
 func TestBackupCorrupt(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testBackupCorrupt(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testBackupCorrupt)
 }
 
 func testBackupCorrupt(t *testing.T, kind repoKind, s3 testenv.S3Env) {
@@ -301,12 +286,7 @@ func testBackupCorrupt(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 // primary's data.
 func TestBackupRetention(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testBackupRetention(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testBackupRetention)
 }
 
 func testBackupRetention(t *testing.T, kind repoKind, s3 testenv.S3Env) {

@@ -94,6 +94,16 @@ const (
 
 var repoKinds = []repoKind{kindFS, kindS3}
 
+// forEachRepoKind runs test once per repository kind, as parallel subtests.
+func forEachRepoKind(t *testing.T, s3 testenv.S3Env, test func(*testing.T, repoKind, testenv.S3Env)) {
+	for _, kind := range repoKinds {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			test(t, kind, s3)
+		})
+	}
+}
+
 // newRepoURL returns a fresh repository URL of the given kind: a directory
 // owned by the cluster's OS user, or a unique prefix of the MinIO bucket.
 // The repository is not initialized.

@@ -101,12 +101,7 @@ func setReady(t *testing.T, c *pgtest.Cluster, all []string, ready map[string]bo
 // the repository is compared with its segment.
 func TestKillPush(t *testing.T) {
 	s3 := needE2E(t)
-	for _, kind := range repoKinds {
-		t.Run(string(kind), func(t *testing.T) {
-			t.Parallel()
-			testKillPush(t, kind, s3)
-		})
-	}
+	forEachRepoKind(t, s3, testKillPush)
 }
 
 const (
