@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // smallObjects returns, for every combination, a few small encoded objects
@@ -160,12 +163,26 @@ func TestSpliceDetected(t *testing.T) {
 	for _, cb := range combos(t) {
 		opts := cb.opts
 		opts.recordLg = minChunkLg
-		a, _ := encode(t, nil, randomBytes(3000, 31), opts, 0)
+		rawA := randomBytes(3000, 31)
+		a, _ := encode(t, nil, rawA, opts, 0)
 		b, _ := encode(t, nil, randomBytes(3000, 32), opts, 0)
 		ra, rb := splitRecords(t, a), splitRecords(t, b)
 		for i := 1; i < len(ra); i++ {
 			mixed := append([][]byte{}, ra...)
 			mixed[i] = rb[i]
+			if i == len(ra)-1 && opts.Key == nil && (opts.Compression == Zstd || opts.Compression == Gzip) {
+				// Without encryption nothing binds the trailer to the
+				// content but the SHA-256, which readers skip when the
+				// stream checks its content itself (reader.go,
+				// peekStream). Another object's trailer of the same
+				// header, length and record count then goes unnoticed,
+				// but the content read is still exactly a's, verified.
+				got, _, err := decode(c, bytes.Join(mixed, nil), nil)
+				if err != nil || !bytes.Equal(got, rawA) {
+					t.Errorf("%s: a's content with b's trailer: err %v, content equal %v", cb.name, err, bytes.Equal(got, rawA))
+				}
+				continue
+			}
 			mustDetect(t, c, bytes.Join(mixed, nil), keysFor(opts), fmt.Sprintf("%s: record %d from another object", cb.name, i))
 		}
 	}
@@ -317,5 +334,44 @@ func TestHeaderValidation(t *testing.T) {
 				t.Errorf("newer version reported as corrupt: %v", err)
 			}
 		})
+	}
+}
+
+// TestContentCheckVerified: a zstd frame with its content checksum is
+// trusted instead of the trailer's SHA-256, so the decoder must verify it;
+// a frame without one (objects written before the checksum) falls back to
+// the SHA-256. In both cases one altered content byte, with records and
+// trailer consistent around it, is ErrCorrupt.
+func TestContentCheckVerified(t *testing.T) {
+	raw := randomBytes(5000, 41) // incompressible: stored verbatim in raw blocks
+	for _, withCRC := range []bool{true, false} {
+		zw, err := zstd.NewWriter(nil, zstd.WithEncoderCRC(withCRC))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := zw.EncodeAll(raw, nil)
+		at := bytes.Index(stream, raw[1000:1032])
+		if at < 0 {
+			t.Fatal("content not stored verbatim")
+		}
+		altered := bytes.Clone(stream)
+		altered[at] ^= 0x40
+		content := bytes.Clone(raw)
+		content[1000] ^= 0x40
+		// The trailer is right for what the altered frame decodes to when
+		// withCRC is true (only the frame checksum can tell), and for the
+		// original content when false (only the SHA-256 can tell).
+		sum := sha256.Sum256(content)
+		if !withCRC {
+			sum = sha256.Sum256(raw)
+		}
+		obj := frameStream(Zstd, minChunkLg, altered, int64(len(raw)), sum)
+		mustDetect(t, New(), obj, nil, fmt.Sprintf("zstd frame checksum %v, one content byte altered", withCRC))
+
+		good := frameStream(Zstd, minChunkLg, stream, int64(len(raw)), sha256.Sum256(raw))
+		got, zr, err := decode(New(), good, nil)
+		if err != nil || !bytes.Equal(got, raw) || zr.Sum() != FormatSum(sha256.Sum256(raw)) {
+			t.Errorf("zstd frame checksum %v, intact: err %v, equal %v, sum %q", withCRC, err, bytes.Equal(got, raw), zr.Sum())
+		}
 	}
 }

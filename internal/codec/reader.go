@@ -31,10 +31,15 @@ type Reader struct {
 	src     io.Reader // dec, or &fr when uncompressed
 	release func()
 	hash    hash.Hash
-	raw     int64
-	err     error // sticky; io.EOF after a verified end
-	closed  bool
-	sum     [sha256.Size]byte
+	hasSum  bool // the trailer holds the raw SHA-256 (no Options.NoRawSum)
+	// inStream: the compressed stream checks its own raw content (a zstd
+	// frame with its content checksum, a gzip member's CRC-32), verified by
+	// the decompressor; the trailer's SHA-256 is then not recomputed.
+	inStream bool
+	raw      int64
+	err      error // sticky; io.EOF after a verified end
+	closed   bool
+	sum      [sha256.Size]byte
 }
 
 // NewReader is (*Codec)(nil).NewReader: a Reader that pools nothing.
@@ -66,10 +71,7 @@ func (c *Codec) NewReader(r io.Reader, keys KeyResolver) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	zr := &Reader{c: c, h: h}
-	if !h.noRawSum {
-		zr.hash = sha256.New()
-	}
+	zr := &Reader{c: c, h: h, hasSum: !h.noRawSum}
 	zr.fr = frameReader{
 		src:    r,
 		hdrCRC: h.crc,
@@ -220,18 +222,66 @@ func readFull(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-// start sets up the decompressor (gzip reads its header right away).
+// start sets up the decompressor (gzip reads its header right away) and
+// decides how the raw content is verified: by the compressed stream's own
+// content check when it has one, else by the trailer's SHA-256.
 func (zr *Reader) start() error {
 	if zr.h.compression == None {
 		zr.src = &zr.fr
+		zr.startHash()
 		return nil
 	}
+	if err := zr.peekStream(); err != nil {
+		return err
+	}
+	zr.startHash()
 	dec, release, err := zr.c.getDecompressor(zr.h.compression, &zr.fr)
 	if err != nil {
 		return zr.classify(err)
 	}
 	zr.dec, zr.src, zr.release = dec, dec, release
 	return nil
+}
+
+// peekStream reads the first record (without consuming it) to learn
+// whether the compressed stream checks its raw content itself. A gzip
+// member always ends with the CRC-32 and length of its content, which the
+// decompressor verifies. A zstd frame does when its header's
+// Content_Checksum_flag is set (RFC 8878 3.1.1.1.1.5: XXH64 of the content,
+// verified by the decoder); walferry writes one frame per object, with the
+// checksum since the objects of 2026-11. lz4 frames are written without
+// their optional checksum (xxh32 costs a third of lz4's speed), so lz4
+// objects are checked by SHA-256 as before.
+func (zr *Reader) peekStream() error {
+	switch zr.h.compression {
+	case Gzip:
+		zr.inStream = true
+	case Zstd:
+		for len(zr.fr.data) == 0 && zr.fr.err == nil {
+			zr.fr.err = zr.fr.next()
+		}
+		if zr.fr.err != nil && zr.fr.err != io.EOF {
+			return zr.fr.err
+		}
+		d := zr.fr.data
+		zr.inStream = len(d) >= 5 && binary.LittleEndian.Uint32(d) == zstdMagic && d[4]&zstdChecksumFlag != 0
+	}
+	return nil
+}
+
+// The start of a zstd frame: magic number, then the frame header
+// descriptor, whose bit 2 is the Content_Checksum_flag.
+const (
+	zstdMagic        = 0xFD2FB528
+	zstdChecksumFlag = 1 << 2
+)
+
+// startHash hashes the raw content when the trailer's SHA-256 is what
+// verifies it.
+func (zr *Reader) startHash() {
+	if zr.hasSum && !zr.inStream {
+		zr.hash = sha256.New()
+	}
 }
 
 // classify turns an error out of the decompressor into the error to report:
@@ -273,8 +323,14 @@ func (zr *Reader) finish() error {
 	if t.rawSize != zr.raw {
 		return corruptf("length mismatch: trailer says %d raw bytes, read %d", t.rawSize, zr.raw)
 	}
-	if zr.hash != nil {
+	switch {
+	case zr.hash != nil:
 		zr.hash.Sum(zr.sum[:0])
+	case zr.inStream:
+		// The decompressor verified the content against the stream's own
+		// check; the trailer's SHA-256 is the writer's, authenticated by
+		// the trailer record's check.
+		zr.sum = t.sum
 	}
 	if subtle.ConstantTimeCompare(zr.sum[:], t.sum[:]) != 1 {
 		return corruptf("checksum mismatch: stored %s computed %s", FormatSum(t.sum), FormatSum(zr.sum))
@@ -315,7 +371,7 @@ func (zr *Reader) Close() error {
 // Sum returns "sha256:<hex>" of the raw bytes once Read returned io.EOF, and
 // "" before, or when the object was written without it (Options.NoRawSum).
 func (zr *Reader) Sum() string {
-	if zr.err != io.EOF || zr.hash == nil {
+	if zr.err != io.EOF || !zr.hasSum {
 		return ""
 	}
 	return FormatSum(zr.sum)
