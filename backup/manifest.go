@@ -119,7 +119,15 @@ type File struct {
 	MTime int64  `json:"mtime"` // Unix seconds
 	// Sums are the hex SHA-256 of every UnitSize slice of the file
 	// (one for a file up to 8 MiB, none for an empty file).
-	Sums    []string `json:"sums"`
+	Sums []string `json:"sums"`
+	// CRCs are the CRC-32C (Castagnoli) of the same units. Restore checks
+	// the units it writes with them: a hardware CRC costs a fraction of a
+	// SHA-256, and the objects' own checks already caught any damage in
+	// the repository, so this one is there to catch a wrong mapping of
+	// bytes to files. Delta restore, verify and incrementals keep using
+	// Sums. Absent in manifests written before 2026-11 (restore then
+	// checks Sums).
+	CRCs    []uint32 `json:"crcs,omitempty"`
 	Extents []Extent `json:"extents"`
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -65,10 +66,14 @@ func planTasks(files []entry, objectSize int64) []task {
 	return out
 }
 
+// castagnoli is the CRC-32C table of File.CRCs.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // pieceResult is what reading one piece found.
 type pieceResult struct {
 	extents []Extent
 	sums    []string
+	crcs    []uint32
 	// read is how many bytes of the piece existed; less than the planned
 	// length means the file shrank (or vanished) while the backup ran.
 	read     int64
@@ -290,6 +295,7 @@ func (p *packer) storeUnit(w *objectWriter, res *pieceResult, f *entry, parentFi
 	sum := sha256.Sum256(data)
 	hexSum := hex.EncodeToString(sum[:])
 	res.sums = append(res.sums, hexSum)
+	res.crcs = append(res.crcs, crc32.Checksum(data, castagnoli))
 	if f.relation && p.checksum {
 		res.pageErrs = append(res.pageErrs, p.checkPages(f, unitOff, data)...)
 	}
@@ -419,6 +425,7 @@ func (p *packer) assemble(byFile map[int][]piece) ([]File, []PageError, int64) {
 				mf.Extents = appendExtent(mf.Extents, e)
 			}
 			mf.Sums = append(mf.Sums, r.sums...)
+			mf.CRCs = append(mf.CRCs, r.crcs...)
 			mf.Size += r.read
 			newBytes += r.newBytes
 			pageErrs = append(pageErrs, r.pageErrs...)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -282,14 +283,20 @@ func (rs *restorer) pieces() (map[string][]piece, int64) {
 	return byKey, total
 }
 
+// castagnoli is the table of backup.File.CRCs (CRC-32C).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // unitHash checks one unit while it is written: when its bytes arrive in
 // file order (a full backup's always do: a unit lives in one object), the
-// unit is verified against the manifest without reading it back. A unit
-// whose bytes come out of order (an incremental's pages from several
+// unit is verified against the manifest without reading it back: by its
+// CRC-32C when the manifest has them (File.CRCs), else by its SHA-256. A
+// unit whose bytes come out of order (an incremental's pages from several
 // objects) is left to verify's read-back.
 type unitHash struct {
 	mu     sync.Mutex
 	h      hash.Hash
+	crc    uint32
+	useCRC bool
 	next   int64
 	broken bool
 	done   bool
@@ -313,19 +320,34 @@ func (rs *restorer) stream(it *item, off int64, b []byte) error {
 					u.broken = true
 					return nil
 				}
-				u.h, u.next = sha256.New(), uOff
+				u.next = uOff
+				if u.useCRC = len(it.f.CRCs) == len(it.f.Sums); !u.useCRC {
+					u.h = sha256.New()
+				}
 			}
 			if off != u.next {
 				u.broken, u.h = true, nil
 				return nil
 			}
-			u.h.Write(b[:n])
+			if u.useCRC {
+				u.crc = crc32.Update(u.crc, castagnoli, b[:n])
+			} else {
+				u.h.Write(b[:n])
+			}
 			u.next += n
 			if u.next < uEnd {
 				return nil
 			}
+			u.done = true
+			if u.useCRC {
+				if u.crc != it.f.CRCs[i] {
+					return fmt.Errorf("restored file %s does not match backup %s at bytes %d..%d (CRC-32C %08x, manifest %08x): the backup's objects and manifest disagree: %w",
+						it.f.Path, rs.m.ID, uOff, uEnd, u.crc, it.f.CRCs[i], codec.ErrCorrupt)
+				}
+				return nil
+			}
 			sum := hex.EncodeToString(u.h.Sum(nil))
-			u.h, u.done = nil, true
+			u.h = nil
 			if sum != it.f.Sums[i] {
 				return fmt.Errorf("restored file %s does not match backup %s at bytes %d..%d (SHA-256 %s, manifest %s): the backup's objects and manifest disagree: %w",
 					it.f.Path, rs.m.ID, uOff, uEnd, sum, it.f.Sums[i], codec.ErrCorrupt)

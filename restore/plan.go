@@ -266,6 +266,10 @@ func checkFile(m *backup.Manifest, f *backup.File) error {
 		return fmt.Errorf("backup %s: file %s of %d bytes has %d checksums, want %d: the manifest is damaged",
 			m.ID, f.Path, f.Size, len(f.Sums), units(f.Size))
 	}
+	if len(f.CRCs) != 0 && len(f.CRCs) != units(f.Size) {
+		return fmt.Errorf("backup %s: file %s of %d bytes has %d CRC-32C checks, want %d: the manifest is damaged",
+			m.ID, f.Path, f.Size, len(f.CRCs), units(f.Size))
+	}
 	for _, e := range f.Extents {
 		if e.Off < 0 || e.Len < 0 || e.At < 0 || e.Off+e.Len > f.Size || e.Key == "" {
 			return fmt.Errorf("backup %s: file %s has an extent (%d bytes at %d from %q at %d) outside its %d bytes: the manifest is damaged",

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash/crc32"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -79,6 +80,14 @@ func sums(b []byte) []string {
 	return out
 }
 
+func crcs(b []byte) []uint32 {
+	var out []uint32
+	for off := 0; off < len(b); off += backup.UnitSize {
+		out = append(out, crc32.Checksum(b[off:min(off+backup.UnitSize, len(b))], castagnoli))
+	}
+	return out
+}
+
 func randomBytes(seed uint64, n int) []byte {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	b := make([]byte, n)
@@ -94,7 +103,10 @@ func randomBytes(seed uint64, n int) []byte {
 // addFile records a file whose extents are given as (object, length)
 // pieces in file order; a nil object leaves a gap of zeros.
 func (fx *fixture) addFile(path string, content []byte, mode uint32, parts ...any) {
-	f := backup.File{Path: path, Size: int64(len(content)), Mode: mode, MTime: 1763800000 + int64(len(fx.m.Files)), Sums: sums(content)}
+	f := backup.File{Path: path, Size: int64(len(content)), Mode: mode, MTime: 1763800000 + int64(len(fx.m.Files)), Sums: sums(content), CRCs: crcs(content)}
+	if path == "base/5/2608" {
+		f.CRCs = nil // as in manifests written before File.CRCs: checked by SHA-256
+	}
 	var off int64
 	for i := 0; i < len(parts); i += 2 {
 		o, _ := parts[i].(*object)
@@ -448,26 +460,47 @@ func TestRestoreCorruptObject(t *testing.T) {
 	checkRestored(t, fx, dir)
 }
 
+// TestRestoreSumMismatch: a restored unit that does not match its
+// manifest checksum fails the restore, whether the manifest has CRC-32Cs
+// (checked) or only SHA-256s (older manifests), and a manifest whose checks
+// do not cover the file is refused as damaged.
 func TestRestoreSumMismatch(t *testing.T) {
-	r, _ := newRepo(t)
-	ctx := context.Background()
-	o := &object{key: repo.BackupDataKey(parentID, 0)}
 	content := randomBytes(1, 5000)
-	at := o.put(content)
-	wrong := sums(randomBytes(2, 5000))
-	m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n",
-		Files: []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: wrong, Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}}
-	if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
-		t.Fatal(err)
-	}
-	must(t, backup.WriteManifest(ctx, r, m))
-	dir := t.TempDir()
-	_, err := Run(ctx, r, testOptions(dir))
-	if !errors.Is(err, codec.ErrCorrupt) || !strings.Contains(err.Error(), "base/1/1") {
-		t.Fatalf("got %v; want a checksum mismatch naming base/1/1", err)
-	}
-	if _, err := os.Lstat(filepath.Join(dir, backupLabel)); err == nil {
-		t.Error("backup_label written")
+	other := randomBytes(2, 5000)
+	for _, tc := range []struct {
+		name string
+		sums []string
+		crcs []uint32
+		want string
+	}{
+		{"SHA-256 only, wrong", sums(other), nil, "SHA-256"},
+		{"CRC-32C wrong", sums(content), crcs(other), "CRC-32C"},
+		{"CRC-32C count wrong", sums(content), []uint32{1, 2}, "CRC-32C checks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newRepo(t)
+			ctx := context.Background()
+			o := &object{key: repo.BackupDataKey(parentID, 0)}
+			at := o.put(content)
+			m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n",
+				Files: []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: tc.sums, CRCs: tc.crcs,
+					Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}}
+			if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
+				t.Fatal(err)
+			}
+			must(t, backup.WriteManifest(ctx, r, m))
+			dir := t.TempDir()
+			_, err := Run(ctx, r, testOptions(dir))
+			if err == nil || !strings.Contains(err.Error(), "base/1/1") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v; want a failure naming base/1/1 and %s", err, tc.want)
+			}
+			if tc.want != "CRC-32C checks" && !errors.Is(err, codec.ErrCorrupt) {
+				t.Errorf("got %v; want ErrCorrupt", err)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, backupLabel)); err == nil {
+				t.Error("backup_label written")
+			}
+		})
 	}
 }
 
