@@ -1,15 +1,12 @@
 package archive
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"path/filepath"
 	"time"
 
+	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -17,18 +14,18 @@ import (
 
 // DefaultDialTimeout bounds how long a hook waits to connect to the
 // daemon before it works standalone.
-const DefaultDialTimeout = 100 * time.Millisecond
+const DefaultDialTimeout = hookproto.DefaultDialTimeout
 
 // ErrDaemonUnavailable: the daemon gave no answer (no socket, connection
 // refused, connection closed before the answer, or a protocol it does not
 // speak). Nothing is known to be done; the caller does the work itself,
 // which is safe: a push of a file already archived with the same content
 // succeeds, and a get writes its destination atomically.
-var ErrDaemonUnavailable = errors.New("daemon unavailable")
+var ErrDaemonUnavailable = hookproto.ErrDaemonUnavailable
 
 // Client is the hook's side of the daemon socket: Push and Get hand one
 // call to the daemon and return its answer as the in-process Pusher and
-// Getter would.
+// Getter would. The exchange itself is hookproto.Client's.
 type Client struct {
 	// Socket is the daemon's unix socket.
 	Socket string
@@ -41,24 +38,29 @@ type Client struct {
 	DialTimeout time.Duration
 }
 
+func (c *Client) proto() *hookproto.Client {
+	return &hookproto.Client{Socket: c.Socket, DataDir: c.DataDir, SystemID: c.Cluster.SystemID,
+		PGMajor: c.Cluster.PGMajor, WALSegmentSize: c.Cluster.WALSegmentSize, DialTimeout: c.DialTimeout}
+}
+
 // Push asks the daemon to archive the file at path (relative paths are
 // resolved against the working directory). It returns nil once the daemon
 // reports the file durable in every repository, an error wrapping
 // ErrDaemonUnavailable when the daemon gave no answer, or the daemon's
 // failure as a *DaemonError.
 func (c *Client) Push(ctx context.Context, path string) error {
-	abs, err := filepath.Abs(path)
+	resp, err := c.proto().Push(ctx, path)
 	if err != nil {
-		return fmt.Errorf("push %s: %w", path, err)
+		return err
 	}
-	return c.do(ctx, Request{Op: OpPush, Path: abs})
+	return c.outcome(resp)
 }
 
 // Get asks the daemon to write the WAL file name to dest (relative paths
 // are resolved against the working directory). A file in no repository
 // returns an error wrapping ErrNotArchived; otherwise as Push.
 func (c *Client) Get(ctx context.Context, name, dest string) error {
-	return c.get(ctx, Request{Op: OpGet, Name: name}, dest)
+	return c.get(ctx, name, dest, false)
 }
 
 // GetPartial is Get for Getter.GetPartial: a segment in no repository is
@@ -66,17 +68,15 @@ func (c *Client) Get(ctx context.Context, name, dest string) error {
 // daemon that speaks only version 1 refuses it, and the error wraps
 // ErrDaemonUnavailable, so the hook works standalone.
 func (c *Client) GetPartial(ctx context.Context, name, dest string) error {
-	return c.get(ctx, Request{Version: partialVersion, Op: OpGet, Name: name, Partial: true}, dest)
+	return c.get(ctx, name, dest, true)
 }
 
-func (c *Client) get(ctx context.Context, req Request, dest string) error {
-	name := req.Name
-	abs, err := filepath.Abs(dest)
+func (c *Client) get(ctx context.Context, name, dest string, partial bool) error {
+	resp, err := c.proto().Get(ctx, name, dest, partial)
 	if err != nil {
-		return fmt.Errorf("get %s: %w", name, err)
+		return err
 	}
-	req.Dest = abs
-	if err := c.do(ctx, req); err != nil {
+	if err := c.outcome(resp); err != nil {
 		if errors.Is(err, ErrNotArchived) {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -85,89 +85,24 @@ func (c *Client) get(ctx context.Context, req Request, dest string) error {
 	return nil
 }
 
-// do sends one request and reads its answer. The request goes in the
-// oldest protocol version that has its fields (req.Version when set,
-// else 1), so older daemons serve what they can and refuse the rest.
-func (c *Client) do(ctx context.Context, req Request) error {
-	dataDir, err := filepath.Abs(c.DataDir)
-	if err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	if req.Version == 0 {
-		req.Version = minProtocolVersion
-	}
-	req.DataDir = dataDir
-	req.SystemID, req.PGMajor, req.WALSegmentSize = c.Cluster.SystemID, c.Cluster.PGMajor, c.Cluster.WALSegmentSize
-	line, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-
-	timeout := c.DialTimeout
-	if timeout <= 0 {
-		timeout = DefaultDialTimeout
-	}
-	d := net.Dialer{Timeout: timeout}
-	conn, err := d.DialContext(ctx, "unix", c.Socket)
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return c.unavailable(err)
-	}
-	defer conn.Close()
-	// Cancelling ctx (a signal) unblocks the exchange; the daemon sees the
-	// connection close and stops the work.
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	if _, err := conn.Write(append(line, '\n')); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return c.unavailable(err)
-	}
-	answer, err := readLine(bufio.NewReaderSize(conn, 512))
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return c.unavailable(fmt.Errorf("no answer: %w", err))
-	}
-	var resp Response
-	if err := json.Unmarshal(answer, &resp); err != nil {
-		return c.unavailable(fmt.Errorf("malformed answer: %w", err))
-	}
+// outcome turns the daemon's answer into the error the in-process work
+// would have returned.
+func (c *Client) outcome(resp Response) error {
 	switch resp.Status {
 	case StatusOK:
 		return nil
 	case StatusNotArchived:
 		return ErrNotArchived
-	case StatusError:
-		if resp.Class == ClassUnsupported {
-			return c.unavailable(errors.New(resp.Message))
-		}
-		return &DaemonError{Class: resp.Class, Message: resp.Message, Socket: c.Socket}
 	}
-	return c.unavailable(fmt.Errorf("unknown answer status %q", resp.Status))
-}
-
-func (c *Client) unavailable(err error) error {
-	return fmt.Errorf("%w: %s: %v", ErrDaemonUnavailable, c.Socket, err)
+	return &DaemonError{Class: resp.Class, Message: resp.Message, Socket: c.Socket}
 }
 
 // DaemonError is a failure the daemon reported. It unwraps to the sentinel
 // error of its class (ErrConflict, repo.ErrWrongCluster, ...), so callers
 // classify it as if the work had failed in-process.
-type DaemonError struct {
-	Class   string
-	Message string
-	Socket  string
-}
+type DaemonError hookproto.DaemonError
 
-func (e *DaemonError) Error() string {
-	return fmt.Sprintf("%s (reported by the daemon on %s)", e.Message, e.Socket)
-}
+func (e *DaemonError) Error() string { return (*hookproto.DaemonError)(e).Error() }
 
 // Unwrap returns the sentinel of the failure's class, or nil.
 func (e *DaemonError) Unwrap() error {

@@ -19,114 +19,63 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
 
-// The hooks' socket protocol, versions 1 and 2.
-//
-// One connection carries one call. The hook connects to the daemon's unix
-// socket, writes one Request as a single line of JSON, and reads one
-// Response line; the daemon closes the connection after answering. The
-// hook keeps its side open until the answer arrives: the daemon takes a
-// closed connection for a hook that gave up (PostgreSQL killed it) and
-// cancels the work.
-//
-// Requests carry absolute paths (the hook resolves %p against its working
-// directory, PostgreSQL's data directory) and the identity of the cluster
-// the hook read from the control file. The daemon refuses requests for
-// another cluster or another data directory.
-//
-//	→ {"v":1,"op":"push","path":"/pgdata/pg_wal/000000010000000000000003","pgdata":"/pgdata","system_identifier":"7311...","pg_major":15,"wal_segment_size":16777216}
-//	← {"v":1,"status":"ok"}
-//	→ {"v":1,"op":"get","name":"000000010000000000000004","dest":"/pgdata/pg_wal/RECOVERYXLOG","pgdata":"/pgdata",...}
-//	← {"v":1,"status":"not-archived"}
-//	← {"v":1,"status":"error","class":"conflict","message":"..."}
-//
-// A daemon that does not speak the hook's version answers with class
-// "unsupported", and the hook does the work itself.
-//
-// Version 2 adds "partial" to get (archive-get --partial: serve the
-// segment's .partial when the segment is not archived). A hook sends
-// version 2 only for a request that needs it, so a version-1 daemon keeps
-// serving every other request and answers "unsupported" to one whose
-// field it would silently drop; the daemon accepts both versions and
-// answers in its own.
-//
-//	→ {"v":2,"op":"get","name":"000000010000000000000005","dest":"/pgdata/pg_wal/RECOVERYXLOG","partial":true,...}
+// The hooks' socket protocol (one JSON line each way, versioned) is
+// package hookproto's; the names below are its, for this package's users.
 
 // ProtocolVersion is the newest version of the hooks' socket protocol,
 // the one the daemon answers in.
-const ProtocolVersion = 2
+const ProtocolVersion = hookproto.ProtocolVersion
 
-// minProtocolVersion is the oldest version the daemon serves.
-const minProtocolVersion = 1
-
-// partialVersion is the version that added Request.Partial.
-const partialVersion = 2
+const (
+	// minProtocolVersion is the oldest version the daemon serves.
+	minProtocolVersion = hookproto.MinProtocolVersion
+	// partialVersion is the version that added Request.Partial.
+	partialVersion = hookproto.PartialVersion
+)
 
 // Operations of a Request.
 const (
-	OpPush = "push" // archive one WAL file (archive_command)
-	OpGet  = "get"  // fetch one WAL file (restore_command)
+	OpPush = hookproto.OpPush
+	OpGet  = hookproto.OpGet
 )
 
 // Statuses of a Response.
 const (
-	StatusOK          = "ok"
-	StatusNotArchived = "not-archived"
-	StatusError       = "error"
+	StatusOK          = hookproto.StatusOK
+	StatusNotArchived = hookproto.StatusNotArchived
+	StatusError       = hookproto.StatusError
 )
 
-// Classes of a failed Response. They name the sentinel errors a failure
-// wrapped in the daemon, so the hook exits as if it had done the work.
+// Classes of a failed Response (see classOf and DaemonError.Unwrap).
 const (
-	ClassConflict       = "conflict"        // ErrConflict
-	ClassWrongCluster   = "wrong-cluster"   // repo.ErrWrongCluster, or a request for another cluster or data directory
-	ClassNotInitialized = "not-initialized" // repo.ErrNotInitialized
-	ClassNoBucket       = "no-bucket"       // storage.ErrNoBucket
-	ClassIncompatible   = "incompatible"    // repo.ErrIncompatible
-	ClassPermission     = "permission"      // storage.ErrPermission, wrong or missing encryption key
-	ClassCorrupt        = "corrupt"         // codec.ErrCorrupt
-	ClassTransient      = "transient"       // a retryable store failure, after retries
-	ClassBadRequest     = "bad-request"     // a malformed request
-	ClassUnsupported    = "unsupported"     // a protocol version or operation the daemon does not know
-	ClassFailure        = "failure"         // anything else
+	ClassConflict       = hookproto.ClassConflict
+	ClassWrongCluster   = hookproto.ClassWrongCluster
+	ClassNotInitialized = hookproto.ClassNotInitialized
+	ClassNoBucket       = hookproto.ClassNoBucket
+	ClassIncompatible   = hookproto.ClassIncompatible
+	ClassPermission     = hookproto.ClassPermission
+	ClassCorrupt        = hookproto.ClassCorrupt
+	ClassTransient      = hookproto.ClassTransient
+	ClassBadRequest     = hookproto.ClassBadRequest
+	ClassUnsupported    = hookproto.ClassUnsupported
+	ClassFailure        = hookproto.ClassFailure
 )
 
-// Request is one hook call handed to the daemon.
-type Request struct {
-	Version int    `json:"v"`
-	Op      string `json:"op"`
-	// Path is the absolute path of the file to archive (push).
-	Path string `json:"path,omitempty"`
-	// Name is the WAL file name to fetch and Dest the absolute path to
-	// write it to (get).
-	Name string `json:"name,omitempty"`
-	Dest string `json:"dest,omitempty"`
-	// Partial serves the segment's .partial, zero-padded, when the
-	// segment itself is not archived (get; version 2).
-	Partial bool `json:"partial,omitempty"`
-	// DataDir and the identity fields say which cluster the hook runs for.
-	DataDir        string `json:"pgdata"`
-	SystemID       uint64 `json:"system_identifier,string"`
-	PGMajor        int    `json:"pg_major"`
-	WALSegmentSize int64  `json:"wal_segment_size"`
-}
-
-// Response is the daemon's answer to one Request.
-type Response struct {
-	Version int    `json:"v"`
-	Status  string `json:"status"`
-	Class   string `json:"class,omitempty"`
-	Message string `json:"message,omitempty"`
-}
+type (
+	// Request is one hook call handed to the daemon.
+	Request = hookproto.Request
+	// Response is the daemon's answer to one Request.
+	Response = hookproto.Response
+)
 
 // Protocol limits.
 const (
-	// maxLine bounds a request or response line (paths are at most 4 KiB).
-	maxLine = 64 << 10
 	// requestReadTimeout bounds how long a connection may take to send its
 	// request; answerWriteTimeout how long the daemon waits to hand over
 	// the answer.
@@ -305,7 +254,7 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(requestReadTimeout))
 	br := bufio.NewReaderSize(conn, 4096)
-	line, err := readLine(br)
+	line, err := hookproto.ReadLine(br)
 	if err != nil {
 		d.log.Debug("hook connection without a request", "err", err)
 		return
@@ -453,24 +402,6 @@ func classOf(err error) string {
 		return ClassTransient
 	}
 	return ClassFailure
-}
-
-// readLine reads one newline-terminated line of at most maxLine bytes.
-func readLine(br *bufio.Reader) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if len(line) > maxLine {
-			return nil, fmt.Errorf("line longer than %d bytes", maxLine)
-		}
-		if err == nil {
-			return line, nil
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			return nil, err
-		}
-	}
 }
 
 // Listener is the daemon's unix socket, held exclusively: a lock file next

@@ -3,13 +3,15 @@ package main
 import (
 	"context"
 	"errors"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/walferry/walferry/backup"
 	"net"
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/archive/hookproto"
+	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/config"
 	"github.com/walferry/walferry/internal/repo"
@@ -17,18 +19,19 @@ import (
 )
 
 // Exit codes are part of walferry's interface; README.md documents them.
-// They are mapped here and nowhere else.
+// Errors are mapped onto them here and nowhere else. The codes a daemon's
+// answer can lead to are hookproto's, which walferry-hook exits with too.
 const (
-	exitOK          = 0   // success
-	exitFailure     = 1   // any other failure
-	exitUsage       = 2   // bad flag, argument or configuration; command not available in this build
-	exitUnreachable = 3   // store or server unreachable or failing transiently: retry later
-	exitPermission  = 4   // credentials refused, access denied, wrong encryption passphrase
-	exitRepository  = 5   // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
-	exitCorrupt     = 6   // an object failed its checksum or does not decode
-	exitPostgres    = 7   // PostgreSQL unreachable, refusing, or its data directory unreadable
-	exitLocked      = 8   // another backup-push or backup-delete holds the repository's lease
-	exitInterrupted = 130 // stopped by SIGINT or SIGTERM
+	exitOK          = hookproto.ExitOK          // success
+	exitFailure     = hookproto.ExitFailure     // any other failure
+	exitUsage       = 2                         // bad flag, argument or configuration; command not available in this build
+	exitUnreachable = hookproto.ExitUnreachable // store or server unreachable or failing transiently: retry later
+	exitPermission  = hookproto.ExitPermission  // credentials refused, access denied, wrong encryption passphrase
+	exitRepository  = hookproto.ExitRepository  // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
+	exitCorrupt     = hookproto.ExitCorrupt     // an object failed its checksum or does not decode
+	exitPostgres    = 7                         // PostgreSQL unreachable, refusing, or its data directory unreadable
+	exitLocked      = 8                         // another backup-push or backup-delete holds the repository's lease
+	exitInterrupted = 130                       // stopped by SIGINT or SIGTERM
 )
 
 // usageError marks errors in what the user typed.
