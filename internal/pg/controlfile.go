@@ -1,27 +1,22 @@
 package pg
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
-	"fmt"
-	"hash/crc32"
-	"io"
-	"math"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/walferry/walferry/internal/pg/pgcontrol"
 )
 
+// The control file is read and checked by package pgcontrol (no pgx, for
+// walferry-hook); this file decodes all of it.
+
 // ControlFilePath is the control file's path inside a data directory.
-const ControlFilePath = "global/pg_control"
+const ControlFilePath = pgcontrol.Path
 
 // ControlFileSize is the physical size of global/pg_control
 // (PG_CONTROL_FILE_SIZE); only its first few hundred bytes are used.
-const ControlFileSize = 8192
+const ControlFileSize = pgcontrol.Size
 
 // DBState is the cluster state recorded in pg_control.
 type DBState uint32
@@ -165,23 +160,24 @@ func (c *ControlData) SegmentSize() (WALSegmentSize, error) {
 	return NewWALSegmentSize(int64(c.WALSegmentSize))
 }
 
-// controlLayout gives the byte offsets of ControlFileData's fields that
-// differ between pg_control versions; the others are the same for all
-// supported versions (13 and later, 64-bit builds).
+// controlLayout is the part of pgcontrol.Layout this package's tests use.
 type controlLayout struct {
-	walLevelInCheckpoint bool // CheckPoint.wal_level at 60 (17+)
-	charSignedness       int  // offset of default_char_signedness, or -1
-	nonce                int
-	crc                  int
+	crc int
+}
+
+// detectLayout is pgcontrol.DetectLayout.
+func detectLayout(b []byte) (binary.ByteOrder, controlLayout, uint32, error) {
+	order, l, v, err := pgcontrol.DetectLayout(b)
+	return order, controlLayout{crc: l.CRC}, v, err
 }
 
 // Offsets shared by every supported layout. Derived from ControlFileData in
 // src/include/catalog/pg_control.h with 8-byte alignment of 64-bit fields
-// (every 64-bit platform PostgreSQL supports).
+// (every 64-bit platform PostgreSQL supports); pgcontrol has those it reads.
 const (
-	offSystemIdentifier    = 0
-	offControlVersion      = 8
-	offCatalogVersion      = 12
+	offSystemIdentifier    = pgcontrol.OffSystemIdentifier
+	offControlVersion      = pgcontrol.OffControlVersion
+	offCatalogVersion      = pgcontrol.OffCatalogVersion
 	offState               = 16
 	offTime                = 24
 	offCheckPoint          = 32
@@ -218,11 +214,11 @@ const (
 	offMaxLocksPerXact     = 196
 	offTrackCommitTs       = 200
 	offMaxAlign            = 204
-	offFloatFormat         = 208
+	offFloatFormat         = pgcontrol.OffFloatFormat
 	offBlockSize           = 216
 	offRelSegSize          = 220
 	offWALBlockSize        = 224
-	offWALSegSize          = 228
+	offWALSegSize          = pgcontrol.OffWALSegSize
 	offNameDataLen         = 232
 	offIndexMaxKeys        = 236
 	offToastMaxChunkSize   = 240
@@ -231,86 +227,43 @@ const (
 	offDataChecksumVersion = 252
 )
 
-// floatFormatValue is FLOATFORMAT_VALUE, stored to detect a foreign layout.
-const floatFormatValue = 1234567.0
-
-// controlLayouts maps pg_control_version to its layout.
-var controlLayouts = map[uint32]controlLayout{
-	1300: {charSignedness: -1, nonce: 256, crc: 288},                              // 13, 14, 15, 16
-	1700: {walLevelInCheckpoint: true, charSignedness: -1, nonce: 256, crc: 288},  // 17
-	1800: {walLevelInCheckpoint: true, charSignedness: 256, nonce: 257, crc: 292}, // 18
-}
-
-// releaseCatalogVersions are the catalog versions of released majors that
-// share pg_control version 1300, newest last.
-var releaseCatalogVersions = []struct {
-	major   int
-	catalog uint32
-}{
-	{13, 202007201},
-	{14, 202107181},
-	{15, 202209061},
-	{16, 202307071},
-}
-
 // MajorFromControlVersion infers the PostgreSQL major version from
 // pg_control_version and catalog_version_no. It is exact for released
 // versions; a development or beta build maps to the release whose catalog
 // version is the first at or above its own.
 func MajorFromControlVersion(controlVersion, catalogVersion uint32) (int, error) {
-	switch controlVersion {
-	case 1300:
-		for _, r := range releaseCatalogVersions {
-			if catalogVersion <= r.catalog {
-				return r.major, nil
-			}
-		}
-		return 16, nil
-	case 1700:
-		return 17, nil
-	case 1800:
-		return 18, nil
-	}
-	return 0, fmt.Errorf("pg: unsupported pg_control version %d: walferry reads PostgreSQL 13 to 18", controlVersion)
+	return pgcontrol.MajorFromControlVersion(controlVersion, catalogVersion)
 }
 
 // ErrControlFileCRC is returned (wrapped) when the control file's CRC does
 // not match its content.
-var ErrControlFileCRC = errors.New("control file CRC mismatch")
+var ErrControlFileCRC = pgcontrol.ErrCRC
 
 // ParseControlFile decodes the bytes of a pg_control file (at least the used
 // part; normally all 8192 bytes). It detects the byte order, checks the
 // layout version, the float-format sentinel and the CRC-32C, and fails with a
 // clear error on a short, foreign or corrupt file.
 func ParseControlFile(b []byte) (*ControlData, error) {
-	if len(b) < offCatalogVersion+4 {
-		return nil, fmt.Errorf("pg: control file is %d bytes, too short to hold a version", len(b))
-	}
-	order, layout, version, err := detectLayout(b)
+	f, err := pgcontrol.Parse(b)
 	if err != nil {
 		return nil, err
 	}
-	if len(b) < layout.crc+4 {
-		return nil, fmt.Errorf("pg: control file is %d bytes, shorter than the %d bytes of pg_control version %d", len(b), layout.crc+4, version)
-	}
-	want := order.Uint32(b[layout.crc:])
-	if got := crc32.Checksum(b[:layout.crc], crc32.MakeTable(crc32.Castagnoli)); got != want {
-		return nil, fmt.Errorf("pg: %w: computed %08X, stored %08X (corrupt file, or read while being written)", ErrControlFileCRC, got, want)
-	}
-	if f := math.Float64frombits(order.Uint64(b[offFloatFormat:])); f != floatFormatValue {
-		return nil, fmt.Errorf("pg: control file float format check failed (got %v): written by an incompatible build (32-bit or other alignment?)", f)
-	}
+	return decodeControlFile(f)
+}
 
-	u32 := func(off int) uint32 { return order.Uint32(b[off:]) }
-	i32 := func(off int) int32 { return int32(order.Uint32(b[off:])) }
-	u64 := func(off int) uint64 { return order.Uint64(b[off:]) }
+// decodeControlFile decodes a checked control file; Major is inferred
+// from its versions.
+func decodeControlFile(f *pgcontrol.File) (*ControlData, error) {
+	b, layout := f.Data, f.Layout
+	u32, u64 := f.Uint32, f.Uint64
+	i32 := func(off int) int32 { return int32(u32(off)) }
 	boolean := func(off int) bool { return b[off] != 0 }
 	unix := func(off int) time.Time { return time.Unix(int64(u64(off)), 0).UTC() }
 
 	c := &ControlData{
-		SystemIdentifier: u64(offSystemIdentifier),
-		ControlVersion:   version,
-		CatalogVersion:   u32(offCatalogVersion),
+		SystemIdentifier: f.SystemIdentifier(),
+		ControlVersion:   f.Version,
+		CatalogVersion:   f.CatalogVersion(),
 		State:            DBState(u32(offState)),
 		Time:             unix(offTime),
 		CheckpointLSN:    LSN(u64(offCheckPoint)),
@@ -352,7 +305,7 @@ func ParseControlFile(b []byte) (*ControlData, error) {
 		BlockSize:            u32(offBlockSize),
 		RelSegSize:           u32(offRelSegSize),
 		WALBlockSize:         u32(offWALBlockSize),
-		WALSegmentSize:       u32(offWALSegSize),
+		WALSegmentSize:       f.WALSegmentSize(),
 		NameDataLen:          u32(offNameDataLen),
 		IndexMaxKeys:         u32(offIndexMaxKeys),
 		ToastMaxChunkSize:    u32(offToastMaxChunkSize),
@@ -360,131 +313,52 @@ func ParseControlFile(b []byte) (*ControlData, error) {
 		Float8ByVal:          boolean(offFloat8ByVal),
 		DataChecksumVersion:  u32(offDataChecksumVersion),
 	}
-	if layout.walLevelInCheckpoint {
+	if layout.WALLevelInCheckpoint {
 		c.CheckpointWALLevel = WALLevel(i32(offCkptWALLevel))
 	}
-	if layout.charSignedness >= 0 {
-		c.DefaultCharSigned = boolean(layout.charSignedness)
+	if layout.CharSignedness >= 0 {
+		c.DefaultCharSigned = boolean(layout.CharSignedness)
 	}
-	copy(c.MockAuthNonce[:], b[layout.nonce:layout.nonce+len(c.MockAuthNonce)])
+	copy(c.MockAuthNonce[:], b[layout.Nonce:layout.Nonce+len(c.MockAuthNonce)])
+	var err error
 	if c.Major, err = MajorFromControlVersion(c.ControlVersion, c.CatalogVersion); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// detectLayout finds the byte order in which pg_control_version names a
-// supported layout.
-func detectLayout(b []byte) (binary.ByteOrder, controlLayout, uint32, error) {
-	for _, order := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
-		v := order.Uint32(b[offControlVersion:])
-		if l, ok := controlLayouts[v]; ok {
-			return order, l, v, nil
-		}
-	}
-	v := binary.LittleEndian.Uint32(b[offControlVersion:])
-	return nil, controlLayout{}, 0, fmt.Errorf("pg: unsupported pg_control version %d: walferry reads PostgreSQL 13 to 18", v)
-}
-
-// controlReadAttempts is how often ReadControlFile rereads a file whose CRC
-// does not match: a running server rewrites pg_control in place, so a read
-// can race with a write.
-const controlReadAttempts = 3
-
-// ReadControlFile reads and parses the control file at path.
+// ReadControlFile reads and parses the control file at path. A file whose
+// CRC does not match is reread a few times: a running server rewrites
+// pg_control in place, so a read can race with a write.
 func ReadControlFile(path string) (*ControlData, error) {
-	var lastErr error
-	for range controlReadAttempts {
-		b, err := readHead(path, ControlFileSize)
-		if err != nil {
-			return nil, fmt.Errorf("pg: read control file %s: %w", path, err)
-		}
-		c, err := ParseControlFile(b)
-		if err == nil {
-			return c, nil
-		}
-		lastErr = fmt.Errorf("pg: control file %s: %w", path, err)
-		if !errors.Is(err, ErrControlFileCRC) {
-			break
-		}
-	}
-	return nil, lastErr
-}
-
-// readHead reads up to n bytes from the start of path.
-func readHead(path string, n int) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := pgcontrol.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	b := make([]byte, n)
-	got, err := io.ReadFull(f, b)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	return b[:got], nil
+	return decodeControlFile(f)
 }
 
 // ReadControlData reads dataDir's global/pg_control and PG_VERSION. Major is
 // taken from PG_VERSION, which must agree with the control file's version.
 func ReadControlData(dataDir string) (*ControlData, error) {
-	c, err := ReadControlFile(filepath.Join(dataDir, ControlFilePath))
+	f, major, err := pgcontrol.ReadDataDir(dataDir)
 	if err != nil {
 		return nil, err
 	}
-	major, err := ReadPGVersion(dataDir)
+	c, err := decodeControlFile(f)
 	if err != nil {
 		return nil, err
-	}
-	if err := checkMajorMatchesControl(major, c.ControlVersion); err != nil {
-		return nil, fmt.Errorf("pg: data directory %s: %w", dataDir, err)
 	}
 	c.Major = major
 	return c, nil
 }
 
-func checkMajorMatchesControl(major int, controlVersion uint32) error {
-	ok := false
-	switch controlVersion {
-	case 1300:
-		ok = major >= 13 && major <= 16
-	case 1700:
-		ok = major == 17
-	case 1800:
-		ok = major == 18
-	}
-	if !ok {
-		return fmt.Errorf("PG_VERSION says %d but pg_control version %d does not belong to that major", major, controlVersion)
-	}
-	return nil
-}
-
 // ReadPGVersion returns the major version in dataDir/PG_VERSION ("15").
-func ReadPGVersion(dataDir string) (int, error) {
-	path := filepath.Join(dataDir, "PG_VERSION")
-	b, err := readHead(path, 64)
-	if err != nil {
-		return 0, fmt.Errorf("pg: read %s: %w", path, err)
-	}
-	major, err := ParsePGVersion(b)
-	if err != nil {
-		return 0, fmt.Errorf("pg: %s: %w", path, err)
-	}
-	return major, nil
-}
+func ReadPGVersion(dataDir string) (int, error) { return pgcontrol.ReadPGVersion(dataDir) }
 
 // ParsePGVersion parses the content of a PG_VERSION file: a major version
 // ("15") followed by a newline; pre-10 versions ("9.6") give 9.
-func ParsePGVersion(b []byte) (int, error) {
-	s := strings.TrimSpace(string(bytes.TrimRight(b, "\x00")))
-	major, _, _ := strings.Cut(s, ".")
-	n, err := strconv.Atoi(major)
-	if err != nil || n <= 0 || len(major) > 3 {
-		return 0, fmt.Errorf("invalid PG_VERSION content %q", s)
-	}
-	return n, nil
-}
+func ParsePGVersion(b []byte) (int, error) { return pgcontrol.ParsePGVersion(b) }
 
 // NonceHex returns the mock authentication nonce in the hex form
 // pg_controldata prints.
