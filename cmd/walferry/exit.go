@@ -102,6 +102,7 @@ func exitCode(err error) int {
 		ce *config.Error
 		pe *postgresError
 		he *hookError
+		de *archive.DaemonError
 
 		pgConnectErr *pgconn.ConnectError
 		pgErr        *pgconn.PgError
@@ -119,6 +120,10 @@ func exitCode(err error) int {
 		return exitFailure
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
+	case errors.As(err, &de):
+		// A failure the daemon reported, mapped by its class exactly as
+		// walferry-hook maps it.
+		return hookproto.ClassExitCode(de.Class)
 	case errors.As(err, &ue), errors.As(err, &ce):
 		return exitUsage
 	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),
