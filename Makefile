@@ -19,13 +19,22 @@ CONFORMANCE_BACKENDS ?= fs s3 gcs azure
 # the test temp dirs: keep them under a world-traversable directory.
 TEST_TMPDIR ?= /tmp
 
-.PHONY: help build test test-unit test-with-services vet fmt deps fuzz demo clean
+# Where `make install` puts walferry and walferry-hook, side by side.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+
+.PHONY: help build install test test-unit test-with-services vet fmt deps fuzz demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
 
-build: ## build bin/walferry (static, version and commit stamped)
+build: ## build bin/walferry and bin/walferry-hook (static, version and commit stamped)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/walferry ./cmd/walferry
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/walferry-hook ./cmd/walferry-hook
+
+install: build ## install walferry and walferry-hook into BINDIR (default /usr/local/bin; DESTDIR honoured)
+	install -d "$(DESTDIR)$(BINDIR)"
+	install -m 0755 bin/walferry bin/walferry-hook "$(DESTDIR)$(BINDIR)/"
 
 deps: ## install PostgreSQL 15, MinIO, fake-gcs-server, Azurite (idempotent)
 	@bash scripts/install-test-deps.sh
