@@ -69,6 +69,7 @@ func main() {
 // config is what run.sh hands over.
 type config struct {
 	work, walferry, pgbackrest string
+	walferryHook               string // the hook of the walferry daemon variants
 	template, walDir           string // pg_control + PG_VERSION; the workload's segments
 	s3Endpoint, s3Bucket       string // https://127.0.0.1:PORT
 	s3Key, s3Secret, caCert    string
@@ -103,6 +104,7 @@ func allMain(args []string) error {
 	fl := flag.NewFlagSet("all", flag.ContinueOnError)
 	fl.StringVar(&c.work, "work", "", "work directory")
 	fl.StringVar(&c.walferry, "walferry", "", "walferry binary")
+	fl.StringVar(&c.walferryHook, "walferry-hook", "", "walferry-hook binary, the hook of the walferry daemon variants (default: --walferry)")
 	fl.StringVar(&c.pgbackrest, "pgbackrest", "pgbackrest", "pgbackrest binary")
 	fl.StringVar(&c.template, "template", "", "directory with PG_VERSION and global/pg_control of the workload's cluster")
 	fl.StringVar(&c.walDir, "wal", "", "directory holding the workload's segments")
@@ -142,6 +144,9 @@ func allMain(args []string) error {
 	}
 	if c.sockDir == "" {
 		c.sockDir = c.work
+	}
+	if c.walferryHook == "" {
+		c.walferryHook = c.walferry
 	}
 	c.stores = strings.Split(stores, ",")
 	c.compressions = strings.Split(comps, ",")
@@ -277,11 +282,11 @@ func (c *config) runGroup(store, comp string) ([]Result, error) {
 	if comp != c.compressions[0] {
 		return out, nil
 	}
-	// Hook cost: pushes of archived segments, gets of missing ones.
-	n := c.idleCalls
-	if n > len(c.segments) {
-		n = len(c.segments)
-	}
+	// Hook cost: pushes of archived segments, pushes of segments pushed
+	// ahead (pairs of fresh segments, into fresh repositories), gets of
+	// missing ones.
+	n := min(c.idleCalls, len(c.segments))
+	pairs := min(c.idleCalls, len(c.segments)/2)
 	var missing []string
 	next := c.segments[len(c.segments)-1]
 	for i := 0; i < n; i++ {
@@ -291,19 +296,27 @@ func (c *config) runGroup(store, comp string) ([]Result, error) {
 	for _, w := range []struct {
 		work string
 		segs []string
-	}{{workPushAgain, c.segments[:n]}, {workGetMissing, missing}} {
+	}{{workPushAgain, c.segments[:n]}, {workPushAhead, c.segments[:2*pairs]}, {workGetMissing, missing}} {
 		for _, m := range modes {
-			pgdata, err := c.clonePGData(group+"-"+w.work+"-"+m.mode, w.work == workPushAgain, false)
+			pgdata, err := c.clonePGData(group+"-"+w.work+"-"+m.mode, w.work != workGetMissing, false)
 			if err != nil {
 				return out, err
 			}
 			repo := repos[m.mode]
-			if w.work == workGetMissing {
+			switch w.work {
+			case workGetMissing:
 				repo = src[m.tool]
+			case workPushAhead:
+				repo = "/" + group + "-ahead-" + m.mode
 			}
 			spec, err := c.spec(m.tool, m.mode, w.work, store, comp, pgdata, repo, w.segs)
 			if err != nil {
 				return out, err
+			}
+			if w.work == workPushAhead {
+				if err := c.initRepo(spec, repo); err != nil {
+					return out, err
+				}
 			}
 			r, err := c.run(spec)
 			if err != nil {
@@ -435,7 +448,8 @@ func (c *config) spec(tool, mode, work, store, comp, pgdata, repoPath string, se
 	if err := os.MkdirAll(filepath.Dir(s.LogFile), 0o755); err != nil {
 		return s, err
 	}
-	hookOp := map[string]string{workPush: "archive-push", workPushAgain: "archive-push", workGet: "archive-get", workGetMissing: "archive-get"}[work]
+	hookOp := map[string]string{workPush: "archive-push", workPushAgain: "archive-push", workPushAhead: "archive-push",
+		workGet: "archive-get", workGetMissing: "archive-get"}[work]
 	switch tool {
 	case "walferry":
 		url := c.walferryURL(store, repoPath)
@@ -443,10 +457,13 @@ func (c *config) spec(tool, mode, work, store, comp, pgdata, repoPath string, se
 			"AWS_ACCESS_KEY_ID="+c.s3Key, "AWS_SECRET_ACCESS_KEY="+c.s3Secret, "AWS_REGION=us-east-1",
 			"SSL_CERT_FILE="+c.caCert, "WALFERRY_REPO="+url, "WALFERRY_COMPRESSION="+walferryCompression(comp))
 		s.Hook = []string{c.walferry, hookOp}
+		// The look-ahead records of archive-push (archive/pushstate.go).
+		s.AheadMarker = filepath.Join(pgdata, "pg_wal", ".walferry", "pushed", "%f")
 		if mode == "daemon" {
 			s.Socket = filepath.Join(vdir, "walferry.sock")
 			s.Daemon = []string{c.walferry, "daemon", "--socket", s.Socket, "--pgdata", pgdata}
-			s.Hook = append(s.Hook, "--socket", s.Socket)
+			// The small binary; it execs walferry when the daemon is down.
+			s.Hook = []string{c.walferryHook, hookOp, "--socket", s.Socket}
 		}
 	case "pgBackRest":
 		conf := filepath.Join(vdir, "pgbackrest.conf")
@@ -454,6 +471,10 @@ func (c *config) spec(tool, mode, work, store, comp, pgdata, repoPath string, se
 			return s, err
 		}
 		s.Hook = []string{c.pgbackrest, "--config=" + conf, "--stanza=bench", hookOp}
+		if mode == "async" {
+			// The status files of archive-push's asynchronous process.
+			s.AheadMarker = filepath.Join(vdir, "spool", "archive", "bench", "out", "%f.ok")
+		}
 	default:
 		return s, fmt.Errorf("unknown tool %q", tool)
 	}

@@ -6,12 +6,15 @@
 #
 #   W1  archive-push of N real WAL segments, one call at a time, in order,
 #       .ready files renamed to .done after each success (PostgreSQL's
-#       archiver); walferry standalone and with its daemon, pgBackRest sync
-#       and archive-async (process-max 2).
+#       archiver); walferry standalone and with its daemon (whose hook is
+#       walferry-hook), pgBackRest sync and archive-async (process-max 2).
 #   W2  archive-get of the same segments, one call at a time, into
 #       pg_wal/RECOVERYXLOG, then one call past the end (recovery's
 #       restore_command); walferry standalone (prefetch) and with its daemon,
 #       pgBackRest sync and archive-async (archive-get-queue-max).
+#   The cost of one hook call (with W1-W2, first compression only): push of
+#       an archived segment, push of a segment the tool pushed ahead in the
+#       background, get of a missing segment.
 #   W3  full backup of a running pgbench database (scale BENCH_BACKUP_SCALE,
 #       100: about 1.6 GB) whose archive_command pushes into the tool's own
 #       repository: walferry backup-push --jobs 2, pgbackrest --type=full
@@ -88,11 +91,12 @@ trap 'exit 130' INT TERM
 mkdir -p "$work/bin"
 version=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo dev)
 commit=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-log "building walferry $version ($commit) and the bench driver"
+log "building walferry $version ($commit), walferry-hook next to it, and the bench driver"
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$version -X main.commit=$commit" \
 	-o "$work/bin/walferry" ./cmd/walferry)
+(cd "$root" && CGO_ENABLED=0 go build -trimpath -o "$work/bin/walferry-hook" ./cmd/walferry-hook)
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
-chmod 755 "$work/bin" "$work/bin/walferry"
+chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
 
 # --- MinIO over TLS ---------------------------------------------------------
 mkdir -p "$work/certs" "$work/minio-data"
@@ -202,7 +206,7 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| | |"
 	echo "|---|---|"
 	echo "| machine | $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr) |"
-	echo "| walferry | $version, commit $commit ($(go env GOVERSION)) |"
+	echo "| walferry | $version, commit $commit ($(go env GOVERSION)); the daemon variants' hook is walferry-hook |"
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
 	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
@@ -210,7 +214,8 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
 	SSL_CERT_FILE=$work/certs/public.crt AWS_CA_BUNDLE=$work/certs/public.crt \
-	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --pgbackrest "$(command -v pgbackrest)" \
+	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --walferry-hook "$work/bin/walferry-hook" \
+	--pgbackrest "$(command -v pgbackrest)" \
 	--workloads "$WORKLOADS" --rounds "$ROUNDS" --pgbin "$PGBIN" --socket-dir "$work" \
 	--template "$work/template" --wal "$work/wal" --wal-about "${wal_about:-}" \
 	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" \

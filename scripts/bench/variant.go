@@ -26,6 +26,12 @@ const (
 	// Hook cost: archive_command for segments that are already archived
 	// (the work is a lookup, so what is measured is the hook itself).
 	workPushAgain = "push-again"
+	// Hook cost with look-ahead: pairs of fresh segments, both .ready; the
+	// call for the first (not timed) starts the tool's background work,
+	// which pushes the second ahead; once it has (Spec.AheadMarker), the
+	// call for the second is timed. That is PostgreSQL's common call with
+	// walferry's look-ahead or pgBackRest's archive-async.
+	workPushAhead = "push-ahead"
 	// archive-get of segments that are not archived (exit 1 expected).
 	workGetMissing = "get-missing"
 	// W3: a full backup of a running cluster whose archive_command pushes
@@ -56,6 +62,10 @@ type Spec struct {
 	Hook        []string // argv; %p and %f as in PostgreSQL
 	Daemon      []string // argv of a daemon to start first, or nil
 	Socket      string   // the daemon is ready when this socket accepts
+	// AheadMarker is the file (%f for the segment's name) that says the
+	// tool pushed a segment ahead of PostgreSQL's call for it, or "" for a
+	// tool that does not.
+	AheadMarker string
 	Env         []string
 	UID, GID    uint32
 	Home        string
@@ -217,6 +227,46 @@ func runVariant(spec Spec) Result {
 			res.Failed++
 			res.Notes = append(res.Notes, fmt.Sprintf("the call past the end of the archive exited %d, want 1", code))
 		}
+	case workPushAhead:
+		status := filepath.Join(spec.PGData, "pg_wal", "archive_status")
+		push := func(seg string, timed bool) error {
+			code, d, err := call(seg, filepath.Join("pg_wal", seg))
+			if err != nil {
+				return err
+			}
+			if timed {
+				res.Calls++
+				res.CallMillis = append(res.CallMillis, ms(d))
+			}
+			if code != 0 {
+				res.Failed++
+				res.Notes = append(res.Notes, fmt.Sprintf("%s: exit %d", seg, code))
+			}
+			os.Rename(filepath.Join(status, seg+".ready"), filepath.Join(status, seg+".done"))
+			return nil
+		}
+		for i := 0; i+1 < len(spec.Segments); i += 2 {
+			first, second := spec.Segments[i], spec.Segments[i+1]
+			for _, seg := range []string{first, second} {
+				ready := filepath.Join(status, seg+".ready")
+				if err := os.WriteFile(ready, nil, 0o600); err != nil {
+					res.Err = err.Error()
+					return finish(res, start)
+				}
+				os.Chown(ready, int(spec.UID), int(spec.GID))
+			}
+			if err := push(first, false); err != nil {
+				res.Err = err.Error()
+				return finish(res, start)
+			}
+			if spec.AheadMarker != "" && !waitFile(strings.ReplaceAll(spec.AheadMarker, "%f", second), 10*time.Second) {
+				res.Notes = append(res.Notes, second+": not pushed ahead within 10 s")
+			}
+			if err := push(second, true); err != nil {
+				res.Err = err.Error()
+				return finish(res, start)
+			}
+		}
 	case workGetMissing:
 		for _, seg := range spec.Segments {
 			code, d, err := call(seg, filepath.Join("pg_wal", "RECOVERYXLOG"))
@@ -306,6 +356,20 @@ func waitSocket(path string, timeout time.Duration) error {
 			return fmt.Errorf("daemon socket %s not ready after %s: %v", path, timeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitFile waits until path exists, for at most timeout.
+func waitFile(path string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
