@@ -52,7 +52,7 @@ const (
 	StatusError       = hookproto.StatusError
 )
 
-// Classes of a failed Response (see classOf and DaemonError.Unwrap).
+// Classes of a failed Response (see ClassOf and DaemonError.Unwrap).
 const (
 	ClassConflict       = hookproto.ClassConflict
 	ClassWrongCluster   = hookproto.ClassWrongCluster
@@ -376,12 +376,12 @@ func responseFor(err error) Response {
 	case errors.Is(err, ErrNotArchived):
 		return Response{Status: StatusNotArchived}
 	}
-	return Response{Status: StatusError, Class: classOf(err), Message: err.Error()}
+	return Response{Status: StatusError, Class: ClassOf(err), Message: err.Error()}
 }
 
-// classOf names the class of a failure. The order follows the command
+// ClassOf names the class of a failure, as the daemon answers it. The order follows the command
 // line's exit codes: the most specific classification wins.
-func classOf(err error) string {
+func ClassOf(err error) string {
 	switch {
 	case errors.Is(err, ErrConflict):
 		return ClassConflict

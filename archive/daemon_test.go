@@ -659,13 +659,13 @@ func TestClassOf(t *testing.T) {
 		{errors.New("disk on fire"), ClassFailure},
 	}
 	for _, tt := range tests {
-		if got := classOf(tt.err); got != tt.class {
-			t.Errorf("classOf(%v) = %s, want %s", tt.err, got, tt.class)
+		if got := ClassOf(tt.err); got != tt.class {
+			t.Errorf("ClassOf(%v) = %s, want %s", tt.err, got, tt.class)
 		}
 		// And back: the client's error matches what the daemon's matched.
 		de := &DaemonError{Class: tt.class, Message: tt.err.Error()}
-		if tt.class != ClassFailure && classOf(de) != tt.class {
-			t.Errorf("DaemonError of class %s classifies as %s", tt.class, classOf(de))
+		if tt.class != ClassFailure && ClassOf(de) != tt.class {
+			t.Errorf("DaemonError of class %s classifies as %s", tt.class, ClassOf(de))
 		}
 	}
 }
