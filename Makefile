@@ -6,7 +6,8 @@ SHELL := /bin/bash
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+# 1: libzstd through cgo; 0: the pure-Go zstd; empty: 1 when a C compiler is found.
+CGO     ?=
 
 # go test -timeout (per test binary).
 TEST_TIMEOUT ?= 30m
@@ -28,9 +29,8 @@ BINDIR ?= $(PREFIX)/bin
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
 
-build: ## build bin/walferry and bin/walferry-hook (static, version and commit stamped)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/walferry ./cmd/walferry
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/walferry-hook ./cmd/walferry-hook
+build: ## build bin/walferry and bin/walferry-hook (static, version and commit stamped; libzstd when a C compiler is here, CGO=0 for pure Go)
+	GO=$(GO) CGO=$(CGO) VERSION=$(VERSION) COMMIT=$(COMMIT) bash scripts/build.sh bin
 
 install: build ## install walferry and walferry-hook into BINDIR (default /usr/local/bin; DESTDIR honoured)
 	install -d "$(DESTDIR)$(BINDIR)"
@@ -131,8 +131,10 @@ test-with-services: ## all tests against services already started (scripts/servi
 	@export TMPDIR=$(TEST_TMPDIR) WALFERRY_TEST_REQUIRE_SERVICES=1; \
 	log=$$(mktemp "$(TEST_TMPDIR)/walferry-test.XXXXXX.log"); \
 	echo "==> go test -v -timeout $(TEST_TIMEOUT) ./...  (WALFERRY_TEST_REQUIRE_SERVICES=1; full log in $$log)"; \
+	echo "    then internal/codec again with CGO_ENABLED=0 (the pure-Go zstd of builds without a C compiler)"; \
 	set +e; \
-	$(GO) test -v -timeout $(TEST_TIMEOUT) ./... 2>&1 | tee "$$log" | \
+	( $(GO) test -v -timeout $(TEST_TIMEOUT) ./...; all=$$?; \
+	  CGO_ENABLED=0 $(GO) test -v -timeout $(TEST_TIMEOUT) ./internal/codec/; exit $$((all | $$?)) ) 2>&1 | tee "$$log" | \
 		awk -v backends="$(CONFORMANCE_BACKENDS)" "$$TEST_SUMMARY_AWK"; \
 	st=("$${PIPESTATUS[@]}"); \
 	set -e; \

@@ -40,8 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "Build walferry"
-(cd "$root" && CGO_ENABLED=0 go build -trimpath -o "$work/walferry" ./cmd/walferry)
-chmod 755 "$work/walferry"
+bash "$root/scripts/build.sh" "$work"
 wf() { as_pg "$work/walferry" "$@"; }
 run "$work/walferry" version
 

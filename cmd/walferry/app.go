@@ -21,6 +21,7 @@ type buildInfo struct {
 	Version string `json:"version"`
 	Commit  string `json:"commit"`
 	Go      string `json:"go"`
+	Zstd    string `json:"zstd"`
 }
 
 // app holds what every command shares: where output goes and the build.

@@ -77,7 +77,8 @@ func TestUsageErrors(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	code, out, _ := run(t, "version", "--json")
-	if code != 0 || !strings.Contains(out, `"version": "test"`) || !strings.Contains(out, `"go": "go1.`) {
+	if code != 0 || !strings.Contains(out, `"version": "test"`) || !strings.Contains(out, `"go": "go1.`) ||
+		!strings.Contains(out, `"zstd": "`) {
 		t.Errorf("version --json: code %d, output %s", code, out)
 	}
 }

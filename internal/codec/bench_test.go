@@ -4,11 +4,23 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"io"
+	"os"
 	"testing"
 )
 
-// benchSegment is one 16 MiB WAL-like segment.
-func benchSegment() []byte { return walLike(16<<20, 99) }
+// benchSegment is one 16 MiB WAL-like segment, or the file named by
+// WALFERRY_BENCH_SEGMENT (a real WAL segment compresses differently from
+// the generated one: compare implementations on real ones).
+func benchSegment(b *testing.B) []byte {
+	if path := os.Getenv("WALFERRY_BENCH_SEGMENT"); path != "" {
+		seg, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return seg
+	}
+	return walLike(16<<20, 99)
+}
 
 func benchCases(b *testing.B) []combo {
 	key := testKey(b, 1)
@@ -30,7 +42,7 @@ func benchCases(b *testing.B) []combo {
 // through a pooled Writer. MB/s is raw bytes per second; ratio% is the stored
 // size relative to the raw size.
 func BenchmarkEncode(b *testing.B) {
-	seg := benchSegment()
+	seg := benchSegment(b)
 	for _, bc := range benchCases(b) {
 		b.Run(bc.name, func(b *testing.B) {
 			c := New()
@@ -60,7 +72,7 @@ func BenchmarkEncode(b *testing.B) {
 // read, verified and copied out (io.Copy, hence Reader.WriteTo) through a
 // pooled Reader.
 func BenchmarkDecode(b *testing.B) {
-	seg := benchSegment()
+	seg := benchSegment(b)
 	for _, bc := range benchCases(b) {
 		b.Run(bc.name, func(b *testing.B) {
 			c := New()
@@ -82,7 +94,7 @@ func BenchmarkDecode(b *testing.B) {
 
 // BenchmarkSHA256 is the floor every encode and decode pays.
 func BenchmarkSHA256(b *testing.B) {
-	seg := benchSegment()
+	seg := benchSegment(b)
 	b.SetBytes(int64(len(seg)))
 	for b.Loop() {
 		sha256.Sum256(seg)

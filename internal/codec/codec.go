@@ -20,7 +20,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 )
 
@@ -36,7 +35,7 @@ import (
 // every Writer and Reader allocates its own resources.
 type Codec struct {
 	lz4W  [10]sync.Pool // by level 0..9
-	zstdW [4]sync.Pool  // by zstd.EncoderLevel-1
+	zstdW [23]sync.Pool // by level 1..22
 	gzipW [10]sync.Pool // by level 1..9
 	lz4R  sync.Pool
 	zstdR sync.Pool
@@ -65,11 +64,6 @@ func (c *Codec) putPipeBuf(b []byte) {
 
 // New returns a Codec with empty pools.
 func New() *Codec { return &Codec{} }
-
-// Memory limits for decoders of untrusted streams.
-const (
-	zstdWindow = 8 << 20 // encoder window and decoder maximum
-)
 
 func (c *Codec) getBuf(size int) []byte {
 	if c != nil && size == recordBufSize(1<<defaultChunkLg) {
@@ -130,34 +124,7 @@ func (c *Codec) getCompressor(alg Compression, level int, w *frameWriter) (compr
 		if level == 0 {
 			level = 3
 		}
-		el := zstd.EncoderLevelFromZstd(level)
-		var zw *zstd.Encoder
-		if c != nil {
-			zw, _ = c.zstdW[el-1].Get().(*zstd.Encoder)
-		}
-		if zw == nil {
-			var err error
-			zw, err = zstd.NewWriter(nil,
-				zstd.WithEncoderLevel(el),
-				zstd.WithEncoderConcurrency(1),
-				zstd.WithWindowSize(zstdWindow),
-				// The frame's content checksum (XXH64 of the raw bytes,
-				// about 1% of the encoder's time) lets readers verify the
-				// content without hashing it again with SHA-256 (reader.go).
-				zstd.WithEncoderCRC(true),
-				zstd.WithZeroFrames(true),
-			)
-			if err != nil {
-				return nil, nil, err
-			}
-		}
-		zw.Reset(w)
-		return zw, func() {
-			zw.Reset(nil)
-			if c != nil {
-				c.zstdW[el-1].Put(zw)
-			}
-		}, nil
+		return c.getZstdCompressor(level, w)
 	case Gzip:
 		if level == 0 {
 			level = 6
@@ -198,12 +165,6 @@ type lz4Dec struct {
 
 func (d lz4Dec) Drain() *bufio.Reader { return nil }
 
-type zstdDec struct {
-	*zstd.Decoder
-}
-
-func (d zstdDec) Drain() *bufio.Reader { return nil }
-
 type gzipDec struct {
 	zr *gzip.Reader
 	br *bufio.Reader
@@ -236,32 +197,7 @@ func (c *Codec) getDecompressor(alg Compression, fr *frameReader) (decompressor,
 			}
 		}, nil
 	case Zstd:
-		var zr *zstd.Decoder
-		if c != nil {
-			zr, _ = c.zstdR.Get().(*zstd.Decoder)
-		}
-		if zr == nil {
-			var err error
-			zr, err = zstd.NewReader(nil,
-				zstd.WithDecoderConcurrency(1),
-				zstd.WithDecoderLowmem(true),
-				zstd.WithDecoderMaxWindow(zstdWindow),
-				zstd.WithDecoderMaxMemory(zstdWindow),
-			)
-			if err != nil {
-				return nil, nil, err
-			}
-		}
-		if err := zr.Reset(fr); err != nil {
-			zr.Close()
-			return nil, nil, err
-		}
-		return zstdDec{zr}, func() {
-			_ = zr.Reset(nil)
-			if c != nil {
-				c.zstdR.Put(zr)
-			}
-		}, nil
+		return c.getZstdDecompressor(fr)
 	case Gzip:
 		var d *gzipDec
 		if c != nil {

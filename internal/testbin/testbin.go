@@ -59,7 +59,6 @@ func build() (string, error) {
 	}
 	out := filepath.Join(dir, "walferry")
 	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", out, "github.com/walferry/walferry/cmd/walferry")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%w\n%s", err, b)
 	}

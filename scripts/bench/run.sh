@@ -92,9 +92,7 @@ mkdir -p "$work/bin"
 version=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo dev)
 commit=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 log "building walferry $version ($commit), walferry-hook next to it, and the bench driver"
-(cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$version -X main.commit=$commit" \
-	-o "$work/bin/walferry" ./cmd/walferry)
-(cd "$root" && CGO_ENABLED=0 go build -trimpath -o "$work/bin/walferry-hook" ./cmd/walferry-hook)
+VERSION=$version COMMIT=$commit bash "$root/scripts/build.sh" "$work/bin"
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
 chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
 
@@ -206,7 +204,7 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| | |"
 	echo "|---|---|"
 	echo "| machine | $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr) |"
-	echo "| walferry | $version, commit $commit ($(go env GOVERSION)); the daemon variants' hook is walferry-hook |"
+	echo "| walferry | $version, commit $commit ($(go env GOVERSION), zstd: $("$work/bin/walferry" version --json | sed -n 's/.*"zstd": "\(.*\)".*/\1/p')); the daemon variants' hook is walferry-hook |"
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
 	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"

@@ -1,0 +1,86 @@
+//go:build !cgo || walferry_purego
+
+package codec
+
+import (
+	"bufio"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ZstdImplementation names the zstd code this binary was built with (for
+// `walferry version`): the pure-Go one in builds without cgo.
+func ZstdImplementation() string { return "pure Go (github.com/klauspost/compress/zstd)" }
+
+// zstdWindow is the encoder's window and the decoder's limit, as libzstd's
+// (internal/libzstd.MaxWindowLog).
+const zstdWindow = 8 << 20
+
+// getZstdCompressor returns a pooled encoder for level (1..22, mapped to
+// the pure-Go encoder's four speeds) writing to w.
+func (c *Codec) getZstdCompressor(level int, w *frameWriter) (compressor, func(), error) {
+	var zw *zstd.Encoder
+	if c != nil {
+		zw, _ = c.zstdW[level].Get().(*zstd.Encoder)
+	}
+	if zw == nil {
+		var err error
+		zw, err = zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(zstdWindow),
+			// The frame's content checksum (XXH64 of the raw bytes,
+			// about 1% of the encoder's time) lets readers verify the
+			// content without hashing it again with SHA-256 (reader.go).
+			zstd.WithEncoderCRC(true),
+			zstd.WithZeroFrames(true),
+		)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	zw.Reset(w)
+	return zw, func() {
+		zw.Reset(nil)
+		if c != nil {
+			c.zstdW[level].Put(zw)
+		}
+	}, nil
+}
+
+type zstdDec struct {
+	*zstd.Decoder
+}
+
+func (d zstdDec) Drain() *bufio.Reader { return nil }
+
+// getZstdDecompressor returns a pooled decoder reading fr, limited to an
+// 8 MiB window.
+func (c *Codec) getZstdDecompressor(fr *frameReader) (decompressor, func(), error) {
+	var zr *zstd.Decoder
+	if c != nil {
+		zr, _ = c.zstdR.Get().(*zstd.Decoder)
+	}
+	if zr == nil {
+		var err error
+		zr, err = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(zstdWindow),
+			zstd.WithDecoderMaxMemory(zstdWindow),
+		)
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := zr.Reset(fr); err != nil {
+		zr.Close()
+		return nil, nil, err
+	}
+	return zstdDec{zr}, func() {
+		_ = zr.Reset(nil)
+		if c != nil {
+			c.zstdR.Put(zr)
+		}
+	}, nil
+}
