@@ -168,26 +168,29 @@ func (rs *restorer) compare(ctx context.Context) error {
 	})
 }
 
-// prepareFiles creates every file that gets bytes from the repository at
-// its final size (a gap between extents is zeros), zeroes the gaps of
-// the units a delta restore rewrites, and cuts kept files to size.
-func (rs *restorer) prepareFiles(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(rs.jobs)
-	for _, it := range rs.p.items {
-		if it.fetched() {
-			rs.filesFetched++
-		} else {
-			rs.filesKept++
+// prepareFiles takes files from order until it is empty: it creates every
+// file that gets bytes from the repository at its final size (a gap
+// between extents is zeros), zeroes the gaps of the units a delta restore
+// rewrites, and cuts kept files to size. It runs while fetch writes the
+// files already prepared, rather than before: creating files is kernel
+// work, serialized by the directory's lock, and on a filesystem without
+// a journal it is slow just after files were deleted (ext4 then skips
+// every inode freed in the last minute), up to a third of a restore's
+// time. A file whole from the start goes to the syncers.
+func (rs *restorer) prepareFiles(ctx context.Context, order <-chan *item) error {
+	for it := range order {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		g.Go(func() error {
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			return prepareFile(it)
-		})
+		if err := prepareFile(it); err != nil {
+			return err
+		}
+		close(it.ready)
+		if it.pending.Load() == 0 {
+			rs.syncs.settled(it) // kept, empty or all zeros: already whole
+		}
 	}
-	return g.Wait()
+	return nil
 }
 
 func prepareFile(it *item) error {
@@ -293,13 +296,14 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // unit whose bytes come out of order (an incremental's pages from several
 // objects) is left to verify's read-back.
 type unitHash struct {
-	mu     sync.Mutex
-	h      hash.Hash
-	crc    uint32
-	useCRC bool
-	next   int64
-	broken bool
-	done   bool
+	mu      sync.Mutex
+	started bool // the unit's first byte came, at its start
+	h       hash.Hash
+	crc     uint32
+	useCRC  bool
+	next    int64
+	broken  bool
+	done    bool
 }
 
 // stream feeds the bytes written at file offset off to the units they
@@ -315,12 +319,14 @@ func (rs *restorer) stream(it *item, off int64, b []byte) error {
 			if u.broken || u.done {
 				return nil
 			}
-			if u.h == nil {
+			// started, not h != nil: a unit checked by CRC-32C has no
+			// hash, and would be restarted (and broken) by each write.
+			if !u.started {
 				if off != uOff {
 					u.broken = true
 					return nil
 				}
-				u.next = uOff
+				u.started, u.next = true, uOff
 				if u.useCRC = len(it.f.CRCs) == len(it.f.Sums); !u.useCRC {
 					u.h = sha256.New()
 				}
@@ -364,11 +370,18 @@ func (rs *restorer) stream(it *item, off int64, b []byte) error {
 	return nil
 }
 
-// fetch downloads every object that holds needed bytes, jobs at a time,
-// each once from its start, and writes its pieces into place.
+// fetch prepares the files and downloads every object that holds needed
+// bytes, jobs at a time, each once from its start, and writes its pieces
+// into place; the files are settled (made durable) as they become whole.
 func (rs *restorer) fetch(ctx context.Context) error {
 	for _, it := range rs.p.items {
-		if it.fetched() && len(it.f.Sums) == units(it.f.Size) {
+		it.ready = make(chan struct{})
+		if !it.fetched() {
+			rs.filesKept++
+			continue
+		}
+		rs.filesFetched++
+		if len(it.f.Sums) == units(it.f.Size) {
 			it.streamed = make([]unitHash, units(it.f.Size))
 		}
 	}
@@ -379,27 +392,17 @@ func (rs *restorer) fetch(ctx context.Context) error {
 		}
 	}
 	// A file is made durable as soon as it is whole, by syncers working
-	// while the next objects are fetched: the disk writes back one file
-	// while the CPU decodes the next, instead of everything waiting for
-	// one flush at the end.
-	syncq := make(chan *item, len(rs.p.items))
-	var syncers sync.WaitGroup
-	for range rs.jobs {
-		syncers.Add(1)
-		go func() {
-			defer syncers.Done()
-			for it := range syncq {
-				if syncFile(it.path) == nil {
-					it.synced.Store(true)
-				} // else verify syncs it again and reports the error
-			}
-		}()
+	// while the next objects are fetched, and its writeback starts every
+	// flushEvery bytes: the disk writes while the CPU decodes, instead of
+	// everything waiting for the flushes at the end.
+	size := len(rs.p.items)
+	for _, ps := range byKey {
+		for _, pc := range ps {
+			size += int(pc.n/flushEvery) + 1
+		}
 	}
-	defer func() {
-		close(syncq)
-		syncers.Wait()
-	}()
-	rs.syncq = syncq
+	rs.syncs = rs.startSyncers(size)
+	defer rs.syncs.stop()
 	keys := make([]string, 0, len(byKey))
 	for k := range byKey {
 		keys = append(keys, k)
@@ -408,18 +411,55 @@ func (rs *restorer) fetch(ctx context.Context) error {
 	rs.log.Info("fetching", "objects", len(keys), "bytes", total)
 	return rs.phase("fetch", total, func(m *meter) error {
 		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(rs.jobs)
+		order := rs.creationOrder(keys, byKey)
+		for range rs.jobs {
+			g.Go(func() error { return rs.prepareFiles(gctx, order) })
+		}
+		todo := make(chan string, len(keys))
 		for _, k := range keys {
-			if gctx.Err() != nil {
-				break
-			}
-			g.Go(func() error { return rs.fetchObject(gctx, m, k, byKey[k]) })
+			todo <- k
+		}
+		close(todo)
+		for range rs.jobs {
+			g.Go(func() error {
+				for k := range todo {
+					if err := gctx.Err(); err != nil {
+						return err
+					}
+					if err := rs.fetchObject(gctx, m, k, byKey[k]); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 		}
 		if err := g.Wait(); err != nil {
 			return err
 		}
 		return ctx.Err()
 	})
+}
+
+// creationOrder queues the files in the order fetch first writes them,
+// then those it does not write (kept, empty, all zeros).
+func (rs *restorer) creationOrder(keys []string, byKey map[string][]piece) <-chan *item {
+	out := make(chan *item, len(rs.p.items))
+	defer close(out)
+	seen := make(map[*item]bool, len(rs.p.items))
+	for _, k := range keys {
+		for _, pc := range byKey[k] {
+			if !seen[pc.it] {
+				seen[pc.it] = true
+				out <- pc.it
+			}
+		}
+	}
+	for _, it := range rs.p.items {
+		if !seen[it] {
+			out <- it
+		}
+	}
+	return out
 }
 
 // fetchObject streams object key through the verifying decoder and
@@ -460,7 +500,8 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 
 	type open struct {
 		piece
-		f *os.File
+		f       *os.File
+		flushed int64 // file offset up to which writeback was asked for
 	}
 	var active []open
 	defer func() {
@@ -477,16 +518,22 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 		pos = hi
 		rs.bytesRead.Add(int64(n))
 		for next < len(ps) && ps[next].at < hi {
+			select {
+			case <-ps[next].it.ready:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 			f, err := os.OpenFile(ps[next].it.path, os.O_WRONLY, 0)
 			if err != nil {
 				return fmt.Errorf("open %s: %w", ps[next].it.path, err)
 			}
-			active = append(active, open{ps[next], f})
+			active = append(active, open{piece: ps[next], f: f, flushed: ps[next].off})
 			next++
 		}
 		var jobs []hashJob
 		kept := active[:0]
-		for _, a := range active {
+		for i := range active {
+			a := &active[i]
 			s, e := max(a.at, lo), min(a.at+a.n, hi)
 			if s < e {
 				if _, err := a.f.WriteAt(buf[s-lo:e-lo], a.off+s-a.at); err != nil {
@@ -498,8 +545,13 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 				}
 				rs.bytesFetched.Add(e - s)
 				m.done.Add(e - s)
+				// The queue has room for every request: these never block.
+				end := a.off + e - a.at
 				if a.it.pending.Add(-(e - s)) == 0 {
-					rs.syncq <- a.it // buffered for every file: never blocks
+					rs.syncs.settled(a.it)
+				} else if end-a.flushed >= flushEvery || e == a.at+a.n && end > a.flushed {
+					rs.syncs.written(a.it, a.flushed, end-a.flushed)
+					a.flushed = end
 				}
 			}
 			if a.at+a.n <= hi {
@@ -508,7 +560,7 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 				}
 				continue
 			}
-			kept = append(kept, a)
+			kept = append(kept, *a)
 		}
 		active = kept
 		// The other buffer's hashing must end before it is read into
@@ -547,17 +599,16 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 	return nil
 }
 
-// verify reads back every unit written from the repository and compares
-// it with the manifest's checksum, then makes the files durable.
+// verify reads back every unit written from the repository that was not
+// checked while it was written, and compares it with the manifest's
+// checksum; then it settles the files the syncers did not.
 func (rs *restorer) verify(ctx context.Context) error {
 	var tasks []unitTask
 	var total int64
-	var written []*item
 	for _, it := range rs.p.items {
 		if !it.fetched() {
 			continue
 		}
-		written = append(written, it)
 		for i := 0; i < units(it.f.Size); i++ {
 			if it.streamed != nil && it.streamed[i].done {
 				continue // verified while it was written
@@ -582,9 +633,16 @@ func (rs *restorer) verify(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, it := range rs.p.items {
+		if it.settleErr != nil {
+			return it.settleErr
+		}
+	}
+	// Fetch gives every file to the syncers; one it missed would be
+	// settled here rather than left without its fsync.
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(rs.jobs)
-	for _, it := range written {
+	g.SetLimit(rs.syncers())
+	for _, it := range rs.p.items {
 		if it.synced.Load() {
 			continue
 		}
@@ -592,23 +650,8 @@ func (rs *restorer) verify(ctx context.Context) error {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			return syncFile(it.path)
+			return rs.settle(it)
 		})
 	}
 	return g.Wait()
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
 }

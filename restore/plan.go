@@ -61,10 +61,16 @@ type item struct {
 	// in order; allocated by fetch.
 	streamed []unitHash
 	// pending counts the bytes fetch still has to write; the file is
-	// synced in the background, while other objects are fetched, when it
-	// reaches zero, and synced is then set.
+	// settled (see restorer.settle) in the background, while other
+	// objects are fetched, when it reaches zero, and synced is then set.
 	pending atomic.Int64
 	synced  atomic.Bool
+	// settleErr is why a syncer could not settle the file; read once the
+	// syncers are stopped.
+	settleErr error
+	// ready is closed once the file is prepared (created at its size);
+	// fetch writes into it only then.
+	ready chan struct{}
 }
 
 // units returns how many UnitSize units a file of size bytes has.

@@ -10,8 +10,10 @@
 // object is downloaded once, streamed through the verifying decoder from
 // its start, and its pieces are written into place with pwrite; memory is
 // bounded by Jobs times a small buffer whatever the size of the objects.
-// Every restored file is then read back and compared with the manifest's
-// SHA-256 of each 8 MiB unit.
+// Every 8 MiB unit of a restored file is checked against the manifest:
+// while it is written when its bytes come in order, else read back. Each
+// file is made durable (fsync, after its mode, owner and time are set)
+// as soon as it is whole, while the next objects are decoded.
 //
 // Nothing is silently half-restored: global/pg_control is written under a
 // temporary name and renamed into place only once every file is verified,

@@ -504,6 +504,52 @@ func TestRestoreSumMismatch(t *testing.T) {
 	}
 }
 
+// TestRestoreChecksUnitsWhileWritten: a full backup's units arrive in
+// order, each in many writes (a unit is 8 MiB, a write at most bufSize),
+// and are all checked as they are written, by CRC-32C or by SHA-256 for a
+// manifest without CRCs: nothing is read back.
+func TestRestoreChecksUnitsWhileWritten(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := context.Background()
+	m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n"}
+	want := map[string][]byte{}
+	for i, withCRCs := range []bool{true, false} {
+		content := randomBytes(uint64(i), 2*backup.UnitSize+12345)
+		o := &object{key: repo.BackupDataKey(parentID, i)}
+		at := o.put(content)
+		if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
+			t.Fatal(err)
+		}
+		f := backup.File{Path: "base/1/" + strconv.Itoa(16384+i), Size: int64(len(content)), Mode: 0o600, Sums: sums(content),
+			Extents: []backup.Extent{{Off: 0, Len: int64(len(content)), Key: o.key, At: at}}}
+		if withCRCs {
+			f.CRCs = crcs(content)
+		}
+		m.Files = append(m.Files, f)
+		want[f.Path] = content
+	}
+	must(t, backup.WriteManifest(ctx, r, m))
+	dir := t.TempDir()
+	o := testOptions(dir)
+	readBack := int64(-1)
+	o.Progress = func(p Progress) {
+		if p.Phase == "verify" {
+			readBack = p.Total
+		}
+	}
+	if _, err := Run(ctx, r, o); err != nil {
+		t.Fatal(err)
+	}
+	if readBack != 0 {
+		t.Errorf("verify read back %d bytes; want 0 (every unit checked while written)", readBack)
+	}
+	for p, content := range want {
+		if got, err := os.ReadFile(filepath.Join(dir, p)); err != nil || !bytes.Equal(got, content) {
+			t.Errorf("%s: %d bytes differ from the backup's %d (%v)", p, len(got), len(content), err)
+		}
+	}
+}
+
 func TestRestoreRefusals(t *testing.T) {
 	r, _ := newRepo(t)
 	newFixture(t, r)
@@ -667,7 +713,7 @@ func BenchmarkRestore(b *testing.B) {
 			b.Fatal(err)
 		}
 		m.Files = append(m.Files, backup.File{Path: "base/5/" + strconv.Itoa(16384+i), Size: size, Mode: 0o600, Sums: sums(content),
-			Extents: []backup.Extent{{Off: 0, Len: size, Key: key}}})
+			CRCs: crcs(content), Extents: []backup.Extent{{Off: 0, Len: size, Key: key}}})
 	}
 	if err := backup.WriteManifest(ctx, r, m); err != nil {
 		b.Fatal(err)

@@ -37,9 +37,8 @@ type restorer struct {
 	bytesFetched, bytesRead                            atomic.Int64
 	objectsRead                                        atomic.Int64
 
-	// syncq takes the files fetch completed, to be synced in the
-	// background (see fetch).
-	syncq chan<- *item
+	// syncs settles the files fetch completes, in the background.
+	syncs *syncPool
 }
 
 // owner is the OS account restored files are given to.
@@ -201,15 +200,12 @@ func (rs *restorer) run(ctx context.Context) error {
 	for _, step := range []struct {
 		name string
 		run  func(context.Context) error
-	}{{"prepare files", rs.prepareFiles}, {"fetch", rs.fetch}, {"verify and sync", rs.verify}} {
+	}{{"fetch", rs.fetch}, {"verify and sync", rs.verify}} {
 		began := time.Now()
 		if err := step.run(ctx); err != nil {
 			return err
 		}
 		rs.log.Debug("restore step done", "step", step.name, "seconds", time.Since(began).Seconds())
-	}
-	if err := rs.setMetadata(); err != nil {
-		return err
 	}
 	return rs.finish()
 }
@@ -406,23 +402,6 @@ func (rs *restorer) makeDirs() error {
 	return nil
 }
 
-// setMetadata gives every file its mode, owner and modification time.
-func (rs *restorer) setMetadata() error {
-	for _, it := range rs.p.items {
-		if err := os.Chmod(it.path, fileMode(it.f.Mode, 0o600)); err != nil {
-			return err
-		}
-		if err := rs.chown(it.path); err != nil {
-			return err
-		}
-		mt := time.Unix(it.f.MTime, 0)
-		if err := os.Chtimes(it.path, mt, mt); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // finish writes what makes the directory a startable backup, pg_control
 // and backup_label last.
 func (rs *restorer) finish() error {
@@ -519,21 +498,6 @@ func (rs *restorer) syncDirs() error {
 		if err := syncDir(d); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }
