@@ -5,8 +5,8 @@
 //
 // Writers and Readers stream: memory per Writer or Reader is bounded by the
 // record size (64 KiB) and the compressor's window and block buffers (zstd:
-// 8 MiB window; lz4: 64 KiB blocks written, at most 4 MiB accepted; gzip:
-// 32 KiB), plus two 256 KiB pieces while io.Copy runs through Writer.ReadFrom
+// windows of at most 8 MiB, 2 MiB at level 3 with libzstd; lz4: 64 KiB
+// blocks written, at most 4 MiB accepted; gzip: 32 KiB), plus two 256 KiB pieces while io.Copy runs through Writer.ReadFrom
 // or Reader.WriteTo; never by the object size.
 //
 // Every byte of an object is covered by a check. A Reader reports any damage
