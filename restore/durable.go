@@ -96,10 +96,12 @@ func (rs *restorer) settle(it *item) error {
 	if err := os.Chtimes(it.path, mt, mt); err != nil {
 		return err
 	}
-	return syncFile(it.path)
+	return syncPath(it.path)
 }
 
-func syncFile(p string) error {
+// syncPath makes the file or directory at p durable: for a directory,
+// the names in it.
+func syncPath(p string) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
@@ -110,21 +112,6 @@ func syncFile(p string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -473,7 +473,7 @@ func (rs *restorer) writeFile(rel string, data []byte) error {
 		if err := os.Rename(tmp, final); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(final))
+		return syncPath(filepath.Dir(final))
 	}()
 	if err != nil {
 		os.Remove(tmp)
@@ -495,7 +495,7 @@ func (rs *restorer) syncDirs() error {
 		dirs = append(dirs, filepath.Dir(rs.o.DataDir))
 	}
 	for _, d := range dirs {
-		if err := syncDir(d); err != nil {
+		if err := syncPath(d); err != nil {
 			return err
 		}
 	}
