@@ -38,8 +38,11 @@ cd "$root"
 if [[ $CGO == 1 ]]; then
 	# netgo, osusergo: the Go resolver and user lookup, so the static glibc
 	# link needs no NSS modules at run time.
-	CGO_ENABLED=1 "$GO" build -trimpath -tags netgo,osusergo \
-		-ldflags "$ldflags -linkmode external -extldflags -static" -o "$tmp/walferry" ./cmd/walferry
+	if ! CGO_ENABLED=1 "$GO" build -trimpath -tags netgo,osusergo \
+		-ldflags "$ldflags -linkmode external -extldflags -static" -o "$tmp/walferry" ./cmd/walferry; then
+		echo "build.sh: the static cgo build failed: it needs a C compiler and the static C library (Debian: apt-get install build-essential); CGO=0 builds walferry with the pure-Go zstd instead" >&2
+		exit 1
+	fi
 else
 	echo "build.sh: no C compiler (or CGO=0): walferry uses the pure-Go zstd" >&2
 	CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/walferry" ./cmd/walferry
