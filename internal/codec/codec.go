@@ -17,6 +17,7 @@ package codec
 
 import (
 	"bufio"
+	"io"
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
@@ -94,60 +95,70 @@ type compressor interface {
 func (c *Codec) getCompressor(alg Compression, level int, w *frameWriter) (compressor, func(), error) {
 	switch alg {
 	case LZ4:
-		var zw *lz4.Writer
+		var pool *sync.Pool
 		if c != nil {
-			zw, _ = c.lz4W[level].Get().(*lz4.Writer)
+			pool = &c.lz4W[level]
 		}
-		if zw == nil {
-			zw = lz4.NewWriter(nil)
+		return pooledCompressor(pool, w, func() (*lz4.Writer, error) {
+			zw := lz4.NewWriter(nil)
 			lvl := lz4.Fast
 			if level > 0 {
 				lvl = lz4.Level1 << (level - 1)
 			}
-			if err := zw.Apply(
+			return zw, zw.Apply(
 				lz4.BlockSizeOption(lz4.Block64Kb),
 				lz4.ChecksumOption(false), // the object's own checks cover it
 				lz4.ConcurrencyOption(1),
 				lz4.CompressionLevelOption(lvl),
-			); err != nil {
-				return nil, nil, err
-			}
-		}
-		zw.Reset(w)
-		return zw, func() {
-			zw.Reset(nil)
-			if c != nil {
-				c.lz4W[level].Put(zw)
-			}
-		}, nil
+			)
+		})
 	case Zstd:
 		if level == 0 {
 			level = 3
 		}
-		return c.getZstdCompressor(level, w)
+		var pool *sync.Pool
+		if c != nil {
+			pool = &c.zstdW[level]
+		}
+		return pooledCompressor(pool, w, func() (zstdEncoder, error) { return newZstdEncoder(level) })
 	case Gzip:
 		if level == 0 {
 			level = 6
 		}
-		var zw *gzip.Writer
+		var pool *sync.Pool
 		if c != nil {
-			zw, _ = c.gzipW[level].Get().(*gzip.Writer)
+			pool = &c.gzipW[level]
 		}
-		if zw == nil {
-			var err error
-			if zw, err = gzip.NewWriterLevel(nil, level); err != nil {
-				return nil, nil, err
-			}
-		}
-		zw.Reset(w)
-		return zw, func() {
-			zw.Reset(nil)
-			if c != nil {
-				c.gzipW[level].Put(zw)
-			}
-		}, nil
+		return pooledCompressor(pool, w, func() (*gzip.Writer, error) { return gzip.NewWriterLevel(nil, level) })
 	}
 	return nil, func() {}, nil
+}
+
+// pooledCompressor takes a compressor from pool (nil for a nil Codec,
+// which pools nothing) or makes one, points it at w, and returns it with
+// the function that detaches it and puts it back.
+func pooledCompressor[T interface {
+	compressor
+	Reset(io.Writer)
+}](pool *sync.Pool, w io.Writer, make func() (T, error)) (compressor, func(), error) {
+	var zw T
+	ok := false
+	if pool != nil {
+		zw, ok = pool.Get().(T)
+	}
+	if !ok {
+		var err error
+		if zw, err = make(); err != nil {
+			return nil, nil, err
+		}
+	}
+	zw.Reset(w)
+	return zw, func() {
+		zw.Reset(nil)
+		if pool != nil {
+			pool.Put(zw)
+		}
+	}, nil
 }
 
 // decompressor reads the raw stream out of a record stream.

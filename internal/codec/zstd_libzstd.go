@@ -12,28 +12,13 @@ import (
 // `walferry version`): "libzstd 1.5.7" here.
 func ZstdImplementation() string { return "libzstd " + libzstd.Version() }
 
-// getZstdCompressor returns a pooled libzstd encoder for level (1..22)
-// writing to w. Its frames carry the content checksum, which lets readers
-// verify the content without hashing it again with SHA-256 (reader.go).
-func (c *Codec) getZstdCompressor(level int, w *frameWriter) (compressor, func(), error) {
-	var zw *libzstd.Encoder
-	if c != nil {
-		zw, _ = c.zstdW[level].Get().(*libzstd.Encoder)
-	}
-	if zw == nil {
-		var err error
-		if zw, err = libzstd.NewEncoder(level); err != nil {
-			return nil, nil, err
-		}
-	}
-	zw.Reset(w)
-	return zw, func() {
-		zw.Reset(nil)
-		if c != nil {
-			c.zstdW[level].Put(zw)
-		}
-	}, nil
-}
+// zstdEncoder is the zstd compressor of this build.
+type zstdEncoder = *libzstd.Encoder
+
+// newZstdEncoder returns a libzstd encoder for level (1..22). Its frames
+// carry the content checksum, which lets readers verify the content
+// without hashing it again with SHA-256 (reader.go).
+func newZstdEncoder(level int) (zstdEncoder, error) { return libzstd.NewEncoder(level) }
 
 type zstdDec struct {
 	*libzstd.Decoder

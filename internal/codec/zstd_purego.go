@@ -16,36 +16,22 @@ func ZstdImplementation() string { return "pure Go (github.com/klauspost/compres
 // (internal/libzstd.MaxWindowLog).
 const zstdWindow = 8 << 20
 
-// getZstdCompressor returns a pooled encoder for level (1..22, mapped to
-// the pure-Go encoder's four speeds) writing to w.
-func (c *Codec) getZstdCompressor(level int, w *frameWriter) (compressor, func(), error) {
-	var zw *zstd.Encoder
-	if c != nil {
-		zw, _ = c.zstdW[level].Get().(*zstd.Encoder)
-	}
-	if zw == nil {
-		var err error
-		zw, err = zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-			zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(zstdWindow),
-			// The frame's content checksum (XXH64 of the raw bytes,
-			// about 1% of the encoder's time) lets readers verify the
-			// content without hashing it again with SHA-256 (reader.go).
-			zstd.WithEncoderCRC(true),
-			zstd.WithZeroFrames(true),
-		)
-		if err != nil {
-			return nil, nil, err
-		}
-	}
-	zw.Reset(w)
-	return zw, func() {
-		zw.Reset(nil)
-		if c != nil {
-			c.zstdW[level].Put(zw)
-		}
-	}, nil
+// zstdEncoder is the zstd compressor of this build.
+type zstdEncoder = *zstd.Encoder
+
+// newZstdEncoder returns an encoder for level (1..22, mapped to the
+// pure-Go encoder's four speeds).
+func newZstdEncoder(level int) (zstdEncoder, error) {
+	return zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+		zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(zstdWindow),
+		// The frame's content checksum (XXH64 of the raw bytes, about 1%
+		// of the encoder's time) lets readers verify the content without
+		// hashing it again with SHA-256 (reader.go).
+		zstd.WithEncoderCRC(true),
+		zstd.WithZeroFrames(true),
+	)
 }
 
 type zstdDec struct {
