@@ -63,6 +63,10 @@ type Pusher struct {
 	background bool
 	repoIDs    []string // sorted names of cfg.Repos, recorded with each record
 	retry      pushRetry
+	// encodeSlots keeps look-ahead from compressing more segments at
+	// once than there are cores (see repo.EncodeSlots); uploads still
+	// overlap.
+	encodeSlots *repo.EncodeSlots
 
 	mu        sync.Mutex
 	inflight  map[string]*pushJob // absolute path -> upload in progress
@@ -140,15 +144,16 @@ func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 		stateDir = abs
 	}
 	return &Pusher{
-		cfg:        cfg,
-		log:        cfg.logger(),
-		ahead:      ahead,
-		stateDir:   stateDir,
-		background: o.Background,
-		repoIDs:    ids,
-		retry:      defaultPushRetry,
-		inflight:   make(map[string]*pushJob),
-		cancels:    make(map[*pushJob]context.CancelFunc),
+		cfg:         cfg,
+		log:         cfg.logger(),
+		ahead:       ahead,
+		stateDir:    stateDir,
+		background:  o.Background,
+		repoIDs:     ids,
+		retry:       defaultPushRetry,
+		encodeSlots: repo.NewEncodeSlots(runtime.GOMAXPROCS(0)),
+		inflight:    make(map[string]*pushJob),
+		cancels:     make(map[*pushJob]context.CancelFunc),
 	}, nil
 }
 
@@ -531,7 +536,8 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	if err != nil {
 		return "", false, err
 	}
-	obj, err := r.PutIfAbsent(ctx, key, &segmentReader{f: f, name: name, size: st.size})
+	obj, err := r.PutWith(ctx, key, &segmentReader{f: f, name: name, size: st.size},
+		repo.PutOptions{IfAbsent: true, Slots: p.encodeSlots})
 	f.Close()
 	if err == nil {
 		if obj.RawSize != st.size { // segmentReader makes this impossible

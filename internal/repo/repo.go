@@ -131,6 +131,9 @@ type PutOptions struct {
 	// (codec.Options.NoRawSum): for objects whose content the caller
 	// checksums itself. ObjectSum.Sum is then empty.
 	NoRawSum bool
+	// Slots, when set, makes the encoder wait for one of them, and hold
+	// it while it encodes (see EncodeSlots).
+	Slots *EncodeSlots
 }
 
 // PutWith is Put or PutIfAbsent with options.
@@ -138,26 +141,31 @@ func (r *Repo) PutWith(ctx context.Context, key string, src io.Reader, o PutOpti
 	opts := r.opts
 	opts.NoRawSum = o.NoRawSum
 	if !o.IfAbsent {
-		return r.putOpts(ctx, key, src, r.store.Put, opts)
+		return r.putOpts(ctx, key, src, r.store.Put, opts, o.Slots)
 	}
 	if cc, ok := r.store.(storage.ConditionalCreator); ok {
-		return r.putOpts(ctx, key, src, cc.PutIfAbsent, opts)
+		return r.putOpts(ctx, key, src, cc.PutIfAbsent, opts, o.Slots)
 	}
 	if _, err := r.store.Stat(ctx, key); err == nil {
 		return ObjectSum{}, fmt.Errorf("%s: %w", key, storage.ErrExist)
 	} else if !errors.Is(err, storage.ErrNotExist) {
 		return ObjectSum{}, err
 	}
-	return r.putOpts(ctx, key, src, r.store.Put, opts)
+	return r.putOpts(ctx, key, src, r.store.Put, opts, o.Slots)
 }
 
 func (r *Repo) put(ctx context.Context, key string, src io.Reader,
 	store func(context.Context, string, io.Reader) error) (ObjectSum, error) {
-	return r.putOpts(ctx, key, src, store, r.opts)
+	return r.putOpts(ctx, key, src, store, r.opts, nil)
 }
 
 func (r *Repo) putOpts(ctx context.Context, key string, src io.Reader,
-	store func(context.Context, string, io.Reader) error, opts codec.Options) (ObjectSum, error) {
+	store func(context.Context, string, io.Reader) error, opts codec.Options, slots *EncodeSlots) (ObjectSum, error) {
+	// The slot is taken before the store starts (no temp file or upload
+	// waits open for it) and given back by the encoder when it is done.
+	if err := slots.acquire(ctx); err != nil {
+		return ObjectSum{}, fmt.Errorf("store %s in %s: %w", key, r.store, err)
+	}
 	pr, pw := io.Pipe()
 	type encoded struct {
 		sum ObjectSum
@@ -178,6 +186,7 @@ func (r *Repo) putOpts(ctx context.Context, key string, src io.Reader,
 				res.sum = ObjectSum{Sum: zw.Sum(), RawSize: zw.RawSize(), StoredSize: zw.StoredSize()}
 			}
 		}
+		slots.release()
 		// Closing the pipe with an error makes the store's Put fail and
 		// abort its upload instead of committing a short object.
 		pw.CloseWithError(err)
