@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -79,6 +80,10 @@ type Pusher struct {
 // hashBufSize is the read size when a local file is hashed on its own
 // (only when a repository already holds its name).
 const hashBufSize = 256 << 10
+
+// compareBufSize is the piece size in which an archived object is compared
+// with the local file.
+const compareBufSize = 256 << 10
 
 // pushJob is one upload in progress; stamp and err are set before done is
 // closed.
@@ -437,7 +442,9 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 		return pushed{}, err
 	}
 	for i := 1; i < n; i++ {
-		if sums[i] != sums[0] {
+		// Repositories that store no raw SHA-256 (zstd, gzip) have "":
+		// for them the stamp check below is what catches a change.
+		if sums[i] != sums[0] && sums[i] != "" && sums[0] != "" {
 			return pushed{}, fmt.Errorf("archive-push %s: the file changed while being archived: %s has %s, %s has %s",
 				name, p.cfg.Repos[0], sums[0], p.cfg.Repos[i], sums[i])
 		}
@@ -528,7 +535,7 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	info, err := r.ObjectInfo(ctx, key)
 	switch {
 	case err == nil:
-		return p.compareArchived(r, key, abs, st, local, info)
+		return p.compareArchived(ctx, r, key, abs, st, local, info)
 	case !errors.Is(err, storage.ErrNotExist):
 		return "", false, fmt.Errorf("%s: checking whether it is already archived: %w", key, err)
 	}
@@ -536,8 +543,11 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	if err != nil {
 		return "", false, err
 	}
+	// A zstd or gzip stream verifies its raw content itself: the SHA-256
+	// would cost a fifth of a segment's CPU for a duplicate check that
+	// compares the content instead (compareArchived).
 	obj, err := r.PutWith(ctx, key, &segmentReader{f: f, name: name, size: st.size},
-		repo.PutOptions{IfAbsent: true, Slots: p.encodeSlots})
+		repo.PutOptions{IfAbsent: true, Slots: p.encodeSlots, NoRawSum: r.Compression().ChecksContent()})
 	f.Close()
 	if err == nil {
 		if obj.RawSize != st.size { // segmentReader makes this impossible
@@ -557,24 +567,109 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	if err != nil {
 		return "", false, fmt.Errorf("%s is already archived; reading its checksum: %w", key, err)
 	}
-	return p.compareArchived(r, key, abs, st, local, info)
+	return p.compareArchived(ctx, r, key, abs, st, local, info)
 }
 
 // compareArchived decides a push whose name is already archived: success
-// when the stored raw content has the local file's SHA-256, ErrConflict
-// otherwise (nothing is overwritten).
-func (p *Pusher) compareArchived(r *repo.Repo, key, abs string, st fileStamp, local *localSum, info codec.Info) (string, bool, error) {
+// when the stored raw content is the local file's, ErrConflict otherwise
+// (nothing is overwritten). An object with a raw SHA-256 is compared by it,
+// without downloading; one without (zstd, gzip) is downloaded, verified and
+// compared byte for byte.
+func (p *Pusher) compareArchived(ctx context.Context, r *repo.Repo, key, abs string, st fileStamp, local *localSum, info codec.Info) (string, bool, error) {
+	if info.Sum == "" {
+		same, err := sameContent(ctx, r, key, abs, st.size)
+		if err != nil {
+			return "", false, err
+		}
+		if same {
+			return "", true, nil
+		}
+		// Name both contents by their SHA-256, as for any conflict: two
+		// more reads, on a path that stops archiving anyway.
+		stored, serr := storedSum(ctx, r, key)
+		want, lerr := local.get()
+		if serr != nil || lerr != nil {
+			return "", false, fmt.Errorf("%w: %s in %s holds other content than the local file %s (%d bytes); "+
+				"nothing was overwritten. Another server (an old primary after a failover?) may be archiving into this repository, "+
+				"or it belongs to another cluster", ErrConflict, key, r, abs, st.size)
+		}
+		return "", false, conflictError(r, key, stored, info.RawSize, abs, want, st.size)
+	}
 	want, err := local.get()
 	if err != nil {
 		return "", false, err
 	}
 	if info.Sum != want {
-		return "", false, fmt.Errorf("%w: %s in %s holds %s (%d bytes), but the local file %s is %s (%d bytes); "+
-			"nothing was overwritten. Another server (an old primary after a failover?) may be archiving into this repository, "+
-			"or it belongs to another cluster",
-			ErrConflict, key, r, info.Sum, info.RawSize, abs, want, st.size)
+		return "", false, conflictError(r, key, info.Sum, info.RawSize, abs, want, st.size)
 	}
 	return want, true, nil
+}
+
+func conflictError(r *repo.Repo, key, stored string, storedSize int64, abs, local string, localSize int64) error {
+	return fmt.Errorf("%w: %s in %s holds %s (%d bytes), but the local file %s is %s (%d bytes); "+
+		"nothing was overwritten. Another server (an old primary after a failover?) may be archiving into this repository, "+
+		"or it belongs to another cluster",
+		ErrConflict, key, r, stored, storedSize, abs, local, localSize)
+}
+
+// sameContent reads the object key to its verified end and the local file
+// at abs side by side, and reports whether they hold the same bytes. A
+// damaged object is an error (wrapping codec.ErrCorrupt), not a conflict:
+// what it held cannot be known.
+func sameContent(ctx context.Context, r *repo.Repo, key, abs string, size int64) (bool, error) {
+	obj, err := r.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("%s is already archived; reading it to compare: %w", key, err)
+	}
+	defer obj.Close()
+	f, err := os.Open(abs)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	stored := make([]byte, compareBufSize)
+	localBuf := make([]byte, compareBufSize)
+	same := true
+	var off int64
+	for {
+		n, rerr := io.ReadFull(obj, stored)
+		if n > 0 && same {
+			if off+int64(n) > size {
+				same = false
+			} else if _, err := io.ReadFull(f, localBuf[:n]); err != nil {
+				return false, fmt.Errorf("read %s: %w", abs, err)
+			} else if !bytes.Equal(stored[:n], localBuf[:n]) {
+				same = false
+			}
+		}
+		off += int64(n)
+		switch rerr {
+		case nil:
+			continue
+		case io.EOF, io.ErrUnexpectedEOF:
+			// The object verified: its content is exactly what was stored.
+			return same && off == size, nil
+		default:
+			return false, fmt.Errorf("%s is already archived, but reading it to compare with the local file failed: %w; "+
+				"if it is damaged, delete it from the repository so that the next push stores the segment again", key, rerr)
+		}
+	}
+}
+
+// storedSum reads the object key through and returns the SHA-256 of its
+// raw content, for messages.
+func storedSum(ctx context.Context, r *repo.Repo, key string) (string, error) {
+	obj, err := r.Get(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	defer obj.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, obj, make([]byte, hashBufSize)); err != nil {
+		return "", err
+	}
+	var sum [sha256.Size]byte
+	return codec.FormatSum([sha256.Size]byte(h.Sum(sum[:0]))), nil
 }
 
 // localSum computes a local file's SHA-256 once, for the repositories that

@@ -55,8 +55,17 @@ var pushStores = []struct {
 // segments, with lz4 objects, and opens it.
 func pushRepo(t testing.TB, st storage.Store, segBytes int64, c *codec.Codec) *repo.Repo {
 	t.Helper()
+	return pushRepoCompressed(t, st, segBytes, c, "lz4")
+}
+
+// pushCompressions are the two kinds of duplicate check: lz4 objects carry
+// the raw SHA-256, zstd objects do not (their frames check the content).
+var pushCompressions = []string{"lz4", "zstd"}
+
+func pushRepoCompressed(t testing.TB, st storage.Store, segBytes int64, c *codec.Codec, compression string) *repo.Repo {
+	t.Helper()
 	ctx := context.Background()
-	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: pushCluster(segBytes), Compression: "lz4", CreatedBy: "push_test"}); err != nil {
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: pushCluster(segBytes), Compression: compression, CreatedBy: "push_test"}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := repo.Open(ctx, st, repo.OpenOptions{Codec: c})
@@ -327,71 +336,136 @@ func (l *pushLog) logger() *slog.Logger {
 // files, reads them back identical, and pushes them again.
 func TestPushRoundTrip(t *testing.T) {
 	for _, sc := range pushStores {
-		t.Run(sc.name, func(t *testing.T) {
-			const segBytes = 16 * pushMiB
-			r := pushRepo(t, sc.open(t), segBytes, nil)
-			var logs pushLog
-			w := newPushWAL(t, segBytes, 1)
-			w.add(t, "00000002.history", []byte("1\t0/3000000\tno recovery target specified\n"), true)
-			w.add(t, "000000010000000000000001.00000028.backup", []byte("START WAL LOCATION: 0/1000028\n"), true)
-			w.add(t, "000000010000000000000002.partial", w.random(segBytes), true)
-			w.add(t, "000000010000000000000003.partial", w.random(12345), false) // pushed as it is
-			p := newTestPusher(t, pushConfig(t, segBytes, logs.logger(), r), PushOptions{Ahead: 0})
-			names := []string{w.seg(1), "00000002.history", "000000010000000000000001.00000028.backup",
-				"000000010000000000000002.partial", "000000010000000000000003.partial"}
-			for _, name := range names {
-				if err := p.Push(t.Context(), w.path(name)); err != nil {
-					t.Fatalf("Push(%s): %v", name, err)
-				}
-				if got, want := pushStored(t, r, name), w.read(t, name); !bytes.Equal(got, want) {
-					t.Fatalf("%s: stored %d bytes differ from the %d local bytes", name, len(got), len(want))
-				}
-			}
-			if !strings.Contains(logs.String(), "segment="+w.seg(1)+" bytes=16777216") {
-				t.Errorf("no Info line for the segment in the log:\n%s", logs.String())
-			}
-			// Idempotent: PostgreSQL repeats a call whose answer it lost.
-			for _, name := range names {
-				if err := p.Push(t.Context(), w.path(name)); err != nil {
-					t.Fatalf("second Push(%s): %v", name, err)
-				}
-			}
-			if n := strings.Count(logs.String(), "via=archived"); n != len(names) {
-				t.Errorf("%d lines say via=archived after the second round, want %d:\n%s", n, len(names), logs.String())
-			}
-		})
+		for _, comp := range pushCompressions {
+			t.Run(sc.name+"/"+comp, func(t *testing.T) { testPushRoundTrip(t, sc.open(t), comp) })
+		}
+	}
+}
+
+func testPushRoundTrip(t *testing.T, st storage.Store, comp string) {
+	const segBytes = 16 * pushMiB
+	r := pushRepoCompressed(t, st, segBytes, nil, comp)
+	var logs pushLog
+	w := newPushWAL(t, segBytes, 1)
+	w.add(t, "00000002.history", []byte("1\t0/3000000\tno recovery target specified\n"), true)
+	w.add(t, "000000010000000000000001.00000028.backup", []byte("START WAL LOCATION: 0/1000028\n"), true)
+	w.add(t, "000000010000000000000002.partial", w.random(segBytes), true)
+	w.add(t, "000000010000000000000003.partial", w.random(12345), false) // pushed as it is
+	p := newTestPusher(t, pushConfig(t, segBytes, logs.logger(), r), PushOptions{Ahead: 0})
+	names := []string{w.seg(1), "00000002.history", "000000010000000000000001.00000028.backup",
+		"000000010000000000000002.partial", "000000010000000000000003.partial"}
+	for _, name := range names {
+		if err := p.Push(t.Context(), w.path(name)); err != nil {
+			t.Fatalf("Push(%s): %v", name, err)
+		}
+		if got, want := pushStored(t, r, name), w.read(t, name); !bytes.Equal(got, want) {
+			t.Fatalf("%s: stored %d bytes differ from the %d local bytes", name, len(got), len(want))
+		}
+		key, _ := repo.WALKey(name, w.size)
+		info, err := r.ObjectInfo(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// zstd frames check their content themselves: no SHA-256.
+		if wantSum := comp != "zstd"; (info.Sum != "") != wantSum {
+			t.Errorf("%s with %s: stored raw sum %q, want one: %v", name, comp, info.Sum, wantSum)
+		}
+	}
+	if !strings.Contains(logs.String(), "segment="+w.seg(1)+" bytes=16777216") {
+		t.Errorf("no Info line for the segment in the log:\n%s", logs.String())
+	}
+	// Idempotent: PostgreSQL repeats a call whose answer it lost.
+	for _, name := range names {
+		if err := p.Push(t.Context(), w.path(name)); err != nil {
+			t.Fatalf("second Push(%s): %v", name, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "via=archived"); n != len(names) {
+		t.Errorf("%d lines say via=archived after the second round, want %d:\n%s", n, len(names), logs.String())
 	}
 }
 
 // TestPushConflict pushes other content under an archived name.
 func TestPushConflict(t *testing.T) {
 	for _, sc := range pushStores {
-		t.Run(sc.name, func(t *testing.T) {
-			const segBytes = pushMiB
-			r := pushRepo(t, sc.open(t), segBytes, nil)
-			w := newPushWAL(t, segBytes, 1)
-			name := w.seg(1)
-			p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 0})
-			if err := p.Push(t.Context(), w.path(name)); err != nil {
-				t.Fatal(err)
-			}
-			original := w.read(t, name)
-			other := w.random(segBytes)
-			w.add(t, name, other, false)
-			err := p.Push(t.Context(), w.path(name))
-			if !errors.Is(err, ErrConflict) {
-				t.Fatalf("Push of other content: got %v, want ErrConflict", err)
-			}
-			key, _ := repo.WALKey(name, w.size)
-			for _, want := range []string{pushSum(original), pushSum(other), key, r.String()} {
-				if !strings.Contains(err.Error(), want) {
-					t.Errorf("error %q does not name %q", err, want)
-				}
-			}
-			if got := pushStored(t, r, name); !bytes.Equal(got, original) {
-				t.Fatal("the archived object changed")
-			}
-		})
+		for _, comp := range pushCompressions {
+			t.Run(sc.name+"/"+comp, func(t *testing.T) { testPushConflict(t, sc.open(t), comp) })
+		}
+	}
+}
+
+func testPushConflict(t *testing.T, st storage.Store, comp string) {
+	const segBytes = pushMiB
+	r := pushRepoCompressed(t, st, segBytes, nil, comp)
+	w := newPushWAL(t, segBytes, 1)
+	name := w.seg(1)
+	p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 0})
+	if err := p.Push(t.Context(), w.path(name)); err != nil {
+		t.Fatal(err)
+	}
+	original := w.read(t, name)
+	other := w.random(segBytes)
+	w.add(t, name, other, false)
+	err := p.Push(t.Context(), w.path(name))
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("Push of other content: got %v, want ErrConflict", err)
+	}
+	key, _ := repo.WALKey(name, w.size)
+	for _, want := range []string{pushSum(original), pushSum(other), key, r.String()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if got := pushStored(t, r, name); !bytes.Equal(got, original) {
+		t.Fatal("the archived object changed")
+	}
+	// A history file of another length (a content compare must not
+	// stop at the shorter one).
+	const hist = "00000002.history"
+	w.add(t, hist, []byte("1\t0/3000000\tno recovery target specified\n"), false)
+	if err := p.Push(t.Context(), w.path(hist)); err != nil {
+		t.Fatal(err)
+	}
+	w.add(t, hist, []byte("1\t0/3000000\tno recovery target specified\n2\t0/5000000\tother\n"), false)
+	if err := p.Push(t.Context(), w.path(hist)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("Push of a longer history file: got %v, want ErrConflict", err)
+	}
+}
+
+// TestPushDamagedArchivedCopy: when the archived copy of a name is damaged,
+// a repeated push cannot know whether it held the same content; it fails
+// naming the object and the fix, and overwrites nothing.
+func TestPushDamagedArchivedCopy(t *testing.T) {
+	const segBytes = pushMiB
+	st, root := teststore.FS(t)
+	r := pushRepoCompressed(t, st, segBytes, nil, "zstd")
+	w := newPushWAL(t, segBytes, 1)
+	name := w.seg(1)
+	p := newTestPusher(t, pushConfig(t, segBytes, nil, r), PushOptions{Ahead: 0})
+	if err := p.Push(t.Context(), w.path(name)); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := repo.WALKey(name, w.size)
+	path := filepath.Join(root, filepath.FromSlash(key))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x10 // a byte in the body: header and trailer stay readable
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Push(t.Context(), w.path(name))
+	if !errors.Is(err, codec.ErrCorrupt) || errors.Is(err, ErrConflict) {
+		t.Fatalf("Push over a damaged copy: got %v, want ErrCorrupt and no conflict", err)
+	}
+	for _, want := range []string{key, "delete it from the repository"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, b) {
+		t.Error("the damaged object was overwritten")
 	}
 }
 

@@ -51,7 +51,7 @@ type pushRecord struct {
 	Dir     string    `json:"dir"`
 	Size    int64     `json:"size"`
 	MtimeNS int64     `json:"mtime_ns"`
-	Sum     string    `json:"sha256"`
+	Sum     string    `json:"sha256"` // "" when the objects carry no raw SHA-256 (zstd, gzip)
 	Repos   []string  `json:"repos"`
 	Pushed  time.Time `json:"pushed_at"`
 }
@@ -69,7 +69,7 @@ func stampOf(fi os.FileInfo) fileStamp {
 // trusted reports whether r vouches for the file name in dir as it is now.
 func (r *pushRecord) trusted(name, dir string, st fileStamp, repos []string) bool {
 	return r.Name == name && r.Dir == dir && r.Size == st.size && r.MtimeNS == st.mtimeNS &&
-		strings.HasPrefix(r.Sum, "sha256:") && slices.Equal(r.Repos, repos)
+		(r.Sum == "" || strings.HasPrefix(r.Sum, "sha256:")) && slices.Equal(r.Repos, repos)
 }
 
 // readRecord returns the record of name in stateDir; ok is false when there

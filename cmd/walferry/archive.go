@@ -67,16 +67,21 @@ Pushing a file that is already archived with the same content succeeds at
 once (PostgreSQL repeats calls after a crash). A different file already
 archived under the same name is refused with exit 5, naming both checksums,
 and nothing is overwritten: that is a split-brain or a wrong repository.
+zstd and gzip objects store no SHA-256 (their stream checks the content), so
+for them the archived copy is downloaded and compared byte for byte; a damaged
+copy fails with exit 6 (delete it from the repository so the push stores the
+file again).
 
 The cluster is identified by the control file of --pgdata (PGDATA), or else of
 the working directory, and every repository must belong to it (exit 5
 otherwise). Timelines, .history, .backup and .partial files are handled.
 
 Look-ahead: while pushing the requested file it uploads the next --ahead .ready
-files of pg_wal/archive_status in parallel, and records each one that became
-durable everywhere in <spool-dir>/pushed, so PostgreSQL's next calls return at
-once. A record is written only after the upload is durable and removed once
-PostgreSQL's call consumed it.
+files of pg_wal/archive_status in parallel (compressing at most as many at
+once as there are CPUs; the others wait, their uploads overlap), and records
+each one that became durable everywhere in <spool-dir>/pushed, so PostgreSQL's
+next calls return at once. A record is written only after the upload is
+durable and removed once PostgreSQL's call consumed it.
 
 With --socket (WALFERRY_SOCKET) the call is handed to "walferry daemon" serving
 that socket: no start-up, warm connections, look-ahead in the background.

@@ -37,6 +37,13 @@ func (c Compression) String() string {
 
 func (c Compression) valid() bool { return c <= Gzip }
 
+// ChecksContent reports whether c's stream carries a checksum of the raw
+// content that walferry's readers verify: zstd frames (XXH64; walferry's
+// writers always set the frame's content checksum) and gzip members
+// (CRC-32). For those, an object needs no raw SHA-256 (Options.NoRawSum)
+// for its content to be verified on every read.
+func (c Compression) ChecksContent() bool { return c == Zstd || c == Gzip }
+
 // levelRange returns the explicit levels c accepts; 0 always means the
 // algorithm's default and is not part of the range.
 func (c Compression) levelRange() (lo, hi int) {

@@ -82,6 +82,9 @@ func (r *Repo) Metadata() Metadata { return r.meta }
 // Store returns the underlying store.
 func (r *Repo) Store() storage.Store { return r.store }
 
+// Compression is the algorithm new objects are written with.
+func (r *Repo) Compression() codec.Compression { return r.opts.Compression }
+
 // String names the repository for messages.
 func (r *Repo) String() string { return r.store.String() }
 
