@@ -185,6 +185,51 @@ func TestArchivePushConflict(t *testing.T) {
 	}
 }
 
+// TestArchivePushZstdDuplicates: zstd objects carry no SHA-256, so a
+// repeated push compares the archived content itself: same content 0,
+// other content 5 naming both SHA-256, a damaged archived copy 6 naming the
+// object and the fix; nothing is overwritten.
+func TestArchivePushZstdDuplicates(t *testing.T) {
+	e := newHookEnv(t)
+	name, data := writeSegment(t, e.dataDir, 4)
+	push := func() (int, string) {
+		code, _, stderr := run(t, "archive-push", "--repo", e.repoURL, "--compression", "zstd", "pg_wal/"+name)
+		return code, stderr
+	}
+	if code, stderr := push(); code != 0 {
+		t.Fatalf("archive-push: code %d, stderr %q", code, stderr)
+	}
+	if code, stderr := push(); code != 0 {
+		t.Fatalf("archive-push of the same content again: code %d, stderr %q", code, stderr)
+	}
+	other := append([]byte(nil), data...)
+	other[len(other)-1] ^= 1 // the last byte: the compare must read to the end
+	if err := os.WriteFile(filepath.Join(e.dataDir, "pg_wal", name), other, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr := push()
+	expectFailure(t, exitRepository, stderr, code, name, sum(data), sum(other))
+
+	key := "wal/0000000100000000/" + name
+	object := filepath.Join(strings.TrimPrefix(e.repoURL, "file://"), key)
+	stored, err := os.ReadFile(object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored[len(stored)/2] ^= 0x40
+	if err := os.WriteFile(object, stored, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dataDir, "pg_wal", name), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr = push()
+	expectFailure(t, exitCorrupt, stderr, code, key, "delete it from the repository")
+	if after, _ := os.ReadFile(object); !bytes.Equal(after, stored) {
+		t.Error("the damaged object was overwritten")
+	}
+}
+
 // TestArchiveWrongCluster: another cluster's repository is refused, exit 5
 // for archive-push, 1 for archive-get (restore_command knows only 0 and 1).
 func TestArchiveWrongCluster(t *testing.T) {
