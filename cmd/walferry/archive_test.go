@@ -212,14 +212,7 @@ func TestArchivePushZstdDuplicates(t *testing.T) {
 
 	key := "wal/0000000100000000/" + name
 	object := filepath.Join(strings.TrimPrefix(e.repoURL, "file://"), key)
-	stored, err := os.ReadFile(object)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored[len(stored)/2] ^= 0x40
-	if err := os.WriteFile(object, stored, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	stored := damageObject(t, object)
 	if err := os.WriteFile(filepath.Join(e.dataDir, "pg_wal", name), data, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -276,15 +275,7 @@ func TestVerifyCommand(t *testing.T) {
 	if f1.Files[0].Path != "PG_VERSION" {
 		key = f1.Files[1].Extents[0].Key
 	}
-	p := filepath.Join(a.root, filepath.FromSlash(key))
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 1
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	damageObject(t, filepath.Join(a.root, filepath.FromSlash(key)))
 	code, out, stderr = run(t, "verify", "--repo", a.url)
 	expectFailure(t, exitCorrupt, stderr, code, key, "corrupt")
 	if !strings.Contains(out, "backup "+f1.ID+": DAMAGED") || !strings.Contains(out, "backup "+i1.ID+": DAMAGED") ||

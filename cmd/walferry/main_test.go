@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,22 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 		a.reportError(err, code)
 	}
 	return code, out.String(), errOut.String()
+}
+
+// damageObject flips a bit in the middle of the stored object file at
+// path (its body: the header and trailer stay readable) and returns the
+// damaged bytes.
+func damageObject(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // expectFailure checks the exit code and that stderr is one clear line

@@ -163,15 +163,7 @@ func TestRestoreCommand(t *testing.T) {
 
 	// A corrupt object: exit 6, naming it, and the directory cannot start.
 	key := repo.BackupDataKey(restoreTestID, 0)
-	objPath := filepath.Join(root, filepath.FromSlash(key))
-	b, err := os.ReadFile(objPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 1
-	if err := os.WriteFile(objPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	damageObject(t, filepath.Join(root, filepath.FromSlash(key)))
 	dir2 := t.TempDir()
 	code, _, stderr = run(t, "restore", "LATEST", "--pgdata", dir2, "--repo", url)
 	expectFailure(t, exitCorrupt, stderr, code, key, restoreTestID, "restore incomplete")
