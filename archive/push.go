@@ -77,8 +77,8 @@ type Pusher struct {
 	wg        sync.WaitGroup                  // every look-ahead upload
 }
 
-// hashBufSize is the read size when a local file is hashed on its own
-// (only when a repository already holds its name).
+// hashBufSize is the read size when a local file or a stored object is
+// hashed on its own (only when a repository already holds its name).
 const hashBufSize = 256 << 10
 
 // compareBufSize is the piece size in which an archived object is compared
@@ -442,8 +442,9 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 		return pushed{}, err
 	}
 	for i := 1; i < n; i++ {
-		// Repositories that store no raw SHA-256 (zstd, gzip) have "":
-		// for them the stamp check below is what catches a change.
+		// "" is a name that was already archived without a SHA-256 (a
+		// zstd or gzip object pushed with one repository configured), and
+		// compared byte for byte: nothing to compare here.
 		if sums[i] != sums[0] && sums[i] != "" && sums[0] != "" {
 			return pushed{}, fmt.Errorf("archive-push %s: the file changed while being archived: %s has %s, %s has %s",
 				name, p.cfg.Repos[0], sums[0], p.cfg.Repos[i], sums[i])
@@ -455,7 +456,13 @@ func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (p
 		return pushed{}, fmt.Errorf("archive-push %s: the file changed while being archived (size %d -> %d, mtime %v -> %v)",
 			name, st.size, fi.Size(), time.Unix(0, st.mtimeNS).UTC(), fi.ModTime().UTC())
 	}
-	res := pushed{stamp: st, sum: sums[0], via: "archived"}
+	res := pushed{stamp: st, via: "archived"}
+	for _, s := range sums {
+		if s != "" {
+			res.sum = s
+			break
+		}
+	}
 	if slices.Contains(existed, false) {
 		res.via = "upload"
 	}
@@ -527,11 +534,12 @@ func (p *Pusher) putRetrying(ctx context.Context, r *repo.Repo, key, abs, name s
 }
 
 // putOnce makes one attempt: a conditional create, and when the key is
-// taken, a comparison of checksums without downloading the object.
+// taken, a comparison with what is stored (compareArchived).
 func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name string, st fileStamp, local *localSum) (string, bool, error) {
 	// Look before uploading: PostgreSQL repeats a push after a crash, and
-	// comparing checksums (one small request) is far cheaper than
-	// compressing and sending the segment only to be refused.
+	// comparing with the stored object (its checksum when it has one, else
+	// its content) is cheaper than compressing and sending the segment only
+	// to be refused.
 	info, err := r.ObjectInfo(ctx, key)
 	switch {
 	case err == nil:
@@ -545,9 +553,12 @@ func (p *Pusher) putOnce(ctx context.Context, r *repo.Repo, key, abs, name strin
 	}
 	// A zstd or gzip stream verifies its raw content itself: the SHA-256
 	// would cost a fifth of a segment's CPU for a duplicate check that
-	// compares the content instead (compareArchived).
+	// compares the content instead (compareArchived). With several
+	// repositories it stays: comparing their SHA-256 is what proves they
+	// all received the same content (upload).
+	noRawSum := r.Compression().ChecksContent() && len(p.cfg.Repos) == 1
 	obj, err := r.PutWith(ctx, key, &segmentReader{f: f, name: name, size: st.size},
-		repo.PutOptions{IfAbsent: true, Slots: p.encodeSlots, NoRawSum: r.Compression().ChecksContent()})
+		repo.PutOptions{IfAbsent: true, Slots: p.encodeSlots, NoRawSum: noRawSum})
 	f.Close()
 	if err == nil {
 		if obj.RawSize != st.size { // segmentReader makes this impossible
@@ -618,6 +629,11 @@ func conflictError(r *repo.Repo, key, stored string, storedSize int64, abs, loca
 // what it held cannot be known.
 func sameContent(ctx context.Context, r *repo.Repo, key, abs string, size int64) (bool, error) {
 	obj, err := r.Get(ctx, key)
+	if errors.Is(err, storage.ErrNotExist) {
+		// Deleted since it was found (perhaps the damaged copy an earlier
+		// attempt reported): start again, which stores the file.
+		return false, storage.Retryable(fmt.Errorf("%s vanished before it could be compared: %w", key, err))
+	}
 	if err != nil {
 		return false, fmt.Errorf("%s is already archived; reading it to compare: %w", key, err)
 	}

@@ -432,6 +432,50 @@ func testPushConflict(t *testing.T, st storage.Store, comp string) {
 	}
 }
 
+// TestPushZstdSeveralRepos: with one repository, zstd objects carry no
+// SHA-256; with two they do, since comparing the repositories' SHA-256 is
+// what proves they received the same content.
+func TestPushZstdSeveralRepos(t *testing.T) {
+	const segBytes = pushMiB
+	st1, _ := teststore.FS(t)
+	st2, _ := teststore.FS(t)
+	r1 := pushRepoCompressed(t, st1, segBytes, nil, "zstd")
+	r2 := pushRepoCompressed(t, st2, segBytes, nil, "zstd")
+	w := newPushWAL(t, segBytes, 2)
+	name := w.seg(1)
+	key, _ := repo.WALKey(name, w.size)
+	p := newTestPusher(t, pushConfig(t, segBytes, nil, r1, r2), PushOptions{Ahead: 0})
+	if err := p.Push(t.Context(), w.path(name)); err != nil {
+		t.Fatal(err)
+	}
+	want := pushSum(w.read(t, name))
+	for _, r := range []*repo.Repo{r1, r2} {
+		info, err := r.ObjectInfo(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Sum != want {
+			t.Errorf("%s holds sum %q, want %s", r, info.Sum, want)
+		}
+	}
+	// Pushed with r1 alone first, then with both: the existing object
+	// without a SHA-256 is compared by content, the new one gets a sum.
+	name2 := w.seg(2)
+	key2, _ := repo.WALKey(name2, w.size)
+	if err := newTestPusher(t, pushConfig(t, segBytes, nil, r1), PushOptions{Ahead: 0}).Push(t.Context(), w.path(name2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Push(t.Context(), w.path(name2)); err != nil {
+		t.Fatalf("push to both after one: %v", err)
+	}
+	if info, _ := r1.ObjectInfo(t.Context(), key2); info.Sum != "" {
+		t.Errorf("the one-repository object has sum %q, want none", info.Sum)
+	}
+	if info, _ := r2.ObjectInfo(t.Context(), key2); info.Sum != pushSum(w.read(t, name2)) {
+		t.Errorf("the two-repository object has sum %q", info.Sum)
+	}
+}
+
 // TestPushDamagedArchivedCopy: when the archived copy of a name is damaged,
 // a repeated push cannot know whether it held the same content; it fails
 // naming the object and the fix, and overwrites nothing.

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 )
@@ -55,7 +54,7 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, archive.ErrConflict) {
+		if permanent(err) {
 			r.m.uploadFailed(err)
 			return fmt.Errorf("walstream: %w", err)
 		}

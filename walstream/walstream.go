@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -312,9 +313,11 @@ func (r *receiver) fatalErr() error {
 	return r.fatal
 }
 
-// permanent reports errors that no reconnection can cure.
+// permanent reports errors that no reconnection can cure. A damaged
+// archived copy of a segment the receiver pushes is one: its content cannot
+// be compared until someone deletes it.
 func permanent(err error) bool {
-	return errors.Is(err, repo.ErrWrongCluster) || errors.Is(err, archive.ErrConflict)
+	return errors.Is(err, repo.ErrWrongCluster) || errors.Is(err, archive.ErrConflict) || errors.Is(err, codec.ErrCorrupt)
 }
 
 // receive connects and streams, reconnecting with backoff, until ctx ends

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
@@ -729,5 +731,24 @@ func TestSpoolBusy(t *testing.T) {
 	// Once the first one stopped, the spool is free again.
 	if err := Run(ctx, o); err == nil || errors.Is(err, ErrSpoolBusy) {
 		t.Fatalf("receiver after the first stopped: got %v, want a connection failure", err)
+	}
+}
+
+// TestPermanentErrors: the failures that stop the receiver instead of
+// being retried forever.
+func TestPermanentErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("push: %w", archive.ErrConflict), true},
+		{fmt.Errorf("push: %w", repo.ErrWrongCluster), true},
+		{fmt.Errorf("compare: %w", codec.ErrCorrupt), true}, // a damaged archived copy
+		{fmt.Errorf("put: %w", storage.Retryable(errors.New("connection reset"))), false},
+		{errors.New("disk full"), false},
+	} {
+		if got := permanent(tc.err); got != tc.want {
+			t.Errorf("permanent(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

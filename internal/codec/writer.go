@@ -28,7 +28,9 @@ type Options struct {
 	// zeros and a header flag says so): for objects whose content the
 	// caller checksums itself at a finer grain (backup data objects, whose
 	// manifest has a SHA-256 per 8 MiB of every file), so the bytes are not
-	// hashed twice. Records keep their CRC-32C or authentication tag.
+	// hashed twice, or whose compressed stream checks the raw content
+	// itself (Compression.ChecksContent: WAL files in zstd or gzip). Records
+	// keep their CRC-32C or authentication tag.
 	NoRawSum bool
 
 	// recordLg overrides the record size (2^recordLg) in tests; 0 = default.

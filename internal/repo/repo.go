@@ -132,7 +132,9 @@ type PutOptions struct {
 	IfAbsent bool
 	// NoRawSum leaves the content SHA-256 out of the object
 	// (codec.Options.NoRawSum): for objects whose content the caller
-	// checksums itself. ObjectSum.Sum is then empty.
+	// checksums itself (backup data), or whose compressed stream checks
+	// it (zstd and gzip WAL files, see codec.Compression.ChecksContent).
+	// ObjectSum.Sum is then empty.
 	NoRawSum bool
 	// Slots, when set, makes the encoder wait for one of them, and hold
 	// it while it encodes (see EncodeSlots).

@@ -16,7 +16,10 @@ import (
 //
 // A slot covers only the encoding: it is given back as soon as the encoder
 // has written its last byte, while the store may still be completing the
-// upload, so uploads waiting on the network keep overlapping.
+// upload, so uploads waiting on the network keep overlapping. (An object
+// larger than the store's part or block size, 8 MiB on S3 and Azure, keeps
+// its slot while its first parts upload: its encoder waits for the store to
+// read on. Compressed WAL segments are smaller.)
 type EncodeSlots struct {
 	free chan struct{}
 }

@@ -58,7 +58,13 @@ func TestEncodeSlotsBoundEncoders(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// Let every Put reach its encoder or the wait for a slot.
+	// Two encoders reach their source; give the other three time to
+	// (wrongly) do the same before opening the gate.
+	for deadline := time.Now().Add(10 * time.Second); busy.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d encoders started in 10 s, want 2", busy.Load())
+		}
+	}
 	time.Sleep(100 * time.Millisecond)
 	if got := busy.Load(); got != 2 {
 		t.Errorf("%d encoders reading at once, want 2 (the slots)", got)
