@@ -37,16 +37,23 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 	return g.data.Read(p)
 }
 
-func TestEncodeSlotsBoundEncoders(t *testing.T) {
-	ctx := context.Background()
-	store := newStore(t)
-	if _, err := Init(ctx, store, InitOptions{Cluster: testCluster, Compression: "zstd", CreatedBy: "test"}); err != nil {
+// slotsRepo initializes and opens a repository in store.
+func slotsRepo(t *testing.T, store storage.Store, compression string) *Repo {
+	t.Helper()
+	if _, err := Init(t.Context(), store, InitOptions{Cluster: testCluster, Compression: compression, CreatedBy: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Open(ctx, store, OpenOptions{})
+	r, err := Open(t.Context(), store, OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+func TestEncodeSlotsBoundEncoders(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	r := slotsRepo(t, store, "zstd")
 	slots := NewEncodeSlots(2)
 	gate := make(chan struct{})
 	var busy, peak atomic.Int32
@@ -88,13 +95,7 @@ func TestEncodeSlotsBoundEncoders(t *testing.T) {
 func TestEncodeSlotsWaitEndsWithContext(t *testing.T) {
 	ctx := context.Background()
 	store := newStore(t)
-	if _, err := Init(ctx, store, InitOptions{Cluster: testCluster, Compression: "lz4", CreatedBy: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := Open(ctx, store, OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := slotsRepo(t, store, "lz4")
 	slots := NewEncodeSlots(1)
 	gate := make(chan struct{})
 	var busy, peak atomic.Int32
@@ -109,7 +110,7 @@ func TestEncodeSlotsWaitEndsWithContext(t *testing.T) {
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	_, err = r.PutWith(waitCtx, "obj/waiting", strings.NewReader("waiting"), PutOptions{Slots: slots})
+	_, err := r.PutWith(waitCtx, "obj/waiting", strings.NewReader("waiting"), PutOptions{Slots: slots})
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for a free encoder") {
 		t.Fatalf("Put while the only slot is held: %v, want the deadline while waiting for a free encoder", err)
 	}
