@@ -597,12 +597,13 @@ func (p *Pusher) compareArchived(ctx context.Context, r *repo.Repo, key, abs str
 		}
 		// Name both contents by their SHA-256, as for any conflict: two
 		// more reads, on a path that stops archiving anyway.
-		stored, serr := storedSum(ctx, r, key)
-		want, lerr := local.get()
-		if serr != nil || lerr != nil {
-			return "", false, fmt.Errorf("%w: %s in %s holds other content than the local file %s (%d bytes); "+
-				"nothing was overwritten. Another server (an old primary after a failover?) may be archiving into this repository, "+
-				"or it belongs to another cluster", ErrConflict, key, r, abs, st.size)
+		stored, err := storedSum(ctx, r, key)
+		if err != nil {
+			stored = fmt.Sprintf("other content (its SHA-256 could not be computed: %v)", err)
+		}
+		want, err := local.get()
+		if err != nil {
+			want = fmt.Sprintf("unreadable now (%v)", err)
 		}
 		return "", false, conflictError(r, key, stored, info.RawSize, abs, want, st.size)
 	}
