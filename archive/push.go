@@ -681,12 +681,20 @@ func storedSum(ctx context.Context, r *repo.Repo, key string) (string, error) {
 		return "", err
 	}
 	defer obj.Close()
+	sum, _, err := sha256Of(obj)
+	return sum, err
+}
+
+// sha256Of reads r to its end and returns "sha256:<hex>" of what it read,
+// as codec.FormatSum writes it, and the number of bytes.
+func sha256Of(r io.Reader) (string, int64, error) {
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, obj, make([]byte, hashBufSize)); err != nil {
-		return "", err
+	n, err := io.CopyBuffer(h, r, make([]byte, hashBufSize))
+	if err != nil {
+		return "", n, err
 	}
 	var sum [sha256.Size]byte
-	return codec.FormatSum([sha256.Size]byte(h.Sum(sum[:0]))), nil
+	return codec.FormatSum([sha256.Size]byte(h.Sum(sum[:0]))), n, nil
 }
 
 // localSum computes a local file's SHA-256 once, for the repositories that
@@ -716,16 +724,14 @@ func (l *localSum) compute() (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, &segmentReader{f: f, name: l.name, size: l.stamp.size}, make([]byte, hashBufSize))
+	sum, n, err := sha256Of(&segmentReader{f: f, name: l.name, size: l.stamp.size})
 	if err != nil {
 		return "", fmt.Errorf("checksum %s: %w", l.path, err)
 	}
 	if n != l.stamp.size {
 		return "", fmt.Errorf("checksum %s: read %d of %d bytes", l.path, n, l.stamp.size)
 	}
-	var sum [sha256.Size]byte
-	return codec.FormatSum([sha256.Size]byte(h.Sum(sum[:0]))), nil
+	return sum, nil
 }
 
 // segmentReader reads exactly size bytes of f and fails when the file turns
