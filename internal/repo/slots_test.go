@@ -12,29 +12,51 @@ import (
 	"github.com/walferry/walferry/storage"
 )
 
-// gatedReader counts the readers inside Read at once, and blocks each
-// until the gate opens.
-type gatedReader struct {
-	gate        <-chan struct{}
-	busy, peak  *atomic.Int32
-	data        io.Reader
-	waitedFirst bool // only the first Read waits: the encoder holds its slot meanwhile
+// encoderGate holds back the encoders of the Puts whose sources it made,
+// and counts how many are inside their source's Read at once.
+type encoderGate struct {
+	open       chan struct{}
+	busy, peak atomic.Int32
 }
 
-func (g *gatedReader) Read(p []byte) (int, error) {
-	n := g.busy.Add(1)
-	defer g.busy.Add(-1)
+func newEncoderGate() *encoderGate { return &encoderGate{open: make(chan struct{})} }
+
+// source returns a reader of data whose first Read waits for the gate:
+// the encoder reading it holds its slot meanwhile.
+func (g *encoderGate) source(data string) io.Reader {
+	return &gatedReader{g: g, data: strings.NewReader(data)}
+}
+
+// waitBusy waits until n encoders are inside Read.
+func (g *encoderGate) waitBusy(t *testing.T, n int32) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); g.busy.Load() < n; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d encoders started in 10 s, want %d", g.busy.Load(), n)
+		}
+	}
+}
+
+type gatedReader struct {
+	g      *encoderGate
+	data   io.Reader
+	waited bool
+}
+
+func (r *gatedReader) Read(p []byte) (int, error) {
+	n := r.g.busy.Add(1)
+	defer r.g.busy.Add(-1)
 	for {
-		old := g.peak.Load()
-		if n <= old || g.peak.CompareAndSwap(old, n) {
+		old := r.g.peak.Load()
+		if n <= old || r.g.peak.CompareAndSwap(old, n) {
 			break
 		}
 	}
-	if !g.waitedFirst {
-		g.waitedFirst = true
-		<-g.gate
+	if !r.waited {
+		r.waited = true
+		<-r.g.open
 	}
-	return g.data.Read(p)
+	return r.data.Read(p)
 }
 
 // slotsRepo initializes and opens a repository in store.
@@ -55,11 +77,10 @@ func TestEncodeSlotsBoundEncoders(t *testing.T) {
 	store := newStore(t)
 	r := slotsRepo(t, store, "zstd")
 	slots := NewEncodeSlots(2)
-	gate := make(chan struct{})
-	var busy, peak atomic.Int32
+	gate := newEncoderGate()
 	errs := make(chan error, 5)
 	for i := range 5 {
-		src := &gatedReader{gate: gate, busy: &busy, peak: &peak, data: strings.NewReader(strings.Repeat("wal ", 1000))}
+		src := gate.source(strings.Repeat("wal ", 1000))
 		go func() {
 			_, err := r.PutWith(ctx, "obj/"+string(rune('a'+i)), src, PutOptions{IfAbsent: true, Slots: slots})
 			errs <- err
@@ -67,22 +88,18 @@ func TestEncodeSlotsBoundEncoders(t *testing.T) {
 	}
 	// Two encoders reach their source; give the other three time to
 	// (wrongly) do the same before opening the gate.
-	for deadline := time.Now().Add(10 * time.Second); busy.Load() < 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d encoders started in 10 s, want 2", busy.Load())
-		}
-	}
+	gate.waitBusy(t, 2)
 	time.Sleep(100 * time.Millisecond)
-	if got := busy.Load(); got != 2 {
+	if got := gate.busy.Load(); got != 2 {
 		t.Errorf("%d encoders reading at once, want 2 (the slots)", got)
 	}
-	close(gate)
+	close(gate.open)
 	for range 5 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := peak.Load(); got > 2 {
+	if got := gate.peak.Load(); got > 2 {
 		t.Errorf("peak of %d encoders at once, want at most 2", got)
 	}
 	for i := range 5 {
@@ -97,17 +114,14 @@ func TestEncodeSlotsWaitEndsWithContext(t *testing.T) {
 	store := newStore(t)
 	r := slotsRepo(t, store, "lz4")
 	slots := NewEncodeSlots(1)
-	gate := make(chan struct{})
-	var busy, peak atomic.Int32
-	held := &gatedReader{gate: gate, busy: &busy, peak: &peak, data: strings.NewReader("held")}
+	gate := newEncoderGate()
+	held := gate.source("held")
 	done := make(chan error, 1)
 	go func() {
 		_, err := r.PutWith(ctx, "obj/held", held, PutOptions{Slots: slots})
 		done <- err
 	}()
-	for busy.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	gate.waitBusy(t, 1)
 	waitCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	_, err := r.PutWith(waitCtx, "obj/waiting", strings.NewReader("waiting"), PutOptions{Slots: slots})
@@ -117,7 +131,7 @@ func TestEncodeSlotsWaitEndsWithContext(t *testing.T) {
 	if _, err := store.Stat(ctx, "obj/waiting"); !errors.Is(err, storage.ErrNotExist) {
 		t.Errorf("the refused Put left an object: %v", err)
 	}
-	close(gate)
+	close(gate.open)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
