@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -386,28 +385,6 @@ func (s *localSource) copy(ctx context.Context, m *Manifest, p *packer, cp copyP
 	}
 	m.StopLSN, m.BackupLabel, m.TablespaceMap = stopLSN, label, spcmap
 	return nil
-}
-
-// checkDataDir finds the data directory and makes sure it is the server's.
-func checkDataDir(ctx context.Context, conn *pgx.Conn, dir string, info pg.Info) (string, error) {
-	if dir == "" {
-		if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&dir); err != nil {
-			return "", fmt.Errorf("%w: the server does not tell its data directory (%v); pass --pgdata", ErrNotReady, err)
-		}
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", err
-	}
-	cd, err := pg.ReadControlData(abs)
-	if err != nil {
-		return "", fmt.Errorf("%w: read the control file of %s: %v; local backups read the data directory, so run backup-push where it is mounted (or use --remote)", ErrNotReady, abs, err)
-	}
-	if cd.SystemIdentifier != info.SystemID {
-		return "", fmt.Errorf("%w: %s belongs to system %d but the server is system %d: --pgdata and the connection point at different clusters",
-			ErrNotReady, abs, cd.SystemIdentifier, info.SystemID)
-	}
-	return abs, nil
 }
 
 // dataDirOwner names the OS user owning dir ("" when unknown).

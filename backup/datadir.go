@@ -1,0 +1,230 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walferry/walferry/internal/pg"
+)
+
+// A local backup reads files from a directory while the server it is
+// connected to guarantees, through pg_backup_start/stop and its WAL, that
+// those files can be made consistent. That only holds for the server's own
+// data directory: a stopped copy of the same cluster (an old restore, a
+// standby's directory) has the same system identifier, yields a backup that
+// looks complete, and restores to old data or to nothing PostgreSQL can
+// start. So the directory must prove it is the running server's, the way
+// pgBackRest checks pg1-path against the server:
+//   - its postmaster.pid names the server's data_directory, port and start
+//     time (a stopped copy has none, or a stale one);
+//   - its control file says "in production" with the checkpoint the server
+//     reports through pg_control_checkpoint().
+//
+// The paths themselves are compared too (symlinks and bind mounts resolved
+// as far as this host sees them), but only to explain a refusal: in a pod
+// the sidecar may mount the volume under another path than the server's.
+
+// pidFileStartSlack is how much earlier than pg_postmaster_start_time() the
+// postmaster may write its start time into postmaster.pid: it does so
+// before loading libraries and creating shared memory.
+const pidFileStartSlack = 10 * time.Minute
+
+// serverSelf is what the connected server says about where it runs.
+type serverSelf struct {
+	dataDir string // data_directory; "" when this role may not read it
+	port    int
+	started time.Time // pg_postmaster_start_time()
+}
+
+// pidFile is the part of postmaster.pid that identifies a postmaster.
+type pidFile struct {
+	pid     int
+	dataDir string
+	started time.Time
+	port    int
+}
+
+// checkDataDir finds the data directory (dir, or the server's
+// data_directory when dir is empty) and makes sure it is the connected
+// server's, returning its absolute path.
+func checkDataDir(ctx context.Context, conn *pgx.Conn, dir string, info pg.Info) (string, error) {
+	self, err := askServerSelf(ctx, conn)
+	if err != nil {
+		return "", err
+	}
+	if dir == "" {
+		if self.dataDir == "" {
+			return "", fmt.Errorf("%w: the server does not tell this role its data directory (data_directory needs superuser or pg_read_all_settings); pass --pgdata", ErrNotReady)
+		}
+		dir = self.dataDir
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	cd, err := pg.ReadControlData(abs)
+	if err != nil {
+		return "", fmt.Errorf("%w: read the control file of %s: %v; local backups read the data directory, so run backup-push where it is mounted (or use --remote)", ErrNotReady, abs, err)
+	}
+	if cd.SystemIdentifier != info.SystemID {
+		return "", fmt.Errorf("%w: %s belongs to system %d but the server is system %d: --pgdata and the connection point at different clusters",
+			ErrNotReady, abs, cd.SystemIdentifier, info.SystemID)
+	}
+	refuse := func(why string) error {
+		return fmt.Errorf("%w: %s is not the data directory of the server backup-push is connected to (its data_directory is %s): %s; "+
+			"a backup read from it would lack the server's newest data. Pass the running server's data directory as --pgdata (or omit --pgdata on the database host), or use --remote",
+			ErrNotReady, abs, describeServerDir(abs, self.dataDir), why)
+	}
+	pf, err := readPIDFile(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", refuse("it has no postmaster.pid, so no server runs on it (a stopped copy of the cluster: an old restore, a standby's directory?)")
+	case err != nil:
+		return "", refuse(err.Error())
+	}
+	if why := pf.mismatch(self); why != "" {
+		return "", refuse(why)
+	}
+	if err := checkControlMatches(ctx, conn, abs, cd); err != nil {
+		if errors.Is(err, ErrNotReady) {
+			return "", err
+		}
+		return "", refuse(err.Error())
+	}
+	return abs, nil
+}
+
+// describeServerDir names the server's data directory for a message, and
+// whether it is the same directory as dir seen from here.
+func describeServerDir(dir, serverDir string) string {
+	if serverDir == "" {
+		return "not readable by this role"
+	}
+	if sameDir(dir, serverDir) {
+		return serverDir + ", the same directory seen from here"
+	}
+	return serverDir
+}
+
+// sameDir reports whether a and b are one directory on this host, through
+// symlinks and bind mounts (same device and inode).
+func sameDir(a, b string) bool {
+	ra, errA := filepath.EvalSymlinks(a)
+	rb, errB := filepath.EvalSymlinks(b)
+	if errA == nil && errB == nil && ra == rb {
+		return true
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
+}
+
+func askServerSelf(ctx context.Context, conn *pgx.Conn) (serverSelf, error) {
+	var s serverSelf
+	var port string
+	var started float64
+	if err := conn.QueryRow(ctx, "SELECT current_setting('port'), extract(epoch FROM pg_postmaster_start_time())::float8").Scan(&port, &started); err != nil {
+		return s, fmt.Errorf("pg: read port and start time: %w", err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return s, fmt.Errorf("pg: port %q: %w", port, err)
+	}
+	s.port = p
+	sec, frac := math.Modf(started)
+	s.started = time.Unix(int64(sec), int64(frac*1e9))
+	// data_directory is readable only by superusers and members of
+	// pg_read_all_settings; the other checks stand without it.
+	if err := conn.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&s.dataDir); err != nil {
+		s.dataDir = ""
+	}
+	return s, nil
+}
+
+// readPIDFile reads dir/postmaster.pid: pid, data directory, start time
+// (seconds since the epoch) and port on its first four lines.
+func readPIDFile(dir string) (pidFile, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return pidFile{}, err
+	}
+	return parsePIDFile(string(b))
+}
+
+func parsePIDFile(s string) (pidFile, error) {
+	lines := strings.Split(s, "\n")
+	if len(lines) < 4 {
+		return pidFile{}, fmt.Errorf("its postmaster.pid has %d lines, want at least 4 (a server still starting, or a damaged file)", len(lines))
+	}
+	var pf pidFile
+	var err error
+	if pf.pid, err = strconv.Atoi(strings.TrimSpace(lines[0])); err != nil {
+		return pidFile{}, fmt.Errorf("its postmaster.pid has no process id on line 1 (%q)", lines[0])
+	}
+	pf.dataDir = strings.TrimSpace(lines[1])
+	start, err := strconv.ParseInt(strings.TrimSpace(lines[2]), 10, 64)
+	if err != nil {
+		return pidFile{}, fmt.Errorf("its postmaster.pid has no start time on line 3 (%q)", lines[2])
+	}
+	pf.started = time.Unix(start, 0)
+	if pf.port, err = strconv.Atoi(strings.TrimSpace(lines[3])); err != nil {
+		return pidFile{}, fmt.Errorf("its postmaster.pid has no port on line 4 (%q)", lines[3])
+	}
+	return pf, nil
+}
+
+// mismatch says why the postmaster that wrote pf is not the server s, or
+// "" when it may be.
+func (pf pidFile) mismatch(s serverSelf) string {
+	if pf.port != s.port {
+		return fmt.Sprintf("its postmaster.pid is of a server on port %d (pid %d), but the connected server listens on port %d", pf.port, pf.pid, s.port)
+	}
+	if s.dataDir != "" && pf.dataDir != s.dataDir {
+		return fmt.Sprintf("its postmaster.pid is of a server whose data directory is %s (pid %d)", pf.dataDir, pf.pid)
+	}
+	started := s.started.Truncate(time.Second)
+	if pf.started.After(started.Add(time.Second)) || pf.started.Before(started.Add(-pidFileStartSlack)) {
+		return fmt.Sprintf("its postmaster.pid is of a server started at %s (pid %d), but the connected server started at %s (a stale file left by a server that is gone?)",
+			pf.started.UTC().Format(time.RFC3339), pf.pid, s.started.UTC().Format(time.RFC3339))
+	}
+	return ""
+}
+
+// checkControlMatches compares the control file of dir (cd, just read) with
+// the connected server's: a primary's says "in production" and holds the
+// checkpoint pg_control_checkpoint() reports. A checkpoint may complete
+// between the two reads, so a difference is read again once.
+func checkControlMatches(ctx context.Context, conn *pgx.Conn, dir string, cd *pg.ControlData) error {
+	for attempt := 0; ; attempt++ {
+		var s string
+		if err := conn.QueryRow(ctx, "SELECT checkpoint_lsn::text FROM pg_control_checkpoint()").Scan(&s); err != nil {
+			return fmt.Errorf("%w: pg: read pg_control_checkpoint(): %v", ErrNotReady, err)
+		}
+		server, err := pg.ParseLSN(s)
+		if err != nil {
+			return fmt.Errorf("%w: pg: pg_control_checkpoint() checkpoint_lsn %q: %v", ErrNotReady, s, err)
+		}
+		if cd.State == pg.DBInProduction && cd.CheckpointLSN == server {
+			return nil
+		}
+		if attempt == 1 {
+			if cd.State != pg.DBInProduction {
+				return fmt.Errorf("its control file says %q, but the connected server is a running primary (\"in production\")", cd.State)
+			}
+			return fmt.Errorf("its control file's latest checkpoint is at %s, but the connected server's is at %s", cd.CheckpointLSN, server)
+		}
+		if cd, err = pg.ReadControlData(dir); err != nil {
+			return fmt.Errorf("%w: read the control file of %s: %v", ErrNotReady, dir, err)
+		}
+	}
+}
