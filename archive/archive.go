@@ -26,6 +26,10 @@ var (
 	// the name being pushed (split-brain, or a wrong repository). Nothing
 	// is overwritten; the error names both checksums.
 	ErrConflict = errors.New("a different file is already archived under this name")
+	// ErrNoSuchFile: the file archive-push was asked to archive does not
+	// exist. A local mistake (a wrong path), not a store failure: retrying
+	// cannot help.
+	ErrNoSuchFile = errors.New("no such file to archive")
 )
 
 // Config is what pushing and getting need: the opened repositories, the

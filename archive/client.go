@@ -123,6 +123,8 @@ func (e *DaemonError) Unwrap() error {
 		return codec.ErrCorrupt
 	case ClassTransient:
 		return storage.Retryable(errors.New(e.Message))
+	case ClassNoSuchFile:
+		return ErrNoSuchFile
 	}
 	return nil
 }

@@ -62,6 +62,7 @@ const (
 	ClassPermission     = hookproto.ClassPermission
 	ClassCorrupt        = hookproto.ClassCorrupt
 	ClassTransient      = hookproto.ClassTransient
+	ClassNoSuchFile     = hookproto.ClassNoSuchFile
 	ClassBadRequest     = hookproto.ClassBadRequest
 	ClassUnsupported    = hookproto.ClassUnsupported
 	ClassFailure        = hookproto.ClassFailure
@@ -383,6 +384,8 @@ func responseFor(err error) Response {
 // line's exit codes: the most specific classification wins.
 func ClassOf(err error) string {
 	switch {
+	case errors.Is(err, ErrNoSuchFile):
+		return ClassNoSuchFile
 	case errors.Is(err, ErrConflict):
 		return ClassConflict
 	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -409,6 +410,9 @@ func (p *Pusher) pushAhead(ctx context.Context, dir, stateDir, name string, job 
 // parallel, and checks it did not change meanwhile.
 func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (pushed, error) {
 	fi, err := os.Stat(abs)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return pushed{}, fmt.Errorf("archive-push %s: %w: %s does not exist (archive_command passes %%p, the path PostgreSQL gives, relative to the data directory)", name, ErrNoSuchFile, abs)
+	}
 	if err != nil {
 		return pushed{}, fmt.Errorf("archive-push %s: %w", name, err)
 	}

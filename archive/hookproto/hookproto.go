@@ -83,6 +83,7 @@ const (
 	ClassPermission     = "permission"      // storage.ErrPermission, wrong or missing encryption key
 	ClassCorrupt        = "corrupt"         // codec.ErrCorrupt
 	ClassTransient      = "transient"       // a retryable store failure, after retries
+	ClassNoSuchFile     = "no-such-file"    // archive.ErrNoSuchFile: the file to push does not exist
 	ClassBadRequest     = "bad-request"     // a malformed request
 	ClassUnsupported    = "unsupported"     // a protocol version or operation the daemon does not know
 	ClassFailure        = "failure"         // anything else
@@ -91,7 +92,7 @@ const (
 // Classes lists every class of a failed Response.
 var Classes = []string{
 	ClassConflict, ClassWrongCluster, ClassNotInitialized, ClassNoBucket, ClassIncompatible,
-	ClassPermission, ClassCorrupt, ClassTransient, ClassBadRequest, ClassUnsupported, ClassFailure,
+	ClassPermission, ClassCorrupt, ClassTransient, ClassNoSuchFile, ClassBadRequest, ClassUnsupported, ClassFailure,
 }
 
 // Request is one hook call handed to the daemon.
@@ -150,6 +151,7 @@ func ReadLine(br *bufio.Reader) ([]byte, error) {
 const (
 	ExitOK          = 0 // success
 	ExitFailure     = 1 // any other failure
+	ExitUsage       = 2 // a bad argument: archive-push of a file that does not exist
 	ExitUnreachable = 3 // store unreachable or failing transiently
 	ExitPermission  = 4 // access denied, wrong or missing encryption passphrase
 	ExitRepository  = 5 // no bucket, repository not initialized, of another cluster or newer; push conflict
@@ -170,6 +172,8 @@ func ClassExitCode(class string) int {
 		return ExitCorrupt
 	case ClassTransient:
 		return ExitUnreachable
+	case ClassNoSuchFile:
+		return ExitUsage
 	}
 	return ExitFailure
 }

@@ -53,12 +53,14 @@ standard environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS,
 AZURE_STORAGE_CONNECTION_STRING, workload identity, ...); see README.md.
 
 EXIT CODES
-   0 success; 1 other failure; 2 bad usage or configuration, or a command not in
-   this build; 3 store or server unreachable (transient, retry later); 4 access
-   denied or wrong credentials/passphrase; 5 no such bucket, repository not
-   initialized or belonging to another cluster, or archive-push of a name
-   already archived with other content; 6 corrupt object; 7 PostgreSQL
-   unreachable or data directory unreadable; 130 interrupted.
+   0 success; 1 other failure; 2 bad usage or configuration, a command not in
+   this build, or archive-push of a file that does not exist; 3 store or server
+   unreachable (transient, retry later); 4 access denied or wrong
+   credentials/passphrase; 5 no such bucket, repository not initialized or
+   belonging to another cluster, or archive-push of a name already archived
+   with other content; 6 corrupt object; 7 PostgreSQL unreachable or refusing,
+   or its data directory unreadable or not the connected server's; 8 another
+   backup-push or backup-delete holds the repository's lease; 130 interrupted.
    The hooks follow PostgreSQL's rules: archive-push never exits above 125
    (interrupted: 1); archive-get exits 0 when the file was written, else 1.`,
 		Flags:                commonFlags(),

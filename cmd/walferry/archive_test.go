@@ -260,6 +260,7 @@ func TestHookUsageStatuses(t *testing.T) {
 		{"get bad URL", []string{"wal-fetch", "--repo", "s3:/x", "a", "b"}, exitFailure, []string{"invalid repository URL"}},
 		{"get no repository", []string{"archive-get", "000000010000000000000001", "pg_wal/RECOVERYXLOG"}, exitFailure, []string{"no repository"}},
 		{"get not a data directory", []string{"archive-get", "--repo", e.repoURL, "--pgdata", "/nonexistent", "a", "b"}, exitFailure, []string{"/nonexistent"}},
+		{"push a file that does not exist", []string{"archive-push", "--repo", e.repoURL, "pg_wal/000000010000000000000042"}, exitUsage, []string{"000000010000000000000042", "does not exist"}},
 		{"push not a data directory", []string{"archive-push", "--repo", e.repoURL, "--pgdata", "/nonexistent", "a"}, exitPostgres, []string{"/nonexistent"}},
 	}
 	for _, tt := range tests {

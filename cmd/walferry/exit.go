@@ -24,7 +24,7 @@ import (
 const (
 	exitOK          = hookproto.ExitOK          // success
 	exitFailure     = hookproto.ExitFailure     // any other failure
-	exitUsage       = 2                         // bad flag, argument or configuration; command not available in this build
+	exitUsage       = hookproto.ExitUsage       // bad flag, argument or configuration; command not available in this build; archive-push of a missing file
 	exitUnreachable = hookproto.ExitUnreachable // store or server unreachable or failing transiently: retry later
 	exitPermission  = hookproto.ExitPermission  // credentials refused, access denied, wrong encryption passphrase
 	exitRepository  = hookproto.ExitRepository  // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
@@ -124,7 +124,7 @@ func exitCode(err error) int {
 		// A failure the daemon reported, mapped by its class exactly as
 		// walferry-hook maps it.
 		return hookproto.ClassExitCode(de.Class)
-	case errors.As(err, &ue), errors.As(err, &ce):
+	case errors.As(err, &ue), errors.As(err, &ce), errors.Is(err, archive.ErrNoSuchFile):
 		return exitUsage
 	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),
 		errors.Is(err, storage.ErrPermission):
@@ -145,7 +145,13 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
+// isNetwork reports a failure to talk over the network. Not every
+// net.Error: syscall.Errno implements that interface too, and a local
+// "no such file" or "disk full" is no reason to retry later.
 func isNetwork(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	return errors.As(err, &opErr) || errors.As(err, &dnsErr) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
 }

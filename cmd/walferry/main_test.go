@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +109,30 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		"rejoin", "k8s", "version", "EXIT CODES"} {
 		if !strings.Contains(out, name) {
 			t.Errorf("--help does not mention %s", name)
+		}
+	}
+}
+
+// TestHelpListsEveryExitCode: every exit code of exit.go, each in the
+// README's table, is also in --help's EXIT CODES section.
+func TestHelpListsEveryExitCode(t *testing.T) {
+	_, out, _ := run(t, "--help")
+	i := strings.Index(out, "EXIT CODES")
+	if i < 0 {
+		t.Fatal("--help has no EXIT CODES section")
+	}
+	section := out[i:]
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range []int{exitOK, exitFailure, exitUsage, exitUnreachable, exitPermission, exitRepository,
+		exitCorrupt, exitPostgres, exitLocked, exitInterrupted} {
+		if !regexp.MustCompile(fmt.Sprintf(`(^|[ ;(])%d `, code)).MatchString(section) {
+			t.Errorf("--help's EXIT CODES does not explain exit code %d:\n%s", code, section)
+		}
+		if !strings.Contains(string(readme), fmt.Sprintf("\n| %d | ", code)) {
+			t.Errorf("README.md's exit code table has no row for %d", code)
 		}
 	}
 }
