@@ -244,6 +244,11 @@ func (g *Getter) Close(ctx context.Context) error {
 
 // getSegment serves segment f from the spool or the repositories.
 func (g *Getter) getSegment(ctx context.Context, f pg.WALFile, name, destAbs string) error {
+	if !recoveryDest(name, destAbs) {
+		// A one-off fetch (by hand, into any file): the segments after it
+		// would only be left behind, 64 MB and more next to dest.
+		return g.fetch(ctx, name, destAbs, nil)
+	}
 	spool := g.spoolDir
 	if spool == "" {
 		// Creating the default spool must not create a missing pg_wal.
@@ -293,6 +298,15 @@ func (g *Getter) getSegment(ctx context.Context, f pg.WALFile, name, destAbs str
 		b.wait()
 	}
 	return err
+}
+
+// recoveryDest reports whether dest is where a reader of the WAL in
+// sequence asks for its next segment, the calls prefetch is for:
+// PostgreSQL's recovery writes every segment to pg_wal/RECOVERYXLOG, and
+// pg_rewind --restore-target-wal to pg_wal/<segment>.
+func recoveryDest(name, destAbs string) bool {
+	base := filepath.Base(destAbs)
+	return base == "RECOVERYXLOG" || (base == name && filepath.Base(filepath.Dir(destAbs)) == "pg_wal")
 }
 
 // serveSpooled tries the spool files of segment name, verifying each.

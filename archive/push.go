@@ -411,7 +411,7 @@ func (p *Pusher) pushAhead(ctx context.Context, dir, stateDir, name string, job 
 func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (pushed, error) {
 	fi, err := os.Stat(abs)
 	if errors.Is(err, iofs.ErrNotExist) {
-		return pushed{}, fmt.Errorf("archive-push %s: %w: %s does not exist (archive_command passes %%p, the path PostgreSQL gives, relative to the data directory)", name, ErrNoSuchFile, abs)
+		return pushed{}, fmt.Errorf("archive-push %s: %w: %s does not exist (%w)", name, ErrNoSuchFile, abs, err)
 	}
 	if err != nil {
 		return pushed{}, fmt.Errorf("archive-push %s: %w", name, err)

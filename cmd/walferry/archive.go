@@ -117,9 +117,15 @@ where the archive ends. Every other failure exits 1 too, with one line
 above 125 and never dies by a signal, which would abort recovery: SIGINT,
 SIGTERM and SIGQUIT remove the temporary file and exit 1.
 
-Prefetch: the next --prefetch segments are fetched in parallel into
-<spool-dir>/prefetch, verified, and served from there with a rename; keep the
-spool on pg_wal's filesystem. Overlapping calls never race on a spool file.
+Prefetch: when recovery asks (dest pg_wal/RECOVERYXLOG, or pg_wal/<name> as
+pg_rewind --restore-target-wal asks), the next --prefetch segments are fetched
+in parallel into <spool-dir>/prefetch, verified, and served from there with a
+rename; keep the spool on pg_wal's filesystem. Overlapping calls never race on
+a spool file.
+
+By hand: outside a data directory and without --pgdata / PGDATA,
+"walferry archive-get <name> <file>" fetches that one file, checked against the
+repository's own cluster identity, and writes nothing else.
 
 With --socket (WALFERRY_SOCKET) the call is handed to "walferry daemon" serving
 that socket, whose prefetch runs in the background; when the daemon does not
@@ -290,7 +296,15 @@ func (a *app) archiveGet(c *cli.Context) error {
 	if c.IsSet("partial") {
 		partial = c.Bool("partial")
 	}
+	explicitDataDir := s.cfg.PGData != ""
 	t, err := s.hookTarget(c.Context)
+	var pe *postgresError
+	if err != nil && !explicitDataDir && errors.As(err, &pe) {
+		// A one-off fetch by hand, outside any data directory: nothing to
+		// protect from another cluster's WAL, so the repository says which
+		// cluster it is; no daemon and no prefetch (that is recovery's).
+		return s.manualGet(c.Context, name, dest, partial)
+	}
 	if err != nil {
 		return err
 	}
@@ -323,6 +337,56 @@ func (a *app) archiveGet(c *cli.Context) error {
 		s.log.Warn("prefetch did not finish", "err", cerr)
 	}
 	return err
+}
+
+// manualGet fetches one file for a user outside a data directory, checked
+// against the first repository's own identity.
+func (s *settings) manualGet(ctx context.Context, name, dest string, partial bool) error {
+	cl, err := s.repositoryCluster(ctx)
+	if err != nil {
+		return err
+	}
+	cfg, closeStores, err := s.openArchive(ctx, cl)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	o := s.getOptions()
+	o.Prefetch = 0
+	g, err := archive.NewGetter(cfg, o)
+	if err != nil {
+		return err
+	}
+	defer g.Close(context.WithoutCancel(ctx))
+	if partial {
+		return g.GetPartial(ctx, name, dest)
+	}
+	return g.Get(ctx, name, dest)
+}
+
+// repositoryCluster reads the cluster identity the first repository
+// records, for commands that may run away from the database.
+func (s *settings) repositoryCluster(ctx context.Context) (repo.Cluster, error) {
+	if err := s.requireRepos(); err != nil {
+		return repo.Cluster{}, err
+	}
+	url := s.cfg.Repos[0]
+	st, err := open.Store(ctx, url, s.store)
+	if err != nil {
+		return repo.Cluster{}, classifyOpenError(err)
+	}
+	defer st.Close()
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return repo.Cluster{}, err
+	}
+	r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass})
+	if err != nil {
+		return repo.Cluster{}, err
+	}
+	m := r.Metadata()
+	return repo.Cluster{SystemID: m.SystemID, PGMajor: m.PGMajor, WALSegmentSize: m.WALSegmentSize,
+		Source: "repository " + st.String()}, nil
 }
 
 func (a *app) daemon(c *cli.Context) error {

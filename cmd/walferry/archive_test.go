@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"slices"
 	"testing"
 	"time"
 
@@ -551,4 +552,55 @@ func TestHookSignals(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestArchiveGetByHand: a one-off archive-get outside a data directory
+// needs no --pgdata (the repository says which cluster it is) and writes
+// exactly the file asked for: prefetch is for recovery's RECOVERYXLOG
+// calls, which still fill the spool.
+func TestArchiveGetByHand(t *testing.T) {
+	e := newHookEnv(t)
+	var names []string
+	var datas [][]byte
+	for i := 1; i <= 6; i++ {
+		name, data := writeSegment(t, e.dataDir, i)
+		if code, _, stderr := run(t, "archive-push", "--repo", e.repoURL, "pg_wal/"+name); code != 0 {
+			t.Fatalf("archive-push %s: %d %s", name, code, stderr)
+		}
+		names, datas = append(names, name), append(datas, data)
+	}
+	elsewhere := t.TempDir()
+	t.Chdir(elsewhere)
+	code, out, stderr := run(t, "archive-get", "--repo", e.repoURL, "--prefetch", "4", names[0], "copy")
+	if code != 0 || out != "" || stderr != "" {
+		t.Fatalf("archive-get by hand: code %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(elsewhere, "copy")); err != nil || !bytes.Equal(got, datas[0]) {
+		t.Fatalf("archive-get by hand wrote other bytes (%v)", err)
+	}
+	if got := dirEntries(t, elsewhere); !slices.Equal(got, []string{"copy"}) {
+		t.Errorf("archive-get by hand left %v next to its destination, want only [copy]", got)
+	}
+
+	// Recovery's call prefetches the following segments into the spool.
+	t.Chdir(e.dataDir)
+	if code, _, stderr := run(t, "archive-get", "--repo", e.repoURL, "--prefetch", "4", names[0], "pg_wal/RECOVERYXLOG"); code != 0 {
+		t.Fatalf("archive-get for recovery: %d %s", code, stderr)
+	}
+	if got := dirEntries(t, filepath.Join(e.dataDir, "pg_wal", ".walferry", "prefetch")); len(got) == 0 {
+		t.Error("recovery's archive-get prefetched nothing")
+	}
+}
+
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
