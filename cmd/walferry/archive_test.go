@@ -604,3 +604,20 @@ func dirEntries(t *testing.T, dir string) []string {
 	}
 	return names
 }
+
+// TestMissingRepositoryDirectory: a file:// repository whose directory is
+// gone (an unmounted NFS volume) is reported once, as missing, asking about
+// the mount; never "mkdir -p", which would start a second, empty archive.
+func TestMissingRepositoryDirectory(t *testing.T) {
+	e := newHookEnv(t)
+	name, _ := writeSegment(t, e.dataDir, 1)
+	gone := "file://" + filepath.Join(t.TempDir(), "nfs", "repo")
+	code, _, stderr := run(t, "archive-push", "--repo", gone, "pg_wal/"+name)
+	expectFailure(t, exitRepository, stderr, code, "missing", "mounted", "repo init")
+	if strings.Contains(stderr, "mkdir") || strings.Count(stderr, "does not exist") > 1 {
+		t.Errorf("archive-push to a missing directory: %s", stderr)
+	}
+	if _, err := os.Stat(strings.TrimPrefix(gone, "file://")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("archive-push created the missing repository directory (%v)", err)
+	}
+}

@@ -76,8 +76,7 @@ func New(cfg Config) (*Client, error) {
 	fi, err := os.Stat(root)
 	switch {
 	case errors.Is(err, iofs.ErrNotExist):
-		return nil, fmt.Errorf("fs: root directory %s does not exist: create it (mkdir -p %s), mount the volume, or correct the repository path: %w",
-			root, root, storage.ErrNoBucket)
+		return nil, &missingRootError{root: root}
 	case errors.Is(err, iofs.ErrPermission):
 		return nil, fmt.Errorf("fs: root directory %s: %w (grant this user search rights on it and its parents)", root, err)
 	case err != nil:
@@ -87,6 +86,21 @@ func New(cfg Config) (*Client, error) {
 	}
 	return &Client{root: root}, nil
 }
+
+// missingRootError is a repository directory that is not there. It matches
+// storage.ErrNoBucket but says more than "does not exist": the usual cause
+// on a server is a volume (NFS) that is not mounted, and creating the
+// directory by hand would start a second, empty repository beside the real
+// one, splitting the archive in two without a word.
+type missingRootError struct{ root string }
+
+func (e *missingRootError) Error() string {
+	return fmt.Sprintf("fs: the repository directory %s is missing: if it lives on a mounted volume (NFS, CIFS), check that the volume is mounted "+
+		"(do not create an empty directory in its place: that starts a second, empty repository); if the path is wrong, correct it; "+
+		"only to create a new repository there, run walferry repo init", e.root)
+}
+
+func (e *missingRootError) Is(target error) bool { return target == storage.ErrNoBucket }
 
 // String returns the store's URL, "file:///path".
 func (c *Client) String() string { return "file://" + filepath.ToSlash(c.root) }

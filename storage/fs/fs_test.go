@@ -213,7 +213,7 @@ func TestNewRoot(t *testing.T) {
 		wantInText string // also required in the message
 	}{
 		{"empty", "", nil, "Root is empty"},
-		{"missing", missing, storage.ErrNoBucket, "mkdir -p " + missing},
+		{"missing", missing, storage.ErrNoBucket, missing + " is missing: if it lives on a mounted volume"},
 		{"not-a-directory", file, nil, "not a directory"},
 	}
 	for _, tc := range tests {
@@ -230,6 +230,9 @@ func TestNewRoot(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.wantInText) {
 				t.Errorf("New(%q) = %q, want it to contain %q", tc.root, err, tc.wantInText)
+			}
+			if strings.Contains(err.Error(), "mkdir") {
+				t.Errorf("New(%q) = %q: never advise creating a repository directory by hand (an unmounted volume would split the archive)", tc.root, err)
 			}
 		})
 	}
