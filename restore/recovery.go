@@ -63,8 +63,15 @@ func (t Target) settings() ([]setting, error) {
 	var given []string
 	if t.Time != "" {
 		given = append(given, "--target-time")
-		if _, _, err := parseTargetTime(t.Time); err != nil {
+		_, zoned, err := parseTargetTime(t.Time)
+		if err != nil {
 			return nil, invalidf("--target-time %q: %v", t.Time, err)
+		}
+		if !zoned {
+			// PostgreSQL would read it in the restored server's timezone
+			// setting, unknown here and easily not what the user meant.
+			return nil, invalidf("--target-time %q has no time zone: PostgreSQL would read it in the restored server's timezone setting; "+
+				"add one, e.g. '%s+00', '%s UTC' or '%s Europe/Paris'", t.Time, strings.TrimSpace(t.Time), strings.TrimSpace(t.Time), strings.TrimSpace(t.Time))
 		}
 		out = append(out, setting{"recovery_target_time", t.Time})
 	}

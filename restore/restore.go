@@ -238,6 +238,9 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if err := checkTimeReachable(ctx, r, o); err != nil {
+		return Result{}, err
+	}
 	meta := r.Metadata()
 	if m.SystemID != meta.SystemID {
 		return Result{}, fmt.Errorf("%w: backup %s is of system identifier %d but %s belongs to system identifier %d: the repository is damaged or mixed",

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/user"
@@ -667,7 +668,9 @@ func TestValidate(t *testing.T) {
 		{"pg time, minutes offset", func(o *Options) { o.Target.Time = "2026-11-22 10:15:00+05:30" }, ""},
 		{"pg time, zone name", func(o *Options) { o.Target.Time = "2026-11-22 10:15:00 Europe/Paris" }, ""},
 		{"rfc3339", func(o *Options) { o.Target.Time = "2026-11-22T10:15:00Z" }, ""},
-		{"no zone", func(o *Options) { o.Target.Time = "2026-11-22 10:15:00" }, ""},
+		{"no zone", func(o *Options) { o.Target.Time = "2026-11-22 10:15:00" }, "no time zone"},
+		{"date without zone", func(o *Options) { o.Target.Time = "2026-11-22" }, "no time zone"},
+		{"date with zone", func(o *Options) { o.Target.Time = "2026-11-22 UTC" }, ""},
 		{"bad action", func(o *Options) { o.Target.LSN, o.Target.Action = "0/1", "explode" }, "promote, pause or shutdown"},
 		{"action without target", func(o *Options) { o.Target.Action = "promote" }, "needs a recovery target"},
 		{"exclusive without target", func(o *Options) { o.Target.Exclusive = true }, "--target-exclusive"},
@@ -737,5 +740,51 @@ func BenchmarkRestore(b *testing.B) {
 		}
 		os.RemoveAll(dir)
 		b.StartTimer()
+	}
+}
+
+// TestTargetTimeReachable: a --target-time after every archived WAL object
+// (beyond the clock-skew allowance) is refused, naming the newest WAL and
+// its time; within the allowance it is tried; .partial files count only
+// with --use-partial.
+func TestTargetTimeReachable(t *testing.T) {
+	ctx := context.Background()
+	r, root := newRepo(t)
+	stored := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	for key, at := range map[string]time.Time{
+		"wal/0000000100000000/000000010000000000000003":         stored.Add(-time.Hour),
+		"wal/0000000100000000/000000010000000000000004":         stored,
+		"wal/0000000100000000/000000010000000000000005.partial": stored.Add(time.Hour),
+		"wal/history/00000002.history":                          stored.Add(2 * time.Hour),
+	} {
+		if _, err := r.Put(ctx, key, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(filepath.Join(root, key), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		target  string
+		partial bool
+		want    string // "" when accepted
+	}{
+		{"2026-11-22 11:59:00+00", false, ""},
+		{"2026-11-22 12:03:00+00", false, ""}, // within the clock-skew allowance
+		{"2026-11-22 12:30:00+00", false, "000000010000000000000004"},
+		{"2026-11-22 14:30:00+02", false, "2026-11-22 12:00:00Z"},
+		{"2026-11-22 12:30:00+00", true, ""}, // the partial reaches further
+		{"2026-11-22 14:00:00+00", true, "000000010000000000000005.partial"},
+	} {
+		o := testOptions(t.TempDir())
+		o.Log = slog.New(slog.DiscardHandler)
+		o.Target.Time, o.RestoreCommand.Partial = tt.target, tt.partial
+		err := checkTimeReachable(ctx, r, o)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s (partial %v): %v", tt.target, tt.partial, err)
+		case tt.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s (partial %v): got %v; want ErrInvalid naming %q", tt.target, tt.partial, err, tt.want)
+		}
 	}
 }

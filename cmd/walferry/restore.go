@@ -84,9 +84,12 @@ had (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*,
 WALFERRY_ENCRYPTION_PASSPHRASE), or use a --config file readable by the
 server's OS user.
 
-Recovery targets (at most one): --target-time ('2026-11-22 10:15:00+00' or
-RFC 3339; give a zone, PostgreSQL reads a time without one in the server's
-timezone), --target-lsn, --target-xid, --target-name (a restore point), or
+Recovery targets (at most one): --target-time ('2026-11-22 10:15:00+00',
+'2026-11-22 10:15:00 Europe/Paris' or RFC 3339; a time without a zone is
+refused, since PostgreSQL would read it in the restored server's timezone;
+a time after the newest WAL in the repository, by more than 5 minutes of
+allowance for clock skew, is refused with that WAL's time, since recovery
+could not reach it), --target-lsn, --target-xid, --target-name (a restore point), or
 --target-immediate (stop as soon as the backup is consistent). With LATEST
 and a time or LSN target the newest backup that ended before the target is
 chosen; a backup that ended after the target is refused. --target-action
