@@ -126,6 +126,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 		return nil, err
 	}
 
+	tempCutoff := time.Now().Add(-tempSkewMargin)
 	lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-push"})
 	if err != nil {
 		return nil, err
@@ -145,6 +146,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	if err := removeIncomplete(ctx, r, log); err != nil {
 		return nil, err
 	}
+	sweepTemps(ctx, r, tempCutoff, log)
 
 	typ := Full
 	var parent *Manifest
@@ -546,6 +548,26 @@ func removeIncomplete(ctx context.Context, r *repo.Repo, log *slog.Logger) error
 		}
 	}
 	return nil
+}
+
+// tempSkewMargin is how much older than the moment the backup lease was
+// acquired a temporary object under backups/ must be to be removed: the
+// store's clock (NFS) may run behind ours.
+const tempSkewMargin = time.Minute
+
+// sweepTemps removes the temporary objects killed writers left (kill -9 of
+// a backup-push leaves its half-written data objects): a holder of the
+// backup lease is the only writer under backups/, so anything older than
+// its lease is dead. A failure only costs space: it is logged, not fatal.
+func sweepTemps(ctx context.Context, r *repo.Repo, cutoff time.Time, log *slog.Logger) {
+	sw, err := r.SweepTemps(ctx, cutoff, false)
+	switch {
+	case err != nil:
+		log.Warn("could not remove temporary objects left by interrupted writers", "err", err)
+	case sw.Objects > 0:
+		log.Warn("removed temporary objects left by interrupted writers (a backup-push or archive-push killed mid-write)",
+			"objects", sw.Objects, "bytes", sw.Bytes)
+	}
 }
 
 // deletePrefix removes every object under prefix.

@@ -244,7 +244,7 @@ func TestPushReportsDamagedPages(t *testing.T) {
 }
 
 func TestPushRefusals(t *testing.T) {
-	c, r, _ := archivingCluster(t, pgtest.Options{})
+	c, r, url := archivingCluster(t, pgtest.Options{})
 	ctx := context.Background()
 
 	other := pgtest.New(t, pgtest.Options{})
@@ -280,6 +280,20 @@ func TestPushRefusals(t *testing.T) {
 	}
 	lease.Release(ctx)
 
+	// A backup-push killed with -9 leaves its half-written objects as
+	// temporary files, invisible to listings: the next one removes them.
+	killed := filepath.Join(strings.TrimPrefix(url, "file://"), "backups", "20261122T101500F", "data", ".tmp-00000000deadbeef")
+	if err := os.MkdirAll(filepath.Dir(killed), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(killed, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-10 * time.Minute)
+	if err := os.Chtimes(killed, old, old); err != nil {
+		t.Fatal(err)
+	}
+
 	// WAL that never reaches the repository: no backup.
 	c.Exec(t, "ALTER SYSTEM SET archive_command = 'false'")
 	c.Reload(t)
@@ -289,6 +303,9 @@ func TestPushRefusals(t *testing.T) {
 	}
 	if complete, incomplete, _ := backup.IDs(ctx, r); len(complete)+len(incomplete) != 0 {
 		t.Errorf("a backup without its WAL left %v %v", complete, incomplete)
+	}
+	if _, err := os.Stat(filepath.Dir(filepath.Dir(killed))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed backup's temporary file is still there after the next backup-push (%v)", err)
 	}
 }
 

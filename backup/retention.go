@@ -84,6 +84,9 @@ type DeleteResult struct {
 	WALObjects  int    `json:"wal_objects"`
 	WALBytes    int64  `json:"wal_bytes"`
 	WALKeptFrom string `json:"wal_kept_from,omitempty"`
+	// Temporary counts the temporary objects writers killed mid-write left
+	// (invisible to listings): removed, or in a dry run found.
+	Temporary repo.TempSweep `json:"temporary_objects"`
 	// Notes explain what was deliberately left alone.
 	Notes []string `json:"notes,omitempty"`
 	// BytesFreed is the stored size of everything removed.
@@ -122,7 +125,9 @@ func Delete(ctx context.Context, r *repo.Repo, o DeleteOptions) (*DeleteResult, 
 	}
 	res := &DeleteResult{Repository: r.String(), DryRun: o.DryRun, Rule: o.rule(),
 		Deleted: []DeletedBackup{}, Kept: []string{}, Incomplete: []DeletedBackup{}}
+	tempCutoff := time.Now().Add(-repo.StaleTempAge) // a dry run holds no lease
 	if !o.DryRun {
+		tempCutoff = time.Now().Add(-tempSkewMargin)
 		lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-delete " + res.Rule})
 		if err != nil {
 			return nil, err
@@ -135,6 +140,12 @@ func Delete(ctx context.Context, r *repo.Repo, o DeleteOptions) (*DeleteResult, 
 		}()
 	}
 	res, err := deleteLocked(ctx, r, o, res)
+	if err == nil {
+		res.Temporary, err = r.SweepTemps(ctx, tempCutoff, o.DryRun)
+		if !o.DryRun {
+			res.BytesFreed += res.Temporary.Bytes
+		}
+	}
 	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, repo.ErrLocked) {
 		// The lease was lost: report that, not a cancellation.
 		return res, fmt.Errorf("backup-delete stopped: %w", cause)

@@ -71,6 +71,35 @@ type ConditionalCreator interface {
 	PutIfAbsent(ctx context.Context, key string, r io.Reader) error
 }
 
+// Wrapper is implemented by decorators (retry, limit): Unwrap returns the
+// store they wrap. Maintenance abilities that need no policy of their own
+// (TempSweeper) are found through it instead of being forwarded by every
+// decorator.
+type Wrapper interface {
+	Unwrap() Store
+}
+
+// Innermost returns st with every Wrapper decorator removed.
+func Innermost(st Store) Store {
+	for {
+		w, ok := st.(Wrapper)
+		if !ok {
+			return st
+		}
+		st = w.Unwrap()
+	}
+}
+
+// TempSweeper is implemented by stores where a writer killed mid-write
+// leaves a temporary object behind that List does not show (a
+// filesystem's temporary files). SweepTemps finds those under prefix for
+// which stale returns true and, unless dryRun, removes them; it returns
+// what it found (Key is the temporary object's own key). The caller's
+// stale must spare live writers: a live writer keeps its object changing.
+type TempSweeper interface {
+	SweepTemps(ctx context.Context, prefix string, stale func(ObjectInfo) bool, dryRun bool) ([]ObjectInfo, error)
+}
+
 // Copier is implemented by stores that copy objects server-side.
 type Copier interface {
 	Copy(ctx context.Context, srcKey, dstKey string) error

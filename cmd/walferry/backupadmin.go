@@ -423,6 +423,9 @@ func (a *app) printDeleteResult(res *backup.DeleteResult) {
 	for _, d := range res.Incomplete {
 		fmt.Fprintf(a.stdout, "  %s incomplete backup %s: %d objects, %s\n", verb, d.ID, d.Objects, humanBytes(d.Bytes))
 	}
+	if t := res.Temporary; t.Objects > 0 {
+		fmt.Fprintf(a.stdout, "  %s %d temporary objects left by interrupted writers, %s\n", verb, t.Objects, humanBytes(t.Bytes))
+	}
 	if res.WALKeptFrom != "" {
 		fmt.Fprintf(a.stdout, "  %s %d WAL files, %s (WAL kept from %s on)\n", verb, res.WALObjects, humanBytes(res.WALBytes), res.WALKeptFrom)
 	}

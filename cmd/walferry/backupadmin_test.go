@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -300,4 +302,64 @@ func TestVerifyCommand(t *testing.T) {
 
 	code, _, stderr = run(t, "verify", "--repo", a.url, "--jobs", "0")
 	expectFailure(t, exitUsage, stderr, code, "--jobs")
+}
+
+// plantTemp writes a temporary file as the fs store names them, as a
+// writer killed mid-write leaves it, last modified age ago.
+func (a *adminRepo) plantTemp(rel string, size int, age time.Duration) string {
+	a.t.Helper()
+	p := filepath.Join(a.root, filepath.FromSlash(rel))
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		a.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, make([]byte, size), 0o600); err != nil {
+		a.t.Fatal(err)
+	}
+	at := time.Now().Add(-age)
+	if err := os.Chtimes(p, at, at); err != nil {
+		a.t.Fatal(err)
+	}
+	return p
+}
+
+// TestBackupDeleteSweepsTemps: the temporary files a backup-push killed
+// with -9 leaves (backups/<id>/data/.tmp-*) are invisible to listings;
+// backup-delete reports them in a dry run and removes them, with the
+// directories they leave empty, sparing a temporary file still being
+// written (an archive-push in flight).
+func TestBackupDeleteSweepsTemps(t *testing.T) {
+	a, _, _, _ := threeBackups(t)
+	// A dry run holds no lease, so it counts under backups/ only what is
+	// as old as elsewhere; the real run, holding the lease, takes all
+	// that is older than its lease.
+	killed := a.plantTemp("backups/20261123T000000F/data/.tmp-00000000deadbeef", 40000, 10*time.Minute)
+	killedLongAgo := a.plantTemp("backups/20261120T000000F/data/.tmp-00000000abcdef01", 4000, 3*time.Hour)
+	oldWAL := a.plantTemp("wal/0000000100000000/.tmp-00000000feedface", 1000, 2*time.Hour)
+	live := a.plantTemp("wal/0000000100000000/.tmp-0000000012345678", 500, 0)
+
+	code, out, stderr := run(t, "backup-delete", "--repo", a.url, "--retain-full", "3", "--dry-run")
+	if code != 0 || !strings.Contains(out, "would delete 2 temporary objects left by interrupted writers") {
+		t.Errorf("dry run: code %d\n%s%s", code, out, stderr)
+	}
+	for _, p := range []string{killed, killedLongAgo, oldWAL, live} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("the dry run removed %s", p)
+		}
+	}
+	code, out, stderr = run(t, "backup-delete", "--repo", a.url, "--retain-full", "3", "--json")
+	var res backup.DeleteResult
+	if err := json.Unmarshal([]byte(out), &res); code != 0 || err != nil {
+		t.Fatalf("backup-delete --json: code %d, %v\n%s%s", code, err, out, stderr)
+	}
+	if res.Temporary != (repo.TempSweep{Objects: 3, Bytes: 45000, Removed: true}) {
+		t.Errorf("temporary objects: %+v, want 3 removed, 45000 bytes", res.Temporary)
+	}
+	for _, p := range []string{killed, killedLongAgo, oldWAL, filepath.Join(a.root, "backups", "20261123T000000F")} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still there after backup-delete (%v)", p, err)
+		}
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("a temporary file being written was removed: %v", err)
+	}
 }

@@ -132,7 +132,7 @@ func exitCode(err error) int {
 	case errors.Is(err, codec.ErrCorrupt):
 		return exitCorrupt
 	case errors.Is(err, storage.ErrNoBucket), errors.Is(err, repo.ErrNotInitialized),
-		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible),
+		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible), errors.Is(err, repo.ErrNotRepository),
 		errors.Is(err, archive.ErrConflict), errors.Is(err, backup.ErrNoBackup):
 		return exitRepository
 	case errors.Is(err, repo.ErrLocked):

@@ -150,6 +150,10 @@ func (a *app) repoCheck(c *cli.Context) error {
 		if !c.Bool("json") {
 			fmt.Fprintf(a.stdout, "%s: ok (system identifier %d matches %s; read, write and delete work)\n",
 				url, res.Metadata.SystemID, cl.Source)
+			if t := res.StaleTemporary; t.Objects > 0 {
+				fmt.Fprintf(a.stdout, "%s: %d temporary objects (%s) left by interrupted writers (killed backup-push or archive-push); the next backup-push or backup-delete removes them\n",
+					url, t.Objects, humanBytes(t.Bytes))
+			}
 		}
 	}
 	if c.Bool("json") {

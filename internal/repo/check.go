@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/walferry/walferry/storage"
 )
@@ -18,6 +19,10 @@ type CheckResult struct {
 	Writable   bool     `json:"writable"`
 	Deletable  bool     `json:"deletable"`
 	ClusterOK  bool     `json:"cluster_ok"`
+	// StaleTemporary counts the temporary objects writers killed
+	// mid-write left (unmodified for StaleTempAge); the next backup-push
+	// or backup-delete removes them.
+	StaleTemporary TempSweep `json:"stale_temporary_objects"`
 }
 
 // Check verifies that store is reachable, holds a repository, accepts a
@@ -64,5 +69,8 @@ func Check(ctx context.Context, store storage.Store, cl Cluster, o OpenOptions) 
 		return res, fmt.Errorf("test object %s still present after delete (%v)", key, err)
 	}
 	res.Deletable = true
+	if res.StaleTemporary, err = r.SweepTemps(ctx, time.Now().Add(-StaleTempAge), true); err != nil {
+		return res, err
+	}
 	return res, nil
 }

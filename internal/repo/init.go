@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/walferry/walferry/internal/codec"
@@ -98,18 +101,62 @@ func Init(ctx context.Context, store storage.Store, o InitOptions) (InitResult, 
 // ensureEmpty refuses to initialize over objects that are not a walferry
 // repository (another tool's archive, a wrong prefix).
 func ensureEmpty(ctx context.Context, store storage.Store) error {
-	var first string
+	const sample = 200 // enough to recognize what is there
+	var keys []string
 	errStop := errors.New("stop")
 	err := store.List(ctx, "", func(oi storage.ObjectInfo) error {
-		first = oi.Key
-		return errStop
+		keys = append(keys, oi.Key)
+		if len(keys) == sample {
+			return errStop
+		}
+		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
 		return fmt.Errorf("list %s: %w", store, err)
 	}
-	if first != "" {
-		return fmt.Errorf("%w: %s is not empty (it holds %q) and has no walferry metadata; "+
-			"choose an empty bucket or prefix for the repository", ErrWrongCluster, store, first)
+	if len(keys) == 0 {
+		return nil
 	}
-	return nil
+	found := fmt.Sprintf("%d objects", len(keys))
+	switch len(keys) {
+	case 1:
+		found = "1 object"
+	case sample:
+		found = fmt.Sprintf("%d objects or more", sample)
+	}
+	shown := keys[:min(3, len(keys))]
+	more := ""
+	if len(keys) > len(shown) {
+		more = ", ..."
+	}
+	return fmt.Errorf("%w: %s is not empty: it holds %s (%s%s) but no walferry metadata (%s)%s; "+
+		"choose an empty bucket, container, directory or prefix for a new repository, or fix --repo if you meant an existing one",
+		ErrNotRepository, store, found, quoteList(shown), more, MetadataKey, recognize(keys))
+}
+
+// recognize names what a listing looks like, when it is something known,
+// as ": it looks like ...".
+func recognize(keys []string) string {
+	has := func(pred func(string) bool) bool { return slices.ContainsFunc(keys, pred) }
+	switch {
+	case has(func(k string) bool { return k == "PG_VERSION" || k == "global/pg_control" }):
+		return ": it looks like a PostgreSQL data directory"
+	case has(func(k string) bool {
+		return strings.HasSuffix(k, "/archive.info") || strings.HasSuffix(k, "/backup.info")
+	}):
+		return ": it looks like a pgBackRest repository"
+	case has(func(k string) bool {
+		return strings.HasPrefix(k, "basebackups_005/") || strings.HasPrefix(k, "wal_005/")
+	}):
+		return ": it looks like a WAL-G or WAL-E archive"
+	}
+	return ""
+}
+
+func quoteList(keys []string) string {
+	q := make([]string, len(keys))
+	for i, k := range keys {
+		q[i] = strconv.Quote(k)
+	}
+	return strings.Join(q, ", ")
 }

@@ -32,6 +32,9 @@ var (
 	ErrNotInitialized = errors.New("repository is not initialized")
 	// ErrWrongCluster: the repository belongs to another cluster lineage.
 	ErrWrongCluster = errors.New("repository belongs to another cluster")
+	// ErrNotRepository: the location holds objects, but no walferry
+	// repository (another tool's archive, a data directory, a wrong prefix).
+	ErrNotRepository = errors.New("not a walferry repository")
 	// ErrIncompatible: the repository was written by a newer format.
 	ErrIncompatible = errors.New("repository format is not supported by this walferry")
 )

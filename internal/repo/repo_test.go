@@ -5,13 +5,18 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/fs"
+	"github.com/walferry/walferry/storage/limit"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 func newStore(t *testing.T) storage.Store {
@@ -242,5 +247,84 @@ func TestObjectInfo(t *testing.T) {
 	}
 	if _, err := r.ObjectInfo(ctx, "wal/missing"); !errors.Is(err, storage.ErrNotExist) {
 		t.Errorf("ObjectInfo of a missing key: %v", err)
+	}
+}
+
+// TestCheckReportsStaleTemps: repo check reports (and leaves) the
+// temporary files writers killed mid-write left, through the retry and
+// limit decorators; a temporary file still being written is not counted.
+func TestCheckReportsStaleTemps(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	inner, err := fs.New(fs.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := limit.New(retry.New(inner, retry.Policy{}, nil), 2)
+	if _, err := Init(ctx, store, InitOptions{Cluster: testCluster, Compression: "lz4", CreatedBy: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	plant := func(rel string, size int, age time.Duration) string {
+		p := filepath.Join(root, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().Add(-age)
+		if err := os.Chtimes(p, at, at); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	stale := plant("backups/20261122T101500F/data/.tmp-00000000deadbeef", 3000, 2*time.Hour)
+	plant("wal/0000000100000000/.tmp-0000000000000001", 100, time.Minute)
+	cr, err := Check(ctx, store, testCluster, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cr.StaleTemporary != (TempSweep{Objects: 1, Bytes: 3000}) {
+		t.Errorf("Check reports %+v stale temporary objects, want 1 of 3000 bytes, not removed", cr.StaleTemporary)
+	}
+	if _, err := os.Stat(stale); err != nil {
+		t.Errorf("Check removed a temporary file: %v", err)
+	}
+}
+
+// TestInitRefusesForeignObjects: a non-empty location without walferry
+// metadata is not "another cluster": Init says what it found.
+func TestInitRefusesForeignObjects(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		keys  []string
+		wants []string
+	}{
+		{"stray file", []string{"a"}, []string{`1 object ("a")`}},
+		{"pgBackRest", []string{"archive/main/archive.info", "backup/main/backup.info", "backup/main/x", "y"},
+			[]string{"4 objects", `"archive/main/archive.info", "backup/main/backup.info", "backup/main/x", ...`, "pgBackRest"}},
+		{"WAL-G", []string{"basebackups_005/base_000000010000000000000002_backup_stop_sentinel.json"}, []string{"WAL-G"}},
+		{"data directory", []string{"PG_VERSION", "global/pg_control"}, []string{"PostgreSQL data directory"}},
+	} {
+		store := newStore(t)
+		for _, k := range tc.keys {
+			if err := store.Put(ctx, k, strings.NewReader("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := Init(ctx, store, InitOptions{Cluster: testCluster, Compression: "lz4"})
+		if !errors.Is(err, ErrNotRepository) || errors.Is(err, ErrWrongCluster) {
+			t.Errorf("%s: Init = %v, want ErrNotRepository (and not ErrWrongCluster)", tc.name, err)
+			continue
+		}
+		for _, w := range append(tc.wants, "not a walferry repository", MetadataKey) {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", tc.name, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "another cluster") {
+			t.Errorf("%s: %q speaks of another cluster", tc.name, err)
+		}
 	}
 }

@@ -60,6 +60,7 @@ var (
 	_ storage.Store              = (*Client)(nil)
 	_ storage.ConditionalCreator = (*Client)(nil)
 	_ storage.Copier             = (*Client)(nil)
+	_ storage.TempSweeper        = (*Client)(nil)
 )
 
 // New returns a store rooted at cfg.Root. A root that does not exist is an
@@ -529,9 +530,7 @@ func (c *Client) rootMissing() bool {
 	return isNotExist(err)
 }
 
-func (c *Client) errNoRoot() error {
-	return fmt.Errorf("root directory %s has disappeared (volume unmounted or directory removed?): %w", c.root, storage.ErrNoBucket)
-}
+func (c *Client) errNoRoot() error { return &missingRootError{root: c.root} }
 
 // fail wraps err from operation op on key, mapping it onto the storage
 // errors: a missing file (or a file where a directory was expected) matches
@@ -618,4 +617,74 @@ func checkDir(dir string) error {
 		return errors.New("invalid key: not a local path on this system")
 	}
 	return nil
+}
+
+// SweepTemps finds the temporary files under prefix that stale says a
+// writer killed mid-write (kill -9, a crash) left behind, invisible to
+// List. Unless dryRun, each is removed, with the directories it leaves
+// empty. It returns what it found, keyed as the file's path under the root.
+func (c *Client) SweepTemps(ctx context.Context, prefix string, stale func(storage.ObjectInfo) bool, dryRun bool) ([]storage.ObjectInfo, error) {
+	if dirPart, _ := path.Split(prefix); checkDir(dirPart) != nil {
+		return nil, fmt.Errorf("fs: sweep %q: %w", prefix, checkDir(dirPart))
+	}
+	start := filepath.Join(c.root, filepath.FromSlash(prefix))
+	if !strings.HasSuffix(prefix, "/") && prefix != "" {
+		start = filepath.Dir(start)
+	}
+	var found []storage.ObjectInfo
+	var dirs []string
+	err := filepath.WalkDir(start, func(path string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			if isNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		rel, rerr := filepath.Rel(c.root, path)
+		if rerr != nil {
+			return rerr
+		}
+		key := filepath.ToSlash(rel)
+		if d.IsDir() {
+			dirs = append(dirs, path)
+			return nil
+		}
+		if !strings.HasPrefix(d.Name(), tmpPrefix) || !strings.HasPrefix(key, prefix) || !d.Type().IsRegular() {
+			return nil
+		}
+		fi, ierr := d.Info()
+		if isNotExist(ierr) {
+			return nil
+		} else if ierr != nil {
+			return ierr
+		}
+		oi := storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}
+		if !stale(oi) {
+			return nil
+		}
+		found = append(found, oi)
+		if dryRun {
+			return nil
+		}
+		if err := os.Remove(path); err != nil && !isNotExist(err) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return found, c.fail("sweep", prefix, err)
+	}
+	if !dryRun && len(found) > 0 {
+		// Deepest first: a directory emptied by the sweep goes, a
+		// non-empty one stays (Rmdir refuses it).
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if dirs[i] != c.root {
+				syscall.Rmdir(dirs[i])
+			}
+		}
+	}
+	return found, nil
 }

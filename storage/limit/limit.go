@@ -44,6 +44,9 @@ type store struct {
 	sem   chan struct{}
 }
 
+// Unwrap returns the store s wraps (storage.Wrapper).
+func (s *store) Unwrap() storage.Store { return s.inner }
+
 type conditional struct{ *store }
 
 func (c conditional) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {

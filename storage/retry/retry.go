@@ -121,6 +121,9 @@ type store struct {
 	log   *slog.Logger
 }
 
+// Unwrap returns the store s wraps (storage.Wrapper).
+func (s *store) Unwrap() storage.Store { return s.inner }
+
 type conditional struct{ *store }
 
 func (c conditional) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
