@@ -49,7 +49,8 @@ func (m *meter) snapshot() Progress {
 // its end.
 func (rs *restorer) phase(name string, total int64, fn func(*meter) error) error {
 	m := &meter{phase: name, total: total, start: time.Now()}
-	if rs.o.Progress == nil {
+	if rs.o.Progress == nil || total == 0 {
+		// A phase with nothing to do is not shown ("verify 0 B / 0 B").
 		return fn(m)
 	}
 	stop, stopped := make(chan struct{}), make(chan struct{})

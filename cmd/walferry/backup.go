@@ -36,7 +36,13 @@ push there (walferry archive-push).
 The server must be the primary, with archive_mode on. --pgdata must be the
 server's data directory as this process sees it (the default is the
 server's data_directory setting): run backup-push on the database host or
-in a sidecar that mounts the data volume.
+in a sidecar that mounts the data volume. It must prove it is the connected
+server's: its postmaster.pid names that server (data directory, port,
+start time) and its control file says "in production" at the server's
+latest checkpoint. A stopped copy of the same cluster (an old restore, a
+standby's directory) is refused with exit 7, naming both directories: a
+backup read from it would lack the server's newest data. --remote reads
+no directory and is not concerned.
 
 --incremental stores only what changed since the newest backup in the
 repository: unchanged files and 8 MiB units are recognised by checksum,
@@ -76,7 +82,7 @@ logging in pods) prints one JSON summary line per backup on stdout.`,
 			&cli.StringFlag{Name: "server-compression", EnvVars: []string{"WALFERRY_SERVER_COMPRESSION"},
 				Usage: "with --remote: have the server compress the stream (lz4, zstd, gzip or none) to save network"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_BACKUP_JOBS"},
-				Usage: "files read, compressed and uploaded in parallel (default: one per CPU, at least 2)"},
+				Usage: "`N` files read, compressed and uploaded in parallel", DefaultText: "one per CPU, at least 2"},
 			&cli.BoolFlag{Name: "spread-checkpoint", Usage: "wait for a spread checkpoint instead of an immediate one"},
 			&cli.DurationFlag{Name: "archive-timeout", EnvVars: []string{"WALFERRY_ARCHIVE_TIMEOUT"}, Value: 2 * time.Minute,
 				Usage: "how long to wait for the backup's WAL to reach the repository"},

@@ -125,7 +125,7 @@ one per line; --json prints the whole report.`,
 		Flags: withCommonFlags(
 			&cli.BoolFlag{Name: "wal", Usage: "also check WAL continuity and re-read the archived WAL"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_VERIFY_JOBS"}, Value: runtime.NumCPU(),
-				Usage: "objects read at once"},
+				Usage: "`N` objects read at once", DefaultText: "one per CPU"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		),
 		Action: a.verify,
