@@ -174,6 +174,15 @@ func testArchiveReplay(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 // lines appended, and adds recovery.signal.
 func baseBackup(t *testing.T, src, dst *pgtest.Cluster, conf ...string) {
 	t.Helper()
+	cloneInto(t, dst, src.ConnString(), []string{"-X", "none", "-c", "fast", "--no-sync"}, conf...)
+	writeOwned(t, dst, filepath.Join(dst.DataDir, "recovery.signal"), nil)
+}
+
+// cloneInto replaces dst's data directory with pg_basebackup -d conn and
+// args, keeping dst's own postgresql.conf (with conf lines appended) and
+// pgtest.conf (its port and socket directory).
+func cloneInto(t *testing.T, dst *pgtest.Cluster, conn string, args []string, conf ...string) {
+	t.Helper()
 	saved := map[string][]byte{}
 	for _, name := range []string{"postgresql.conf", "pgtest.conf"} {
 		b, err := os.ReadFile(filepath.Join(dst.DataDir, name))
@@ -185,10 +194,8 @@ func baseBackup(t *testing.T, src, dst *pgtest.Cluster, conf ...string) {
 	if err := os.RemoveAll(dst.DataDir); err != nil {
 		t.Fatal(err)
 	}
-	pgRun(t, dst, 5*time.Minute, "pg_basebackup", "-d", src.ConnString(), "-D", dst.DataDir,
-		"-X", "none", "-c", "fast", "--no-sync")
+	pgRun(t, dst, 5*time.Minute, "pg_basebackup", append([]string{"-d", conn, "-D", dst.DataDir}, args...)...)
 	saved["postgresql.conf"] = append(saved["postgresql.conf"], []byte(strings.Join(conf, "\n")+"\n")...)
-	saved["recovery.signal"] = nil
 	for name, b := range saved {
 		writeOwned(t, dst, filepath.Join(dst.DataDir, name), b)
 	}

@@ -631,32 +631,17 @@ func wsPrimary(t *testing.T, opts pgtest.Options) *pgtest.Cluster {
 func wsStandby(t *testing.T, primary *pgtest.Cluster, opts pgtest.Options, app string, conf ...string) *pgtest.Cluster {
 	t.Helper()
 	s := pgtest.New(t, opts)
-	saved := map[string][]byte{}
-	for _, name := range []string{"postgresql.conf", "pgtest.conf"} {
-		b, err := os.ReadFile(filepath.Join(s.DataDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		saved[name] = b
-	}
-	if err := os.RemoveAll(s.DataDir); err != nil {
-		t.Fatal(err)
-	}
 	conn := primary.ConnString("application_name=" + app)
-	args := []string{"-d", conn, "-D", s.DataDir, "-R", "-X", "stream", "-c", "fast"}
+	args := []string{"-R", "-X", "stream", "-c", "fast"}
 	if !opts.Durable {
 		args = append(args, "--no-sync")
 	}
-	pgRun(t, s, 5*time.Minute, "pg_basebackup", args...)
-	saved["postgresql.conf"] = append(saved["postgresql.conf"], []byte(strings.Join(append([]string{"hot_standby = on"}, conf...), "\n")+"\n")...)
+	cloneInto(t, s, conn, args, append([]string{"hot_standby = on"}, conf...)...)
 	auto, err := os.ReadFile(filepath.Join(s.DataDir, "postgresql.auto.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	saved["postgresql.auto.conf"] = append(auto, []byte("primary_conninfo = "+sqlQuote(conn)+"\n")...)
-	for name, b := range saved {
-		writeOwned(t, s, filepath.Join(s.DataDir, name), b)
-	}
+	writeOwned(t, s, filepath.Join(s.DataDir, "postgresql.auto.conf"), append(auto, []byte("primary_conninfo = "+sqlQuote(conn)+"\n")...))
 	s.Start(t)
 	wsWaitStreaming(t, primary, app, false)
 	return s

@@ -27,22 +27,7 @@ func TestBackupWrongDataDir(t *testing.T) {
 
 	// The copy: same system identifier, 100,000 rows, stopped cleanly.
 	cp := pgtest.New(t, pgtest.Options{})
-	conf := map[string][]byte{}
-	for _, name := range []string{"postgresql.conf", "pgtest.conf"} {
-		b, err := os.ReadFile(filepath.Join(cp.DataDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		conf[name] = b
-	}
-	if err := os.RemoveAll(cp.DataDir); err != nil {
-		t.Fatal(err)
-	}
-	pgRun(t, cp, 5*time.Minute, "pg_basebackup", "-d", primary.ConnString(), "-D", cp.DataDir, "-X", "stream", "-c", "fast", "--no-sync")
-	conf["postgresql.conf"] = append(conf["postgresql.conf"], "archive_mode = off\n"...)
-	for name, b := range conf {
-		writeOwned(t, cp, filepath.Join(cp.DataDir, name), b)
-	}
+	cloneInto(t, cp, primary.ConnString(), []string{"-X", "stream", "-c", "fast", "--no-sync"}, "archive_mode = off")
 	cp.Start(t)
 	if n := psql(t, cp, "SELECT count(*) FROM t"); n != "100000" {
 		t.Fatalf("the copy has %s rows, want 100000", n)
