@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 )
@@ -25,11 +26,11 @@ var (
 	// ErrConflict: a file with different content is already archived under
 	// the name being pushed (split-brain, or a wrong repository). Nothing
 	// is overwritten; the error names both checksums.
-	ErrConflict = errors.New("a different file is already archived under this name")
+	ErrConflict = failure.New(failure.Conflict, "a different file is already archived under this name")
 	// ErrNoSuchFile: the file archive-push was asked to archive does not
 	// exist. A local mistake (a wrong path), not a store failure: retrying
 	// cannot help.
-	ErrNoSuchFile = errors.New("no such file to archive")
+	ErrNoSuchFile = failure.New(failure.NoSuchFile, "no such file to archive")
 )
 
 // Config is what pushing and getting need: the opened repositories, the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
@@ -104,6 +105,10 @@ type DaemonError hookproto.DaemonError
 
 func (e *DaemonError) Error() string { return (*hookproto.DaemonError)(e).Error() }
 
+// FailureKind is the kind the daemon's class names (failure.Classified):
+// the failure is classified as the daemon classified it.
+func (e *DaemonError) FailureKind() failure.Kind { return failure.Parse(e.Class) }
+
 // Unwrap returns the sentinel of the failure's class, or nil.
 func (e *DaemonError) Unwrap() error {
 	switch e.Class {
@@ -125,6 +130,10 @@ func (e *DaemonError) Unwrap() error {
 		return storage.Retryable(errors.New(e.Message))
 	case ClassNoSuchFile:
 		return ErrNoSuchFile
+	case ClassNotRepository:
+		return repo.ErrNotRepository
+	case ClassLocked:
+		return repo.ErrLocked
 	}
 	return nil
 }

@@ -20,9 +20,8 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/archive/hookproto"
-	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/storage"
 )
 
 // The hooks' socket protocol (one JSON line each way, versioned) is
@@ -63,6 +62,12 @@ const (
 	ClassCorrupt        = hookproto.ClassCorrupt
 	ClassTransient      = hookproto.ClassTransient
 	ClassNoSuchFile     = hookproto.ClassNoSuchFile
+	ClassUsage          = hookproto.ClassUsage
+	ClassNotRepository  = hookproto.ClassNotRepository
+	ClassNoBackup       = hookproto.ClassNoBackup
+	ClassPostgres       = hookproto.ClassPostgres
+	ClassLocked         = hookproto.ClassLocked
+	ClassInterrupted    = hookproto.ClassInterrupted
 	ClassBadRequest     = hookproto.ClassBadRequest
 	ClassUnsupported    = hookproto.ClassUnsupported
 	ClassFailure        = hookproto.ClassFailure
@@ -380,32 +385,9 @@ func responseFor(err error) Response {
 	return Response{Status: StatusError, Class: ClassOf(err), Message: err.Error()}
 }
 
-// ClassOf names the class of a failure, as the daemon answers it. The order follows the command
-// line's exit codes: the most specific classification wins.
-func ClassOf(err error) string {
-	switch {
-	case errors.Is(err, ErrNoSuchFile):
-		return ClassNoSuchFile
-	case errors.Is(err, ErrConflict):
-		return ClassConflict
-	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),
-		errors.Is(err, storage.ErrPermission):
-		return ClassPermission
-	case errors.Is(err, codec.ErrCorrupt):
-		return ClassCorrupt
-	case errors.Is(err, storage.ErrNoBucket):
-		return ClassNoBucket
-	case errors.Is(err, repo.ErrNotInitialized):
-		return ClassNotInitialized
-	case errors.Is(err, repo.ErrWrongCluster):
-		return ClassWrongCluster
-	case errors.Is(err, repo.ErrIncompatible):
-		return ClassIncompatible
-	case storage.IsRetryable(err), errors.Is(err, context.DeadlineExceeded):
-		return ClassTransient
-	}
-	return ClassFailure
-}
+// ClassOf names the class of a failure, as the daemon answers it: the
+// name of its kind (internal/failure classifies every error, once).
+func ClassOf(err error) string { return failure.Of(err).String() }
 
 // Listener is the daemon's unix socket, held exclusively: a lock file next
 // to the socket ("<socket>.lock") makes sure one daemon serves it.

@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -172,7 +173,7 @@ type Stats struct {
 type Seconds float64
 
 // ErrNoBackup: the repository has no backup matching the request.
-var ErrNoBackup = errors.New("no such backup")
+var ErrNoBackup = failure.New(failure.NoBackup, "no such backup")
 
 // Latest is the name that selects the newest backup.
 const Latest = "LATEST"

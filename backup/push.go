@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -62,6 +63,9 @@ type Options struct {
 	// Progress, when set, is called about five times a second while files
 	// are read, and once at the end.
 	Progress func(Progress)
+	// Lease tunes the repository's backup lease (zero: its defaults, 30 s
+	// renewal and 5 min staleness); its Purpose is set by Push.
+	Lease repo.LeaseOptions
 }
 
 // Progress reports a running backup.
@@ -76,7 +80,7 @@ type Progress struct {
 
 // ErrNotReady: the server cannot be backed up as it is (archiving off, a
 // standby, another cluster's data directory).
-var ErrNotReady = errors.New("cannot back up this server")
+var ErrNotReady = failure.New(failure.Postgres, "cannot back up this server")
 
 // ErrWALMissing: the WAL the backup needs did not reach the repository.
 var ErrWALMissing = errors.New("WAL needed by the backup is not archived")
@@ -86,7 +90,7 @@ var ErrWALMissing = errors.New("WAL needed by the backup is not archived")
 // after the WAL from its start to its end is in the repository. A failed
 // or interrupted backup leaves no manifest; its objects are removed at
 // once when possible, and by the next Push otherwise.
-func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
+func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -105,7 +109,6 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	began := time.Now()
 
 	var src source
-	var err error
 	if o.Remote {
 		src, err = openRemote(ctx, o)
 	} else {
@@ -127,21 +130,16 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (*Manifest, error) {
 	}
 
 	tempCutoff := time.Now().Add(-tempSkewMargin)
-	lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-push"})
+	lo := o.Lease
+	lo.Purpose = "backup-push"
+	lease, err := r.Acquire(ctx, "backup", lo)
 	if err != nil {
 		return nil, err
 	}
 	defer lease.Release(context.WithoutCancel(ctx))
-	leaseCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	go func() {
-		select {
-		case <-lease.Context().Done():
-			stop()
-		case <-leaseCtx.Done():
-		}
-	}()
-	ctx = leaseCtx
+	ctx, stopLease := leaseContext(ctx, lease)
+	defer stopLease()
+	defer func() { err = leaseLost(ctx, "backup-push", err) }()
 
 	if err := removeIncomplete(ctx, r, log); err != nil {
 		return nil, err

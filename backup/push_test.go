@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
@@ -279,6 +281,22 @@ func TestPushRefusals(t *testing.T) {
 		t.Errorf("backup while the lease is held: %v", err)
 	}
 	lease.Release(ctx)
+
+	// A backup whose lease is taken over stops as locked (exit 8), not
+	// as interrupted (130).
+	var once sync.Once
+	_, err = backup.Push(ctx, r, backup.Options{Conn: c.ConnString(), PGData: c.DataDir,
+		Lease: repo.LeaseOptions{Renew: 20 * time.Millisecond},
+		Progress: func(p backup.Progress) {
+			if p.Phase == "checkpoint" || p.Phase == "copy" {
+				once.Do(func() {
+					r.Put(ctx, repo.LockKey("backup"), strings.NewReader(`{"token":"x","purpose":"backup-push elsewhere","host":"other","pid":1}`))
+				})
+			}
+		}})
+	if !errors.Is(err, repo.ErrLocked) || failure.Of(err).ExitCode() != 8 {
+		t.Errorf("backup whose lease was taken over: %v (kind %v), want repo.ErrLocked, exit 8", err, failure.Of(err))
+	}
 
 	// A backup-push killed with -9 leaves its half-written objects as
 	// temporary files, invisible to listings: the next one removes them.

@@ -146,11 +146,7 @@ func Delete(ctx context.Context, r *repo.Repo, o DeleteOptions) (*DeleteResult, 
 			res.BytesFreed += res.Temporary.Bytes
 		}
 	}
-	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, repo.ErrLocked) {
-		// The lease was lost: report that, not a cancellation.
-		return res, fmt.Errorf("backup-delete stopped: %w", cause)
-	}
-	return res, err
+	return res, leaseLost(ctx, "backup-delete", err)
 }
 
 // leaseContext returns a context cancelled when ctx is or when the lease
@@ -159,6 +155,16 @@ func leaseContext(ctx context.Context, l *repo.Lease) (context.Context, func()) 
 	ctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(l.Context(), func() { cancel(context.Cause(l.Context())) })
 	return ctx, func() { stop(); cancel(nil) }
+}
+
+// leaseLost reports a failure that losing the lease caused as the lost
+// lease (repo.ErrLocked, exit 8), not as the cancellation it led to
+// (which reads as "interrupted").
+func leaseLost(ctx context.Context, what string, err error) error {
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, repo.ErrLocked) {
+		return fmt.Errorf("%s stopped: %w", what, cause)
+	}
+	return err
 }
 
 func (o DeleteOptions) rule() string {

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -145,7 +146,7 @@ type Progress struct {
 // option, a non-empty target directory without Delta, a running server,
 // a recovery target the backup cannot reach. Fixing the command line
 // fixes it.
-var ErrInvalid = errors.New("invalid restore request")
+var ErrInvalid = failure.New(failure.Usage, "invalid restore request")
 
 // ErrIncomplete marks a restore that failed after it started writing:
 // the directory cannot start a server until a restore completes.
@@ -161,8 +162,17 @@ func (e *marked) Error() string        { return e.err.Error() }
 func (e *marked) Unwrap() error        { return e.err }
 func (e *marked) Is(target error) bool { return target == e.mark }
 
+// invalidError is a refused request: it matches ErrInvalid and is
+// classified as a usage mistake, without printing ErrInvalid's text.
+type invalidError struct{ err error }
+
+func (e *invalidError) Error() string             { return e.err.Error() }
+func (e *invalidError) Unwrap() error             { return e.err }
+func (e *invalidError) Is(target error) bool      { return target == ErrInvalid }
+func (e *invalidError) FailureKind() failure.Kind { return failure.Usage }
+
 func invalidf(format string, args ...any) error {
-	return &marked{err: fmt.Errorf(format, args...), mark: ErrInvalid}
+	return &invalidError{err: fmt.Errorf(format, args...)}
 }
 
 // incomplete wraps the cause of a failed restore with what it means for

@@ -13,6 +13,8 @@ import (
 	"io"
 	"io/fs"
 	"time"
+
+	"github.com/walferry/walferry/internal/failure"
 )
 
 // Store is a key/value object store with streaming reads and writes.
@@ -113,7 +115,7 @@ var (
 	ErrPermission = fs.ErrPermission
 	// ErrNoBucket means the bucket, container or root directory itself is
 	// missing, as opposed to one key in it.
-	ErrNoBucket = errors.New("bucket, container or directory does not exist")
+	ErrNoBucket = failure.New(failure.NoBucket, "bucket, container or directory does not exist")
 )
 
 // retryableError marks an error as transient: the same call may succeed if
@@ -122,6 +124,9 @@ type retryableError struct{ err error }
 
 func (e *retryableError) Error() string { return e.err.Error() }
 func (e *retryableError) Unwrap() error { return e.err }
+
+// FailureKind classifies a marked error as transient (failure.Classified).
+func (e *retryableError) FailureKind() failure.Kind { return failure.Transient }
 
 // Retryable marks err as transient. A nil err stays nil.
 func Retryable(err error) error {

@@ -32,7 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walferry/walferry/archive"
-	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -317,7 +317,11 @@ func (r *receiver) fatalErr() error {
 // archived copy of a segment the receiver pushes is one: its content cannot
 // be compared until someone deletes it.
 func permanent(err error) bool {
-	return errors.Is(err, repo.ErrWrongCluster) || errors.Is(err, archive.ErrConflict) || errors.Is(err, codec.ErrCorrupt)
+	switch failure.Of(err) {
+	case failure.WrongCluster, failure.Conflict, failure.Corrupt, failure.Incompatible, failure.NotRepository:
+		return true
+	}
+	return false
 }
 
 // receive connects and streams, reconnecting with backoff, until ctx ends

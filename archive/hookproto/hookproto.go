@@ -71,9 +71,10 @@ const (
 	StatusError       = "error"
 )
 
-// Classes of a failed Response. They name the sentinel errors a failure
-// wrapped in the daemon (package archive maps them both ways), so the hook
-// exits as if it had done the work.
+// Classes of a failed Response. They are the names of walferry's failure
+// kinds (internal/failure, which classifies every error once; package
+// archive maps them both ways), so the hook exits as if it had done the
+// work. A class a hook does not know (a newer daemon's) exits ExitFailure.
 const (
 	ClassConflict       = "conflict"        // archive.ErrConflict
 	ClassWrongCluster   = "wrong-cluster"   // repo.ErrWrongCluster, or a request for another cluster or data directory
@@ -84,6 +85,12 @@ const (
 	ClassCorrupt        = "corrupt"         // codec.ErrCorrupt
 	ClassTransient      = "transient"       // a retryable store failure, after retries
 	ClassNoSuchFile     = "no-such-file"    // archive.ErrNoSuchFile: the file to push does not exist
+	ClassUsage          = "usage"           // a bad argument or configuration
+	ClassNotRepository  = "not-repository"  // repo.ErrNotRepository: objects there, but no walferry repository
+	ClassNoBackup       = "no-backup"       // backup.ErrNoBackup
+	ClassPostgres       = "postgres"        // PostgreSQL unreachable or refusing, its data directory unusable
+	ClassLocked         = "locked"          // repo.ErrLocked
+	ClassInterrupted    = "interrupted"     // the daemon was stopped during the work
 	ClassBadRequest     = "bad-request"     // a malformed request
 	ClassUnsupported    = "unsupported"     // a protocol version or operation the daemon does not know
 	ClassFailure        = "failure"         // anything else
@@ -92,7 +99,8 @@ const (
 // Classes lists every class of a failed Response.
 var Classes = []string{
 	ClassConflict, ClassWrongCluster, ClassNotInitialized, ClassNoBucket, ClassIncompatible,
-	ClassPermission, ClassCorrupt, ClassTransient, ClassNoSuchFile, ClassBadRequest, ClassUnsupported, ClassFailure,
+	ClassPermission, ClassCorrupt, ClassTransient, ClassNoSuchFile, ClassUsage, ClassNotRepository, ClassNoBackup,
+	ClassPostgres, ClassLocked, ClassInterrupted, ClassBadRequest, ClassUnsupported, ClassFailure,
 }
 
 // Request is one hook call handed to the daemon.
@@ -156,6 +164,8 @@ const (
 	ExitPermission  = 4 // access denied, wrong or missing encryption passphrase
 	ExitRepository  = 5 // no bucket, repository not initialized, of another cluster or newer; push conflict
 	ExitCorrupt     = 6 // an object failed its checksum or does not decode
+	ExitPostgres    = 7 // PostgreSQL unreachable or refusing, its data directory unusable
+	ExitLocked      = 8 // another process holds the repository's lease
 )
 
 // ClassExitCode is walferry's exit code for a failure of class: the code
@@ -164,7 +174,7 @@ const (
 // only 0 and 1).
 func ClassExitCode(class string) int {
 	switch class {
-	case ClassConflict, ClassWrongCluster, ClassNotInitialized, ClassNoBucket, ClassIncompatible:
+	case ClassConflict, ClassWrongCluster, ClassNotInitialized, ClassNoBucket, ClassIncompatible, ClassNotRepository, ClassNoBackup:
 		return ExitRepository
 	case ClassPermission:
 		return ExitPermission
@@ -172,8 +182,12 @@ func ClassExitCode(class string) int {
 		return ExitCorrupt
 	case ClassTransient:
 		return ExitUnreachable
-	case ClassNoSuchFile:
+	case ClassNoSuchFile, ClassUsage:
 		return ExitUsage
+	case ClassPostgres:
+		return ExitPostgres
+	case ClassLocked:
+		return ExitLocked
 	}
 	return ExitFailure
 }

@@ -51,7 +51,9 @@ func TestClassExitCode(t *testing.T) {
 	want := map[string]int{
 		ClassConflict: ExitRepository, ClassWrongCluster: ExitRepository, ClassNotInitialized: ExitRepository,
 		ClassNoBucket: ExitRepository, ClassIncompatible: ExitRepository, ClassPermission: ExitPermission,
-		ClassCorrupt: ExitCorrupt, ClassTransient: ExitUnreachable, ClassNoSuchFile: ExitUsage, ClassBadRequest: ExitFailure,
+		ClassCorrupt: ExitCorrupt, ClassTransient: ExitUnreachable, ClassNoSuchFile: ExitUsage,
+		ClassUsage: ExitUsage, ClassNotRepository: ExitRepository, ClassNoBackup: ExitRepository, ClassPostgres: ExitPostgres,
+		ClassLocked: ExitLocked, ClassInterrupted: ExitFailure, ClassBadRequest: ExitFailure,
 		ClassUnsupported: ExitFailure, ClassFailure: ExitFailure, "a class of a newer daemon": ExitFailure,
 	}
 	for _, c := range Classes {

@@ -1,21 +1,12 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"net"
 	"strings"
-	"syscall"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/archive/hookproto"
-	"github.com/walferry/walferry/backup"
-	"github.com/walferry/walferry/internal/codec"
-	"github.com/walferry/walferry/internal/config"
-	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/internal/failure"
 )
 
 // Exit codes are part of walferry's interface; README.md documents them.
@@ -29,8 +20,8 @@ const (
 	exitPermission  = hookproto.ExitPermission  // credentials refused, access denied, wrong encryption passphrase
 	exitRepository  = hookproto.ExitRepository  // no such bucket, repository not initialized, another cluster's repository; archive-push conflict
 	exitCorrupt     = hookproto.ExitCorrupt     // an object failed its checksum or does not decode
-	exitPostgres    = 7                         // PostgreSQL unreachable, refusing, or its data directory unreadable
-	exitLocked      = 8                         // another backup-push or backup-delete holds the repository's lease
+	exitPostgres    = hookproto.ExitPostgres    // PostgreSQL unreachable, refusing, or its data directory unreadable
+	exitLocked      = hookproto.ExitLocked      // another backup-push or backup-delete holds the repository's lease
 	exitInterrupted = 130                       // stopped by SIGINT or SIGTERM
 )
 
@@ -40,6 +31,9 @@ type usageError struct{ err error }
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
 
+// FailureKind classifies a usage mistake whatever it wraps.
+func (e *usageError) FailureKind() failure.Kind { return failure.Usage }
+
 func usage(err error) error { return &usageError{err: err} }
 
 // postgresError marks failures to reach PostgreSQL or read its data directory.
@@ -47,6 +41,9 @@ type postgresError struct{ err error }
 
 func (e *postgresError) Error() string { return e.err.Error() }
 func (e *postgresError) Unwrap() error { return e.err }
+
+// FailureKind classifies the failure as PostgreSQL's whatever it wraps.
+func (e *postgresError) FailureKind() failure.Kind { return failure.Postgres }
 
 // maxHookExit is the highest status the hooks PostgreSQL runs may exit
 // with: above it PostgreSQL takes the command for killed, and restarts its
@@ -94,19 +91,11 @@ func silent(err error) bool {
 	return errors.Is(err, archive.ErrNotArchived)
 }
 
-// exitCode maps an error onto the documented exit codes. Order matters:
-// the most specific classification wins.
+// exitCode maps an error onto the documented exit codes: its kind's
+// (internal/failure classifies every error, once, for the command line and
+// the daemon alike), under the hooks' rules.
 func exitCode(err error) int {
-	var (
-		ue *usageError
-		ce *config.Error
-		pe *postgresError
-		he *hookError
-		de *archive.DaemonError
-
-		pgConnectErr *pgconn.ConnectError
-		pgErr        *pgconn.PgError
-	)
+	var he *hookError
 	switch {
 	case err == nil:
 		return exitOK
@@ -118,40 +107,6 @@ func exitCode(err error) int {
 			return code
 		}
 		return exitFailure
-	case errors.Is(err, context.Canceled):
-		return exitInterrupted
-	case errors.As(err, &de):
-		// A failure the daemon reported, mapped by its class exactly as
-		// walferry-hook maps it.
-		return hookproto.ClassExitCode(de.Class)
-	case errors.As(err, &ue), errors.As(err, &ce), errors.Is(err, archive.ErrNoSuchFile):
-		return exitUsage
-	case errors.Is(err, codec.ErrWrongKey), errors.Is(err, codec.ErrNoKey), errors.Is(err, repo.ErrPassphrase),
-		errors.Is(err, storage.ErrPermission):
-		return exitPermission
-	case errors.Is(err, codec.ErrCorrupt):
-		return exitCorrupt
-	case errors.Is(err, storage.ErrNoBucket), errors.Is(err, repo.ErrNotInitialized),
-		errors.Is(err, repo.ErrWrongCluster), errors.Is(err, repo.ErrIncompatible), errors.Is(err, repo.ErrNotRepository),
-		errors.Is(err, archive.ErrConflict), errors.Is(err, backup.ErrNoBackup):
-		return exitRepository
-	case errors.Is(err, repo.ErrLocked):
-		return exitLocked
-	case errors.As(err, &pe), errors.As(err, &pgConnectErr), errors.As(err, &pgErr), errors.Is(err, backup.ErrNotReady):
-		return exitPostgres
-	case storage.IsRetryable(err), isNetwork(err), errors.Is(err, context.DeadlineExceeded):
-		return exitUnreachable
 	}
-	return exitFailure
-}
-
-// isNetwork reports a failure to talk over the network. Not every
-// net.Error: syscall.Errno implements that interface too, and a local
-// "no such file" or "disk full" is no reason to retry later.
-func isNetwork(err error) bool {
-	var opErr *net.OpError
-	var dnsErr *net.DNSError
-	return errors.As(err, &opErr) || errors.As(err, &dnsErr) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
+	return failure.Of(err).ExitCode()
 }

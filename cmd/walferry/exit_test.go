@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"slices"
 	"syscall"
 	"testing"
 
 	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
@@ -22,19 +24,38 @@ import (
 // hookproto.ClassExitCode). A drift between exitCode and the class table
 // would make the same failure look different depending on where it ran.
 func TestDaemonAndStandaloneExitAlike(t *testing.T) {
-	for _, sentinel := range []error{
+	one := func(sentinel error) error {
+		return fmt.Errorf("archive-push 000000010000000000000003 to file:///a: %w", sentinel)
+	}
+	cases := []error{
 		archive.ErrConflict, codec.ErrWrongKey, codec.ErrNoKey, repo.ErrPassphrase, storage.ErrPermission,
 		codec.ErrCorrupt, storage.ErrNoBucket, repo.ErrNotInitialized, repo.ErrWrongCluster, repo.ErrIncompatible,
-		storage.Retryable(errors.New("connection reset")), context.DeadlineExceeded, errors.New("disk full"),
-		archive.ErrNoSuchFile,
-	} {
-		err := fmt.Errorf("archive-push 000000010000000000000003: %w", sentinel)
+		repo.ErrNotRepository, repo.ErrLocked, storage.Retryable(errors.New("connection reset")), context.DeadlineExceeded,
+		context.Canceled, errors.New("disk full"), archive.ErrNoSuchFile,
+		// Two repositories failing differently: the same code whichever
+		// way the push ran (they once exited 4 standalone, 5 via the daemon).
+		errors.Join(one(storage.ErrPermission), one(archive.ErrConflict)),
+		errors.Join(one(archive.ErrConflict), one(storage.ErrPermission)),
+		errors.Join(one(archive.ErrConflict), one(codec.ErrCorrupt)),
+		errors.Join(one(storage.Retryable(errors.New("503"))), one(archive.ErrConflict)),
+	}
+	for _, k := range failure.Kinds() {
+		cases = append(cases, failure.New(k, "a failure of kind "+k.String()))
+	}
+	for _, cause := range cases {
+		err := fmt.Errorf("archive-push 000000010000000000000003: %w", cause)
 		standalone := exitCode(&hookError{hook: "archive-push", err: err})
 		class := archive.ClassOf(err)
 		viaDaemon := exitCode(&hookError{hook: "archive-push", err: &archive.DaemonError{Class: class, Message: err.Error()}})
-		if standalone != hookproto.ClassExitCode(class) || viaDaemon != standalone {
-			t.Errorf("%v: standalone exits %d, class %q maps to %d, walferry via the daemon exits %d",
-				sentinel, standalone, class, hookproto.ClassExitCode(class), viaDaemon)
+		viaHook := hookproto.ClassExitCode(class)
+		if standalone != viaHook || viaDaemon != standalone {
+			t.Errorf("%v: standalone exits %d, class %q makes walferry-hook exit %d and walferry via the daemon %d",
+				cause, standalone, class, viaHook, viaDaemon)
+		}
+	}
+	for _, k := range failure.Kinds() {
+		if !slices.Contains(hookproto.Classes, k.String()) {
+			t.Errorf("failure kind %v has no class in the hook protocol", k)
 		}
 	}
 }

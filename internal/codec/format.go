@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+
+	"github.com/walferry/walferry/internal/failure"
 )
 
 // Errors returned by readers. Match them with errors.Is; the messages wrapped
@@ -21,14 +23,14 @@ var (
 	// header, record or compressed stream. The data must not be used. Errors
 	// from the underlying reader (network, disk) are returned as they are and
 	// do not match ErrCorrupt.
-	ErrCorrupt = errors.New("object corrupt")
+	ErrCorrupt = failure.New(failure.Corrupt, "object corrupt")
 
 	// ErrWrongKey means the object is encrypted with a key whose id differs
 	// from every configured key's id.
-	ErrWrongKey = errors.New("wrong encryption key")
+	ErrWrongKey = failure.New(failure.Permission, "wrong encryption key")
 
 	// ErrNoKey means the object is encrypted and no key is configured.
-	ErrNoKey = errors.New("no encryption key configured")
+	ErrNoKey = failure.New(failure.Permission, "no encryption key configured")
 
 	// ErrNotEncrypted means an encryption key is configured but the object is
 	// not encrypted, so its content cannot be authenticated.

@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
 
@@ -235,6 +236,9 @@ type Error struct {
 	Problem string
 	Fix     string
 }
+
+// FailureKind classifies configuration errors as usage mistakes.
+func (e *Error) FailureKind() failure.Kind { return failure.Usage }
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("configuration: %s: %s (fix: %s)", e.Field, e.Problem, e.Fix)

@@ -14,11 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
 
 // ErrLocked: another live process holds the lease.
-var ErrLocked = errors.New("repository is locked by another process")
+var ErrLocked = failure.New(failure.Locked, "repository is locked by another process")
 
 // LeaseOptions tune Acquire.
 type LeaseOptions struct {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/storage"
 )
@@ -29,14 +30,14 @@ const maxMetadataSize = 1 << 20
 // Errors of the repository domain. Match with errors.Is.
 var (
 	// ErrNotInitialized: the location holds no walferry repository.
-	ErrNotInitialized = errors.New("repository is not initialized")
+	ErrNotInitialized = failure.New(failure.NotInitialized, "repository is not initialized")
 	// ErrWrongCluster: the repository belongs to another cluster lineage.
-	ErrWrongCluster = errors.New("repository belongs to another cluster")
+	ErrWrongCluster = failure.New(failure.WrongCluster, "repository belongs to another cluster")
 	// ErrNotRepository: the location holds objects, but no walferry
 	// repository (another tool's archive, a data directory, a wrong prefix).
-	ErrNotRepository = errors.New("not a walferry repository")
+	ErrNotRepository = failure.New(failure.NotRepository, "not a walferry repository")
 	// ErrIncompatible: the repository was written by a newer format.
-	ErrIncompatible = errors.New("repository format is not supported by this walferry")
+	ErrIncompatible = failure.New(failure.Incompatible, "repository format is not supported by this walferry")
 )
 
 // Metadata describes a repository. It is stored uncompressed and

@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
 
@@ -35,7 +36,7 @@ type OpenOptions struct {
 }
 
 // ErrPassphrase: the repository is encrypted and the passphrase is missing or wrong.
-var ErrPassphrase = errors.New("encryption passphrase problem")
+var ErrPassphrase = failure.New(failure.Permission, "encryption passphrase problem")
 
 // Open reads the repository's metadata and prepares its codec.
 func Open(ctx context.Context, store storage.Store, o OpenOptions) (*Repo, error) {

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
 
@@ -102,6 +103,9 @@ func (e *missingRootError) Error() string {
 }
 
 func (e *missingRootError) Is(target error) bool { return target == storage.ErrNoBucket }
+
+// FailureKind classifies it as storage.ErrNoBucket is (failure.Classified).
+func (e *missingRootError) FailureKind() failure.Kind { return failure.NoBucket }
 
 // String returns the store's URL, "file:///path".
 func (c *Client) String() string { return "file://" + filepath.ToSlash(c.root) }
