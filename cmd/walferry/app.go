@@ -147,7 +147,7 @@ func commonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pg-conn", EnvVars: []string{"WALFERRY_PG_CONN"},
 			Usage: "libpq connection `STRING` (default: libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, ...)"},
 		&cli.StringFlag{Name: "compression", EnvVars: []string{"WALFERRY_COMPRESSION"},
-			Usage: "compression of new objects: none, lz4, zstd[:1-22], gzip[:1-9] (default: the repository's)"},
+			Usage: "compression of new objects: none, lz4[:1-9], zstd[:1-22], gzip[:1-9] (default: the repository's)"},
 		&cli.StringFlag{Name: "encryption-passphrase-file", EnvVars: []string{"WALFERRY_ENCRYPTION_PASSPHRASE_FILE"},
 			Usage: "`FILE` holding the repository passphrase (or set WALFERRY_ENCRYPTION_PASSPHRASE)"},
 		&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALFERRY_CONCURRENCY"},

@@ -12,11 +12,11 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
@@ -136,8 +136,11 @@ func (c *Config) Validate() error {
 			return &Error{Field: fmt.Sprintf("repo[%d]", i), Problem: err.Error(), Fix: "fix --repo / WALFERRY_REPO"}
 		}
 	}
-	if err := ValidateCompression(c.Compression); c.Compression != "" && err != nil {
-		return &Error{Field: "compression", Problem: err.Error(), Fix: "use none, lz4, zstd, zstd:1..22, gzip or gzip:1..9"}
+	if c.Compression != "" {
+		// One parser for every place a compression is named: the codec's.
+		if _, _, err := codec.ParseCompression(c.Compression); err != nil {
+			return &Error{Field: "compression", Problem: err.Error(), Fix: "use none, lz4[:1-9], zstd[:1-22] or gzip[:1-9]"}
+		}
 	}
 	switch c.LogFormat {
 	case "auto", "text", "json":
@@ -192,33 +195,6 @@ func (c *Config) Passphrase() ([]byte, error) {
 		return nil, &Error{Field: "encryption-passphrase-file", Problem: c.EncryptionPassphraseFile + " is empty", Fix: "write the passphrase into it"}
 	}
 	return p, nil
-}
-
-// ValidateCompression accepts none, lz4, zstd[:1-22] and gzip[:1-9].
-func ValidateCompression(s string) error {
-	name, level, hasLevel := strings.Cut(s, ":")
-	max := 0
-	switch name {
-	case "none", "lz4":
-		if hasLevel {
-			return fmt.Errorf("%s takes no level, got %q", name, s)
-		}
-		return nil
-	case "zstd":
-		max = 22
-	case "gzip":
-		max = 9
-	default:
-		return fmt.Errorf("unknown compression %q", s)
-	}
-	if !hasLevel {
-		return nil
-	}
-	n, err := strconv.Atoi(level)
-	if err != nil || n < 1 || n > max {
-		return fmt.Errorf("%s level must be 1..%d, got %q", name, max, level)
-	}
-	return nil
 }
 
 // ParseLogLevel maps a level name onto slog's levels.

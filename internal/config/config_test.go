@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/walferry/walferry/internal/codec"
 )
 
 func TestDefaultsValidate(t *testing.T) {
@@ -77,7 +79,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"bad repo", func(c *Config) { c.Repos = []string{"s3:/x"} }, "repo[0]"},
 		{"bad compression", func(c *Config) { c.Compression = "lz5" }, "compression"},
 		{"bad zstd level", func(c *Config) { c.Compression = "zstd:23" }, "compression"},
-		{"lz4 level", func(c *Config) { c.Compression = "lz4:1" }, "compression"},
+		{"lz4 level too high", func(c *Config) { c.Compression = "lz4:10" }, "compression"},
 		{"bad log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log-level"},
 		{"both passphrases", func(c *Config) { c.EncryptionPassphrase = "x"; c.EncryptionPassphraseFile = "/f" }, "encryption-passphrase"},
@@ -99,6 +101,20 @@ func TestValidateNamesField(t *testing.T) {
 				t.Errorf("error %q does not name field %q and a fix", err, tt.field)
 			}
 		})
+	}
+}
+
+// TestCompressionOneAnswer: the configuration accepts exactly what the
+// codec parses (it once refused lz4:9, ZSTD:3 and " gzip ", which the
+// codec takes).
+func TestCompressionOneAnswer(t *testing.T) {
+	for _, s := range []string{"lz4:9", "ZSTD:3", " gzip ", "zstd:22", "none", "lz4:10", "zstd:0", "gzip:10", "none:1", "brotli", "zstd:"} {
+		c := Defaults()
+		c.Compression = s
+		_, _, codecErr := codec.ParseCompression(s)
+		if err := c.Validate(); (err == nil) != (codecErr == nil) {
+			t.Errorf("compression %q: configuration says %v, the codec says %v", s, err, codecErr)
+		}
 	}
 }
 
