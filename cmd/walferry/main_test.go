@@ -205,8 +205,14 @@ func TestStoreFailures(t *testing.T) {
 			t.Setenv("AWS_SECRET_ACCESS_KEY", tt.key)
 			start := time.Now()
 			code, _, stderr := run(t, "repo", "info", "--repo", tt.url)
-			t.Logf("%s: exit %d after %s: %s", tt.name, code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(stderr))
+			took := time.Since(start)
+			t.Logf("%s: exit %d after %s: %s", tt.name, code, took.Round(time.Millisecond), strings.TrimSpace(stderr))
 			expectFailure(t, tt.code, stderr, code, tt.wants...)
+			// Not a speed goal: a bound on hanging, the retry policy's
+			// documented limit with room for a loaded machine.
+			if limit := time.Duration(tt.maxSeconds * float64(time.Second)); took > limit {
+				t.Errorf("%s took %s; failures must end within %s", tt.name, took.Round(time.Millisecond), limit)
+			}
 		})
 	}
 }
