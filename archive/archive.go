@@ -15,6 +15,7 @@ import (
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // Errors of the archive domain. Match with errors.Is.
@@ -46,6 +47,10 @@ type Config struct {
 	SegmentSize pg.WALSegmentSize
 	// Log receives operational messages; nil discards them.
 	Log *slog.Logger
+	// Retry bounds the retries of one upload to one repository, which the
+	// store's retry decorator cannot repeat (it is fed from a pipe); zero
+	// fields take retry.DefaultPolicy's, the configuration's default.
+	Retry retry.Policy
 }
 
 func (c Config) logger() *slog.Logger {

@@ -9,7 +9,6 @@ import (
 	"io"
 	iofs "io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,6 +21,7 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // PushOptions tune a Pusher.
@@ -64,7 +64,6 @@ type Pusher struct {
 	stateDir   string
 	background bool
 	repoIDs    []string // sorted names of cfg.Repos, recorded with each record
-	retry      pushRetry
 	// encodeSlots keeps look-ahead from compressing more segments at
 	// once than there are cores (see repo.EncodeSlots); uploads still
 	// overlap.
@@ -94,34 +93,6 @@ type pushJob struct {
 	err   error
 }
 
-// pushRetry bounds the retries of one upload to one repository. The store's
-// retry decorator cannot repeat an upload fed from a pipe, so Push does.
-type pushRetry struct {
-	attempts int
-	initial  time.Duration
-	max      time.Duration
-	elapsed  time.Duration
-}
-
-var defaultPushRetry = pushRetry{attempts: 5, initial: 200 * time.Millisecond, max: 5 * time.Second, elapsed: time.Minute}
-
-// wait returns the jittered pause after failure n (1-based) of a series
-// that has run for elapsed, or false to give up.
-func (r pushRetry) wait(n int, elapsed time.Duration) (time.Duration, bool) {
-	if n >= r.attempts {
-		return 0, false
-	}
-	d := r.initial
-	for i := 1; i < n && d < r.max; i++ {
-		d *= 2
-	}
-	d = min(d, r.max)
-	d = d/2 + rand.N(d/2+1)
-	if elapsed+d > r.elapsed {
-		return 0, false
-	}
-	return d, true
-}
 
 // NewPusher returns a Pusher for cfg's repositories.
 func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
@@ -156,7 +127,6 @@ func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 		stateDir:    stateDir,
 		background:  o.Background,
 		repoIDs:     ids,
-		retry:       defaultPushRetry,
 		encodeSlots: repo.NewEncodeSlots(runtime.GOMAXPROCS(0)),
 		inflight:    make(map[string]*pushJob),
 		cancels:     make(map[*pushJob]context.CancelFunc),
@@ -514,27 +484,17 @@ func (p *Pusher) pushTo(ctx context.Context, r *repo.Repo, key, abs, name string
 }
 
 func (p *Pusher) putRetrying(ctx context.Context, r *repo.Repo, key, abs, name string, st fileStamp, local *localSum) (string, bool, error) {
-	start := time.Now()
-	for attempt := 1; ; attempt++ {
-		sum, existed, err := p.putOnce(ctx, r, key, abs, name, st, local)
-		if err == nil || !storage.IsRetryable(err) || ctx.Err() != nil {
-			return sum, existed, err
-		}
-		d, ok := p.retry.wait(attempt, time.Since(start))
-		if !ok {
-			return "", false, fmt.Errorf("giving up after %d attempts in %v: %w",
-				attempt, time.Since(start).Round(time.Millisecond), err)
-		}
-		p.log.LogAttrs(ctx, slog.LevelDebug, "push failed; retrying", slog.String("segment", name),
-			slog.String("repo", r.String()), slog.Int("attempt", attempt), slog.Duration("backoff", d), slog.Any("err", err))
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", false, fmt.Errorf("%w while waiting to retry (last error: %v)", context.Cause(ctx), err)
-		case <-t.C:
-		}
+	var sum string
+	var existed bool
+	err := retry.Do(ctx, p.cfg.Retry, "push "+name+" to "+r.String(), p.log.With("segment", name, "repo", r.String()), func(int) error {
+		var err error
+		sum, existed, err = p.putOnce(ctx, r, key, abs, name, st, local)
+		return err
+	})
+	if err != nil {
+		return "", false, err
 	}
+	return sum, existed, nil
 }
 
 // putOnce makes one attempt: a conditional create, and when the key is

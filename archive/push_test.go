@@ -22,6 +22,7 @@ import (
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // Helpers of this file are prefixed with push so they cannot collide with
@@ -81,11 +82,13 @@ func pushConfig(t testing.TB, segBytes int64, log *slog.Logger, repos ...*repo.R
 
 func newTestPusher(t testing.TB, cfg Config, o PushOptions) *Pusher {
 	t.Helper()
+	if cfg.Retry == (retry.Policy{}) {
+		cfg.Retry = retry.Policy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxElapsed: 5 * time.Second}
+	}
 	p, err := NewPusher(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.retry = pushRetry{attempts: 3, initial: time.Millisecond, max: 5 * time.Millisecond, elapsed: 5 * time.Second}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

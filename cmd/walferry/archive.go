@@ -470,6 +470,6 @@ func (s *settings) openArchive(ctx context.Context, cl repo.Cluster) (archive.Co
 		}
 		repos = append(repos, r)
 	}
-	return archive.Config{Repos: repos, Cluster: cl, SegmentSize: size, Log: s.log.With("component", "archive")},
+	return archive.Config{Repos: repos, Cluster: cl, SegmentSize: size, Log: s.log.With("component", "archive"), Retry: s.store.Retry},
 		closeStores, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // Config is everything a walferry command may need. Commands read only the
@@ -106,8 +107,8 @@ func Defaults() Config {
 		Storage: Storage{
 			Concurrency:     8,
 			PartSize:        8 << 20,
-			RetryAttempts:   4,
-			RetryMaxElapsed: 20 * time.Second,
+			RetryAttempts:   retry.DefaultPolicy().MaxAttempts,
+			RetryMaxElapsed: retry.DefaultPolicy().MaxElapsed,
 		},
 		Archive: Archive{PushAhead: AutoAhead, Prefetch: AutoAhead},
 	}

@@ -47,8 +47,15 @@ type Client struct {
 	container *container.Client
 	// getRetry replaces the client's retry options for downloads: no
 	// per-try timeout, which in the SDK would also cut the body stream of a
-	// large object; stalls are caught by stallReader instead.
+	// large object (stalls are caught by stallReader instead), and one
+	// try, like wholeRetry.
 	getRetry policy.RetryOptions
+	// wholeRetry is one try, for the operations the store's retry
+	// decorator repeats as a whole (Get, Stat, List, Delete): retried here
+	// as well, every attempt of the decorator would be several. The SDK
+	// keeps its own retries for what only it can repeat: the blocks of an
+	// upload streamed from a pipe.
+	wholeRetry policy.RetryOptions
 }
 
 var (
@@ -89,7 +96,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		MaxRetryDelay: 8 * time.Second,
 		ShouldRetry:   shouldRetry,
 	}
-	getRetry := retry
+	wholeRetry := retry
+	wholeRetry.MaxRetries = -1
+	getRetry := wholeRetry
 	getRetry.TryTimeout = 0
 
 	opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{
@@ -126,7 +135,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("azure: %w", err)
 		}
 	}
-	return &Client{cfg: r, transport: tr, container: cc, getRetry: getRetry}, nil
+	return &Client{cfg: r, transport: tr, container: cc, getRetry: getRetry, wholeRetry: wholeRetry}, nil
 }
 
 // String returns azure://container/prefix, with ?account= when the account
@@ -325,7 +334,7 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 	if err := checkKey("stat", key); err != nil {
 		return storage.ObjectInfo{}, err
 	}
-	p, err := c.container.NewBlobClient(c.blobName(key)).GetProperties(ctx, nil)
+	p, err := c.container.NewBlobClient(c.blobName(key)).GetProperties(policy.WithRetryOptions(ctx, c.wholeRetry), nil)
 	if err != nil {
 		return storage.ObjectInfo{}, c.mapErr(ctx, "stat", key, err)
 	}
@@ -352,7 +361,7 @@ func (c *Client) List(ctx context.Context, prefix string, fn func(storage.Object
 	}
 	pager := c.container.NewListBlobsFlatPager(opts)
 	for pager.More() {
-		page, err := pager.NextPage(ctx)
+		page, err := pager.NextPage(policy.WithRetryOptions(ctx, c.wholeRetry))
 		if err != nil {
 			return c.mapErr(ctx, "list", prefix, err)
 		}
@@ -401,7 +410,7 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	if err := checkKey("delete", key); err != nil {
 		return err
 	}
-	_, err := c.container.NewBlobClient(c.blobName(key)).Delete(ctx, &blob.DeleteOptions{
+	_, err := c.container.NewBlobClient(c.blobName(key)).Delete(policy.WithRetryOptions(ctx, c.wholeRetry), &blob.DeleteOptions{
 		DeleteSnapshots: ptr(blob.DeleteSnapshotsOptionTypeInclude),
 	})
 	if err == nil || bloberror.HasCode(err, bloberror.BlobNotFound) {

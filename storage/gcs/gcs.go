@@ -30,7 +30,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,6 +43,7 @@ import (
 	"golang.org/x/oauth2/google"
 
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -52,8 +52,11 @@ const (
 	// size go in one request, larger ones as a resumable upload in chunks of
 	// this size. 16 MiB holds a default-sized WAL segment in one request.
 	DefaultChunkSize = 16 << 20
-	// DefaultMaxAttempts bounds the attempts at one idempotent call.
-	DefaultMaxAttempts = 3
+	// DefaultMaxAttempts bounds the attempts at one idempotent call: one,
+	// since the store's retry decorator repeats those calls whole under
+	// walferry's one retry policy (retried here too, each of its attempts
+	// would be several).
+	DefaultMaxAttempts = 1
 	// DefaultDialTimeout bounds establishing one TCP connection.
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultChunkRetryDeadline bounds the resending of one upload chunk.
@@ -428,7 +431,7 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, pa
 		if err == nil || attempt >= c.maxAttempts || !shouldRetry(ctx, err) {
 			return resp, err
 		}
-		if err := sleep(ctx, backoff(attempt)); err != nil {
+		if err := sleep(ctx, callRetry.Backoff(attempt)); err != nil {
 			return nil, err
 		}
 	}
@@ -447,11 +450,9 @@ func (c *Client) getJSON(ctx context.Context, u string, v any) error {
 	return nil
 }
 
-// backoff is the wait before attempt+1: 100 ms doubling up to 2 s, jittered.
-func backoff(attempt int) time.Duration {
-	d := min(100*time.Millisecond<<(attempt-1), 2*time.Second)
-	return d/2 + rand.N(d/2+1)
-}
+// callRetry spaces the attempts of one call when MaxAttempts allows more
+// than one: 100 ms doubling up to 2 s, jittered.
+var callRetry = retry.Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
 
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)

@@ -237,7 +237,7 @@ func (c *Client) sendChunk(ctx context.Context, session string, data []byte, sta
 		if !shouldRetry(ctx, err) || time.Now().After(deadline) {
 			return err
 		}
-		if err := sleep(ctx, backoff(attempt)); err != nil {
+		if err := sleep(ctx, callRetry.Backoff(attempt)); err != nil {
 			return err
 		}
 		// Ask how far the upload got before resending.

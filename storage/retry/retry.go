@@ -17,13 +17,18 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
 
-// Policy bounds the retries of one operation.
+// Policy bounds the retries of one operation. It is walferry's one retry
+// policy: the store decorator, archive-push's upload of a segment (which
+// the decorator cannot repeat: it is fed from a pipe), the WAL receiver
+// and the agent's start-up all retry with a Policy, through Do.
 type Policy struct {
-	// MaxAttempts is the number of attempts, the first included. For a
-	// resumable read it bounds the consecutive failures without progress.
+	// MaxAttempts is the number of attempts, the first included; negative
+	// means no limit (a long-running receiver waiting out an outage). For
+	// a resumable read it bounds the consecutive failures without progress.
 	MaxAttempts int
 	// InitialBackoff is the wait before the second attempt; each further
 	// wait doubles, up to MaxBackoff. Each wait is jittered to between half
@@ -35,21 +40,23 @@ type Policy struct {
 	MaxElapsed time.Duration
 }
 
-// DefaultPolicy suits object stores reached over a network: up to 8
-// attempts, waits from 250 ms doubling up to 15 s, for at most 2 minutes.
+// DefaultPolicy is the configuration's default (storage.retry_attempts,
+// storage.retry_max_elapsed): up to 4 attempts, waits from 250 ms doubling
+// up to 5 s, for at most 20 seconds; an operation on an unreachable store
+// fails within about 20 s plus its own timeouts.
 func DefaultPolicy() Policy {
 	return Policy{
-		MaxAttempts:    8,
+		MaxAttempts:    4,
 		InitialBackoff: 250 * time.Millisecond,
-		MaxBackoff:     15 * time.Second,
-		MaxElapsed:     2 * time.Minute,
+		MaxBackoff:     5 * time.Second,
+		MaxElapsed:     20 * time.Second,
 	}
 }
 
 // withDefaults fills zero fields from DefaultPolicy.
 func (p Policy) withDefaults() Policy {
 	d := DefaultPolicy()
-	if p.MaxAttempts <= 0 {
+	if p.MaxAttempts == 0 {
 		p.MaxAttempts = d.MaxAttempts
 	}
 	if p.InitialBackoff <= 0 {
@@ -67,8 +74,9 @@ func (p Policy) withDefaults() Policy {
 	return p
 }
 
-// backoff returns the jittered wait after failure n (1-based).
-func (p Policy) backoff(n int) time.Duration {
+// Backoff returns the jittered wait after failure n (1-based).
+func (p Policy) Backoff(n int) time.Duration {
+	p = p.withDefaults()
 	d := p.InitialBackoff
 	for i := 1; i < n && d < p.MaxBackoff; i++ {
 		d *= 2
@@ -76,6 +84,62 @@ func (p Policy) backoff(n int) time.Duration {
 	d = min(d, p.MaxBackoff)
 	half := d / 2
 	return half + rand.N(d-half+1)
+}
+
+// Retryable reports whether an error is worth another attempt: a transient
+// failure (internal/failure's one classification), while ctx is live.
+func Retryable(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && failure.Retryable(err)
+}
+
+// Do runs f (attempt counts from 1) until it succeeds, fails with an error
+// that is not Retryable, ctx ends, or p gives up; what names the operation
+// in errors; each retry logs one Info line on log (nil: none), which the
+// caller gives the attributes naming the operation.
+// The error it gives up with wraps f's last error.
+func Do(ctx context.Context, p Policy, what string, log *slog.Logger, f func(attempt int) error) error {
+	p = p.withDefaults()
+	start := time.Now()
+	for n := 1; ; n++ {
+		err := f(n)
+		if !Retryable(ctx, err) {
+			return err
+		}
+		if err := p.pause(ctx, what, log, n, start, err); err != nil {
+			return err
+		}
+	}
+}
+
+// pause follows retryable failure n (1-based) of a series begun at start:
+// it waits the backoff and returns nil, or returns the error to give up
+// with. p has its defaults.
+func (p Policy) pause(ctx context.Context, what string, log *slog.Logger, n int, start time.Time, err error) error {
+	if p.MaxAttempts > 0 && n >= p.MaxAttempts {
+		if n == 1 {
+			return err
+		}
+		return fmt.Errorf("retry: %s: giving up after %d attempts: %w", what, n, err)
+	}
+	d := p.Backoff(n)
+	if elapsed := time.Since(start); p.MaxElapsed > 0 && elapsed+d > p.MaxElapsed {
+		return fmt.Errorf("retry: %s: giving up after %d attempts in %v: %w", what, n, elapsed.Round(time.Millisecond), err)
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
+		return fmt.Errorf("retry: %s: giving up after %d attempts: the deadline comes before the next one: %w", what, n, err)
+	}
+	if log != nil {
+		log.LogAttrs(ctx, slog.LevelInfo, "operation failed; retrying",
+			slog.Int("attempt", n), slog.Duration("backoff", d), slog.Any("err", err))
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("retry: %s: %w while waiting to retry (last error: %v)", what, context.Cause(ctx), err)
+	case <-t.C:
+		return nil
+	}
 }
 
 // New wraps st with p (zero fields take DefaultPolicy's values), logging
@@ -149,47 +213,9 @@ func (c conditionalCopier) Copy(ctx context.Context, srcKey, dstKey string) erro
 func (s *store) String() string { return s.inner.String() }
 func (s *store) Close() error   { return s.inner.Close() }
 
-// do runs f until it succeeds, fails permanently or the policy gives up.
+// do runs f under the store's policy (Do), naming the store and key.
 func (s *store) do(ctx context.Context, op, key string, f func(attempt int) error) error {
-	start := time.Now()
-	for n := 1; ; n++ {
-		err := f(n)
-		if err == nil || !storage.IsRetryable(err) {
-			return err
-		}
-		if err := s.pause(ctx, op, key, n, start, err); err != nil {
-			return err
-		}
-	}
-}
-
-// pause follows failure n (1-based) of a series begun at start: it waits
-// the backoff and returns nil, or returns the error to give up with.
-func (s *store) pause(ctx context.Context, op, key string, n int, start time.Time, err error) error {
-	if n >= s.p.MaxAttempts {
-		if n == 1 {
-			return err
-		}
-		return fmt.Errorf("retry: %s %s: giving up after %d attempts: %w", op, key, n, err)
-	}
-	d := s.p.backoff(n)
-	if elapsed := time.Since(start); s.p.MaxElapsed > 0 && elapsed+d > s.p.MaxElapsed {
-		return fmt.Errorf("retry: %s %s: giving up after %d attempts in %v: %w", op, key, n, elapsed.Round(time.Millisecond), err)
-	}
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d {
-		return fmt.Errorf("retry: %s %s: giving up after %d attempts: the deadline comes before the next one: %w", op, key, n, err)
-	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "storage operation failed; retrying",
-		slog.String("op", op), slog.String("key", key), slog.String("store", s.inner.String()),
-		slog.Int("attempt", n), slog.Duration("backoff", d), slog.Any("err", err))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return fmt.Errorf("retry: %s %s: %w while waiting to retry (last error: %v)", op, key, ctx.Err(), err)
-	case <-t.C:
-		return nil
-	}
+	return Do(ctx, s.p, op+" "+key, s.log.With("op", op, "key", key, "store", s.inner.String()), f)
 }
 
 func (s *store) Put(ctx context.Context, key string, r io.Reader) error {
@@ -328,7 +354,7 @@ func (r *resumableReader) Read(p []byte) (int, error) {
 		if r.rc == nil {
 			rc, err := r.s.inner.GetRange(r.ctx, r.key, r.pos, r.remaining)
 			if err != nil {
-				if !storage.IsRetryable(err) {
+				if !Retryable(r.ctx, err) {
 					r.err = fmt.Errorf("retry: get %s: resuming at offset %d: %w", r.key, r.pos, err)
 					return 0, r.err
 				}
@@ -347,7 +373,7 @@ func (r *resumableReader) Read(p []byte) (int, error) {
 		if n > 0 {
 			r.failures = 0
 		}
-		if err == nil || err == io.EOF || !storage.IsRetryable(err) {
+		if err == nil || err == io.EOF || !Retryable(r.ctx, err) {
 			return n, err
 		}
 		r.rc.Close()
@@ -367,7 +393,7 @@ func (r *resumableReader) fail(err error) error {
 		r.since = time.Now()
 	}
 	r.failures++
-	if perr := r.s.pause(r.ctx, "get", r.key, r.failures, r.since, fmt.Errorf("at offset %d: %w", r.pos, err)); perr != nil {
+	if perr := r.s.p.pause(r.ctx, "get "+r.key, r.s.log.With("op", "get", "key", r.key, "store", r.s.inner.String()), r.failures, r.since, fmt.Errorf("at offset %d: %w", r.pos, err)); perr != nil {
 		r.err = perr
 		return perr
 	}

@@ -374,7 +374,7 @@ func TestPolicyDefaultsAndBackoff(t *testing.T) {
 	}
 	for _, tc := range tests {
 		for range 50 {
-			if got := p.backoff(tc.n); got < tc.min || got > tc.max {
+			if got := p.Backoff(tc.n); got < tc.min || got > tc.max {
 				t.Errorf("backoff(%d) = %v, want within [%v, %v]", tc.n, got, tc.min, tc.max)
 			}
 		}

@@ -103,9 +103,10 @@ type Config struct {
 	// number of parts uploaded in parallel; default DefaultConcurrency. The
 	// Client buffers at most Concurrency x PartSize bytes in total.
 	Concurrency int
-	// MaxAttempts bounds the SDK's own attempts per request (with a short
-	// backoff); default DefaultMaxAttempts. Longer retry policies belong to
-	// the storage retry decorator, which sees storage.IsRetryable errors.
+	// MaxAttempts bounds the SDK's own attempts per upload request (a part,
+	// a small put, with a short backoff); default DefaultMaxAttempts. Get,
+	// Stat, List and Delete make one attempt: the storage retry decorator
+	// repeats those whole, under walferry's one retry policy.
 	MaxAttempts int
 }
 
@@ -348,6 +349,14 @@ func (c *Client) objectKey(key string) (string, error) {
 	return c.prefix + key, nil
 }
 
+// decoratorRetries makes one request of an operation the store's retry
+// decorator repeats as a whole (Get, Stat, List, Delete): retried in the
+// SDK as well, each of the decorator's attempts would be several, and an
+// unreachable endpoint would take attempts x attempts to report. The SDK
+// keeps its own attempts for what only it can repeat: the parts of an
+// upload streamed from a pipe.
+func decoratorRetries(o *s3.Options) { o.RetryMaxAttempts = 1 }
+
 // Get opens the object for streaming. A missing key matches
 // storage.ErrNotExist. Errors while reading the body are classified like
 // request errors (a connection reset is storage.IsRetryable). The caller
@@ -381,7 +390,7 @@ func (c *Client) GetRange(ctx context.Context, key string, offset, length int64)
 	case offset > 0:
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-", offset))
 	}
-	out, err := c.api.GetObject(ctx, in)
+	out, err := c.api.GetObject(ctx, in, decoratorRetries)
 	if err != nil {
 		if in.Range != nil && isInvalidRange(err) {
 			// The offset is at or past the end (or the object is empty).
@@ -419,7 +428,7 @@ func (c *Client) Stat(ctx context.Context, key string) (storage.ObjectInfo, erro
 	if err != nil {
 		return storage.ObjectInfo{}, fmt.Errorf("s3: stat %s: %w", key, err)
 	}
-	out, err := c.api.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &c.bucket, Key: &full})
+	out, err := c.api.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &c.bucket, Key: &full}, decoratorRetries)
 	if err != nil {
 		if isNotFound(err) && !c.bucketSeen.Load() {
 			// HEAD answers 404 without a code for a missing key and a
@@ -462,7 +471,7 @@ func (c *Client) List(ctx context.Context, prefix string, fn func(storage.Object
 	full := c.prefix + prefix
 	p := s3.NewListObjectsV2Paginator(c.api, &s3.ListObjectsV2Input{Bucket: &c.bucket, Prefix: &full})
 	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
+		page, err := p.NextPage(ctx, decoratorRetries)
 		if err != nil {
 			return c.wrap(ctx, "list", prefix, err)
 		}
@@ -490,7 +499,7 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("s3: delete %s: %w", key, err)
 	}
-	_, err = c.api.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &c.bucket, Key: &full})
+	_, err = c.api.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &c.bucket, Key: &full}, decoratorRetries)
 	if err != nil {
 		if isNotFound(err) && errors.Is(c.classify(err), storage.ErrNotExist) {
 			return nil // some S3-compatible stores answer 404
