@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/pg"
 )
 
@@ -36,7 +38,7 @@ const (
 	// archive_command.
 	readySuffix = ".ready"
 	// pushTmpPrefix starts the name of a record being written.
-	pushTmpPrefix = ".tmp-"
+	pushTmpPrefix = atomicfile.TempPrefix
 	// staleTempAge is how old a leftover temporary record must be before a
 	// Push deletes it (a younger one may still be being written).
 	staleTempAge = 10 * time.Minute
@@ -99,19 +101,9 @@ func writeRecord(stateDir string, rec pushRecord) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(stateDir, pushTmpPrefix+rec.Name+"-*")
-	if err != nil {
-		return fmt.Errorf("record %s: %w", rec.Name, err)
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(stateDir, rec.Name))
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	// Volatile: a record lost in a crash costs one comparison with the
+	// archived copy, never a wrong answer.
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, rec.Name), bytes.NewReader(data), 0o600, atomicfile.Volatile); err != nil {
 		return fmt.Errorf("record %s: %w", rec.Name, err)
 	}
 	return nil

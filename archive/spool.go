@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/pg"
 )
 
@@ -186,17 +187,10 @@ func createTemp(dir, prefix string) (*tempFile, error) {
 	return nil, fmt.Errorf("create temporary file in %s: no free name", dir)
 }
 
-// commit closes the file and renames it to final.
+// commit closes the file and renames it to final. Volatile: a spooled
+// segment lost in a crash is fetched again.
 func (t *tempFile) commit(final string) error {
-	if err := t.File.Close(); err != nil {
-		os.Remove(t.path)
-		return fmt.Errorf("close %s: %w", t.path, err)
-	}
-	if err := os.Rename(t.path, final); err != nil {
-		os.Remove(t.path)
-		return err
-	}
-	return nil
+	return atomicfile.Commit(t.File, t.path, final, atomicfile.Volatile)
 }
 
 // discard closes and removes the file.

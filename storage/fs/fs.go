@@ -27,6 +27,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/storage"
 )
@@ -34,7 +35,7 @@ import (
 const (
 	// tmpPrefix starts the name of every temporary file. List skips such
 	// names and keys may not use them.
-	tmpPrefix = ".tmp-"
+	tmpPrefix = atomicfile.TempPrefix
 	dirMode   = 0o750
 	fileMode  = 0o640
 	copyBuf   = 256 << 10
@@ -181,33 +182,22 @@ func (c *Client) write(ctx context.Context, op, key string, r io.Reader, exclusi
 	if err := copyCtx(ctx, tmp, r); err != nil {
 		return c.fail(op, key, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return c.fail(op, key, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return c.fail(op, key, err)
-	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("fs: %s %s: %w", op, key, err)
 	}
+	// From here atomicfile owns the temporary file, removing it on failure.
+	committed = true
+	place := atomicfile.Rename
 	if exclusive {
-		if err := c.linkNoReplace(tmpName, dst); err != nil {
-			if errors.Is(err, iofs.ErrExist) {
-				return fmt.Errorf("fs: %s %s: %w", op, key, storage.ErrExist)
-			}
-			return c.fail(op, key, err)
-		}
-		// The object is in place; a temporary name left by a failed
-		// removal is skipped by List and harmless.
-		os.Remove(tmpName)
-	} else if err := os.Rename(tmpName, dst); err != nil {
-		if fi, serr := os.Lstat(dst); serr == nil && fi.IsDir() {
+		place = c.linkNoReplace
+	}
+	if err := atomicfile.CommitWith(tmp, tmpName, dst, atomicfile.Durable, place); err != nil {
+		switch fi, serr := os.Lstat(dst); {
+		case exclusive && errors.Is(err, iofs.ErrExist):
+			return fmt.Errorf("fs: %s %s: %w", op, key, storage.ErrExist)
+		case !exclusive && serr == nil && fi.IsDir():
 			return fmt.Errorf("fs: %s %s: the key is a directory holding other keys: %w", op, key, err)
 		}
-		return c.fail(op, key, err)
-	}
-	committed = true
-	if err := syncDir(dir); err != nil {
 		return c.fail(op, key, err)
 	}
 	return nil
@@ -279,7 +269,7 @@ func (c *Client) mkdirAll(dir string) error {
 		err := os.Mkdir(cur, dirMode)
 		switch {
 		case err == nil:
-			if err := syncDir(parent); err != nil {
+			if err := atomicfile.SyncDir(parent); err != nil {
 				return err
 			}
 		case errors.Is(err, iofs.ErrExist):
@@ -408,7 +398,7 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 		return c.fail("delete", key, err)
 	}
 	dir := filepath.Dir(p)
-	if err := syncDir(dir); err != nil && !isNotExist(err) {
+	if err := atomicfile.SyncDir(dir); err != nil && !isNotExist(err) {
 		return c.fail("delete", key, err)
 	}
 	c.prune(dir)
@@ -567,21 +557,6 @@ func isNotExist(err error) bool {
 	return errors.Is(err, iofs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
-// syncDir makes a directory's entries durable. Filesystems that cannot fsync
-// a directory (some CIFS mounts) answer EINVAL or ENOTSUP, which is ignored,
-// as PostgreSQL does.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	cerr := d.Close()
-	if err != nil && !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return cerr
-}
 
 // checkKey rejects keys that are not clean relative slash-separated paths,
 // or that use the temporary-file prefix.

@@ -1,0 +1,77 @@
+package atomicfile
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	for _, d := range []Durability{Durable, Volatile} {
+		if err := WriteFile(p, strings.NewReader("one"), 0o640, d); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFile(p, strings.NewReader("two"), 0o640, d); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != "two" {
+			t.Errorf("%v: content %q, want the second write", d, b)
+		}
+		if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o640 {
+			t.Errorf("%v: mode %v, want 0640", d, fi.Mode().Perm())
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
+
+// A failed write leaves the old file and no temporary file.
+func TestWriteFileFailure(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if err := WriteFile(p, iotestErrReader{boom}, 0o600, Durable); !errors.Is(err, boom) {
+		t.Fatalf("WriteFile with a failing reader: %v", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Errorf("the old file became %q", b)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
+
+// CommitWith's place may refuse (a name already taken): the temporary file
+// goes, the existing file stays.
+func TestCommitWithRefused(t *testing.T) {
+	dir := t.TempDir()
+	final := filepath.Join(dir, "f")
+	os.WriteFile(final, []byte("first"), 0o600)
+	f, tmp, err := CreateTemp(dir, "f-", 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("second")
+	noReplace := func(tmp, final string) error { return os.Link(tmp, final) }
+	if err := CommitWith(f, tmp, final, Durable, noReplace); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("CommitWith over an existing name: %v, want ErrExist", err)
+	}
+	if b, _ := os.ReadFile(final); string(b) != "first" {
+		t.Errorf("the existing file became %q", b)
+	}
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the temporary file is left: %v", err)
+	}
+}
+
+type iotestErrReader struct{ err error }
+
+func (r iotestErrReader) Read([]byte) (int, error) { return 0, r.err }
