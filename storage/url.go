@@ -6,6 +6,8 @@ import (
 	"path"
 	"sort"
 	"strings"
+
+	"github.com/walferry/walferry/internal/failure"
 )
 
 // Location is a parsed repository URL: file:///path, s3://bucket/prefix,
@@ -27,10 +29,10 @@ var allowedParams = map[string][]string{
 }
 
 // ParseURL parses and validates a repository URL. Errors name the URL and
-// give a correct example.
+// give a correct example, and are usage mistakes (failure.Usage).
 func ParseURL(raw string) (Location, error) {
 	bad := func(why string) (Location, error) {
-		return Location{}, fmt.Errorf("invalid repository URL %q: %s (examples: file:///var/lib/walferry, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix)", raw, why)
+		return Location{}, failure.Wrap(failure.Usage, fmt.Errorf("invalid repository URL %q: %s (examples: file:///var/lib/walferry, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix)", raw, why))
 	}
 	if strings.TrimSpace(raw) == "" {
 		return bad("empty")

@@ -3,16 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/config"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/repos"
 	"github.com/walferry/walferry/storage/open"
 	"github.com/walferry/walferry/storage/retry"
 )
@@ -256,9 +258,43 @@ func (a *app) loadWith(c *cli.Context, defaults func(*config.Config)) (*settings
 // requireRepos fails with a usage error when no repository is configured.
 func (s *settings) requireRepos() error {
 	if len(s.cfg.Repos) == 0 {
-		return usage(errors.New("no repository configured: pass --repo URL or set WALFERRY_REPO (e.g. file:///var/lib/walferry or s3://bucket/prefix)"))
+		return repos.ErrNoRepository
 	}
 	return nil
+}
+
+// reposOptions is how the configured repositories are opened; cl, when
+// set, is the local cluster they must belong to.
+func (s *settings) reposOptions(cl *repo.Cluster) (repos.Options, error) {
+	pass, err := s.cfg.Passphrase()
+	if err != nil {
+		return repos.Options{}, err
+	}
+	return repos.Options{URLs: s.cfg.Repos, Store: s.store, Passphrase: pass, Compression: s.cfg.Compression, Cluster: cl}, nil
+}
+
+// openRepos opens every configured repository (see repos.Open).
+func (s *settings) openRepos(ctx context.Context, cl *repo.Cluster) (*repos.Set, error) {
+	o, err := s.reposOptions(cl)
+	if err != nil {
+		return nil, err
+	}
+	return repos.Open(ctx, o)
+}
+
+// openReposPatiently is openRepos for a long-running receiver: a store
+// that cannot be reached at start is retried with backoff (1 s to 1 min)
+// forever, or maxAttempts times (repos.OpenPatiently).
+func (s *settings) openReposPatiently(ctx context.Context, maxAttempts int) (*repos.Set, error) {
+	o, err := s.reposOptions(nil)
+	if err != nil {
+		return nil, err
+	}
+	p := retry.Policy{MaxAttempts: -1, InitialBackoff: time.Second, MaxBackoff: time.Minute, MaxElapsed: -1}
+	if maxAttempts > 0 {
+		p.MaxAttempts = maxAttempts
+	}
+	return repos.OpenPatiently(ctx, o, p, s.log.With("component", "repos"))
 }
 
 // resolveLogFormat picks JSON inside Kubernetes pods and text elsewhere.

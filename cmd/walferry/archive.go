@@ -10,12 +10,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/archive"
-	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/config"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
+	"github.com/walferry/walferry/internal/repos"
 )
 
 // The flags of the hooks and the daemon. Their values land in
@@ -342,15 +340,15 @@ func (a *app) archiveGet(c *cli.Context) error {
 // manualGet fetches one file for a user outside a data directory, checked
 // against the first repository's own identity.
 func (s *settings) manualGet(ctx context.Context, name, dest string, partial bool) error {
-	cl, err := s.repositoryCluster(ctx)
+	set, err := s.openRepos(ctx, nil)
 	if err != nil {
 		return err
 	}
-	cfg, closeStores, err := s.openArchive(ctx, cl)
+	defer set.Close()
+	cfg, err := s.archiveConfig(set, repos.ClusterOf(set.Repos[0]))
 	if err != nil {
 		return err
 	}
-	defer closeStores()
 	o := s.getOptions()
 	o.Prefetch = 0
 	g, err := archive.NewGetter(cfg, o)
@@ -362,31 +360,6 @@ func (s *settings) manualGet(ctx context.Context, name, dest string, partial boo
 		return g.GetPartial(ctx, name, dest)
 	}
 	return g.Get(ctx, name, dest)
-}
-
-// repositoryCluster reads the cluster identity the first repository
-// records, for commands that may run away from the database.
-func (s *settings) repositoryCluster(ctx context.Context) (repo.Cluster, error) {
-	if err := s.requireRepos(); err != nil {
-		return repo.Cluster{}, err
-	}
-	url := s.cfg.Repos[0]
-	st, err := open.Store(ctx, url, s.store)
-	if err != nil {
-		return repo.Cluster{}, classifyOpenError(err)
-	}
-	defer st.Close()
-	pass, err := s.cfg.Passphrase()
-	if err != nil {
-		return repo.Cluster{}, err
-	}
-	r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass})
-	if err != nil {
-		return repo.Cluster{}, err
-	}
-	m := r.Metadata()
-	return repo.Cluster{SystemID: m.SystemID, PGMajor: m.PGMajor, WALSegmentSize: m.WALSegmentSize,
-		Source: "repository " + st.String()}, nil
 }
 
 func (a *app) daemon(c *cli.Context) error {
@@ -432,44 +405,24 @@ func (a *app) daemon(c *cli.Context) error {
 
 // openArchive opens every repository, checks that each belongs to cl, and
 // returns the engines' configuration and a function closing the stores.
-// The repositories share one codec (its encoder pools).
 func (s *settings) openArchive(ctx context.Context, cl repo.Cluster) (archive.Config, func(), error) {
-	if err := s.requireRepos(); err != nil {
+	set, err := s.openRepos(ctx, &cl)
+	if err != nil {
 		return archive.Config{}, nil, err
 	}
+	cfg, err := s.archiveConfig(set, cl)
+	if err != nil {
+		set.Close()
+		return archive.Config{}, nil, err
+	}
+	return cfg, func() { set.Close() }, nil
+}
+
+// archiveConfig is the engines' configuration for repositories of cl.
+func (s *settings) archiveConfig(set *repos.Set, cl repo.Cluster) (archive.Config, error) {
 	size, err := pg.NewWALSegmentSize(cl.WALSegmentSize)
 	if err != nil {
-		return archive.Config{}, nil, &postgresError{fmt.Errorf("%s: %w", cl.Source, err)}
+		return archive.Config{}, &postgresError{fmt.Errorf("%s: %w", cl.Source, err)}
 	}
-	pass, err := s.cfg.Passphrase()
-	if err != nil {
-		return archive.Config{}, nil, err
-	}
-	var stores []storage.Store
-	closeStores := func() {
-		for _, st := range stores {
-			st.Close()
-		}
-	}
-	shared := codec.New()
-	repos := make([]*repo.Repo, 0, len(s.cfg.Repos))
-	for _, url := range s.cfg.Repos {
-		st, err := open.Store(ctx, url, s.store)
-		if err != nil {
-			closeStores()
-			return archive.Config{}, nil, classifyOpenError(err)
-		}
-		stores = append(stores, st)
-		r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression, Codec: shared})
-		if err == nil {
-			err = r.Metadata().Matches(cl, st.String())
-		}
-		if err != nil {
-			closeStores()
-			return archive.Config{}, nil, err
-		}
-		repos = append(repos, r)
-	}
-	return archive.Config{Repos: repos, Cluster: cl, SegmentSize: size, Log: s.log.With("component", "archive"), Retry: s.store.Retry},
-		closeStores, nil
+	return archive.Config{Repos: set.Repos, Cluster: cl, SegmentSize: size, Log: s.log.With("component", "archive"), Retry: s.store.Retry}, nil
 }

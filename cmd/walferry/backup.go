@@ -115,13 +115,13 @@ func (a *app) backupPush(c *cli.Context) error {
 	if err := s.requireRepos(); err != nil {
 		return err
 	}
-	repos, closeRepos, err := s.openRepos(c.Context)
+	set, err := s.openRepos(c.Context, nil)
 	if err != nil {
 		return err
 	}
-	defer closeRepos()
+	defer set.Close()
 	jsonOut := c.Bool("json") || a.logFormat == "json"
-	for i, r := range repos {
+	for i, r := range set.Repos {
 		opts := backup.Options{
 			Conn:              s.cfg.PGConn.Reveal(),
 			PGData:            s.cfg.PGData,

@@ -142,11 +142,11 @@ func (a *app) openAdmin(c *cli.Context) (*settings, []*repo.Repo, func(), error)
 	if err := s.requireRepos(); err != nil {
 		return nil, nil, nil, err
 	}
-	repos, closeStores, err := s.openRepos(c.Context)
+	set, err := s.openRepos(c.Context, nil)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return s, repos, closeStores, nil
+	return s, set.Repos, func() { set.Close() }, nil
 }
 
 // listRow is a backup-list JSON row: the backup and the repository

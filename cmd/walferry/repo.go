@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/repos"
 	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
 )
 
 func (a *app) repoCommand() *cli.Command {
@@ -103,7 +102,7 @@ func (a *app) repoInit(c *cli.Context) error {
 	for _, url := range s.cfg.Repos {
 		opts := s.store
 		opts.CreateRoot = true
-		res, err := withStore(c.Context, url, opts, func(st storage.Store) (repo.InitResult, error) {
+		res, err := repos.WithStore(c.Context, url, opts, func(st storage.Store) (repo.InitResult, error) {
 			return repo.Init(c.Context, st, repo.InitOptions{
 				Cluster: cl, Compression: compression, Passphrase: pass,
 				CreatedBy: "walferry " + a.build.Version,
@@ -140,7 +139,7 @@ func (a *app) repoCheck(c *cli.Context) error {
 	}
 	var results []repo.CheckResult
 	for _, url := range s.cfg.Repos {
-		res, err := withStore(c.Context, url, s.store, func(st storage.Store) (repo.CheckResult, error) {
+		res, err := repos.WithStore(c.Context, url, s.store, func(st storage.Store) (repo.CheckResult, error) {
 			return repo.Check(c.Context, st, cl, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression})
 		})
 		if err != nil {
@@ -170,19 +169,21 @@ func (a *app) repoInfo(c *cli.Context) error {
 	if err := s.requireRepos(); err != nil {
 		return err
 	}
-	pass, err := s.cfg.Passphrase()
+	o, err := s.reposOptions(nil)
 	if err != nil {
 		return err
 	}
 	var infos []repo.Info
 	for _, url := range s.cfg.Repos {
-		info, err := withStore(c.Context, url, s.store, func(st storage.Store) (repo.Info, error) {
-			r, err := repo.Open(c.Context, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression})
-			if err != nil {
-				return repo.Info{}, err
-			}
-			return r.Inspect(c.Context)
-		})
+		// Each on its own: info describes repositories of any cluster.
+		one := o
+		one.URLs = []string{url}
+		set, err := repos.Open(c.Context, one)
+		if err != nil {
+			return err
+		}
+		info, err := set.Repos[0].Inspect(c.Context)
+		set.Close()
 		if err != nil {
 			return err
 		}
@@ -230,26 +231,6 @@ func (a *app) printInfo(url string, info repo.Info) {
 		}
 		tw.Flush()
 	}
-}
-
-// withStore opens url, runs fn, and closes the store.
-func withStore[T any](ctx context.Context, url string, o open.Options, fn func(storage.Store) (T, error)) (T, error) {
-	var zero T
-	st, err := open.Store(ctx, url, o)
-	if err != nil {
-		return zero, classifyOpenError(err)
-	}
-	defer st.Close()
-	return fn(st)
-}
-
-// classifyOpenError turns URL mistakes into usage errors; other failures
-// (missing credentials, unreadable config) keep their own class.
-func classifyOpenError(err error) error {
-	if strings.Contains(err.Error(), "invalid repository URL") {
-		return usage(err)
-	}
-	return err
 }
 
 // clusterIdentity reads the local cluster's identity from its data

@@ -11,10 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/repos"
 	"github.com/walferry/walferry/restore"
-	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
 )
 
 func (a *app) restoreCommand() *cli.Command {
@@ -176,15 +174,16 @@ func (a *app) restore(c *cli.Context) error {
 	if err := o.Validate(); err != nil {
 		return usage(err)
 	}
-	pass, err := s.cfg.Passphrase()
+	ro, err := s.reposOptions(nil)
 	if err != nil {
 		return err
 	}
-	st, r, err := openFirstRepo(c, s, pass)
+	set, err := repos.OpenFirst(c.Context, ro, s.log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer set.Close()
+	r := set.Repos[0]
 
 	var line *progressLine
 	if isTerminal(a.stderr) {
@@ -204,32 +203,6 @@ func (a *app) restore(c *cli.Context) error {
 	}
 	a.printRestore(res)
 	return nil
-}
-
-// openFirstRepo opens the first repository that can be opened: a restore
-// reads one; the others stay in restore_command.
-func openFirstRepo(c *cli.Context, s *settings, pass []byte) (storage.Store, *repo.Repo, error) {
-	var firstErr error
-	for _, url := range s.cfg.Repos {
-		st, err := open.Store(c.Context, url, s.store)
-		if err != nil {
-			err = classifyOpenError(err)
-		} else {
-			r, oerr := repo.Open(c.Context, st, repo.OpenOptions{Passphrase: pass})
-			if oerr == nil {
-				return st, r, nil
-			}
-			st.Close()
-			err = oerr
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-		if len(s.cfg.Repos) > 1 {
-			s.log.Warn("repository unusable, trying the next", "repo", url, "err", err)
-		}
-	}
-	return nil, nil, firstErr
 }
 
 func (a *app) printRestore(res restore.Result) {

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,16 +10,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
-	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/config"
 	"github.com/walferry/walferry/internal/pg"
-	"github.com/walferry/walferry/internal/repo"
-	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
+	"github.com/walferry/walferry/internal/statusserver"
 	"github.com/walferry/walferry/walstream"
 )
 
@@ -152,23 +143,24 @@ func (a *app) walReceive(c *cli.Context) error {
 	var reg *prometheus.Registry
 	health := &walstream.Health{}
 	if addr := c.String("metrics-address"); addr != "" {
-		ln, err := listenMetrics(addr)
+		ln, err := statusserver.Listen(addr)
 		if err != nil {
-			return err
+			return fmt.Errorf("--metrics-address: %w", err)
 		}
-		if reg, err = newRegistry(); err != nil {
+		if reg, err = statusserver.NewRegistry(); err != nil {
 			ln.Close()
 			return err
 		}
 		s.log.Info("serving metrics", "address", ln.Addr().String(), "paths", "/metrics /healthz")
-		stop := serveMetrics(ln, reg, health, s.log)
+		stop := statusserver.Serve(ln, reg, health, nil, s.log)
 		defer stop()
 	}
-	repos, closeStores, err := s.openReposPatiently(c.Context, c.Int("max-attempts"))
+	set, err := s.openReposPatiently(c.Context, c.Int("max-attempts"))
 	if err != nil {
 		return err
 	}
-	defer closeStores()
+	defer set.Close()
+	repos := set.Repos
 	size, err := repos[0].Metadata().SegmentSize()
 	if err != nil {
 		return err
@@ -203,139 +195,4 @@ func (a *app) walReceive(c *cli.Context) error {
 		return &postgresError{err}
 	}
 	return nil
-}
-
-// openReposPatiently is openRepos for a long-running receiver: a store
-// that cannot be reached at start (an outage, a restarting MinIO, a
-// network not up yet) is retried with backoff (1s to 1m) forever, or
-// maxAttempts times, as an outage while streaming is; a supervisor that
-// restarts the receiver must not turn a short outage into a crash loop
-// while synchronous commits wait. Anything else (wrong credentials, no
-// bucket, another cluster) fails at once.
-func (s *settings) openReposPatiently(ctx context.Context, maxAttempts int) ([]*repo.Repo, func(), error) {
-	wait := time.Second
-	for attempt := 1; ; attempt++ {
-		repos, closeStores, err := s.openRepos(ctx)
-		if err == nil {
-			return repos, closeStores, nil
-		}
-		if exitCode(err) != exitUnreachable || (maxAttempts > 0 && attempt >= maxAttempts) {
-			return nil, nil, err
-		}
-		s.log.Warn("repository unreachable; retrying", "attempt", attempt, "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return nil, nil, context.Cause(ctx)
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Minute)
-	}
-}
-
-// openRepos opens every repository without a local cluster to compare
-// with: the receiver checks the server's identity against their metadata
-// itself. The repositories share one codec.
-func (s *settings) openRepos(ctx context.Context) ([]*repo.Repo, func(), error) {
-	pass, err := s.cfg.Passphrase()
-	if err != nil {
-		return nil, nil, err
-	}
-	var stores []storage.Store
-	closeStores := func() {
-		for _, st := range stores {
-			st.Close()
-		}
-	}
-	shared := codec.New()
-	var repos []*repo.Repo
-	for _, url := range s.cfg.Repos {
-		st, err := open.Store(ctx, url, s.store)
-		if err != nil {
-			closeStores()
-			return nil, nil, classifyOpenError(err)
-		}
-		stores = append(stores, st)
-		r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: pass, Compression: s.cfg.Compression, Codec: shared})
-		if err != nil {
-			closeStores()
-			return nil, nil, err
-		}
-		if len(repos) > 0 {
-			first := repos[0].Metadata()
-			cl := repo.Cluster{SystemID: first.SystemID, PGMajor: first.PGMajor, WALSegmentSize: first.WALSegmentSize,
-				Source: repos[0].String()}
-			if err := r.Metadata().Matches(cl, st.String()); err != nil {
-				closeStores()
-				return nil, nil, err
-			}
-		}
-		repos = append(repos, r)
-	}
-	return repos, closeStores, nil
-}
-
-// metricsShutdownTimeout bounds the wait for scrapes in flight when the
-// metrics server stops.
-const metricsShutdownTimeout = 5 * time.Second
-
-// listenMetrics listens on --metrics-address; a bad address is a usage
-// error, found before anything connects.
-func listenMetrics(addr string) (net.Listener, error) {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, usage(fmt.Errorf("--metrics-address %q: %v; want HOST:PORT, e.g. 127.0.0.1:9187 or :9187", addr, err))
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, usage(fmt.Errorf("--metrics-address %q: %w; choose another HOST:PORT", addr, err))
-	}
-	return ln, nil
-}
-
-// newRegistry is the private registry /metrics serves, with the Go
-// runtime's and the process's collectors; walstream adds its own.
-func newRegistry() (*prometheus.Registry, error) {
-	reg := prometheus.NewRegistry()
-	for _, c := range []prometheus.Collector{
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
-		}
-	}
-	return reg, nil
-}
-
-// serveMetrics serves /metrics and /healthz on ln until the returned stop
-// is called, which waits (briefly) for requests in flight.
-func serveMetrics(ln net.Listener, reg *prometheus.Registry, health *walstream.Health, log *slog.Logger) (stop func()) {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if err := health.Check(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, err)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close()
-		}
-		<-done
-	}
 }
