@@ -557,7 +557,6 @@ func isNotExist(err error) bool {
 	return errors.Is(err, iofs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
 
-
 // checkKey rejects keys that are not clean relative slash-separated paths,
 // or that use the temporary-file prefix.
 func checkKey(key string) error {
