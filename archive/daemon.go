@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/repo"
@@ -116,6 +118,12 @@ type DaemonOptions struct {
 	// MaxConcurrent bounds the requests served at once; further hooks wait
 	// in the socket's backlog. Zero means DefaultMaxConcurrent.
 	MaxConcurrent int
+	// Registry, when set, gets the daemon's metrics (daemonmetrics.go) for
+	// as long as Serve runs; the caller serves it.
+	Registry *prometheus.Registry
+	// Health, when set, tells the caller whether the daemon serves and what
+	// it last archived or failed at.
+	Health *DaemonHealth
 }
 
 // Daemon serves archive-push and archive-get for one cluster over a unix
@@ -129,6 +137,7 @@ type Daemon struct {
 	dataDir os.FileInfo
 	pusher  *Pusher
 	getter  *Getter
+	metrics *daemonMetrics
 }
 
 // NewDaemon builds the daemon's Pusher and Getter. cfg.Repos must already
@@ -157,6 +166,11 @@ func NewDaemon(cfg Config, o DaemonOptions) (*Daemon, error) {
 		d.pusher.Close(context.Background())
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	if d.metrics, err = newDaemonMetrics(o.Registry, o.Health, cfg.SegmentSize, d.getter.spoolDir); err != nil {
+		d.pusher.Close(context.Background())
+		d.getter.Close(context.Background())
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -169,6 +183,7 @@ func NewDaemon(cfg Config, o DaemonOptions) (*Daemon, error) {
 func (d *Daemon) Serve(ctx context.Context, ln *Listener) error {
 	d.log.Info("daemon listening", "socket", ln.Path(), "pgdata", d.o.DataDir,
 		"system_identifier", strconv.FormatUint(d.cfg.Cluster.SystemID, 10), "repos", len(d.cfg.Repos))
+	d.o.Health.set(func(h *DaemonHealth) { h.serving, h.stopped = true, nil })
 
 	// Requests are not cancelled by the shutdown signal, only by their
 	// hook going away or by the shutdown timeout.
@@ -217,6 +232,13 @@ func (d *Daemon) Serve(ctx context.Context, ln *Listener) error {
 	}
 	close(stopAccepting)
 	ln.stopListening()
+	d.o.Health.set(func(h *DaemonHealth) {
+		h.serving = false
+		h.stopped = runErr
+		if h.stopped == nil {
+			h.stopped = errors.New("shut down")
+		}
+	})
 
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.o.ShutdownTimeout)
 	defer cancel()
@@ -244,6 +266,7 @@ func (d *Daemon) Serve(ctx context.Context, ln *Listener) error {
 // Close waits, within ctx, for the Pusher's background uploads and the
 // Getter's prefetches, and releases them.
 func (d *Daemon) Close(ctx context.Context) error {
+	d.metrics.unregister()
 	perr := d.pusher.Close(ctx)
 	gerr := d.getter.Close(ctx)
 	if perr != nil {
@@ -324,6 +347,7 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 			return badRequest("push: the path must be absolute, got %q", req.Path)
 		}
 		err = d.pusher.Push(ctx, filepath.Clean(req.Path))
+		d.metrics.pushed(name, err)
 	case OpGet:
 		name = req.Name
 		if req.Name == "" || strings.ContainsAny(req.Name, `/\`) || req.Name == "." || req.Name == ".." {
@@ -337,6 +361,7 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		} else {
 			err = d.getter.Get(ctx, req.Name, filepath.Clean(req.Dest))
 		}
+		d.metrics.got(err)
 	default:
 		return Response{Status: StatusError, Class: ClassUnsupported, Message: fmt.Sprintf("daemon does not know the operation %q", req.Op)}
 	}

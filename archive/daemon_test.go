@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
@@ -93,6 +96,8 @@ type daemonEnvOptions struct {
 	putDelay        time.Duration
 	ahead           int
 	shutdownTimeout time.Duration
+	registry        *prometheus.Registry
+	health          *DaemonHealth
 }
 
 func newDaemonEnv(t *testing.T, o daemonEnvOptions) *daemonEnv {
@@ -143,7 +148,8 @@ func (e *daemonEnv) start(t *testing.T, o daemonEnvOptions) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDaemon(e.cfg, DaemonOptions{DataDir: e.dataDir, Push: PushOptions{Ahead: o.ahead}, ShutdownTimeout: o.shutdownTimeout})
+	d, err := NewDaemon(e.cfg, DaemonOptions{DataDir: e.dataDir, Push: PushOptions{Ahead: o.ahead}, ShutdownTimeout: o.shutdownTimeout,
+		Registry: o.registry, Health: o.health})
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
@@ -710,4 +716,86 @@ func fakeDaemon(t *testing.T, path string, answer func(net.Conn, Request)) {
 			}()
 		}
 	}()
+}
+
+// TestDaemonMetricsAndHealth: the daemon counts what it answers on the
+// registry it is given, says what it last archived and failed at, is
+// healthy while it serves, and removes its metrics when it stops.
+func TestDaemonMetricsAndHealth(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	health := &DaemonHealth{}
+	e := newDaemonEnv(t, daemonEnvOptions{registry: reg, health: health})
+	ctx := context.Background()
+	deadline := time.Now().Add(10 * time.Second)
+	for health.Check() != nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := health.Check(); err != nil {
+		t.Fatalf("health of a serving daemon: %v", err)
+	}
+	name, path, _ := e.segment(t, 5, false)
+	if err := e.client().Push(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client().Push(ctx, filepath.Join(e.walDir, "000000010000000000000042")); err == nil {
+		t.Fatal("push of a missing file succeeded")
+	}
+	if err := e.client().Get(ctx, "000000010000000000000077", filepath.Join(e.walDir, "RECOVERYXLOG")); !errors.Is(err, ErrNotArchived) {
+		t.Fatalf("get of a segment not archived: %v", err)
+	}
+	for _, tc := range []struct {
+		c    prometheus.Collector
+		want float64
+	}{
+		{e.metricVec(t, reg, "walferry_archive_pushes_total", "ok"), 1},
+		{e.metricVec(t, reg, "walferry_archive_pushes_total", "error"), 1},
+		{e.metricVec(t, reg, "walferry_archive_gets_total", "not_archived"), 1},
+	} {
+		if got := testutil.ToFloat64(tc.c); got != tc.want {
+			t.Errorf("%v = %v, want %v", tc.c, got, tc.want)
+		}
+	}
+	st := health.State()
+	if st.LastArchived != name || st.ArchivedAt.IsZero() || !strings.Contains(st.LastFailure, "000000010000000000000042") {
+		t.Errorf("state %+v; want %s archived and the missing file's failure", st, name)
+	}
+	if err := e.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if health.Check() == nil {
+		t.Error("a stopped daemon is healthy")
+	}
+	if n, _ := testutil.GatherAndCount(reg); n != 0 {
+		t.Errorf("%d metrics left registered after the daemon stopped", n)
+	}
+}
+
+// metricVec finds the counter of name with the result label value.
+func (e *daemonEnv) metricVec(t *testing.T, reg *prometheus.Registry, name, result string) prometheus.Collector {
+	t.Helper()
+	return counterFor{reg: reg, name: name, result: result}
+}
+
+// counterFor is a Collector reading one labelled counter out of reg.
+type counterFor struct {
+	reg          *prometheus.Registry
+	name, result string
+}
+
+func (c counterFor) Describe(chan<- *prometheus.Desc) {}
+
+func (c counterFor) Collect(ch chan<- prometheus.Metric) {
+	mfs, _ := c.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != c.name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == c.result {
+					ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(c.name, "", nil, nil), prometheus.CounterValue, m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/archive"
@@ -14,6 +15,7 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/repos"
+	"github.com/walferry/walferry/internal/statusserver"
 )
 
 // The flags of the hooks and the daemon. Their values land in
@@ -147,7 +149,7 @@ func (a *app) daemonCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "daemon",
 		Usage:     "serve archive-push and archive-get on a unix socket (the hooks' server)",
-		UsageText: "walferry daemon --socket PATH --pgdata DIR --repo URL... [--ahead N] [--prefetch N] [--spool-dir DIR]",
+		UsageText: "walferry daemon --socket PATH --pgdata DIR --repo URL... [--ahead N] [--prefetch N] [--spool-dir DIR] [--metrics-address HOST:PORT]",
 		Description: `Serves the hooks of one cluster over a unix socket. Hooks configured with the
 same --socket (WALFERRY_SOCKET) hand their work to it:
 
@@ -170,12 +172,18 @@ standalone from then on), finishes the calls in flight, then waits for the
 background uploads, all within --shutdown-timeout. Logs are JSON in
 Kubernetes pods (--log-format auto) and at level info by default.
 
+--metrics-address HOST:PORT serves Prometheus /metrics (requests answered,
+the last segment archived and its time, the last failure, spool depth; see
+docs/metrics.md) and /healthz (200 while the socket is served).
+
 "walferry sidecar" (planned) will run this server next to its other duties.`,
 		Flags: withCommonFlags(
 			socketFlag("unix socket `PATH` to serve (required)"),
 			aheadFlag(), prefetchFlag(), spoolDirFlag(),
 			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: archive.DefaultShutdownTimeout,
 				Usage: "on SIGTERM, how long to finish requests in flight and background uploads"},
+			&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"WALFERRY_METRICS_ADDRESS"},
+				Usage: "serve Prometheus /metrics and /healthz on `HOST:PORT`, e.g. 127.0.0.1:9188 (default: no server)"},
 		),
 		Action: a.daemon,
 	}
@@ -390,11 +398,30 @@ func (a *app) daemon(c *cli.Context) error {
 		return err
 	}
 	defer closeStores()
+	var reg *prometheus.Registry
+	health := &archive.DaemonHealth{}
+	if addr := c.String("metrics-address"); addr != "" {
+		mln, err := statusserver.Listen(addr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--metrics-address: %w", err)
+		}
+		if reg, err = statusserver.NewRegistry(); err != nil {
+			mln.Close()
+			ln.Close()
+			return err
+		}
+		s.log.Info("serving metrics", "address", mln.Addr().String(), "paths", "/metrics /healthz")
+		stop := statusserver.Serve(mln, reg, health, nil, s.log)
+		defer stop()
+	}
 	d, err := archive.NewDaemon(cfg, archive.DaemonOptions{
 		DataDir:         t.dataDir,
 		Push:            s.pushOptions(),
 		Get:             s.getOptions(),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		Registry:        reg,
+		Health:          health,
 	})
 	if err != nil {
 		ln.Close()
