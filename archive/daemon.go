@@ -166,7 +166,11 @@ func NewDaemon(cfg Config, o DaemonOptions) (*Daemon, error) {
 		d.pusher.Close(context.Background())
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
-	if d.metrics, err = newDaemonMetrics(o.Registry, o.Health, cfg.SegmentSize, d.getter.spoolDir); err != nil {
+	spool := d.getter.spoolDir
+	if spool == "" { // recovery's default, next to pg_wal/RECOVERYXLOG
+		spool = defaultSpoolDir(filepath.Join(o.DataDir, "pg_wal", "RECOVERYXLOG"))
+	}
+	if d.metrics, err = newDaemonMetrics(o.Registry, o.Health, cfg.SegmentSize, spool); err != nil {
 		d.pusher.Close(context.Background())
 		d.getter.Close(context.Background())
 		return nil, err

@@ -170,8 +170,7 @@ func (m *daemonMetrics) got(err error) {
 	}
 }
 
-// countSpooled counts the complete segments in the spool directory ("":
-// per-destination spools, not counted).
+// countSpooled counts the complete segments in the spool directory.
 func countSpooled(dir string) int {
 	if dir == "" {
 		return 0
