@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/progress"
 )
 
 func (a *app) backupPushCommand() *cli.Command {
@@ -134,12 +133,15 @@ func (a *app) backupPush(c *cli.Context) error {
 			ServerCompression: c.String("server-compression"),
 			Logger:            s.log.With("repo", s.cfg.Repos[i]),
 		}
-		bar := newProgressBar(a.stderr)
-		if bar != nil && !jsonOut {
-			opts.Progress = bar.update
+		var bar *progress.Bar
+		if !jsonOut {
+			bar = progress.New(a.stderr, "")
+		}
+		if bar != nil {
+			opts.Progress = showBackup(bar)
 		}
 		m, err := backup.Push(c.Context, r, opts)
-		bar.finish()
+		bar.Finish()
 		if err != nil {
 			return err
 		}
@@ -194,57 +196,17 @@ func (a *app) printBackupSummary(url string, m *backup.Manifest, jsonOut bool) e
 	return err
 }
 
-// progressBar draws one updating line on a terminal.
-type progressBar struct {
-	w     io.Writer
-	drawn bool
-}
-
-// newProgressBar returns nil when w is not a terminal.
-func newProgressBar(w io.Writer) *progressBar {
-	f, ok := w.(*os.File)
-	if !ok {
-		return nil
-	}
-	st, err := f.Stat()
-	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
-		return nil
-	}
-	return &progressBar{w: w}
-}
-
-func (b *progressBar) update(p backup.Progress) {
-	const width = 30
-	var line string
-	switch p.Phase {
-	case "copy":
-		frac := 0.0
-		if p.BytesTotal > 0 {
-			frac = min(1, float64(p.BytesDone)/float64(p.BytesTotal))
+// showBackup maps a backup's progress onto bar.
+func showBackup(bar *progress.Bar) func(backup.Progress) {
+	return func(p backup.Progress) {
+		switch p.Phase {
+		case "checkpoint":
+			bar.Message(p.Phase, p.ID+" waiting for the checkpoint...")
+		case "copy":
+			bar.Bytes(p.ID+" copy", p.BytesDone, p.BytesTotal)
+		case "wait-wal":
+			bar.Message(p.Phase, p.ID+" files copied; waiting for the WAL to be archived...")
 		}
-		fill := int(frac * width)
-		rate := float64(p.BytesDone) / max(p.Elapsed.Seconds(), 0.001)
-		eta := "?"
-		if rate > 0 {
-			eta = time.Duration(float64(p.BytesTotal-p.BytesDone) / rate * float64(time.Second)).Round(time.Second).String()
-		}
-		line = fmt.Sprintf("%s [%s%s] %3.0f%% %s/%s %s/s ETA %s", p.ID, strings.Repeat("=", fill), strings.Repeat(" ", width-fill),
-			frac*100, humanBytes(p.BytesDone), humanBytes(p.BytesTotal), humanBytes(int64(rate)), eta)
-	case "checkpoint":
-		line = p.ID + " waiting for the checkpoint..."
-	case "wait-wal":
-		line = p.ID + " files copied; waiting for the WAL to be archived..."
-	default:
-		return
-	}
-	fmt.Fprintf(b.w, "\r\033[K%s", line)
-	b.drawn = true
-}
-
-// finish clears the line; it accepts a nil bar.
-func (b *progressBar) finish() {
-	if b != nil && b.drawn {
-		fmt.Fprint(b.w, "\r\033[K")
 	}
 }
 

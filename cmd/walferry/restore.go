@@ -3,14 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 
+	"github.com/walferry/walferry/internal/progress"
 	"github.com/walferry/walferry/internal/repos"
 	"github.com/walferry/walferry/restore"
 )
@@ -185,13 +183,12 @@ func (a *app) restore(c *cli.Context) error {
 	defer set.Close()
 	r := set.Repos[0]
 
-	var line *progressLine
-	if isTerminal(a.stderr) {
-		line = &progressLine{w: a.stderr}
-		o.Progress = line.show
+	bar := progress.New(a.stderr, "restore")
+	if bar != nil {
+		o.Progress = func(p restore.Progress) { bar.Bytes(p.Phase, p.Done, p.Total) }
 	}
 	res, err := restore.Run(c.Context, r, o)
-	line.end()
+	bar.Finish()
 	if errors.Is(err, restore.ErrInvalid) {
 		return usage(err)
 	}
@@ -227,52 +224,4 @@ func (a *app) printRestore(res restore.Result) {
 		what = "replays the archive up to " + res.RecoveryTarget
 	}
 	fmt.Fprintf(a.stdout, "  %s written; start PostgreSQL on it (pg_ctl -D %s start): it %s\n", res.Signal, res.DataDir, what)
-}
-
-// progressLine draws restore progress on a terminal, one line rewritten
-// in place, a new line per phase.
-type progressLine struct {
-	w     io.Writer
-	phase string
-}
-
-func (p *progressLine) show(pr restore.Progress) {
-	if p.phase != "" && p.phase != pr.Phase {
-		fmt.Fprintln(p.w)
-	}
-	p.phase = pr.Phase
-	fmt.Fprintf(p.w, "\r%s\x1b[K", formatProgress(pr))
-}
-
-// end finishes the line; it does nothing on a nil progressLine.
-func (p *progressLine) end() {
-	if p != nil && p.phase != "" {
-		fmt.Fprintln(p.w)
-	}
-}
-
-// formatProgress renders "fetch  1.5 GiB / 3 GiB  50%  120.3 MiB/s  ETA 13s".
-func formatProgress(p restore.Progress) string {
-	s := fmt.Sprintf("%-7s %s / %s", p.Phase, humanBytes(p.Done), humanBytes(p.Total))
-	if p.Total > 0 {
-		s += fmt.Sprintf("  %3d%%", p.Done*100/p.Total)
-	}
-	if secs := p.Elapsed.Seconds(); secs > 0 && p.Done > 0 {
-		rate := float64(p.Done) / secs
-		s += fmt.Sprintf("  %s/s", humanBytes(int64(rate)))
-		if left := p.Total - p.Done; left > 0 {
-			s += "  ETA " + time.Duration(float64(left)/rate*float64(time.Second)).Round(time.Second).String()
-		}
-	}
-	return s
-}
-
-// isTerminal reports whether w is a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }

@@ -173,10 +173,3 @@ func TestRestoreCommand(t *testing.T) {
 		}
 	}
 }
-
-func TestFormatProgress(t *testing.T) {
-	got := formatProgress(restore.Progress{Phase: "fetch", Done: 512 << 20, Total: 1 << 30, Elapsed: 4 * time.Second})
-	if want := "fetch   512 MiB / 1 GiB   50%  128 MiB/s  ETA 4s"; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
-}
