@@ -72,8 +72,8 @@ type fixture struct {
 	// restored holds the files the restore changes after restoring them:
 	// path -> content expected.
 	restored map[string][]byte
-	objects map[string]*object
-	tsDir   string // where the tablespace was when backed up
+	objects  map[string]*object
+	tsDir    string // where the tablespace was when backed up
 }
 
 func sums(b []byte) []string {
