@@ -280,7 +280,7 @@ func (o *Options) checkConfig() error {
 		return invalidf("--config-file %s does not exist: give the postgresql.conf the restored server reads (its config_file); walferry makes it include %s with this line: %s",
 			o.ConfigFile, pgconf.FileName, ie.Line)
 	case errors.As(err, &ie):
-		return &marked{err: err, mark: ErrInvalid}
+		return &invalidError{err: err}
 	}
 	return err
 }

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/backup"
-	"github.com/walferry/walferry/internal/durable"
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/pgconf"
 	"github.com/walferry/walferry/internal/repo"
 )
@@ -519,11 +519,14 @@ func (rs *restorer) writeSettings() error {
 // writeFile writes a file of the data directory atomically (temporary
 // file, fsync, rename, directory fsync), mode 0600, owned like the rest.
 func (rs *restorer) writeFile(rel string, data []byte) error {
-	o := durable.Unchanged
+	uid, gid := -1, -1
 	if rs.owner != nil {
-		o = durable.Owner{UID: rs.owner.uid, GID: rs.owner.gid}
+		uid, gid = rs.owner.uid, rs.owner.gid
 	}
-	return durable.WriteFile(rs.abs(rel), data, 0o600, o)
+	if err := atomicfile.WriteOwned(rs.abs(rel), data, 0o600, uid, gid); err != nil {
+		return fmt.Errorf("write %s: %w", rs.abs(rel), err)
+	}
+	return nil
 }
 
 // syncDirs makes every directory entry the restore created durable.
@@ -539,7 +542,7 @@ func (rs *restorer) syncDirs() error {
 		dirs = append(dirs, filepath.Dir(rs.o.DataDir))
 	}
 	for _, d := range dirs {
-		if err := durable.Sync(d); err != nil {
+		if err := syncPath(d); err != nil {
 			return err
 		}
 	}

@@ -7,8 +7,6 @@ import (
 	"os"
 	"sort"
 	"strings"
-
-	"github.com/walferry/walferry/internal/durable"
 )
 
 // What walferry restore wrote into postgresql.auto.conf before it had
@@ -111,12 +109,8 @@ func (f Files) rewriteAuto(drop func(lines []string) []bool) ([]Setting, error) 
 	if err != nil {
 		return nil, fmt.Errorf("pgconf: %w", err)
 	}
-	owner, err := durable.OwnerOf(p)
-	if err != nil {
-		return nil, fmt.Errorf("pgconf: %w", err)
-	}
-	if err := durable.WriteFile(p, []byte(b.String()), fi.Mode().Perm(), owner); err != nil {
-		return nil, fmt.Errorf("pgconf: %w", err)
+	if err := replace(p, []byte(b.String()), fi.Mode().Perm(), fi); err != nil {
+		return nil, err
 	}
 	return removed, nil
 }

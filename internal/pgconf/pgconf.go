@@ -27,10 +27,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/walferry/walferry/internal/durable"
+	"github.com/walferry/walferry/internal/atomicfile"
 )
 
 // File names in the data directory.
@@ -152,14 +153,24 @@ func (f Files) Write(settings []Setting) error {
 	for _, s := range list {
 		b.WriteString(s.String() + "\n")
 	}
-	owner, err := durable.OwnerOf(f.AutoConfPath())
+	like, err := os.Stat(f.AutoConfPath())
 	if errors.Is(err, fs.ErrNotExist) {
-		owner, err = durable.OwnerOf(f.DataDir)
+		like, err = os.Stat(f.DataDir)
 	}
 	if err != nil {
 		return fmt.Errorf("pgconf: %w", err)
 	}
-	if err := durable.WriteFile(f.Path(), []byte(b.String()), 0o600, owner); err != nil {
+	return replace(f.Path(), []byte(b.String()), 0o600, like)
+}
+
+// replace writes data to path atomically and durably, with mode perm and
+// the owner of like.
+func replace(path string, data []byte, perm os.FileMode, like fs.FileInfo) error {
+	uid, gid := -1, -1
+	if st, ok := like.Sys().(*syscall.Stat_t); ok {
+		uid, gid = int(st.Uid), int(st.Gid)
+	}
+	if err := atomicfile.WriteOwned(path, data, perm, uid, gid); err != nil {
 		return fmt.Errorf("pgconf: %w", err)
 	}
 	return nil
@@ -291,17 +302,13 @@ func (f Files) include(write bool) (bool, error) {
 	if !write {
 		return false, nil
 	}
-	owner, err := durable.OwnerOf(real)
-	if err != nil {
-		return false, fmt.Errorf("pgconf: %w", err)
-	}
 	if len(data) > 0 && data[len(data)-1] != '\n' {
 		data = append(data, '\n')
 	}
 	data = append(data, IncludeComment...)
 	data = append(data, f.IncludeLine()+"\n"...)
-	if err := durable.WriteFile(real, data, fi.Mode().Perm(), owner); err != nil {
-		return false, fmt.Errorf("pgconf: %w", err)
+	if err := replace(real, data, fi.Mode().Perm(), fi); err != nil {
+		return false, err
 	}
 	return true, nil
 }
