@@ -217,8 +217,11 @@ func incomplete(err error) error {
 const minJobs = 2
 
 // Validate checks the options that need no repository: the data
-// directory, the parallelism, the tablespace map's syntax and the
-// recovery target. Every error matches ErrInvalid. Run calls it first.
+// directory, the parallelism, the tablespace map's syntax, the recovery
+// target, and that an existing postgresql.conf includes walferry.conf or
+// can be given the line (it only reads files). Every error matches
+// ErrInvalid; a postgresql.conf that cannot include walferry.conf also
+// matches pgconf.ErrNotIncluded. Run calls it first.
 func (o *Options) Validate() error {
 	if o.DataDir == "" {
 		return invalidf("which data directory? pass --pgdata DIR (or set PGDATA)")
