@@ -14,9 +14,11 @@
 // earlier walferry versions wrote there (RemoveLegacy) and, when asked,
 // what ALTER SYSTEM RESET would remove (ResetAuto).
 //
-// Every write is atomic and durable (temporary file, fsync, rename,
-// directory fsync) and keeps the file's owner and mode; a file that does
-// not change is not written.
+// Every write is atomic and durable (internal/atomicfile: temporary file,
+// fsync, rename, directory fsync). postgresql.conf and
+// postgresql.auto.conf keep their owner and mode; walferry.conf is mode
+// 0600, owned like postgresql.auto.conf. Set, Remove, EnsureInclude,
+// RemoveLegacy and ResetAuto write nothing when nothing changes.
 package pgconf
 
 import (
