@@ -195,8 +195,8 @@ func testBackupDelta(t *testing.T, kind repoKind, s3 testenv.S3Env) {
 	compareTrees(t, a.c.DataDir, fresh.c.DataDir)
 	for _, f := range m.Files {
 		pa, pb := filepath.Join(a.c.DataDir, f.Path), filepath.Join(fresh.c.DataDir, f.Path)
-		if f.Path == "postgresql.auto.conf" {
-			continue // holds the restore's settings; compareTrees checks it
+		if f.Path == "postgresql.conf" {
+			continue // the restore appended the include line; compareTrees checks it
 		}
 		if fi, err := os.Stat(pa); err != nil || fi.Size() != f.Size {
 			t.Errorf("delta restore: %s: want %d bytes as in the manifest (%v)", f.Path, f.Size, err)
@@ -528,15 +528,34 @@ func newRestoreTarget(t *testing.T) *restoreTarget {
 // configure puts the cluster's own postgresql.conf and pgtest.conf back
 // over the restored primary's, without archiving (restored clusters must
 // not push their new timeline into the repository under test). The
-// recovery settings the restore wrote are in postgresql.auto.conf.
+// recovery settings the restore wrote are in walferry.conf: the lines of
+// the restored postgresql.conf that include it are kept, at the end.
 func (d *restoreTarget) configure(t *testing.T) {
 	t.Helper()
+	restored, _ := os.ReadFile(filepath.Join(d.c.DataDir, "postgresql.conf")) // none after a failed restore
 	for name, b := range d.conf {
 		if name == "postgresql.conf" {
 			b = append(bytes.Clone(b), "archive_mode = off\n"...)
+			b = append(b, walferryIncludes(string(restored))...)
 		}
 		writeOwned(t, d.c, filepath.Join(d.c.DataDir, name), b)
 	}
+}
+
+// walferryIncludes returns the lines of a postgresql.conf that include
+// walferry.conf, with the comment line above each.
+func walferryIncludes(conf string) string {
+	var out strings.Builder
+	lines := strings.Split(conf, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "include") && strings.Contains(l, "walferry.conf") {
+			if i > 0 && strings.HasPrefix(lines[i-1], "#") {
+				out.WriteString(lines[i-1] + "\n")
+			}
+			out.WriteString(l + "\n")
+		}
+	}
+	return out.String()
 }
 
 // restored is what walferry restore --json reports.
@@ -565,7 +584,31 @@ func mustRestore(t *testing.T, d *restoreTarget, url, id string, args ...string)
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Backup == "" {
 		t.Fatalf("walferry restore --json printed %q: %v", r.stdout, err)
 	}
+	checkSettingsFiles(t, d, res)
 	return res
+}
+
+// checkSettingsFiles checks where a restore put its recovery settings:
+// restore_command in walferry.conf, which the restored postgresql.conf
+// includes at its end, none in postgresql.auto.conf, and no warning.
+func checkSettingsFiles(t *testing.T, d *restoreTarget, res restored) {
+	t.Helper()
+	dir := d.c.DataDir
+	if res.SettingsFile != filepath.Join(dir, "walferry.conf") || res.ConfigFile != filepath.Join(dir, "postgresql.conf") || len(res.Warnings) > 0 {
+		t.Errorf("restore: settings in %s, config %s, warnings %q; want %s/walferry.conf, %s/postgresql.conf, none", res.SettingsFile, res.ConfigFile, res.Warnings, dir, dir)
+	}
+	settings, err := os.ReadFile(filepath.Join(dir, "walferry.conf"))
+	if err != nil || !strings.Contains(string(settings), "\nrestore_command = '"+walferryBin+" archive-get ") {
+		t.Errorf("walferry.conf has no restore_command running %s archive-get (%v):\n%s", walferryBin, err, settings)
+	}
+	conf, err := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
+	if err != nil || !strings.HasSuffix(string(conf), "\ninclude_if_exists = 'walferry.conf'\n") {
+		t.Errorf("the restored postgresql.conf does not end with the include of walferry.conf (%v):\n%s", err, conf)
+	}
+	if auto, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf")); err != nil || strings.Contains(string(auto), "restore_command") ||
+		strings.Contains(string(auto), "recovery_target") {
+		t.Errorf("postgresql.auto.conf has recovery settings (%v):\n%s", err, auto)
+	}
 }
 
 // readManifest reads a backup's manifest through walferry's Go API.
@@ -775,7 +818,8 @@ func flipByte(t *testing.T, kind repoKind, url string, r *repo.Repo, key string,
 
 // compareTrees fails t for every path that is in one directory and not
 // the other, has another type, or (regular files) other bytes; in
-// postgresql.auto.conf only the settings are compared, not comments.
+// walferry.conf only the settings are compared, not comments (its header
+// names the time of the restore).
 func compareTrees(t *testing.T, a, b string) {
 	t.Helper()
 	ta, tb := walkTree(t, a), walkTree(t, b)
@@ -787,9 +831,9 @@ func compareTrees(t *testing.T, a, b string) {
 		case ma.Type() != mb.Type():
 			t.Errorf("%s: %v after the delta restore, %v after the full restore", p, ma.Type(), mb.Type())
 		case !ma.IsRegular():
-		case p == "postgresql.auto.conf":
+		case p == "walferry.conf":
 			if sa, sb := confSettings(t, filepath.Join(a, p)), confSettings(t, filepath.Join(b, p)); sa != sb {
-				t.Errorf("postgresql.auto.conf differs:\ndelta:\n%s\nfull:\n%s", sa, sb)
+				t.Errorf("walferry.conf differs:\ndelta:\n%s\nfull:\n%s", sa, sb)
 			}
 		case !sameFile(t, filepath.Join(a, p), filepath.Join(b, p)):
 			t.Errorf("%s differs between the delta and the full restore", p)

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -99,10 +100,15 @@ func saveConf(t *testing.T, c *pgtest.Cluster) map[string][]byte {
 	return saved
 }
 
+// putConf writes the saved files back over the restored ones, keeping
+// the include of walferry.conf the restore appended to postgresql.conf.
 func putConf(t *testing.T, c *pgtest.Cluster, saved map[string][]byte) {
 	t.Helper()
 	for name, b := range saved {
 		p := filepath.Join(c.DataDir, name)
+		if name == "postgresql.conf" {
+			b = append(bytes.Clone(b), "include_if_exists = 'walferry.conf'\n"...)
+		}
 		must(t, os.WriteFile(p, b, 0o600))
 		if os.Geteuid() == 0 {
 			u, err := user.Lookup(pgtest.ServerOSUser)

@@ -207,12 +207,12 @@ func TestRestorePartialPostgres(t *testing.T) {
 		if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
 			t.Fatalf("walferry %v: %v\n%s", args, err, out)
 		}
-		auto, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+		settings, err := os.ReadFile(filepath.Join(dir, "walferry.conf"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := bytes.Contains(auto, []byte(" archive-get --repo "+url+" --partial %f %p'")); got != use {
-			t.Errorf("walferry %v: restore_command with --partial: %v, want %v:\n%s", args, got, use, auto)
+		if got := bytes.Contains(settings, []byte(" archive-get --repo "+url+" --partial %f %p'")); got != use {
+			t.Errorf("walferry %v: restore_command with --partial: %v, want %v:\n%s", args, got, use, settings)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pgconf"
 )
 
 // Target is where recovery stops. At most one of Time, LSN, XID, Name and
@@ -39,14 +40,11 @@ type Target struct {
 	Timeline string
 }
 
-// setting is one postgresql.conf line; value is unquoted.
-type setting struct{ key, value string }
-
-// managedKeys are the settings a restore owns in postgresql.auto.conf:
-// any earlier line for one of them is removed, so a target or a
-// restore_command left by a previous restore or by ALTER SYSTEM cannot
-// mix with the new ones.
-var managedKeys = []string{
+// recoveryKeys are the settings a restore owns: walferry.conf holds the
+// ones it sets, and a value of any of them read after walferry.conf
+// (ALTER SYSTEM) would change where WAL comes from or where recovery
+// stops, so the restore reports it, or refuses (restore_command).
+var recoveryKeys = []string{
 	"restore_command",
 	"recovery_target", "recovery_target_time", "recovery_target_lsn", "recovery_target_xid", "recovery_target_name",
 	"recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline",
@@ -58,8 +56,8 @@ const maxRestorePointName = 63
 
 // settings validates t and returns its recovery_target* settings. Errors
 // match ErrInvalid and name the flag.
-func (t Target) settings() ([]setting, error) {
-	var out []setting
+func (t Target) settings() ([]pgconf.Setting, error) {
+	var out []pgconf.Setting
 	var given []string
 	if t.Time != "" {
 		given = append(given, "--target-time")
@@ -73,32 +71,32 @@ func (t Target) settings() ([]setting, error) {
 			return nil, invalidf("--target-time %q has no time zone: PostgreSQL would read it in the restored server's timezone setting; "+
 				"add one, e.g. '%s+00', '%s UTC' or '%s Europe/Paris'", t.Time, strings.TrimSpace(t.Time), strings.TrimSpace(t.Time), strings.TrimSpace(t.Time))
 		}
-		out = append(out, setting{"recovery_target_time", t.Time})
+		out = append(out, pgconf.Setting{Key: "recovery_target_time", Value: t.Time})
 	}
 	if t.LSN != "" {
 		given = append(given, "--target-lsn")
 		if _, err := pg.ParseLSN(t.LSN); err != nil {
 			return nil, invalidf("--target-lsn %q is not an LSN: want two hex numbers separated by '/', e.g. 16/B374D848", t.LSN)
 		}
-		out = append(out, setting{"recovery_target_lsn", t.LSN})
+		out = append(out, pgconf.Setting{Key: "recovery_target_lsn", Value: t.LSN})
 	}
 	if t.XID != "" {
 		given = append(given, "--target-xid")
 		if _, err := strconv.ParseUint(t.XID, 10, 64); err != nil {
 			return nil, invalidf("--target-xid %q is not a transaction id: want a decimal number, e.g. 7531 (SELECT pg_current_xact_id())", t.XID)
 		}
-		out = append(out, setting{"recovery_target_xid", t.XID})
+		out = append(out, pgconf.Setting{Key: "recovery_target_xid", Value: t.XID})
 	}
 	if t.Name != "" {
 		given = append(given, "--target-name")
 		if len(t.Name) > maxRestorePointName {
 			return nil, invalidf("--target-name is %d bytes long; restore point names are at most %d", len(t.Name), maxRestorePointName)
 		}
-		out = append(out, setting{"recovery_target_name", t.Name})
+		out = append(out, pgconf.Setting{Key: "recovery_target_name", Value: t.Name})
 	}
 	if t.Immediate {
 		given = append(given, "--target-immediate")
-		out = append(out, setting{"recovery_target", "immediate"})
+		out = append(out, pgconf.Setting{Key: "recovery_target", Value: "immediate"})
 	}
 	if len(given) > 1 {
 		return nil, invalidf("%s: give at most one recovery target", strings.Join(given, " and "))
@@ -107,7 +105,7 @@ func (t Target) settings() ([]setting, error) {
 		if len(given) == 0 || t.Immediate || t.Name != "" {
 			return nil, invalidf("--target-exclusive goes with --target-time, --target-lsn or --target-xid (it stops just before that target)")
 		}
-		out = append(out, setting{"recovery_target_inclusive", "off"})
+		out = append(out, pgconf.Setting{Key: "recovery_target_inclusive", Value: "off"})
 	}
 	if t.Action != "" {
 		switch t.Action {
@@ -118,7 +116,7 @@ func (t Target) settings() ([]setting, error) {
 		if len(given) == 0 {
 			return nil, invalidf("--target-action %s needs a recovery target (--target-time, --target-lsn, --target-xid, --target-name or --target-immediate)", t.Action)
 		}
-		out = append(out, setting{"recovery_target_action", t.Action})
+		out = append(out, pgconf.Setting{Key: "recovery_target_action", Value: t.Action})
 	}
 	if t.Timeline != "" {
 		switch tl := strings.ToLower(t.Timeline); {
@@ -128,9 +126,16 @@ func (t Target) settings() ([]setting, error) {
 				return nil, invalidf("--target-timeline %q: want latest, current or a timeline number (1, 2, ...)", t.Timeline)
 			}
 		}
-		out = append(out, setting{"recovery_target_timeline", t.Timeline})
+		out = append(out, pgconf.Setting{Key: "recovery_target_timeline", Value: t.Timeline})
 	}
 	return out, nil
+}
+
+// recoverySettings returns what walferry.conf holds after a restore:
+// restore_command, then the target's settings. After Validate.
+func (o *Options) recoverySettings() []pgconf.Setting {
+	target, _ := o.Target.settings() // validated
+	return append([]pgconf.Setting{{Key: "restore_command", Value: o.RestoreCommand.commandLine()}}, target...)
 }
 
 // comparable reports whether the target can be compared with a backup's
@@ -165,10 +170,10 @@ func (t Target) describe() string {
 	}
 	var parts []string
 	for _, st := range s {
-		if st.key == "recovery_target_timeline" {
+		if st.Key == "recovery_target_timeline" {
 			continue
 		}
-		parts = append(parts, st.key+" = "+confQuote(st.value))
+		parts = append(parts, st.String())
 	}
 	return strings.Join(parts, ", ")
 }
@@ -217,15 +222,6 @@ func parseTargetTime(s string) (time.Time, bool, error) {
 	return time.Time{}, false, fmt.Errorf("not a timestamp: want e.g. '2026-11-22 10:15:00+00' or 2026-11-22T10:15:00Z")
 }
 
-// confQuote quotes s as a postgresql.conf string value: single quotes,
-// inner single quotes doubled, backslashes doubled (the parser reads
-// backslash escapes inside quoted values).
-func confQuote(s string) string {
-	s = strings.ReplaceAll(s, `\`, `\\`)
-	s = strings.ReplaceAll(s, `'`, `''`)
-	return "'" + s + "'"
-}
-
 // shellSafe matches arguments /bin/sh reads literally without quotes.
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_@%+=:,./-]+$`)
 
@@ -254,74 +250,6 @@ func (rc RestoreCommand) commandLine() string {
 		args = append(args, "--partial")
 	}
 	return strings.Join(append(args, "%f", "%p"), " ")
-}
-
-// The walferry block of postgresql.auto.conf starts with blockStart and
-// ends with blockEnd.
-const (
-	blockStart = "# Added by walferry restore"
-	blockEnd   = "# End of walferry restore settings"
-)
-
-// settingKey returns the (lower-case) parameter a postgresql.conf line
-// sets, or "" for comments, blank and malformed lines.
-func settingKey(line string) string {
-	s := strings.TrimLeft(line, " \t")
-	n := 0
-	for n < len(s) && (s[n] == '_' || s[n] == '.' || s[n] >= 'a' && s[n] <= 'z' || s[n] >= 'A' && s[n] <= 'Z' || s[n] >= '0' && s[n] <= '9') {
-		n++
-	}
-	if n == 0 {
-		return ""
-	}
-	rest := strings.TrimLeft(s[n:], " \t")
-	if rest == "" || rest[0] == '#' {
-		return ""
-	}
-	return strings.ToLower(s[:n])
-}
-
-// rewriteAutoConf returns postgresql.auto.conf's new content: old without
-// any line setting a managed key and without an earlier walferry block,
-// then a new block with header and settings. PostgreSQL reads this file
-// last, so these settings win over postgresql.conf.
-func rewriteAutoConf(old, header string, settings []setting) string {
-	managed := map[string]bool{}
-	for _, k := range managedKeys {
-		managed[k] = true
-	}
-	var b strings.Builder
-	inBlock := false
-	lines := strings.Split(old, "\n")
-	if len(lines) > 0 && lines[len(lines)-1] == "" {
-		lines = lines[:len(lines)-1]
-	}
-	for _, line := range lines {
-		trimmed := strings.TrimSpace(line)
-		switch {
-		case strings.HasPrefix(trimmed, blockStart):
-			inBlock = true
-			continue
-		case inBlock && trimmed == blockEnd:
-			inBlock = false
-			continue
-		case inBlock && (trimmed == "" || strings.HasPrefix(trimmed, "#") || managed[settingKey(line)]):
-			continue
-		case inBlock:
-			inBlock = false // a block whose end line was edited away ends at the first foreign line
-		}
-		if managed[settingKey(line)] {
-			continue
-		}
-		b.WriteString(line)
-		b.WriteByte('\n')
-	}
-	b.WriteString(header + "\n")
-	for _, s := range settings {
-		b.WriteString(s.key + " = " + confQuote(s.value) + "\n")
-	}
-	b.WriteString(blockEnd + "\n")
-	return b.String()
 }
 
 // tablespaceMapLine is one entry of a tablespace_map file.

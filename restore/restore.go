@@ -4,6 +4,10 @@
 // to turn an old primary back into a copy of the backup), relocated
 // tablespaces, and the recovery settings (restore_command, a recovery
 // target, recovery.signal or standby.signal) of PostgreSQL 12 and later.
+// The settings go into walferry's include file, walferry.conf in the data
+// directory (see internal/pgconf), which postgresql.conf must include:
+// the restore adds the line, or refuses before downloading anything when
+// it cannot (a read-only postgresql.conf, one it cannot find).
 //
 // A restore reads only the backup's manifest and the objects its extents
 // point at (this backup's and, for an incremental, its ancestors'). Each
@@ -31,11 +35,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/failure"
+	"github.com/walferry/walferry/internal/pgconf"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -67,12 +73,24 @@ type Options struct {
 	Target Target
 	// RestoreCommand says how the restored server fetches WAL.
 	RestoreCommand RestoreCommand
+	// ConfigFile is the server's postgresql.conf when it is not in the
+	// data directory (PostgreSQL's config_file, e.g.
+	// /etc/postgresql/15/main/postgresql.conf on Debian); empty means
+	// DataDir/postgresql.conf, as restored from the backup. It must
+	// include walferry.conf: the restore appends the include line when
+	// missing.
+	ConfigFile string
+	// AlterSystemReset lists settings to remove from the restored
+	// postgresql.auto.conf, as ALTER SYSTEM RESET would on a running
+	// server: an ALTER SYSTEM restore_command from the backup's source
+	// makes the restore fail until it is reset.
+	AlterSystemReset []string
 	// Log receives progress milestones; nil discards them.
 	Log *slog.Logger
 	// Progress, when set, is called with the current phase's progress at
 	// most every 200 ms while a phase runs and once when it ends.
 	Progress func(Progress)
-	// Now gives the time written into postgresql.auto.conf; nil is time.Now.
+	// Now gives the time written into walferry.conf's header; nil is time.Now.
 	Now func() time.Time
 }
 
@@ -126,6 +144,19 @@ type Result struct {
 	Signal string `json:"signal"`
 	// RecoveryTarget describes the target ("recovery_target_lsn = '0/3000028'"), empty for none.
 	RecoveryTarget string `json:"recovery_target,omitempty"`
+	// SettingsFile is walferry.conf, which holds the recovery settings;
+	// ConfigFile is the postgresql.conf that includes it, IncludeAdded
+	// says the restore appended the include line.
+	SettingsFile string `json:"settings_file"`
+	ConfigFile   string `json:"config_file"`
+	IncludeAdded bool   `json:"include_added"`
+	// AutoConfRemoved lists the settings removed from postgresql.auto.conf:
+	// an earlier walferry's recovery settings block, and the
+	// AlterSystemReset ones.
+	AutoConfRemoved []string `json:"auto_conf_removed,omitempty"`
+	// Warnings are settings read after walferry.conf (ALTER SYSTEM) that
+	// override the recovery settings, each with its fix.
+	Warnings []string `json:"warnings,omitempty"`
 	// Owner is the OS user the files were given to (root runs only).
 	Owner    string         `json:"owner,omitempty"`
 	Duration backup.Seconds `json:"duration_seconds"`
@@ -186,8 +217,11 @@ func incomplete(err error) error {
 const minJobs = 2
 
 // Validate checks the options that need no repository: the data
-// directory, the parallelism, the tablespace map's syntax and the
-// recovery target. Every error matches ErrInvalid. Run calls it first.
+// directory, the parallelism, the tablespace map's syntax, the recovery
+// target, and that an existing postgresql.conf includes walferry.conf or
+// can be given the line (it only reads files). Every error matches
+// ErrInvalid; a postgresql.conf that cannot include walferry.conf also
+// matches pgconf.ErrNotIncluded. Run calls it first.
 func (o *Options) Validate() error {
 	if o.DataDir == "" {
 		return invalidf("which data directory? pass --pgdata DIR (or set PGDATA)")
@@ -209,7 +243,59 @@ func (o *Options) Validate() error {
 	if _, err := o.Target.settings(); err != nil {
 		return err
 	}
-	return nil
+	for _, k := range o.AlterSystemReset {
+		if !slices.Contains(recoveryKeys, strings.ToLower(k)) {
+			return invalidf("--alter-system-reset %s: only the recovery settings a restore writes can be reset (%s)", k, strings.Join(recoveryKeys, ", "))
+		}
+	}
+	return o.checkConfig()
+}
+
+// conf returns the configuration files of the restored cluster; after
+// Validate.
+func (o *Options) conf() pgconf.Files {
+	return pgconf.Files{DataDir: o.DataDir, ConfigFile: o.ConfigFile}
+}
+
+// checkConfig makes ConfigFile absolute and refuses, before anything is
+// fetched, a postgresql.conf that exists and can neither be given the
+// include line nor has it. One the backup will bring is checked with
+// the manifest (restorer.check).
+func (o *Options) checkConfig() error {
+	if o.ConfigFile != "" {
+		abs, err := filepath.Abs(o.ConfigFile)
+		if err != nil {
+			return invalidf("--config-file %s: %v", o.ConfigFile, err)
+		}
+		o.ConfigFile = abs
+		if abs == filepath.Join(o.DataDir, pgconf.ConfigName) {
+			o.ConfigFile = "" // the data directory's own
+		}
+	}
+	err := o.conf().CheckInclude()
+	var ie *pgconf.IncludeError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ie) && ie.Missing && o.configInDataDir() != "":
+		return nil // the backup brings it, or restorer.check refuses
+	case errors.As(err, &ie) && ie.Missing:
+		return invalidf("--config-file %s does not exist: give the postgresql.conf the restored server reads (its config_file); walferry makes it include %s with this line: %s",
+			o.ConfigFile, pgconf.FileName, ie.Line)
+	case errors.As(err, &ie):
+		return &invalidError{err: err}
+	}
+	return err
+}
+
+// configInDataDir returns the postgresql.conf's path relative to the data
+// directory, in the manifest's form, or "" when it is outside.
+func (o *Options) configInDataDir() string {
+	rel, err := filepath.Rel(o.DataDir, o.conf().ConfigPath())
+	if err != nil || !filepath.IsLocal(rel) {
+		return ""
+	}
+	return filepath.ToSlash(rel)
 }
 
 func (o *Options) jobs() int {

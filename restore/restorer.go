@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/atomicfile"
+	"github.com/walferry/walferry/internal/pgconf"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -32,6 +34,10 @@ type restorer struct {
 	existed bool   // the data directory was there before
 	owner   *owner // who gets the files (root runs only)
 	started bool   // something was written
+
+	includeAdded bool     // postgresql.conf was given the include line
+	autoRemoved  []string // settings removed from postgresql.auto.conf
+	warnings     []string // settings that override walferry.conf
 
 	filesKept, filesFetched, filesRemoved, dirsRemoved int
 	bytesFetched, bytesRead                            atomic.Int64
@@ -96,7 +102,31 @@ func (rs *restorer) check() error {
 	if err != nil {
 		return err
 	}
-	return nil
+	return rs.checkConfig()
+}
+
+// checkConfig refuses a restore whose postgresql.conf would be in the data
+// directory but is not in the backup (the Debian layout keeps it in
+// /etc/postgresql) while its location was not given: nothing would
+// include walferry.conf.
+func (rs *restorer) checkConfig() error {
+	rel := rs.o.configInDataDir()
+	if rel == "" || rs.p.byRel[rel] != nil {
+		return nil
+	}
+	conf := rs.o.conf()
+	conf.ConfigFile = ""
+	var ie *pgconf.IncludeError
+	if err := conf.CheckInclude(); !errors.As(err, &ie) || !ie.Missing {
+		ie = &pgconf.IncludeError{Line: "include_if_exists = " + pgconf.Quote(conf.Path())}
+	}
+	if rs.o.ConfigFile != "" {
+		return invalidf("--config-file %s is in the data directory, but backup %s has no %s: give the postgresql.conf the restored server reads; it must include walferry's settings with this line: %s",
+			rs.o.ConfigFile, rs.m.ID, rel, ie.Line)
+	}
+	return invalidf("backup %s has no %s (its server keeps it elsewhere, as Debian's /etc/postgresql/15/main does), and --config-file was not given: "+
+		"pass --config-file PATH (env WALFERRY_CONFIG_FILE), the postgresql.conf the restored server reads; "+
+		"walferry appends this line to it when it lacks it and is writable: %s", rs.m.ID, rel, ie.Line)
 }
 
 // chooseOwner decides who owns the restored files when running as root:
@@ -410,7 +440,7 @@ func (rs *restorer) finish() error {
 			return err
 		}
 	}
-	if err := rs.writeAutoConf(); err != nil {
+	if err := rs.writeSettings(); err != nil {
 		return err
 	}
 	if err := rs.writeFile(rs.signal(), nil); err != nil {
@@ -434,50 +464,67 @@ func (rs *restorer) signal() string {
 	return recoverySig
 }
 
-// writeAutoConf replaces the recovery settings in postgresql.auto.conf.
-func (rs *restorer) writeAutoConf() error {
-	old, err := os.ReadFile(rs.abs(autoConf))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+// writeSettings writes the recovery settings into walferry.conf and makes
+// postgresql.conf include it. From postgresql.auto.conf it removes only an
+// earlier walferry's block and the AlterSystemReset settings; a value
+// there that overrides walferry.conf is a warning, or, for
+// restore_command, a refusal: recovery would fetch WAL with another
+// command.
+func (rs *restorer) writeSettings() error {
+	conf := rs.o.conf()
+	conf.Origin = fmt.Sprintf("walferry restore of backup %s at %s", rs.m.ID, rs.o.Now().UTC().Format("2006-01-02 15:04:05Z07:00"))
+	settings := rs.o.recoverySettings()
+	legacy, err := conf.RemoveLegacy()
+	if err != nil {
 		return err
 	}
-	settings, _ := rs.o.Target.settings() // validated
-	settings = append([]setting{{"restore_command", rs.o.RestoreCommand.commandLine()}}, settings...)
-	header := fmt.Sprintf("%s %s at %s", blockStart, rs.m.ID, rs.o.Now().UTC().Format("2006-01-02 15:04:05Z07:00"))
-	return rs.writeFile(autoConf, []byte(rewriteAutoConf(string(old), header, settings)))
+	if len(legacy) > 0 {
+		rs.log.Info("removed an earlier walferry's recovery settings from postgresql.auto.conf", "settings", len(legacy))
+	}
+	reset, err := conf.ResetAuto(rs.o.AlterSystemReset...)
+	if err != nil {
+		return err
+	}
+	for _, s := range append(legacy, reset...) {
+		rs.autoRemoved = append(rs.autoRemoved, s.String())
+	}
+	overrides, err := conf.Overrides(settings, recoveryKeys...)
+	if err != nil {
+		return err
+	}
+	for _, ov := range overrides {
+		if ov.Key == "restore_command" {
+			fix := ov.Fix()
+			if ov.File == conf.AutoConfPath() {
+				fix = fmt.Sprintf("restore again with --delta --alter-system-reset restore_command, which removes the line as %s would and keeps the restored files, "+
+					"or reset it on the server backup %s was taken from", ov.Fix(), rs.m.ID)
+			}
+			return fmt.Errorf("%s line %d sets %s, read after %s: recovery would fetch WAL with it instead of walferry's restore_command; %s",
+				ov.File, ov.Line, ov.Setting, pgconf.FileName, fix)
+		}
+		w := ov.String()
+		if ov.File == conf.AutoConfPath() {
+			w += " (before the server starts: restore again with --delta --alter-system-reset " + ov.Key + ")"
+		}
+		rs.warnings = append(rs.warnings, w)
+		rs.log.Warn("a setting overrides walferry.conf", "file", ov.File, "line", ov.Line, "key", ov.Key, "fix", ov.Fix())
+	}
+	if err := conf.Write(settings); err != nil {
+		return err
+	}
+	rs.includeAdded, err = conf.EnsureInclude()
+	return err
 }
 
 // writeFile writes a file of the data directory atomically (temporary
 // file, fsync, rename, directory fsync), mode 0600, owned like the rest.
 func (rs *restorer) writeFile(rel string, data []byte) error {
-	final := rs.abs(rel)
-	tmp := filepath.Join(filepath.Dir(final), ".walferry-"+filepath.Base(final)+".tmp")
-	err := func() error {
-		f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return err
-		}
-		if _, err := f.Write(data); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
-		if err := rs.chown(tmp); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, final); err != nil {
-			return err
-		}
-		return syncPath(filepath.Dir(final))
-	}()
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", final, err)
+	uid, gid := -1, -1
+	if rs.owner != nil {
+		uid, gid = rs.owner.uid, rs.owner.gid
+	}
+	if err := atomicfile.WriteOwned(rs.abs(rel), data, 0o600, uid, gid); err != nil {
+		return fmt.Errorf("write %s: %w", rs.abs(rel), err)
 	}
 	return nil
 }
@@ -529,6 +576,8 @@ func (rs *restorer) result(start time.Time) Result {
 		FilesRemoved: rs.filesRemoved, DirsRemoved: rs.dirsRemoved,
 		BytesFetched: rs.bytesFetched.Load(), BytesRead: rs.bytesRead.Load(), ObjectsRead: int(rs.objectsRead.Load()),
 		Signal: rs.signal(), RecoveryTarget: rs.o.Target.describe(),
+		SettingsFile: rs.o.conf().Path(), ConfigFile: rs.o.conf().ConfigPath(), IncludeAdded: rs.includeAdded,
+		AutoConfRemoved: rs.autoRemoved, Warnings: rs.warnings,
 		Duration: backup.Seconds(time.Since(start).Seconds()),
 	}
 	for _, it := range rs.p.items {

@@ -162,12 +162,12 @@ func TestRestoreUsePartial(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("restore %v: exit %d: %s", tt.args, code, stderr)
 		}
-		auto, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+		settings, err := os.ReadFile(filepath.Join(dir, "walferry.conf"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(string(auto), tt.want+"\n") {
-			t.Errorf("restore %v: postgresql.auto.conf lacks %q:\n%s", tt.args, tt.want, auto)
+		if !strings.Contains(string(settings), tt.want+"\n") {
+			t.Errorf("restore %v: walferry.conf lacks %q:\n%s", tt.args, tt.want, settings)
 		}
 	}
 	code, _, stderr := run(t, "restore", "LATEST", "--pgdata", t.TempDir(), "--repo", url, "--use-partial=sometimes")

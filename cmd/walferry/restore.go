@@ -17,7 +17,7 @@ func (a *app) restoreCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "restore",
 		Usage:     "restore a backup into a data directory, optionally to a point in time",
-		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--use-partial] [--json]",
+		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--use-partial] [--config-file PATH] [--alter-system-reset KEY]... [--json]",
 		Description: `Rebuilds a PostgreSQL data directory from a backup in the repository and
 prepares it for recovery: start PostgreSQL on it and it fetches the WAL it
 needs from the repository with walferry archive-get, replays it, and then
@@ -68,13 +68,36 @@ NAME=DIR (repeatable); tablespace_map is rewritten to match. A tablespace's
 directory must be empty or missing (without --delta).
 
 Recovery settings (PostgreSQL 12 and later): recovery.signal, or
-standby.signal with --standby, and a block in postgresql.auto.conf (read last
-by PostgreSQL, so it wins over postgresql.conf) that replaces any earlier
-restore_command and recovery_target* lines:
+standby.signal with --standby, and walferry's own include file, walferry.conf
+in the data directory, rewritten whole by every restore:
 
    restore_command = '/usr/local/bin/walferry archive-get --repo s3://bucket/db %f %p'
+   recovery_target_time = '2026-11-22 10:15:00+00'
 
-naming this walferry binary and the same --repo and --config. Credentials
+restore_command names this walferry binary and the same --repo and --config.
+postgresql.conf must include walferry.conf: when it lacks the line, the
+restore appends it (atomically, keeping the file's owner and mode):
+
+   include_if_exists = 'walferry.conf'
+
+When postgresql.conf is not in the data directory (Debian keeps it in
+/etc/postgresql/15/main), pass --config-file PATH; the line then names
+walferry.conf by its absolute path. A read-only postgresql.conf (a
+Kubernetes ConfigMap) that lacks the line, a missing --config-file, or a
+backup without postgresql.conf and no --config-file are refused (exit 2)
+before any backup data is downloaded or anything written, the error ending
+with the exact line to add.
+
+postgresql.auto.conf (ALTER SYSTEM) is the user's and is read after
+walferry.conf: the restore only removes from it the block earlier walferry
+versions wrote there ("# Added by walferry restore ..." to "# End of walferry
+restore settings"). A recovery_target* value there is reported as a warning
+(fix: ALTER SYSTEM RESET KEY); a restore_command there, which recovery would
+run instead of walferry's, fails the restore after the download. Restore
+again with --delta --alter-system-reset restore_command: it removes the line
+as ALTER SYSTEM RESET would and fetches nothing else.
+
+Credentials
 are not written anywhere: give the server's environment what this command
 had (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*,
 WALFERRY_ENCRYPTION_PASSPHRASE), or use a --config file readable by the
@@ -123,6 +146,9 @@ The backup is read from the first --repo that can be opened.`,
 			&cli.BoolFlag{Name: "target-exclusive", Usage: "stop just before the target instead of just after it"},
 			&cli.StringFlag{Name: "target-timeline", Usage: "recovery_target_timeline: latest (PostgreSQL's default), current or a `NUMBER`"},
 			&cli.BoolFlag{Name: "use-partial", Usage: "restore_command also serves wal-receive's unfinished segment (.partial): disaster recovery up to the last streamed second"},
+			&cli.StringFlag{Name: "config-file", EnvVars: []string{"WALFERRY_CONFIG_FILE"},
+				Usage: "the restored server's postgresql.conf when it is not in the data directory (e.g. /etc/postgresql/15/main/postgresql.conf): `PATH`; it must include walferry.conf", DefaultText: "PGDATA/postgresql.conf"},
+			&cli.StringSliceFlag{Name: "alter-system-reset", Usage: "remove recovery setting `KEY` (restore_command, recovery_target*) from postgresql.auto.conf, as ALTER SYSTEM RESET would (repeatable)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		),
 		Action: a.restore,
@@ -156,8 +182,10 @@ func (a *app) restore(c *cli.Context) error {
 			Name: c.String("target-name"), Immediate: c.Bool("target-immediate"), Action: c.String("target-action"),
 			Exclusive: c.Bool("target-exclusive"), Timeline: c.String("target-timeline"),
 		},
-		RestoreCommand: restore.RestoreCommand{Repos: s.cfg.Repos, Partial: c.Bool("use-partial")},
-		Log:            s.log.With("component", "restore"),
+		RestoreCommand:   restore.RestoreCommand{Repos: s.cfg.Repos, Partial: c.Bool("use-partial")},
+		ConfigFile:       c.String("config-file"),
+		AlterSystemReset: splitList(c.StringSlice("alter-system-reset")),
+		Log:              s.log.With("component", "restore"),
 	}
 	if path := c.String("config"); path != "" {
 		if o.RestoreCommand.Config, err = filepath.Abs(path); err != nil {
@@ -222,6 +250,17 @@ func (a *app) printRestore(res restore.Result) {
 	}
 	if res.RecoveryTarget != "" {
 		what = "replays the archive up to " + res.RecoveryTarget
+	}
+	include := "includes it"
+	if res.IncludeAdded {
+		include = "now includes it"
+	}
+	fmt.Fprintf(a.stdout, "  recovery settings in %s; %s %s\n", res.SettingsFile, res.ConfigFile, include)
+	for _, s := range res.AutoConfRemoved {
+		fmt.Fprintf(a.stdout, "  removed from postgresql.auto.conf: %s\n", s)
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(a.stdout, "  warning: %s\n", w)
 	}
 	fmt.Fprintf(a.stdout, "  %s written; start PostgreSQL on it (pg_ctl -D %s start): it %s\n", res.Signal, res.DataDir, what)
 }

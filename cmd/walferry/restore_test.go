@@ -120,33 +120,48 @@ func TestRestoreCommand(t *testing.T) {
 		t.Errorf("result %+v", res)
 	}
 	for p, want := range files {
-		if got, err := os.ReadFile(filepath.Join(dir, p)); err != nil || !bytes.Equal(got, want) {
+		got, err := os.ReadFile(filepath.Join(dir, p))
+		if p == "postgresql.conf" {
+			got = got[:min(len(got), len(want))] // and the include line
+		}
+		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s: %v, content differs: %v", p, err, !bytes.Equal(got, want))
 		}
 	}
-	auto, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+	settings, err := os.ReadFile(filepath.Join(dir, "walferry.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	exe, _ := os.Executable()
 	for _, want := range []string{"restore_command = '" + exe + " archive-get --repo " + url + " %f %p'",
 		"recovery_target_lsn = '0/3000100'", "recovery_target_action = 'promote'"} {
-		if !strings.Contains(string(auto), want) {
-			t.Errorf("postgresql.auto.conf lacks %q:\n%s", want, auto)
+		if !strings.Contains(string(settings), want) {
+			t.Errorf("walferry.conf lacks %q:\n%s", want, settings)
 		}
+	}
+	if res.SettingsFile != filepath.Join(dir, "walferry.conf") || res.ConfigFile != filepath.Join(dir, "postgresql.conf") || !res.IncludeAdded {
+		t.Errorf("result: settings %s, config %s, include added %v", res.SettingsFile, res.ConfigFile, res.IncludeAdded)
+	}
+	if conf, _ := os.ReadFile(filepath.Join(dir, "postgresql.conf")); !strings.HasSuffix(string(conf), "\ninclude_if_exists = 'walferry.conf'\n") {
+		t.Errorf("postgresql.conf does not include walferry.conf:\n%s", conf)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postgresql.auto.conf")); err == nil {
+		t.Error("postgresql.auto.conf written")
 	}
 
 	// Again: the directory is not empty now.
 	code, _, stderr = run(t, "restore", "LATEST", "--pgdata", dir, "--repo", url)
 	expectFailure(t, exitUsage, stderr, code, "not empty", "--delta")
 
-	// With --delta everything but postgresql.auto.conf (written by the
-	// restore, not in the backup) is kept; the text summary says so.
+	// With --delta everything is kept (postgresql.conf, to which the
+	// include line was appended, is cut back to the backup's bytes); the
+	// text summary says so and where the settings are.
 	code, out, stderr = run(t, "restore", restoreTestID, "--pgdata", dir, "--repo", url, "--delta", "--standby")
 	if code != 0 {
 		t.Fatalf("restore --delta: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"restored backup " + restoreTestID, "fetched 0 files", "kept 4 files", "standby.signal"} {
+	for _, want := range []string{"restored backup " + restoreTestID, "fetched 0 files", "kept 4 files", "standby.signal",
+		"recovery settings in " + filepath.Join(dir, "walferry.conf") + "; " + filepath.Join(dir, "postgresql.conf") + " now includes it"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
@@ -171,5 +186,54 @@ func TestRestoreCommand(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir2, p)); err == nil {
 			t.Errorf("%s exists after a failed restore", p)
 		}
+	}
+}
+
+// TestRestoreConfigFileFlag: --config-file (or WALFERRY_CONFIG_FILE)
+// names a postgresql.conf outside the data directory, which gets an
+// absolute include; a read-only one without the line is a usage error
+// that names the line, before the repository is read.
+func TestRestoreConfigFileFlag(t *testing.T) {
+	t.Setenv("WALFERRY_REPO", "")
+	t.Setenv("PGDATA", "")
+	url, _, _ := restoreRepo(t)
+	_, help, _ := run(t, "restore", "--help")
+	for _, want := range []string{"--config-file PATH", "WALFERRY_CONFIG_FILE", "walferry.conf", "include_if_exists", "--alter-system-reset KEY"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("restore --help lacks %q", want)
+		}
+	}
+
+	etc := t.TempDir()
+	conf := filepath.Join(etc, "postgresql.conf")
+	if err := os.WriteFile(conf, []byte("port = 5433\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(conf, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	line := "include_if_exists = '" + filepath.Join(dir, "walferry.conf") + "'"
+	// The repository does not exist: the refusal comes before it is read.
+	code, _, stderr := run(t, "restore", "LATEST", "--pgdata", dir, "--repo", "file://"+filepath.Join(t.TempDir(), "nowhere"), "--config-file", conf)
+	expectFailure(t, exitUsage, stderr, code, conf+" is read-only", line)
+
+	if err := os.Chmod(conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WALFERRY_CONFIG_FILE", conf)
+	code, out, stderr := run(t, "restore", "LATEST", "--pgdata", dir, "--repo", url, "--json")
+	if code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, stderr)
+	}
+	var res restore.Result
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.ConfigFile != conf || !res.IncludeAdded {
+		t.Errorf("result: config %s, include added %v", res.ConfigFile, res.IncludeAdded)
+	}
+	if got, _ := os.ReadFile(conf); !strings.HasSuffix(string(got), "\n"+line+"\n") {
+		t.Errorf("%s:\n%s", conf, got)
 	}
 }

@@ -120,3 +120,41 @@ func SyncDir(dir string) error {
 	}
 	return cerr
 }
+
+// WriteOwned writes data to path durably, with mode perm (set explicitly,
+// whatever the umask) and owner uid:gid (-1 leaves that id as created),
+// both set before the fsync: on a file system without a journal only the
+// file's own fsync writes its inode. An id that is already right is not
+// set, so a caller that is not root can write its own files.
+func WriteOwned(path string, data []byte, perm os.FileMode, uid, gid int) error {
+	f, tmp, err := CreateTemp(filepath.Dir(path), filepath.Base(path)+"-", 0o600)
+	if err != nil {
+		return err
+	}
+	if err := writeOwned(f, data, perm, uid, gid); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	return Commit(f, tmp, path, Durable)
+}
+
+func writeOwned(f *os.File, data []byte, perm os.FileMode, uid, gid int) error {
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (uid < 0 || int(st.Uid) == uid) && (gid < 0 || int(st.Gid) == gid) {
+		return nil
+	}
+	if err := f.Chown(uid, gid); err != nil {
+		return fmt.Errorf("give it to uid %d gid %d: %w", uid, gid, err)
+	}
+	return nil
+}

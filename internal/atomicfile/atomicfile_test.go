@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -75,3 +76,37 @@ func TestCommitWithRefused(t *testing.T) {
 type iotestErrReader struct{ err error }
 
 func (r iotestErrReader) Read([]byte) (int, error) { return 0, r.err }
+
+func TestWriteOwned(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := -1, -1
+	if os.Geteuid() == 0 {
+		uid, gid = 4242, 4243
+	}
+	if err := WriteOwned(p, []byte("new"), 0o640, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "new" || fi.Mode().Perm() != 0o640 {
+		t.Errorf("content %q, mode %v; want new, 0640", b, fi.Mode().Perm())
+	}
+	if st := fi.Sys().(*syscall.Stat_t); uid >= 0 && (int(st.Uid) != uid || int(st.Gid) != gid) {
+		t.Errorf("owner %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+	// Its own ids: nothing to change, no privilege needed.
+	if os.Geteuid() != 0 {
+		if err := WriteOwned(p, []byte("again"), 0o600, os.Geteuid(), os.Getegid()); err != nil {
+			t.Error(err)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
