@@ -90,14 +90,8 @@ func (zr *Reader) Read(p []byte) (int, error) {
 	if zr.err != nil {
 		return 0, zr.err
 	}
-	if zr.closed {
-		return 0, ErrClosed
-	}
-	if zr.src == nil {
-		if err := zr.start(); err != nil {
-			zr.stop(err)
-			return 0, err
-		}
+	if err := zr.ready(); err != nil {
+		return 0, err
 	}
 	n, err := zr.src.Read(p)
 	if n > 0 {
@@ -118,6 +112,21 @@ func (zr *Reader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// ready makes the Reader readable: not closed, its stream started (at the
+// first read, so that opening an object costs nothing until it is read).
+func (zr *Reader) ready() error {
+	if zr.closed {
+		return ErrClosed
+	}
+	if zr.src == nil {
+		if err := zr.start(); err != nil {
+			zr.stop(err)
+			return err
+		}
+	}
+	return nil
+}
+
 // WriteTo writes the raw bytes to w and returns nil once the object verified,
 // the same contract as reading to io.EOF: on an error, what was written to w
 // must be discarded. io.Copy uses it. It decompresses in pipeBufSize pieces,
@@ -130,14 +139,8 @@ func (zr *Reader) WriteTo(w io.Writer) (int64, error) {
 		}
 		return 0, zr.err
 	}
-	if zr.closed {
-		return 0, ErrClosed
-	}
-	if zr.src == nil {
-		if err := zr.start(); err != nil {
-			zr.stop(err)
-			return 0, err
-		}
+	if err := zr.ready(); err != nil {
+		return 0, err
 	}
 	var bufs [2][]byte
 	bufs[0], bufs[1] = zr.c.getPipeBuf(), zr.c.getPipeBuf()
