@@ -439,15 +439,22 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, pa
 
 // getJSON is an idempotent call decoding a JSON answer into v.
 func (c *Client) getJSON(ctx context.Context, u string, v any) error {
-	resp, err := c.call(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
+	return decodeJSON(c.call(ctx, http.MethodGet, u, nil))(v)
+}
+
+// decodeJSON decodes the JSON answer of a call into v, closing its body;
+// the call's error comes first.
+func decodeJSON(resp *http.Response, err error) func(v any) error {
+	return func(v any) error {
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			return fmt.Errorf("decoding the answer: %w", err)
+		}
+		return nil
 	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("decoding the answer: %w", err)
-	}
-	return nil
 }
 
 // callRetry spaces the attempts of one call when MaxAttempts allows more
@@ -654,15 +661,7 @@ func (c *Client) rewrite(ctx context.Context, u string, v any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.send(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("decoding the answer: %w", err)
-	}
-	return nil
+	return decodeJSON(c.send(req))(v)
 }
 
 // drain consumes a little of an answer's body, so its connection can be
