@@ -39,9 +39,9 @@ const (
 	ProblemCorrupt      = "corrupt"     // an object failed its checksum
 	ProblemMissing      = "missing"     // an object the manifest points at does not exist
 	ProblemObject       = "object"      // an object's size or checksum differs from its manifest's record
-	ProblemLayout       = "layout"      // a manifest's extents do not describe its files
+	ProblemLayout       = "layout"      // a file's record breaks the manifest rules, or its extents point past their object's end
 	ProblemContent      = "content"     // a file unit's SHA-256 differs from the manifest's
-	ProblemManifest     = "manifest"    // a manifest is missing or unreadable
+	ProblemManifest     = "manifest"    // a manifest is missing, unreadable, or breaks the rules of the backup as a whole
 	ProblemWALGap       = "wal-gap"     // segments missing from the archive
 	ProblemWALCorrupt   = "wal-corrupt" // a WAL file failed its checksum
 	ProblemBackupWAL    = "backup-wal"  // WAL a backup needs is missing
@@ -135,13 +135,14 @@ func (e *VerifyError) Unwrap() []error {
 	return out
 }
 
-// Verify re-reads backups and checks them against their manifests: every
-// object their files point at (ancestors' included) is read whole, which
-// checks its checksum, and compared with the size and SHA-256 the manifest
-// recorded; every file's extents must cover it exactly and point inside
-// their objects; every 8 MiB unit of every file is hashed again and
-// compared with the manifest. The WAL each backup needs (StartWAL to
-// StopWAL) must be archived. With o.WAL the archive is checked from the
+// Verify re-reads backups and checks them against their manifests: each
+// manifest must obey the format's rules (Manifest.Check; what breaks them
+// is reported and left alone, the rest is checked); every object their
+// files point at (ancestors' included) is read whole, which checks its
+// checksum, and compared with the size and SHA-256 the manifest recorded;
+// extents must point inside their objects; every 8 MiB unit of every file
+// is hashed again and compared with the manifest. The WAL each backup
+// needs (StartWAL to StopWAL) must be archived. With o.WAL the archive is checked from the
 // oldest verified backup's start to its newest segment.
 //
 // Objects are read once each, o.Jobs at a time, as streams: memory is
@@ -157,20 +158,11 @@ func Verify(ctx context.Context, r *repo.Repo, o VerifyOptions) (*VerifyReport, 
 	if o.BufferBudget <= 0 {
 		o.BufferBudget = defaultBufferBudget
 	}
-	v := &verifier{r: r, o: o, rep: &VerifyReport{Repository: r.String(), Backups: []BackupCheck{}, Problems: []Problem{}}}
-	var selected []*Manifest
-	if o.ID != "" {
-		m, err := Resolve(ctx, r, o.ID)
-		if err != nil {
-			return nil, err
-		}
-		selected = []*Manifest{m}
-	} else {
-		ms, err := v.readAll(ctx)
-		if err != nil {
-			return nil, err
-		}
-		selected = ms
+	v := &verifier{r: r, o: o, rep: &VerifyReport{Repository: r.String(), Backups: []BackupCheck{}, Problems: []Problem{}},
+		damaged: map[string]damage{}}
+	selected, err := v.selectBackups(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if err := v.checkBackups(ctx, selected); err != nil {
 		return v.rep, err
@@ -178,20 +170,7 @@ func Verify(ctx context.Context, r *repo.Repo, o VerifyOptions) (*VerifyReport, 
 	if err := v.checkWAL(ctx, selected); err != nil {
 		return v.rep, err
 	}
-
-	rep := v.rep
-	sort.SliceStable(rep.Problems, func(i, j int) bool { return rep.Problems[i].Message < rep.Problems[j].Message })
-	bad := map[string]bool{}
-	for _, p := range rep.Problems {
-		for _, id := range p.Backups {
-			bad[id] = true
-		}
-	}
-	for _, m := range selected {
-		rep.Backups = append(rep.Backups, BackupCheck{ID: m.ID, OK: !bad[m.ID], Files: len(m.Files),
-			Objects: len(m.ObjectKeys()), DataBytes: m.Stats.DataBytes})
-	}
-	rep.OK = len(rep.Problems) == 0
+	rep := v.finish(selected)
 	rep.Duration = Seconds(time.Since(start).Seconds())
 	if !rep.OK {
 		return rep, &VerifyError{Report: rep}
@@ -206,8 +185,20 @@ type verifier struct {
 	rep *VerifyReport
 	mu  sync.Mutex // guards rep.Problems, rep.Notes
 
+	// damaged says, by backup id, what of a manifest that breaks the
+	// format's rules verify leaves alone (reported, not checked further);
+	// filled while the manifests are read, before any object is.
+	damaged map[string]damage
+
 	// budget is the memory currently held by buffered pieces.
 	budget atomic.Int64
+}
+
+// damage is what a manifest's *ManifestError rules out: the files and the
+// object records whose own rules are broken.
+type damage struct {
+	files   map[int]bool // indexes into Files
+	objects map[string]bool
 }
 
 func (v *verifier) problem(p Problem) {
@@ -222,6 +213,40 @@ func (v *verifier) note(s string) {
 	v.mu.Unlock()
 }
 
+// finish sorts the problems and gives each verified backup its verdict.
+func (v *verifier) finish(selected []*Manifest) *VerifyReport {
+	rep := v.rep
+	sort.SliceStable(rep.Problems, func(i, j int) bool { return rep.Problems[i].Message < rep.Problems[j].Message })
+	bad := map[string]bool{}
+	for _, p := range rep.Problems {
+		for _, id := range p.Backups {
+			bad[id] = true
+		}
+	}
+	for _, m := range selected {
+		rep.Backups = append(rep.Backups, BackupCheck{ID: m.ID, OK: !bad[m.ID], Files: len(m.Files),
+			Objects: len(m.ObjectKeys()), DataBytes: m.Stats.DataBytes})
+	}
+	rep.OK = len(rep.Problems) == 0
+	return rep
+}
+
+// selectBackups reads the manifests to verify: o.ID's, or every backup's.
+func (v *verifier) selectBackups(ctx context.Context) ([]*Manifest, error) {
+	if v.o.ID == "" {
+		return v.readAll(ctx)
+	}
+	id, err := resolveID(ctx, v.r, v.o.ID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := v.readManifest(ctx, id, true)
+	if err != nil {
+		return nil, err
+	}
+	return []*Manifest{m}, nil
+}
+
 // readAll reads every backup's manifest; an unreadable one is a problem,
 // not the end of the run.
 func (v *verifier) readAll(ctx context.Context) ([]*Manifest, error) {
@@ -231,7 +256,7 @@ func (v *verifier) readAll(ctx context.Context) ([]*Manifest, error) {
 	}
 	var out []*Manifest
 	for _, id := range ids {
-		m, err := ReadManifest(ctx, v.r, id)
+		m, err := v.readManifest(ctx, id, true)
 		switch {
 		case err == nil:
 			out = append(out, m)
@@ -249,4 +274,31 @@ func (v *verifier) readAll(ctx context.Context) ([]*Manifest, error) {
 		}
 	}
 	return out, nil
+}
+
+// readManifest reads backup id's manifest. One that breaks the format's
+// rules is returned without error: what is damaged is remembered, to be
+// left alone, and, when report is set, each broken rule is a problem.
+func (v *verifier) readManifest(ctx context.Context, id string, report bool) (*Manifest, error) {
+	m, err := readManifest(ctx, v.r, id)
+	var me *ManifestError
+	if !errors.As(err, &me) {
+		return m, err
+	}
+	d := damage{files: map[int]bool{}, objects: map[string]bool{}}
+	for _, is := range me.Issues {
+		p := Problem{Kind: ProblemManifest, Backups: []string{id}, Key: is.Object, Message: "backup " + id + ": " + is.String()}
+		switch {
+		case is.file != 0:
+			d.files[is.file-1] = true
+			p.Kind = ProblemLayout
+		case is.Object != "":
+			d.objects[is.Object] = true
+		}
+		if report {
+			v.problem(p)
+		}
+	}
+	v.damaged[id] = d
+	return m, nil
 }

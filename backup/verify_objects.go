@@ -25,139 +25,177 @@ type objectUse struct {
 	bad    string          // "" when read whole and verified
 }
 
+// objectPlan is what checkBackups reads: every object the verified
+// backups wrote or point at, and the units of their files.
+type objectPlan struct {
+	records map[string]*Object // the manifests' records, by key
+	objects map[string]*objectUse
+	units   map[string]*unitCheck // by content and pieces
+	keys    []string              // the objects in reading order
+}
+
+// checkBackups reads every object the selected backups need once, checks
+// it against its record, and hashes every unit of their files again. A
+// file or object record that breaks the manifest rules was reported when
+// its manifest was read and is left alone here.
 func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error {
-	records := map[string]*Object{}
-	selectedIDs := map[string]bool{}
+	p := &objectPlan{records: map[string]*Object{}, objects: map[string]*objectUse{}, units: map[string]*unitCheck{}}
+	known, err := v.addRecords(ctx, p, selected)
+	if err != nil {
+		return err
+	}
 	for _, m := range selected {
-		selectedIDs[m.ID] = true
+		for _, ob := range m.Objects {
+			if !v.damaged[m.ID].objects[ob.Key] {
+				p.use(ob.Key)
+			}
+		}
+		for fi := range m.Files {
+			if !v.damaged[m.ID].files[fi] {
+				p.addFile(m.ID, &m.Files[fi])
+			}
+		}
 	}
-	// known: the backups whose manifests were read, so a missing record
-	// of one of their objects is a manifest problem.
+	p.order()
+	if err := v.readObjects(ctx, p); err != nil {
+		return err
+	}
+	for _, k := range p.keys {
+		v.objectProblems(ctx, k, p.objects[k], selected, known)
+	}
+	v.extentsPastEnd(selected, p.objects)
+	return v.checkUnits(ctx, p)
+}
+
+// addRecords adds to p the selected backups' records of the objects they
+// wrote, and their ancestors' (whose manifests are read for it). It
+// returns the backups whose manifests were read: an object of theirs
+// without a record is a manifest problem.
+func (v *verifier) addRecords(ctx context.Context, p *objectPlan, selected []*Manifest) (map[string]bool, error) {
 	known := map[string]bool{}
-	for id := range selectedIDs {
-		known[id] = true
-	}
-	addRecords := func(m *Manifest) {
+	add := func(m *Manifest) {
+		known[m.ID] = true
 		for i := range m.Objects {
-			records[m.Objects[i].Key] = &m.Objects[i]
+			if !v.damaged[m.ID].objects[m.Objects[i].Key] {
+				p.records[m.Objects[i].Key] = &m.Objects[i]
+			}
 		}
 	}
 	for _, m := range selected {
-		addRecords(m)
+		add(m)
 	}
-	// Ancestors' manifests give the records of the objects they wrote.
-	loaded := map[string]bool{}
+	tried := map[string]bool{}
 	for _, m := range selected {
 		for _, dep := range append(m.DependsOn(), m.Parent) {
-			if dep == "" || selectedIDs[dep] || loaded[dep] {
+			if dep == "" || known[dep] || tried[dep] {
 				continue
 			}
-			loaded[dep] = true
-			pm, err := ReadManifest(ctx, v.r, dep)
+			tried[dep] = true
+			pm, err := v.readManifest(ctx, dep, false)
 			if err != nil {
 				if !isNoBackup(err) && !errors.Is(err, codec.ErrCorrupt) {
-					return err
+					return nil, err
 				}
 				v.problem(Problem{Kind: ProblemManifest, Backups: []string{m.ID}, Key: repo.BackupManifestKey(dep),
 					Message: fmt.Sprintf("backup %s: it depends on backup %s, whose manifest cannot be read (%v): it cannot be restored", m.ID, dep, err)})
 				continue
 			}
-			addRecords(pm)
-			known[dep] = true
+			add(pm)
 		}
 	}
+	return known, nil
+}
 
-	objects := map[string]*objectUse{}
-	use := func(key string) *objectUse {
-		u := objects[key]
-		if u == nil {
-			u = &objectUse{record: records[key], users: map[string]bool{}}
-			objects[key] = u
-		}
-		return u
+// use returns what is known of the object key, adding it to the plan.
+func (p *objectPlan) use(key string) *objectUse {
+	u := p.objects[key]
+	if u == nil {
+		u = &objectUse{record: p.records[key], users: map[string]bool{}}
+		p.objects[key] = u
 	}
-	for _, m := range selected {
-		for _, ob := range m.Objects {
-			use(ob.Key)
-		}
+	return u
+}
+
+// addFile adds the units of file f of backup id: the pieces of each unit
+// and the objects they are in. Identical units (same checksum, same
+// pieces) of several backups are one check.
+func (p *objectPlan) addFile(id string, f *File) {
+	for _, e := range f.Extents {
+		p.use(e.Key).users[id] = true
 	}
-	units := map[string]*unitCheck{}
+	ej := 0
+	for u := range f.Sums {
+		lo := int64(u) * UnitSize
+		hi := min(lo+UnitSize, f.Size)
+		var ps []unitPiece
+		for j := ej; j < len(f.Extents) && f.Extents[j].Off < hi; j++ {
+			e := f.Extents[j]
+			a, b := max(lo, e.Off), min(hi, e.Off+e.Len)
+			if a < b {
+				ps = append(ps, unitPiece{key: e.Key, at: e.At + (a - e.Off), n: b - a})
+			}
+		}
+		for ej < len(f.Extents) && f.Extents[ej].Off+f.Extents[ej].Len <= hi {
+			ej++
+		}
+		k := unitKey(f.Sums[u], ps)
+		uc := p.units[k]
+		if uc == nil {
+			uc = &unitCheck{want: f.Sums[u], pieces: ps}
+			p.units[k] = uc
+			for i, pc := range ps {
+				ou := p.use(pc.key)
+				ou.refs = append(ou.refs, unitPieceRef{u: uc, idx: i})
+			}
+		}
+		uc.owners = append(uc.owners, unitOwner{backup: id, path: f.Path, unit: u, size: f.Size})
+	}
+}
+
+// unitKey identifies a unit by its checksum and where its pieces are.
+func unitKey(sum string, ps []unitPiece) string {
 	var kb strings.Builder
-	for _, m := range selected {
-		for fi := range m.Files {
-			f := &m.Files[fi]
-			for _, e := range f.Extents {
-				if _, _, ok := repo.BackupIDFromKey(e.Key); ok {
-					use(e.Key).users[m.ID] = true
-				}
-			}
-			if msg := extentLayoutProblem(f); msg != "" {
-				v.problem(Problem{Kind: ProblemLayout, Backups: []string{m.ID},
-					Message: fmt.Sprintf("backup %s: file %s: %s", m.ID, f.Path, msg)})
-				continue
-			}
-			ej := 0
-			for u := range f.Sums {
-				lo := int64(u) * UnitSize
-				hi := min(lo+UnitSize, f.Size)
-				var ps []unitPiece
-				for j := ej; j < len(f.Extents) && f.Extents[j].Off < hi; j++ {
-					e := f.Extents[j]
-					a, b := max(lo, e.Off), min(hi, e.Off+e.Len)
-					if a < b {
-						ps = append(ps, unitPiece{key: e.Key, at: e.At + (a - e.Off), n: b - a})
-					}
-				}
-				for ej < len(f.Extents) && f.Extents[ej].Off+f.Extents[ej].Len <= hi {
-					ej++
-				}
-				kb.Reset()
-				kb.WriteString(f.Sums[u])
-				for _, p := range ps {
-					kb.WriteByte('|')
-					kb.WriteString(p.key)
-					kb.WriteByte('@')
-					kb.WriteString(strconv.FormatInt(p.at, 10))
-					kb.WriteByte('+')
-					kb.WriteString(strconv.FormatInt(p.n, 10))
-				}
-				uc := units[kb.String()]
-				if uc == nil {
-					uc = &unitCheck{want: strings.ToLower(f.Sums[u]), pieces: ps}
-					units[kb.String()] = uc
-					for i, p := range ps {
-						ou := use(p.key)
-						ou.refs = append(ou.refs, unitPieceRef{u: uc, idx: i})
-					}
-				}
-				uc.owners = append(uc.owners, unitOwner{backup: m.ID, path: f.Path, unit: u, size: f.Size})
-			}
-		}
+	kb.WriteString(sum)
+	for _, p := range ps {
+		kb.WriteByte('|')
+		kb.WriteString(p.key)
+		kb.WriteByte('@')
+		kb.WriteString(strconv.FormatInt(p.at, 10))
+		kb.WriteByte('+')
+		kb.WriteString(strconv.FormatInt(p.n, 10))
 	}
-	keys := make([]string, 0, len(objects))
-	for k, ou := range objects {
-		keys = append(keys, k)
+	return kb.String()
+}
+
+// order sorts every object's pieces by offset and the objects in reading
+// order: newest backups' objects first, so an incremental's pieces of a
+// unit (its changed pages) are the ones that wait in the buffer for their
+// turn, not its parent's unchanged bulk.
+func (p *objectPlan) order() {
+	p.keys = make([]string, 0, len(p.objects))
+	for k, ou := range p.objects {
+		p.keys = append(p.keys, k)
 		sort.Slice(ou.refs, func(i, j int) bool {
 			return ou.refs[i].u.pieces[ou.refs[i].idx].at < ou.refs[j].u.pieces[ou.refs[j].idx].at
 		})
 	}
-	// Newest backups' objects first: an incremental's pieces of a unit
-	// (its changed pages) are then the ones that wait in the buffer for
-	// their turn, not its parent's unchanged bulk.
-	sort.Slice(keys, func(i, j int) bool {
-		oi, oj := objectOwner(keys[i]), objectOwner(keys[j])
+	sort.Slice(p.keys, func(i, j int) bool {
+		oi, oj := objectOwner(p.keys[i]), objectOwner(p.keys[j])
 		if oi != oj {
 			return oi > oj
 		}
-		return keys[i] < keys[j]
+		return p.keys[i] < p.keys[j]
 	})
+}
 
+// readObjects reads every object of the plan once, o.Jobs at a time.
+func (v *verifier) readObjects(ctx context.Context, p *objectPlan) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(v.o.Jobs)
 	var nObjects atomic.Int64
 	var nBytes atomic.Int64
-	for _, k := range keys {
-		ou := objects[k]
+	for _, k := range p.keys {
+		ou := p.objects[k]
 		g.Go(func() error {
 			if err := v.readObject(gctx, k, ou); err != nil {
 				return err
@@ -171,16 +209,20 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 		return err
 	}
 	v.rep.Objects, v.rep.Bytes = int(nObjects.Load()), nBytes.Load()
+	return nil
+}
 
-	// Objects: problems, then extents pointing past their object's end.
-	for _, k := range keys {
-		v.objectProblems(ctx, k, objects[k], selected, known)
-	}
+// extentsPastEnd reports extents that point past the end of an object
+// read whole.
+func (v *verifier) extentsPastEnd(selected []*Manifest, objects map[string]*objectUse) {
 	for _, m := range selected {
-		for _, f := range m.Files {
+		for fi, f := range m.Files {
+			if v.damaged[m.ID].files[fi] {
+				continue
+			}
 			for _, e := range f.Extents {
 				ou := objects[e.Key]
-				if ou != nil && ou.bad == "" && e.At >= 0 && e.At+e.Len > ou.raw {
+				if ou != nil && ou.bad == "" && e.At+e.Len > ou.raw {
 					v.problem(Problem{Kind: ProblemLayout, Backups: []string{m.ID}, Key: e.Key,
 						Message: fmt.Sprintf("backup %s: file %s: bytes %d-%d are said to be at %d-%d of object %s, which holds only %d bytes",
 							m.ID, f.Path, e.Off, e.Off+e.Len-1, e.At, e.At+e.Len-1, e.Key, ou.raw)})
@@ -188,11 +230,14 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 			}
 		}
 	}
+}
 
-	// Units: compare, or hash again those that did not fit in the budget.
+// checkUnits compares the units hashed as their objects streamed with the
+// manifests, after hashing again those that did not fit in the budget.
+func (v *verifier) checkUnits(ctx context.Context, p *objectPlan) error {
 	var again []*unitCheck
-	for _, uc := range units {
-		if unitTainted(uc, objects) {
+	for _, uc := range p.units {
+		if unitTainted(uc, p.objects) {
 			continue
 		}
 		if uc.done {
@@ -208,44 +253,12 @@ func (v *verifier) checkBackups(ctx context.Context, selected []*Manifest) error
 	for _, uc := range again {
 		v.compareUnit(uc)
 	}
-	for _, uc := range units {
-		if uc.done && !unitTainted(uc, objects) {
+	for _, uc := range p.units {
+		if uc.done && !unitTainted(uc, p.objects) {
 			v.rep.Units += len(uc.owners)
 		}
 	}
 	return nil
-}
-
-// extentLayoutProblem says what is wrong with a file's extents and sums, or "".
-func extentLayoutProblem(f *File) string {
-	var pos int64
-	for i, e := range f.Extents {
-		switch {
-		case e.Len <= 0:
-			return fmt.Sprintf("extent %d has length %d", i, e.Len)
-		case e.At < 0:
-			return fmt.Sprintf("extent %d has a negative object offset %d", i, e.At)
-		case e.Off != pos:
-			if e.Off < pos {
-				return fmt.Sprintf("the extents do not tile the file: extent %d starts at %d, inside the previous one (which ends at %d)", i, e.Off, pos)
-			}
-			return fmt.Sprintf("the extents do not tile the file: bytes %d-%d are in no extent", pos, e.Off-1)
-		}
-		if _, _, ok := repo.BackupIDFromKey(e.Key); !ok {
-			return fmt.Sprintf("extent %d points at %q, which is not a backup object", i, e.Key)
-		}
-		pos += e.Len
-	}
-	if pos != f.Size {
-		if pos < f.Size {
-			return fmt.Sprintf("the extents do not tile the file: bytes %d-%d of %d are in no extent", pos, f.Size-1, f.Size)
-		}
-		return fmt.Sprintf("the extents do not tile the file: they cover %d bytes, the file has %d", pos, f.Size)
-	}
-	if want := (f.Size + UnitSize - 1) / UnitSize; int64(len(f.Sums)) != want {
-		return fmt.Sprintf("%d unit checksums for %d bytes; want %d (one per 8 MiB)", len(f.Sums), f.Size, want)
-	}
-	return ""
 }
 
 // readObject streams one object once, routing each piece to its unit.

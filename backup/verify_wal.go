@@ -150,16 +150,29 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 	if err != nil {
 		return err
 	}
+	first, haveFirst := v.backupsWAL(w, rp, selected, size)
+	if !v.o.WAL {
+		return nil
+	}
+	return v.continuity(ctx, w, rp, selected, first, haveFirst)
+}
 
-	// Every backup's own WAL, whatever --wal says: without it the backup
-	// cannot be restored.
-	first, haveFirst := pg.SegNo(0), false
+// walRange returns the segments backup m needs, s0 to s1 on timeline tli;
+// ok is false when its start_wal and stop_wal name no such range (a broken
+// manifest rule, reported when the manifest was read).
+func walRange(m *Manifest, size pg.WALSegmentSize) (tli pg.TimeLineID, s0, s1 pg.SegNo, ok bool) {
+	tli, s0, err1 := pg.ParseSegmentName(m.StartWAL, size)
+	_, s1, err2 := pg.ParseSegmentName(m.StopWAL, size)
+	return tli, s0, s1, err1 == nil && err2 == nil && s0 <= s1
+}
+
+// backupsWAL reports the WAL every backup needs that is not archived,
+// whatever --wal says: without it the backup cannot be restored. It
+// returns the oldest backup's first segment.
+func (v *verifier) backupsWAL(w *walListing, rp recoveryPath, selected []*Manifest, size pg.WALSegmentSize) (first pg.SegNo, haveFirst bool) {
 	for _, m := range selected {
-		tli, s0, err1 := pg.ParseSegmentName(m.StartWAL, size)
-		_, s1, err2 := pg.ParseSegmentName(m.StopWAL, size)
-		if err1 != nil || err2 != nil || s1 < s0 {
-			v.problem(Problem{Kind: ProblemManifest, Backups: []string{m.ID},
-				Message: fmt.Sprintf("backup %s: its WAL range %q..%q is not valid", m.ID, m.StartWAL, m.StopWAL)})
+		tli, s0, s1, ok := walRange(m, size)
+		if !ok {
 			continue
 		}
 		if !haveFirst || s0 < first {
@@ -180,16 +193,12 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 					m.ID, segRangeText(tli, r, size))})
 		}
 	}
-	if !v.o.WAL {
-		return nil
-	}
+	return first, haveFirst
+}
 
-	// Continuity from the oldest verified backup's start (or the oldest
-	// segment) to the newest segment on the recovery path.
-	wc := &WALCheck{Timelines: []pg.TimeLineID{}}
-	v.rep.WAL = wc
-	var lo, last pg.SegNo
-	onPath := false
+// pathRange returns the oldest and the newest segment archived on the
+// recovery path; onPath is false when there is none.
+func (w *walListing) pathRange(rp recoveryPath) (lo, last pg.SegNo, onPath bool) {
 	for tli, segs := range w.segments {
 		for s := range segs {
 			if ptli, _ := rp.present(w, s); rp.known && ptli != tli {
@@ -204,6 +213,16 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 			onPath = true
 		}
 	}
+	return lo, last, onPath
+}
+
+// continuity checks the archive from the oldest verified backup's start
+// (or the oldest segment) to the newest segment on the recovery path, and
+// reads every WAL file in that range again.
+func (v *verifier) continuity(ctx context.Context, w *walListing, rp recoveryPath, selected []*Manifest, first pg.SegNo, haveFirst bool) error {
+	wc := &WALCheck{Timelines: []pg.TimeLineID{}}
+	v.rep.WAL = wc
+	lo, last, onPath := w.pathRange(rp)
 	if !haveFirst {
 		first = lo
 	}
@@ -230,9 +249,16 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 	}
 	t0, _ := rp.present(w, first)
 	t1, _ := rp.present(w, last)
-	wc.From, wc.To = pg.SegmentName(t0, first, size), pg.SegmentName(t1, last, size)
+	wc.From, wc.To = pg.SegmentName(t0, first, rp.size), pg.SegmentName(t1, last, rp.size)
 	wc.Missing = len(missing)
-	// Group the gaps by timeline and consecutive numbers.
+	v.reportGaps(missing, missingTLI, selected, rp.size)
+	return v.rereadWAL(ctx, w, first, last, true)
+}
+
+// reportGaps reports the missing segments, grouped by timeline and
+// consecutive numbers, naming the backups whose point-in-time recovery
+// stops before each gap.
+func (v *verifier) reportGaps(missing []pg.SegNo, missingTLI []pg.TimeLineID, selected []*Manifest, size pg.WALSegmentSize) {
 	for i := 0; i < len(missing); {
 		j := i
 		for j+1 < len(missing) && missing[j+1] == missing[j]+1 && missingTLI[j+1] == missingTLI[i] {
@@ -241,7 +267,7 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 		r := [2]pg.SegNo{missing[i], missing[j]}
 		var affected []string
 		for _, m := range selected {
-			if _, s1, err := pg.ParseSegmentName(m.StopWAL, size); err == nil && s1 < r[0] {
+			if _, _, s1, ok := walRange(m, size); ok && s1 < r[0] {
 				affected = append(affected, m.ID)
 			}
 		}
@@ -252,7 +278,6 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 		v.problem(Problem{Kind: ProblemWALGap, Message: msg})
 		i = j + 1
 	}
-	return v.rereadWAL(ctx, w, first, last, true)
 }
 
 // rereadWAL reads every WAL file in [first, last] and every history file
