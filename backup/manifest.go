@@ -197,8 +197,21 @@ func validID(id string) bool {
 	return err == nil
 }
 
-// ReadManifest reads and checks backup id's manifest.
+// ReadManifest reads backup id's manifest and checks it (Manifest.Check):
+// one that breaks the manifest format's rules is refused with a
+// *ManifestError.
 func ReadManifest(ctx context.Context, r *repo.Repo, id string) (*Manifest, error) {
+	m, err := readManifest(ctx, r, id)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// readManifest is ReadManifest, except that a manifest that breaks the
+// format's rules is returned with its *ManifestError, for verify to report
+// what is wrong and check the rest.
+func readManifest(ctx context.Context, r *repo.Repo, id string) (*Manifest, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("%w: %q is not a backup id (like 20261122T101500F, or LATEST)", ErrNoBackup, id)
 	}
@@ -214,19 +227,25 @@ func ReadManifest(ctx context.Context, r *repo.Repo, id string) (*Manifest, erro
 	if err != nil {
 		return nil, fmt.Errorf("read the manifest of backup %s: %w", id, err)
 	}
+	return parseManifest(body, id, r.String(), r.Metadata())
+}
+
+// parseManifest decodes the manifest of backup id, read from where, and
+// checks it for a repository with metadata meta. A manifest that decodes
+// but breaks the format's rules is returned with its *ManifestError.
+func parseManifest(body []byte, id, where string, meta repo.Metadata) (*Manifest, error) {
 	m := new(Manifest)
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(m); err != nil {
-		return nil, fmt.Errorf("manifest of backup %s in %s is not valid JSON: %w", id, r, err)
+	if err := json.Unmarshal(body, m); err != nil {
+		return nil, fmt.Errorf("manifest of backup %s in %s is not valid JSON: %w", id, where, err)
 	}
 	if m.FormatVersion > ManifestVersion {
 		return nil, fmt.Errorf("backup %s has manifest format %d; this walferry reads up to %d: upgrade walferry",
 			id, m.FormatVersion, ManifestVersion)
 	}
 	if m.ID != id {
-		return nil, fmt.Errorf("manifest %s in %s names backup %q: the repository is damaged", repo.BackupManifestKey(id), r, m.ID)
+		return nil, fmt.Errorf("manifest %s in %s names backup %q: the repository is damaged", repo.BackupManifestKey(id), where, m.ID)
 	}
-	return m, nil
+	return m, m.Check(meta)
 }
 
 // WriteManifest stores m; it is the last object a backup writes, which
@@ -294,17 +313,26 @@ func List(ctx context.Context, r *repo.Repo) ([]*Manifest, error) {
 // Resolve reads the manifest that name selects: a backup id or LATEST
 // (case-insensitive).
 func Resolve(ctx context.Context, r *repo.Repo, name string) (*Manifest, error) {
-	if !strings.EqualFold(name, Latest) {
-		return ReadManifest(ctx, r, name)
-	}
-	ids, _, err := IDs(ctx, r)
+	id, err := resolveID(ctx, r, name)
 	if err != nil {
 		return nil, err
 	}
-	if len(ids) == 0 {
-		return nil, fmt.Errorf("%w: %s has no backup yet; take one with walferry backup-push", ErrNoBackup, r)
+	return ReadManifest(ctx, r, id)
+}
+
+// resolveID returns the id of the backup name selects.
+func resolveID(ctx context.Context, r *repo.Repo, name string) (string, error) {
+	if !strings.EqualFold(name, Latest) {
+		return name, nil
 	}
-	return ReadManifest(ctx, r, ids[len(ids)-1])
+	ids, _, err := IDs(ctx, r)
+	if err != nil {
+		return "", err
+	}
+	if len(ids) == 0 {
+		return "", fmt.Errorf("%w: %s has no backup yet; take one with walferry backup-push", ErrNoBackup, r)
+	}
+	return ids[len(ids)-1], nil
 }
 
 // FileMap indexes a manifest's files by path.

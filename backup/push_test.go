@@ -396,6 +396,16 @@ func TestPushRemote(t *testing.T) {
 	if inc.Type != backup.Incremental || inc.Stats.NewBytes*4 > inc.Stats.DataBytes {
 		t.Errorf("remote incremental: type %s, %d new of %d bytes", inc.Type, inc.Stats.NewBytes, inc.Stats.DataBytes)
 	}
+	// What backup-push writes, local or remote, obeys the manifest rules.
+	ids, _, err := backup.IDs(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := backup.ReadManifest(ctx, r, id); err != nil {
+			t.Errorf("backup-push wrote a manifest that breaks the rules: %v", err)
+		}
+	}
 	c.Exec(t, "CHECKPOINT")
 	onDisk, err := os.ReadFile(filepath.Join(c.DataDir, tablePath))
 	if err != nil {

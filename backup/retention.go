@@ -214,15 +214,10 @@ func deleteLocked(ctx context.Context, r *repo.Repo, o DeleteOptions, res *Delet
 		}
 	}
 	var boundary pg.SegNo
-	if len(kept) > 0 {
-		for i, m := range kept {
-			_, seg, err := pg.ParseSegmentName(m.StartWAL, segSize)
-			if err != nil {
-				return res, fmt.Errorf("backup %s has an invalid start_wal %q, so the WAL it needs is unknown; nothing deleted: %w", m.ID, m.StartWAL, err)
-			}
-			if i == 0 || seg < boundary {
-				boundary, res.WALKeptFrom = seg, m.StartWAL
-			}
+	for i, m := range kept {
+		// start_wal is the segment of the start LSN (Manifest.Check).
+		if seg := segSize.SegNoOf(m.StartLSN); i == 0 || seg < boundary {
+			boundary, res.WALKeptFrom = seg, m.StartWAL
 		}
 	}
 

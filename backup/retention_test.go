@@ -113,23 +113,9 @@ func (f *fixture) backup(s fxSpec) *backup.Manifest {
 	if s.objectSize == 0 {
 		s.objectSize = 4 << 20
 	}
-	typ := backup.Full
-	if s.parent != nil {
-		typ = backup.Incremental
-	}
 	id := fxID(s.start, s.parent == nil)
-	m := &backup.Manifest{
-		FormatVersion: backup.ManifestVersion, ID: id, Type: typ, Mode: "local", Label: "test " + id,
-		StartTime: s.start, StopTime: s.stop,
-		StartLSN: f.size.StartLSN(s.startSeg) + 0x28, StopLSN: f.size.StartLSN(s.stopSeg) + 0x138,
-		Timeline: s.tli,
-		StartWAL: pg.SegmentName(s.tli, s.startSeg, f.size), StopWAL: pg.SegmentName(s.tli, s.stopSeg, f.size),
-		SystemID: 7310012345678901234, PGVersionNum: 150004, DataChecksums: true,
-		BackupLabel: "START WAL LOCATION: test\n", Dirs: []backup.Dir{{Path: "base", Mode: 0o700}},
-	}
-	if s.parent != nil {
-		m.Parent = s.parent.ID
-	}
+	m := f.manifest(id, s.parent, s.tli, s.startSeg, s.stopSeg)
+	m.StartTime, m.StopTime = s.start, s.stop
 	var parentFiles map[string]*backup.File
 	var parentData map[string][]byte
 	if s.parent != nil {
@@ -181,6 +167,24 @@ func (f *fixture) backup(s fxSpec) *backup.Manifest {
 	fxContent[id] = content
 	if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {
 		f.t.Fatal(err)
+	}
+	return m
+}
+
+// manifest returns the manifest of backup id, without files or objects,
+// an incremental on parent when it is not nil, that needs WAL segments
+// startSeg to stopSeg of timeline tli.
+func (f *fixture) manifest(id string, parent *backup.Manifest, tli pg.TimeLineID, startSeg, stopSeg pg.SegNo) *backup.Manifest {
+	m := &backup.Manifest{
+		FormatVersion: backup.ManifestVersion, ID: id, Type: backup.Full, Mode: "local", Label: "test " + id,
+		StartLSN: f.size.StartLSN(startSeg) + 0x28, StopLSN: f.size.StartLSN(stopSeg) + 0x138,
+		Timeline: tli,
+		StartWAL: pg.SegmentName(tli, startSeg, f.size), StopWAL: pg.SegmentName(tli, stopSeg, f.size),
+		SystemID: 7310012345678901234, PGVersionNum: 150004, DataChecksums: true,
+		BackupLabel: "START WAL LOCATION: test\n", Dirs: []backup.Dir{{Path: "base", Mode: 0o700}},
+	}
+	if parent != nil {
+		m.Type, m.Parent = backup.Incremental, parent.ID
 	}
 	return m
 }

@@ -107,15 +107,11 @@ func Describe(ctx context.Context, r *repo.Repo, m *Manifest) (*Details, error) 
 
 // Chain returns m and its ancestors through Parent, newest first. When an
 // ancestor's manifest is missing the chain stops before it and broken
-// names it; other read failures are errors.
+// names it; other read failures are errors. Every manifest ReadManifest
+// returns names an older parent (Manifest.Check), so the chain ends.
 func Chain(ctx context.Context, r *repo.Repo, m *Manifest) (chain []*Manifest, broken string, err error) {
 	chain = []*Manifest{m}
-	seen := map[string]bool{m.ID: true}
 	for cur := m; cur.Parent != ""; {
-		if seen[cur.Parent] {
-			return nil, "", fmt.Errorf("backup %s: the parent chain loops at %s: the repository is damaged", m.ID, cur.Parent)
-		}
-		seen[cur.Parent] = true
 		p, err := ReadManifest(ctx, r, cur.Parent)
 		if err != nil {
 			if isNoBackup(err) {

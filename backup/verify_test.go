@@ -142,11 +142,12 @@ func TestVerifyMissingObject(t *testing.T) {
 
 func TestVerifyBadManifests(t *testing.T) {
 	f, full, _ := bigChain(t, 3<<20)
-	// A copy of the full in which base/1/1259's extent stops short of its
-	// end, base/1/16384's second unit has a wrong sum, and
-	// global/pg_control's extent points past its object's end.
+	// An incremental on the full that keeps all its files, in which
+	// base/1/1259's extent stops short of its end, base/1/16384's second
+	// unit has a wrong sum, and global/pg_control's extent points past its
+	// object's end.
 	m := *full
-	m.ID = fxID(day(3), true)
+	m.ID, m.Type, m.Parent, m.Objects = fxID(day(3), false), backup.Incremental, full.ID, nil
 	m.StartTime, m.StopTime = day(3), day(3).Add(time.Minute)
 	m.Files = slices.Clone(full.Files)
 	for i := range m.Files {
@@ -320,25 +321,26 @@ func TestVerifyOutOfOrderPieces(t *testing.T) {
 	f := newFixture(t)
 	data := fxData(9, 10<<20)
 	half := int64(5 << 20)
-	id := fxID(day(1), true)
-	m := &backup.Manifest{FormatVersion: backup.ManifestVersion, ID: id, Type: backup.Full, Mode: "local",
-		StartTime: day(1), StopTime: day(1).Add(time.Minute), Timeline: 1,
-		StartWAL: pg.SegmentName(1, 2, f.size), StopWAL: pg.SegmentName(1, 2, f.size)}
-	for i, part := range [][]byte{data[half:], data[:half]} {
-		key := repo.BackupDataKey(id, i+1)
-		sum, err := f.r.Put(f.ctx, key, strings.NewReader(string(part)))
-		if err != nil {
+	// store writes a full backup of data, its second half first.
+	store := func(id string, sums []string) {
+		m := f.manifest(id, nil, 1, 2, 2)
+		for i, part := range [][]byte{data[half:], data[:half]} {
+			key := repo.BackupDataKey(id, i+1)
+			sum, err := f.r.Put(f.ctx, key, strings.NewReader(string(part)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Objects = append(m.Objects, backup.Object{Key: key, RawSize: sum.RawSize, StoredSize: sum.StoredSize, Sum: sum.Sum})
+		}
+		m.Files = []backup.File{{Path: "base/1/2", Size: int64(len(data)), Sums: sums, Extents: []backup.Extent{
+			{Off: 0, Len: half, Key: repo.BackupDataKey(id, 2), At: 0},
+			{Off: half, Len: half, Key: repo.BackupDataKey(id, 1), At: 0},
+		}}}
+		if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {
 			t.Fatal(err)
 		}
-		m.Objects = append(m.Objects, backup.Object{Key: key, RawSize: sum.RawSize, StoredSize: sum.StoredSize, Sum: sum.Sum})
 	}
-	m.Files = []backup.File{{Path: "base/1/2", Size: int64(len(data)), Sums: fxSums(data), Extents: []backup.Extent{
-		{Off: 0, Len: half, Key: repo.BackupDataKey(id, 2), At: 0},
-		{Off: half, Len: half, Key: repo.BackupDataKey(id, 1), At: 0},
-	}}}
-	if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {
-		t.Fatal(err)
-	}
+	store(fxID(day(1), true), fxSums(data))
 	f.wal(1, 2, 2)
 	for _, budget := range []int64{0, 1} {
 		rep, err := backup.Verify(f.ctx, f.r, backup.VerifyOptions{Jobs: 1, BufferBudget: budget})
@@ -347,16 +349,13 @@ func TestVerifyOutOfOrderPieces(t *testing.T) {
 		}
 	}
 
-	m.ID = fxID(day(2), true)
-	m.Files[0].Sums[0] = strings.Repeat("0", 64)
-	if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {
-		t.Fatal(err)
-	}
+	id := fxID(day(2), true)
+	store(id, append([]string{strings.Repeat("0", 64)}, fxSums(data)[1:]...))
 	for _, budget := range []int64{0, 1} {
-		rep, err := backup.Verify(f.ctx, f.r, backup.VerifyOptions{ID: m.ID, Jobs: 1, BufferBudget: budget})
+		rep, err := backup.Verify(f.ctx, f.r, backup.VerifyOptions{ID: id, Jobs: 1, BufferBudget: budget})
 		ps := problemsOf(rep, backup.ProblemContent)
 		if !errors.Is(err, backup.ErrVerify) || len(ps) != 1 ||
-			!strings.HasPrefix(ps[0].Message, "backup "+m.ID+": file base/1/2: bytes 0-8388607 do not match the manifest") {
+			!strings.HasPrefix(ps[0].Message, "backup "+id+": file base/1/2: bytes 0-8388607 do not match the manifest") {
 			t.Errorf("budget %d: %v, %+v", budget, err, rep.Problems)
 		}
 	}
@@ -397,11 +396,9 @@ func TestVerifyPageIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &backup.Manifest{FormatVersion: backup.ManifestVersion, ID: id, Type: backup.Incremental, Parent: full.ID,
-		Mode: "local", StartTime: day(2), StopTime: day(2).Add(time.Minute), Timeline: 1,
-		StartWAL: pg.SegmentName(1, 3, f.size), StopWAL: pg.SegmentName(1, 3, f.size),
-		Objects: []backup.Object{{Key: key, RawSize: sum.RawSize, StoredSize: sum.StoredSize, Sum: sum.Sum}},
-		Files:   []backup.File{{Path: "base/5/16400", Size: int64(len(changed)), Sums: fxSums(changed), Extents: exts}}}
+	m := f.manifest(id, full, 1, 3, 3)
+	m.Objects = []backup.Object{{Key: key, RawSize: sum.RawSize, StoredSize: sum.StoredSize, Sum: sum.Sum}}
+	m.Files = []backup.File{{Path: "base/5/16400", Size: int64(len(changed)), Sums: fxSums(changed), Extents: exts}}
 	if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +410,7 @@ func TestVerifyPageIncremental(t *testing.T) {
 		}
 	}
 	// A changed page stored wrong: the unit holding it no longer matches.
-	m.ID = fxID(day(3), false)
+	m.ID, m.Objects = fxID(day(3), false), nil
 	m.Files[0].Extents = slices.Clone(exts)
 	m.Files[0].Extents[1].At += 1
 	if err := backup.WriteManifest(f.ctx, f.r, m); err != nil {

@@ -170,9 +170,9 @@ func (rs *restorer) compare(ctx context.Context) error {
 }
 
 // prepareFiles takes files from order until it is empty: it creates every
-// file that gets bytes from the repository at its final size (a gap
-// between extents is zeros), zeroes the gaps of the units a delta restore
-// rewrites, and cuts kept files to size. It runs while fetch writes the
+// file that gets bytes from the repository at its final size and cuts kept
+// files to size (the extents tile every file, so every byte of a unit a
+// delta restore rewrites is written again). It runs while fetch writes the
 // files already prepared, rather than before: creating files is kernel
 // work, serialized by the directory's lock, and on a filesystem without
 // a journal it is slow just after files were deleted (ext4 then skips
@@ -188,7 +188,7 @@ func (rs *restorer) prepareFiles(ctx context.Context, order <-chan *item) error 
 		}
 		close(it.ready)
 		if it.pending.Load() == 0 {
-			rs.syncs.settled(it) // kept, empty or all zeros: already whole
+			rs.syncs.settled(it) // kept or empty: already whole
 		}
 	}
 	return nil
@@ -206,50 +206,11 @@ func prepareFile(it *item) error {
 		return fmt.Errorf("create %s: %w", it.path, err)
 	}
 	err = f.Truncate(it.f.Size)
-	if err == nil && it.existed {
-		err = zeroGaps(f, it)
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("prepare %s: %w", it.path, err)
-	}
-	return nil
-}
-
-// zeroGaps writes zeros over the parts of the rewritten units that no
-// extent covers (a new file has them from Truncate).
-func zeroGaps(f *os.File, it *item) error {
-	ext := make([][2]int64, 0, len(it.f.Extents))
-	for _, e := range it.f.Extents {
-		ext = append(ext, [2]int64{e.Off, e.Off + e.Len})
-	}
-	sort.Slice(ext, func(i, j int) bool { return ext[i][0] < ext[j][0] })
-	var zeros []byte
-	for _, sp := range it.spans() {
-		pos := sp[0]
-		for _, e := range append(ext, [2]int64{sp[1], sp[1]}) {
-			if e[1] <= pos {
-				continue
-			}
-			if gapEnd := min(e[0], sp[1]); gapEnd > pos {
-				if zeros == nil {
-					zeros = make([]byte, 64<<10)
-				}
-				for pos < gapEnd {
-					n := min(int64(len(zeros)), gapEnd-pos)
-					if _, err := f.WriteAt(zeros[:n], pos); err != nil {
-						return err
-					}
-					pos += n
-				}
-			}
-			pos = max(pos, e[1])
-			if pos >= sp[1] {
-				break
-			}
-		}
 	}
 	return nil
 }
@@ -382,9 +343,7 @@ func (rs *restorer) fetch(ctx context.Context) error {
 			continue
 		}
 		rs.filesFetched++
-		if len(it.f.Sums) == units(it.f.Size) {
-			it.streamed = make([]unitHash, units(it.f.Size))
-		}
+		it.streamed = make([]unitHash, units(it.f.Size))
 	}
 	byKey, total := rs.pieces()
 	for _, ps := range byKey {
@@ -442,7 +401,7 @@ func (rs *restorer) fetch(ctx context.Context) error {
 }
 
 // creationOrder queues the files in the order fetch first writes them,
-// then those it does not write (kept, empty, all zeros).
+// then those it does not write (kept, empty).
 func (rs *restorer) creationOrder(keys []string, byKey map[string][]piece) <-chan *item {
 	out := make(chan *item, len(rs.p.items))
 	defer close(out)

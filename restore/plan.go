@@ -132,63 +132,19 @@ type plan struct {
 	rootMode uint32
 }
 
-// newPlan checks m (paths, extents, sums) and resolves the tablespace map.
+// newPlan maps m onto o.DataDir and resolves the tablespace map. m comes
+// from backup.ReadManifest, which checked it (backup.Manifest.Check):
+// paths are clean and inside the data directory, no file is listed twice
+// or where a directory or a tablespace link is, extents tile their files,
+// checksums cover them, tablespace locations are absolute, and there is
+// a backup_label.
 func newPlan(m *backup.Manifest, o Options) (*plan, error) {
 	p := &plan{byRel: map[string]*item{}, dirs: map[string]uint32{}, links: map[string]*tablespace{}}
-	remap, _ := parseTablespaceMap(o.TablespaceMap) // checked by Validate
-	used := map[string]bool{}
-	for _, ts := range m.Tablespaces {
-		t := &tablespace{Tablespace: ts, oid: strconv.FormatUint(uint64(ts.OID), 10), location: ts.Location}
-		for _, key := range []string{t.oid, ts.Name} {
-			if dir, ok := remap[key]; ok && key != "" {
-				t.location, t.remapped = dir, true
-				used[key] = true
-			}
-		}
-		if !filepath.IsAbs(t.location) {
-			return nil, fmt.Errorf("backup %s: tablespace %s has location %q, not an absolute path: the manifest is damaged", m.ID, t.oid, t.location)
-		}
-		t.location = filepath.Clean(t.location)
-		if inside(o.DataDir, t.location) {
-			return nil, invalidf("tablespace %s (%s) would be restored to %s, inside the data directory %s: relocate it with --tablespace-map %s=DIR",
-				t.oid, ts.Name, t.location, o.DataDir, t.oid)
-		}
-		for _, other := range p.spaces {
-			if other.location == t.location || inside(other.location, t.location) || inside(t.location, other.location) {
-				return nil, invalidf("tablespaces %s and %s would both be restored to %s: relocate one with --tablespace-map OID=DIR", other.oid, t.oid, t.location)
-			}
-		}
-		p.spaces = append(p.spaces, t)
-		p.links[tblspcDir+"/"+t.oid] = t
+	if err := p.placeTablespaces(m, o); err != nil {
+		return nil, err
 	}
-	for key := range remap {
-		if !used[key] {
-			var known []string
-			for _, t := range p.spaces {
-				known = append(known, t.oid+" ("+t.Name+")")
-			}
-			if len(known) == 0 {
-				known = []string{"none"}
-			}
-			return nil, invalidf("--tablespace-map %s: backup %s has no tablespace with that OID or name; its tablespaces: %s",
-				key, m.ID, strings.Join(known, ", "))
-		}
-	}
-	if m.TablespaceMap != "" {
-		lines, err := parseTablespaceMapFile(m.TablespaceMap)
-		if err != nil {
-			return nil, fmt.Errorf("backup %s: %w", m.ID, err)
-		}
-		for i := range lines {
-			if t := p.links[tblspcDir+"/"+lines[i].oid]; t != nil {
-				lines[i].path = t.location
-			}
-		}
-		p.mapFile = formatTablespaceMap(lines)
-	}
-
 	addParents := func(rel string) {
-		for d := path.Dir(rel); d != "." && d != "/"; d = path.Dir(d) {
+		for d := path.Dir(rel); d != "."; d = path.Dir(d) {
 			if _, ok := p.dirs[d]; ok {
 				break
 			}
@@ -196,32 +152,22 @@ func newPlan(m *backup.Manifest, o Options) (*plan, error) {
 		}
 	}
 	for _, d := range m.Dirs {
-		rel, err := p.checkPath(m, d.Path)
-		if err != nil {
-			return nil, err
-		}
-		if rel == "." {
+		if d.Path == "." {
 			p.rootMode = d.Mode
 			continue
 		}
-		p.dirs[rel] = d.Mode
-		addParents(rel)
+		p.dirs[d.Path] = d.Mode
+		addParents(d.Path)
 	}
+	// pg_tblspc/<oid>/... goes through the tablespace's link; an <oid>
+	// that is not a tablespace is an in-place tablespace (PostgreSQL 15's
+	// allow_in_place_tablespaces), an ordinary directory.
 	for i := range m.Files {
 		f := &m.Files[i]
-		rel, err := p.checkPath(m, f.Path)
-		if err != nil {
-			return nil, err
-		}
-		if rel == "." || p.links[rel] != nil || p.byRel[rel] != nil {
-			return nil, fmt.Errorf("backup %s: file %q is listed twice or names a directory: the manifest is damaged", m.ID, f.Path)
-		}
+		rel := f.Path
 		if skipped[rel] {
 			o.Log.Warn("the backup holds a file a restore never takes; skipped", "file", rel)
 			continue
-		}
-		if err := checkFile(m, f); err != nil {
-			return nil, err
 		}
 		it := &item{f: f, final: filepath.Join(o.DataDir, filepath.FromSlash(rel))}
 		it.path = it.final
@@ -238,49 +184,59 @@ func newPlan(m *backup.Manifest, o Options) (*plan, error) {
 			p.dirs[d] = 0
 		}
 	}
-	if strings.TrimSpace(m.BackupLabel) == "" {
-		return nil, fmt.Errorf("backup %s has no backup_label: the manifest is damaged (without it PostgreSQL would start from the wrong checkpoint)", m.ID)
-	}
-	for rel := range p.dirs {
-		if p.byRel[rel] != nil {
-			return nil, fmt.Errorf("backup %s: %q is both a file and a directory: the manifest is damaged", m.ID, rel)
-		}
-	}
 	return p, nil
 }
 
-// checkPath cleans a manifest path and refuses anything that would land
-// outside the data directory.
-func (p *plan) checkPath(m *backup.Manifest, raw string) (string, error) {
-	rel := path.Clean(raw)
-	if raw == "" || path.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("backup %s: path %q is outside the data directory: the manifest is damaged", m.ID, raw)
-	}
-	// pg_tblspc/<oid>/... goes through the tablespace's link; an <oid>
-	// that is not a tablespace is an in-place tablespace (PostgreSQL 15's
-	// allow_in_place_tablespaces), an ordinary directory.
-	return rel, nil
-}
-
-// checkFile checks that a file's extents lie within it and its sums
-// cover it.
-func checkFile(m *backup.Manifest, f *backup.File) error {
-	if f.Size < 0 {
-		return fmt.Errorf("backup %s: file %s has size %d: the manifest is damaged", m.ID, f.Path, f.Size)
-	}
-	if len(f.Sums) != units(f.Size) {
-		return fmt.Errorf("backup %s: file %s of %d bytes has %d checksums, want %d: the manifest is damaged",
-			m.ID, f.Path, f.Size, len(f.Sums), units(f.Size))
-	}
-	if len(f.CRCs) != 0 && len(f.CRCs) != units(f.Size) {
-		return fmt.Errorf("backup %s: file %s of %d bytes has %d CRC-32C checks, want %d: the manifest is damaged",
-			m.ID, f.Path, f.Size, len(f.CRCs), units(f.Size))
-	}
-	for _, e := range f.Extents {
-		if e.Off < 0 || e.Len < 0 || e.At < 0 || e.Off+e.Len > f.Size || e.Key == "" {
-			return fmt.Errorf("backup %s: file %s has an extent (%d bytes at %d from %q at %d) outside its %d bytes: the manifest is damaged",
-				m.ID, f.Path, e.Len, e.Off, e.Key, e.At, f.Size)
+// placeTablespaces decides where each tablespace goes (its location, or
+// where --tablespace-map relocates it) and rewrites the tablespace_map.
+func (p *plan) placeTablespaces(m *backup.Manifest, o Options) error {
+	remap, _ := parseTablespaceMap(o.TablespaceMap) // checked by Validate
+	used := map[string]bool{}
+	for _, ts := range m.Tablespaces {
+		t := &tablespace{Tablespace: ts, oid: strconv.FormatUint(uint64(ts.OID), 10), location: ts.Location}
+		for _, key := range []string{t.oid, ts.Name} {
+			if dir, ok := remap[key]; ok && key != "" {
+				t.location, t.remapped = dir, true
+				used[key] = true
+			}
 		}
+		t.location = filepath.Clean(t.location)
+		if inside(o.DataDir, t.location) {
+			return invalidf("tablespace %s (%s) would be restored to %s, inside the data directory %s: relocate it with --tablespace-map %s=DIR",
+				t.oid, ts.Name, t.location, o.DataDir, t.oid)
+		}
+		for _, other := range p.spaces {
+			if other.location == t.location || inside(other.location, t.location) || inside(t.location, other.location) {
+				return invalidf("tablespaces %s and %s would both be restored to %s: relocate one with --tablespace-map OID=DIR", other.oid, t.oid, t.location)
+			}
+		}
+		p.spaces = append(p.spaces, t)
+		p.links[tblspcDir+"/"+t.oid] = t
+	}
+	for key := range remap {
+		if !used[key] {
+			var known []string
+			for _, t := range p.spaces {
+				known = append(known, t.oid+" ("+t.Name+")")
+			}
+			if len(known) == 0 {
+				known = []string{"none"}
+			}
+			return invalidf("--tablespace-map %s: backup %s has no tablespace with that OID or name; its tablespaces: %s",
+				key, m.ID, strings.Join(known, ", "))
+		}
+	}
+	if m.TablespaceMap != "" {
+		lines, err := parseTablespaceMapFile(m.TablespaceMap)
+		if err != nil {
+			return fmt.Errorf("backup %s: %w", m.ID, err)
+		}
+		for i := range lines {
+			if t := p.links[tblspcDir+"/"+lines[i].oid]; t != nil {
+				lines[i].path = t.location
+			}
+		}
+		p.mapFile = formatTablespaceMap(lines)
 	}
 	return nil
 }

@@ -307,7 +307,9 @@ func (o *Options) jobs() int {
 }
 
 // Run restores the backup o.Backup names from r into o.DataDir and writes
-// the recovery settings. On failure after writing started, the error
+// the recovery settings. A manifest that breaks the format's rules
+// (backup.Manifest.Check) is refused before anything is written, with a
+// *backup.ManifestError. On failure after writing started, the error
 // matches ErrIncomplete and the directory cannot start a server; a
 // corrupt object or a restored file that does not match its checksums
 // fails with an error matching codec.ErrCorrupt that names the object or
@@ -336,15 +338,6 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (Result, error) {
 	}
 	if err := checkTimeReachable(ctx, r, o); err != nil {
 		return Result{}, err
-	}
-	meta := r.Metadata()
-	if m.SystemID != meta.SystemID {
-		return Result{}, fmt.Errorf("%w: backup %s is of system identifier %d but %s belongs to system identifier %d: the repository is damaged or mixed",
-			repo.ErrWrongCluster, m.ID, m.SystemID, r, meta.SystemID)
-	}
-	if m.PGVersionNum != 0 && meta.PGMajor != 0 && m.PGVersionNum/10000 != meta.PGMajor {
-		return Result{}, fmt.Errorf("%w: backup %s is of PostgreSQL %d but %s holds PostgreSQL %d",
-			repo.ErrWrongCluster, m.ID, m.PGVersionNum/10000, r, meta.PGMajor)
 	}
 	p, err := newPlan(m, o)
 	if err != nil {

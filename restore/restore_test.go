@@ -106,7 +106,7 @@ func randomBytes(seed uint64, n int) []byte {
 }
 
 // addFile records a file whose extents are given as (object, length)
-// pieces in file order; a nil object leaves a gap of zeros.
+// pieces in file order.
 func (fx *fixture) addFile(path string, content []byte, mode uint32, parts ...any) {
 	f := backup.File{Path: path, Size: int64(len(content)), Mode: mode, MTime: 1763800000 + int64(len(fx.m.Files)), Sums: sums(content), CRCs: crcs(content)}
 	if path == "base/5/2608" {
@@ -114,12 +114,10 @@ func (fx *fixture) addFile(path string, content []byte, mode uint32, parts ...an
 	}
 	var off int64
 	for i := 0; i < len(parts); i += 2 {
-		o, _ := parts[i].(*object)
+		o := parts[i].(*object)
 		n := int64(parts[i+1].(int))
-		if o != nil {
-			at := o.put(content[off : off+n])
-			f.Extents = append(f.Extents, backup.Extent{Off: off, Len: n, Key: o.key, At: at})
-		}
+		at := o.put(content[off : off+n])
+		f.Extents = append(f.Extents, backup.Extent{Off: off, Len: n, Key: o.key, At: at})
 		off += n
 	}
 	if off != int64(len(content)) {
@@ -143,8 +141,8 @@ const (
 // newFixture writes an incremental backup into r: its files are spread
 // over three objects of its own and one of its parent's, with a file
 // split across two objects, files bundled in one object, an empty file,
-// a sparse file, a tablespace, and bytes in objects no file needs. Its
-// postgresql.auto.conf is legacyAutoConf.
+// a file mostly of zeros, a tablespace, and bytes in objects no file needs.
+// Its postgresql.auto.conf is legacyAutoConf.
 func newFixture(t *testing.T, r *repo.Repo) *fixture {
 	return newFixtureAuto(t, r, []byte(legacyAutoConf))
 }
@@ -194,7 +192,7 @@ func newFixtureAuto(t *testing.T, r *repo.Repo, auto []byte) *fixture {
 	sparse := make([]byte, 3*mib)
 	copy(sparse, randomBytes(6, 4096))
 	copy(sparse[3*mib-8192:], randomBytes(7, 8192))
-	fx.addFile("base/5/sparse", sparse, 0o600, c, 4096, nil, 3*mib-4096-8192, c, 8192)
+	fx.addFile("base/5/sparse", sparse, 0o600, c, 4096, c, 3*mib-4096-8192, c, 8192)
 	fx.addFile("global/pg_control", randomBytes(8, 8192), 0o600, c, 8192)
 	fx.addFile("postgresql.conf", []byte("shared_buffers = 32MB\n"), 0o600, c, 22)
 	fx.restored["postgresql.conf"] = []byte("shared_buffers = 32MB\n" + pgconf.IncludeComment + "include_if_exists = 'walferry.conf'\n")
@@ -214,6 +212,16 @@ func newFixtureAuto(t *testing.T, r *repo.Repo, auto []byte) *fixture {
 		t.Fatal(err)
 	}
 	return fx
+}
+
+// fullManifest returns the manifest of a full backup id of no file, on
+// timeline 1, from LSN start to stop.
+func fullManifest(id string, start, stop pg.LSN) *backup.Manifest {
+	size, _ := pg.NewWALSegmentSize(testCluster.WALSegmentSize)
+	return &backup.Manifest{FormatVersion: backup.ManifestVersion, ID: id, Type: backup.Full, Mode: "local", Label: "test",
+		StartLSN: start, StopLSN: stop, Timeline: 1,
+		StartWAL: pg.SegmentNameOf(1, start, size), StopWAL: pg.SegmentName(1, size.SegNoBefore(stop), size),
+		SystemID: testCluster.SystemID, PGVersionNum: 150004, BackupLabel: "START WAL LOCATION: " + start.String() + "\n"}
 }
 
 func testOptions(dir string) Options {
@@ -318,9 +326,8 @@ func TestRestoreFull(t *testing.T) {
 	for _, f := range fx.m.Files {
 		total += f.Size
 	}
-	sparse := int64(3*mib - 4096 - 8192)
 	want := Result{Backup: childID, DataDir: dir, Files: len(fx.m.Files), FilesFetched: len(fx.m.Files),
-		Bytes: total, BytesFetched: total - sparse, ObjectsRead: 4, Signal: recoverySig,
+		Bytes: total, BytesFetched: total, ObjectsRead: 4, Signal: recoverySig,
 		Tablespaces: map[string]string{"16385": ts}, Owner: fx.m.Owner,
 		SettingsFile: filepath.Join(dir, pgconf.FileName), ConfigFile: filepath.Join(dir, "postgresql.conf"), IncludeAdded: true,
 		AutoConfRemoved: []string{"restore_command = '/usr/bin/walferry archive-get --repo s3://old %f %p'", "recovery_target_lsn = '0/1000000'"}}
@@ -397,7 +404,7 @@ func TestRestoreDelta(t *testing.T) {
 	must(t, os.Remove(filepath.Join(dir, "PG_VERSION")))
 	must(t, os.WriteFile(filepath.Join(ts, "PG_15_202209061/5/77777"), []byte("x"), 0o600))
 	must(t, os.Mkdir(filepath.Join(ts, "PG_16_202307071"), 0o700)) // another version's: left alone
-	// In the sparse file, a unit whose gap must become zeros again.
+	// In the file of zeros, a unit whose zeros must come back.
 	must(t, os.WriteFile(filepath.Join(dir, "base/5/sparse.tmp"), nil, 0o600))
 	sf, _ := os.OpenFile(filepath.Join(dir, "base/5/sparse"), os.O_WRONLY, 0)
 	sf.WriteAt([]byte("garbage in the gap"), mib)
@@ -417,7 +424,7 @@ func TestRestoreDelta(t *testing.T) {
 	// walferry block. postgresql.conf, to which it appended the include
 	// line, is kept: it starts with the backup's bytes and is cut to size.
 	autoSize := int64(len(fx.want[autoConf]))
-	wantBytes := int64(8*mib) + 24576 + 3 + 4096 + 8192 + autoSize
+	wantBytes := int64(8*mib) + 24576 + 3 + 3*mib + autoSize
 	// Removed: 99999, junk/sub/file, the segment, 77777, sparse.tmp, and
 	// the first restore's backup_label, tablespace_map, recovery.signal
 	// and walferry.conf.
@@ -526,9 +533,9 @@ func TestRestoreSumMismatch(t *testing.T) {
 			ctx := context.Background()
 			o := &object{key: repo.BackupDataKey(parentID, 0)}
 			at := o.put(content)
-			m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n",
-				Files: []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: tc.sums, CRCs: tc.crcs,
-					Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}}
+			m := fullManifest(parentID, 0x3000028, 0x3000100)
+			m.Files = []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: tc.sums, CRCs: tc.crcs,
+				Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}
 			if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
 				t.Fatal(err)
 			}
@@ -550,6 +557,48 @@ func TestRestoreSumMismatch(t *testing.T) {
 	}
 }
 
+// TestRestoreRefusesDamagedManifest: a manifest whose extents do not
+// describe its files is refused before anything is written, as verify
+// refuses it. Restore used to fill gaps with zeros, write overlapping
+// extents twice and read any key as file content.
+func TestRestoreRefusesDamagedManifest(t *testing.T) {
+	content := randomBytes(1, 5000)
+	key := repo.BackupDataKey(parentID, 0)
+	for _, tc := range []struct {
+		name    string
+		extents []backup.Extent
+		want    string
+	}{
+		{"gap", []backup.Extent{{Off: 0, Len: 4000, Key: key, At: 0}}, "bytes 4000-4999 of 5000 are in no extent"},
+		{"overlap", []backup.Extent{{Off: 0, Len: 5000, Key: key, At: 0}, {Off: 10, Len: 10, Key: key, At: 10}}, "inside the previous one"},
+		{"empty extent", []backup.Extent{{Off: 0, Len: 5000, Key: key, At: 0}, {Off: 5000, Len: 0, Key: key, At: 5000}}, "has length 0"},
+		{"not a backup object", []backup.Extent{{Off: 0, Len: 5000, Key: repo.MetadataKey, At: 0}}, "not a backup object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newRepo(t)
+			ctx := context.Background()
+			o := &object{key: key}
+			o.put(content)
+			if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
+				t.Fatal(err)
+			}
+			m := fullManifest(parentID, 0x3000028, 0x3000100)
+			m.Files = []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: sums(content), Extents: tc.extents}}
+			must(t, backup.WriteManifest(ctx, r, m))
+			dir := t.TempDir()
+			_, err := Run(ctx, r, testOptions(dir))
+			var me *backup.ManifestError
+			if !errors.As(err, &me) || !strings.Contains(err.Error(), "base/1/1") || !strings.Contains(err.Error(), tc.want) ||
+				errors.Is(err, codec.ErrCorrupt) || errors.Is(err, ErrIncomplete) {
+				t.Fatalf("got %v; want a damaged manifest naming base/1/1 and %q", err, tc.want)
+			}
+			if names, _ := os.ReadDir(dir); len(names) != 0 {
+				t.Errorf("the refused restore wrote %d entries into %s", len(names), dir)
+			}
+		})
+	}
+}
+
 // TestRestoreChecksUnitsWhileWritten: a full backup's units arrive in
 // order, each in many writes (a unit is 8 MiB, a write at most bufSize),
 // and are all checked as they are written, by CRC-32C or by SHA-256 for a
@@ -557,7 +606,7 @@ func TestRestoreSumMismatch(t *testing.T) {
 func TestRestoreChecksUnitsWhileWritten(t *testing.T) {
 	r, _ := newRepo(t)
 	ctx := context.Background()
-	m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n"}
+	m := fullManifest(parentID, 0x3000028, 0x3000100)
 	want := map[string][]byte{}
 	for i, withCRCs := range []bool{true, false} {
 		content := randomBytes(uint64(i), 2*backup.UnitSize+12345)
@@ -678,8 +727,9 @@ func TestSelectBackupForTarget(t *testing.T) {
 	r, _ := newRepo(t)
 	ctx := context.Background()
 	for i, id := range []string{"20261120T100000F", "20261121T100000F", "20261122T100000F"} {
-		m := &backup.Manifest{FormatVersion: 1, ID: id, Type: backup.Full, SystemID: testCluster.SystemID,
-			StopTime: time.Date(2026, 11, 20+i, 10, 5, 0, 0, time.UTC), StopLSN: pg.LSN(uint64(i+1) << 32)}
+		stop := pg.LSN(uint64(i+1) << 32)
+		m := fullManifest(id, stop-0x1000, stop)
+		m.StopTime = time.Date(2026, 11, 20+i, 10, 5, 0, 0, time.UTC)
 		must(t, backup.WriteManifest(ctx, r, m))
 	}
 	tests := []struct {

@@ -24,9 +24,10 @@ func newConfiglessBackup(t *testing.T, r *repo.Repo) {
 	content := randomBytes(1, 5000)
 	o := &object{key: repo.BackupDataKey(parentID, 0)}
 	at := o.put(content)
-	m := &backup.Manifest{FormatVersion: 1, ID: parentID, Type: backup.Full, SystemID: testCluster.SystemID, BackupLabel: "x\n",
-		Files: []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: sums(content), CRCs: crcs(content),
-			Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}}
+	m := fullManifest(parentID, 0x3000028, 0x3000100)
+	m.Dirs = []backup.Dir{{Path: "base", Mode: 0o700}, {Path: "base/1", Mode: 0o700}}
+	m.Files = []backup.File{{Path: "base/1/1", Size: 5000, Mode: 0o600, Sums: sums(content), CRCs: crcs(content),
+		Extents: []backup.Extent{{Off: 0, Len: 5000, Key: o.key, At: at}}}}
 	if _, err := r.Put(ctx, o.key, bytes.NewReader(o.buf.Bytes())); err != nil {
 		t.Fatal(err)
 	}

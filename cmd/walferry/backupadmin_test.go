@@ -63,7 +63,7 @@ func (a *adminRepo) backup(start time.Time, parent *backup.Manifest, seg pg.SegN
 		StartTime: start, StopTime: start.Add(time.Minute), Timeline: 1,
 		StartLSN: a.size.StartLSN(seg) + 0x28, StopLSN: a.size.StartLSN(seg) + 0x200,
 		StartWAL: pg.SegmentName(1, seg, a.size), StopWAL: pg.SegmentName(1, seg, a.size),
-		SystemID: 7310012345678901234, PGVersionNum: 150004,
+		SystemID: 7310012345678901234, PGVersionNum: 150004, BackupLabel: "START WAL LOCATION: test\n",
 		Tablespaces: []backup.Tablespace{{OID: 16390, Name: "fast", Location: "/ssd/pg"}}}
 	if parent != nil {
 		m.Parent = parent.ID

@@ -52,7 +52,8 @@ func restoreRepo(t *testing.T) (url, root string, files map[string][]byte) {
 	key := repo.BackupDataKey(restoreTestID, 0)
 	var obj bytes.Buffer
 	m := &backup.Manifest{FormatVersion: backup.ManifestVersion, ID: restoreTestID, Type: backup.Full, Mode: "local",
-		SystemID: cl.SystemID, PGVersionNum: 150004, StopTime: time.Date(2026, 11, 22, 10, 16, 0, 0, time.UTC), StopLSN: 0x3000100,
+		SystemID: cl.SystemID, PGVersionNum: 150004, StopTime: time.Date(2026, 11, 22, 10, 16, 0, 0, time.UTC),
+		Timeline: 1, StartLSN: 0x3000028, StopLSN: 0x3000100, StartWAL: "000000010000000000000003", StopWAL: "000000010000000000000003",
 		BackupLabel: "START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n",
 		Dirs:        []backup.Dir{{Path: "base", Mode: 0o700}, {Path: "base/1", Mode: 0o700}, {Path: "global", Mode: 0o700}, {Path: "pg_wal", Mode: 0o700}}}
 	for _, p := range []string{"PG_VERSION", "base/1/1259", "global/pg_control", "postgresql.conf"} {

@@ -3,6 +3,7 @@ package repo
 import (
 	"fmt"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/walferry/walferry/internal/pg"
@@ -88,6 +89,26 @@ func BackupIDFromKey(key string) (id string, isManifest, ok bool) {
 		return "", false, false
 	}
 	return id, tail == manifestName, true
+}
+
+// BackupIDFromDataKey returns the backup a data object's key belongs to,
+// for keys exactly as BackupDataKey builds them; ok is false for every
+// other key (a manifest, a claim, a key outside backups/). The id is not
+// checked: the backup package knows what an id looks like.
+func BackupIDFromDataKey(key string) (id string, ok bool) {
+	id, _, ok = BackupIDFromKey(key)
+	if !ok {
+		return "", false
+	}
+	digits, found := strings.CutPrefix(key, BackupPrefix(id)+"data/")
+	if !found || strings.Trim(digits, "0123456789") != "" {
+		return "", false
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || BackupDataKey(id, n) != key {
+		return "", false
+	}
+	return id, true
 }
 
 // LockKey returns the key of the lease named name.

@@ -55,6 +55,22 @@ func TestWALKey(t *testing.T) {
 	}
 }
 
+func TestBackupIDFromDataKey(t *testing.T) {
+	for _, n := range []int{0, 7, 999999, 1234567} {
+		key := BackupDataKey("20261122T101500F", n)
+		if id, ok := BackupIDFromDataKey(key); !ok || id != "20261122T101500F" {
+			t.Errorf("BackupIDFromDataKey(%q) = %q, %v", key, id, ok)
+		}
+	}
+	for _, bad := range []string{"", MetadataKey, "backups/", "backups/x", BackupManifestKey("x"), BackupClaimKey("x"),
+		"backups/x/data/", "backups/x/data/1", "backups/x/data/0000001", "backups/x/data/-00001", "backups/x/data/00000a",
+		"backups/x/data/000001/y", "backups/x/y/data/000001", "wal/backups/x/data/000001", "backups/x/data/99999999999999999999"} {
+		if id, ok := BackupIDFromDataKey(bad); ok {
+			t.Errorf("BackupIDFromDataKey(%q) = %q, true", bad, id)
+		}
+	}
+}
+
 func TestInitOpenCheck(t *testing.T) {
 	ctx := context.Background()
 	store := newStore(t)
