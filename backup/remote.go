@@ -16,13 +16,13 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -30,8 +30,8 @@ import (
 // connection (PostgreSQL 15's protocol: one CopyOut stream of archive
 // messages), for a backup job that cannot see the data directory.
 type remoteSource struct {
-	conn        *pgconn.PgConn
-	pgInfo      pg.Info
+	conn        *replication.Conn
+	sys         replication.System
 	compression string
 }
 
@@ -45,65 +45,29 @@ func openRemote(ctx context.Context, o Options) (*remoteSource, error) {
 	default:
 		return nil, fmt.Errorf("server compression %q: want lz4, zstd, gzip or none", o.ServerCompression)
 	}
-	cfg, err := pg.ParseConnConfig(o.Conn)
+	conn, err := replication.ConnectString(ctx, o.Conn)
 	if err != nil {
 		return nil, err
 	}
-	pcfg := cfg.Config.Copy()
-	pcfg.RuntimeParams["replication"] = "true"
-	conn, err := pgconn.ConnectConfig(ctx, pcfg)
+	sys, err := conn.Identify(ctx)
+	if errors.Is(err, errors.ErrUnsupported) {
+		err = fmt.Errorf("%w: --remote: %w; run backup-push where the data directory is mounted", ErrNotReady, err)
+	}
+	if err == nil {
+		err = checkArchiveMode(sys.ArchiveMode)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("connect for replication to %s: %w (the user needs the REPLICATION attribute and a pg_hba.conf \"replication\" line)", pg.DescribeConfig(pcfg), err)
-	}
-	s := &remoteSource{conn: conn, compression: o.ServerCompression}
-	if s.compression == "none" {
-		s.compression = ""
-	}
-	if err := s.identify(ctx); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, err
+	}
+	s := &remoteSource{conn: conn, sys: sys, compression: o.ServerCompression}
+	if s.compression == "none" {
+		s.compression = ""
 	}
 	return s, nil
 }
 
-func (s *remoteSource) identify(ctx context.Context) error {
-	isr, err := pglogrepl.IdentifySystem(ctx, s.conn)
-	if err != nil {
-		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if s.pgInfo.SystemID, err = strconv.ParseUint(isr.SystemID, 10, 64); err != nil {
-		return fmt.Errorf("IDENTIFY_SYSTEM: system identifier %q: %w", isr.SystemID, err)
-	}
-	s.pgInfo.Timeline = pg.TimeLineID(isr.Timeline)
-	settings := map[string]string{}
-	for _, name := range []string{"server_version_num", "wal_segment_size", "data_checksums", "archive_mode", "server_version", "wal_log_hints"} {
-		res, err := s.conn.Exec(ctx, "SHOW "+name).ReadAll()
-		if err != nil {
-			return fmt.Errorf("SHOW %s: %w", name, err)
-		}
-		if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-			return fmt.Errorf("%w: SHOW %s returned no value", ErrProtocol, name)
-		}
-		settings[name] = string(res[0].Rows[0][0])
-	}
-	s.pgInfo.Version = settings["server_version"]
-	if s.pgInfo.VersionNum, err = strconv.Atoi(settings["server_version_num"]); err != nil {
-		return fmt.Errorf("server_version_num %q: %w", settings["server_version_num"], err)
-	}
-	s.pgInfo.Major = s.pgInfo.VersionNum / 10000
-	if s.pgInfo.Major < 15 {
-		return fmt.Errorf("%w: --remote needs PostgreSQL 15 or later (the server runs %s); run backup-push where the data directory is mounted", ErrNotReady, s.pgInfo.Version)
-	}
-	if s.pgInfo.WALSegSize, err = pg.ParseSizeSetting(settings["wal_segment_size"]); err != nil {
-		return fmt.Errorf("wal_segment_size: %w", err)
-	}
-	s.pgInfo.DataChecksums = settings["data_checksums"] == "on"
-	s.pgInfo.WALLogHints = settings["wal_log_hints"] == "on"
-	s.pgInfo.BlockSize = pg.PageSize
-	return checkArchiveMode(settings["archive_mode"])
-}
-
-func (s *remoteSource) info() pg.Info { return s.pgInfo }
+func (s *remoteSource) info() pg.Info { return s.sys.Info }
 
 func (s *remoteSource) close(ctx context.Context) { s.conn.Close(ctx) }
 
@@ -123,8 +87,8 @@ func (s *remoteSource) baseBackupCommand(label string, fast bool) string {
 }
 
 func (s *remoteSource) copy(ctx context.Context, m *Manifest, p *packer, cp copyParams) error {
-	s.conn.Frontend().SendQuery(&pgproto3.Query{String: s.baseBackupCommand(m.Label, cp.fast)})
-	if err := s.conn.Frontend().Flush(); err != nil {
+	s.conn.PgConn().Frontend().SendQuery(&pgproto3.Query{String: s.baseBackupCommand(m.Label, cp.fast)})
+	if err := s.conn.PgConn().Frontend().Flush(); err != nil {
 		return fmt.Errorf("send BASE_BACKUP: %w", err)
 	}
 	start, tli, err := s.readPosition(ctx)
@@ -235,7 +199,7 @@ func (s *remoteSource) stream(ctx context.Context, st *streamPacker) error {
 
 func (s *remoteSource) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
 	for {
-		msg, err := s.conn.ReceiveMessage(ctx)
+		msg, err := s.conn.PgConn().ReceiveMessage(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("BASE_BACKUP: %w", err)
 		}

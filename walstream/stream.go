@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
@@ -26,37 +28,28 @@ const pollInterval = 200 * time.Millisecond
 
 // session makes one connection and streams until it fails or ctx ends.
 func (r *receiver) session(ctx context.Context, pending []string) error {
-	cfg := r.o.Conn.Copy()
-	cfg.RuntimeParams["replication"] = "true"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", pg.DescribeConfig(cfg), err)
-	}
-	r.conn = conn
-	isr, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if isr.SystemID != strconv.FormatUint(r.sysID, 10) {
-		return fmt.Errorf("walstream: %w: the repository belongs to system identifier %d, but the server %s has system identifier %s; "+
-			"point the connection at this repository's cluster, or --repo at the server's repository",
-			repo.ErrWrongCluster, r.sysID, pg.DescribeConfig(cfg), isr.SystemID)
-	}
-	if v := conn.ParameterStatus("server_version"); serverMajor(v) != r.o.Repos[0].Metadata().PGMajor {
-		return fmt.Errorf("walstream: %w: the repository holds PostgreSQL %d, but the server runs %q",
-			repo.ErrWrongCluster, r.o.Repos[0].Metadata().PGMajor, v)
-	}
-	if err := r.checkSegmentSize(ctx, conn); err != nil {
-		return err
-	}
-	restart, err := r.ensureSlot(ctx, conn)
+	c, err := replication.Connect(ctx, r.o.Conn)
 	if err != nil {
 		return err
 	}
-	r.m.connectedTo(pg.LSN(isr.XLogPos))
+	r.conn = c
+	sys, err := c.Identify(ctx)
+	if err != nil {
+		return err
+	}
+	rp := r.o.Repos[0]
+	if err := rp.Metadata().Matches(repo.ClusterFromInfo(sys.Info, c.String()), rp.String()); err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	restart, err := r.ensureSlot(ctx)
+	if err != nil {
+		return err
+	}
+	conn := c.PgConn()
+	r.m.connectedTo(sys.XLogPos)
 	if r.tli == 0 {
-		r.tli = pg.TimeLineID(isr.Timeline)
-		start, err := r.startPosition(ctx, conn, pending, restart, pg.LSN(isr.XLogPos))
+		r.tli = sys.Timeline
+		start, err := r.startPosition(ctx, conn, pending, restart, sys.XLogPos)
 		if err != nil {
 			return err
 		}
@@ -89,78 +82,24 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	}
 }
 
-// checkSegmentSize refuses a server whose WAL segment size differs from
-// the repository's.
-func (r *receiver) checkSegmentSize(ctx context.Context, conn *pgconn.PgConn) error {
-	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-		return errors.New("SHOW wal_segment_size: unexpected result")
-	}
-	n, err := pg.ParseSizeSetting(string(res[0].Rows[0][0]))
-	if err != nil {
-		return fmt.Errorf("wal_segment_size: %w", err)
-	}
-	if n != r.size.Bytes() {
-		return fmt.Errorf("walstream: %w: the repository uses %s WAL segments, the server %d-byte segments",
-			repo.ErrWrongCluster, r.size, n)
-	}
-	return nil
-}
-
 // ensureSlot creates the physical slot when missing and returns its
 // restart LSN (InvalidLSN without a slot or when it has none).
-func (r *receiver) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (pg.LSN, error) {
+func (r *receiver) ensureSlot(ctx context.Context) (pg.LSN, error) {
 	if r.o.Slot == "" {
 		return pg.InvalidLSN, nil
 	}
-	typ, restart, err := readSlot(ctx, conn, r.o.Slot)
+	slot, created, err := r.conn.CreatePhysicalSlot(ctx, r.o.Slot)
+	if errors.Is(err, fs.ErrExist) {
+		// Another kind of slot has the name: no retry cures that.
+		return 0, fmt.Errorf("walstream: %w: %w (--slot)", repo.ErrWrongCluster, err)
+	}
 	if err != nil {
 		return 0, err
 	}
-	if typ == "" {
-		_, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+r.o.Slot+" PHYSICAL RESERVE_WAL").ReadAll()
-		var pgErr *pgconn.PgError
-		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // created meanwhile
-			return 0, fmt.Errorf("create replication slot %s: %w", r.o.Slot, err)
-		}
-		if err == nil {
-			r.log.Info("created physical replication slot", "slot", r.o.Slot)
-		}
-		if typ, restart, err = readSlot(ctx, conn, r.o.Slot); err != nil {
-			return 0, err
-		}
+	if created {
+		r.log.Info("created physical replication slot", "slot", r.o.Slot)
 	}
-	if typ != "physical" {
-		return 0, fmt.Errorf("walstream: %w: replication slot %s is a %s slot; choose another --slot name",
-			repo.ErrWrongCluster, r.o.Slot, typ)
-	}
-	return restart, nil
-}
-
-// readSlot runs READ_REPLICATION_SLOT (PostgreSQL 15+): the slot's type
-// ("" when it does not exist) and restart LSN.
-func readSlot(ctx context.Context, conn *pgconn.PgConn, name string) (string, pg.LSN, error) {
-	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+name).ReadAll()
-	if err != nil {
-		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 2 {
-		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: unexpected result", name)
-	}
-	row := res[0].Rows[0]
-	if row[0] == nil {
-		return "", 0, nil
-	}
-	var restart pg.LSN
-	if row[1] != nil {
-		if restart, err = pg.ParseLSN(string(row[1])); err != nil {
-			return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
-		}
-	}
-	return string(row[0]), restart, nil
+	return slot.RestartLSN, nil
 }
 
 // startPosition is where a new run starts: after the newest complete
@@ -550,7 +489,7 @@ func (r *receiver) enqueue(ctx context.Context, name string) error {
 // sendStatus reports the received and durable positions.
 func (r *receiver) sendStatus(reply bool) error {
 	flushed := r.flushedLSN()
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn.PgConn(), pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(max(r.next, flushed)),
 		WALFlushPosition: pglogrepl.LSN(flushed),
 		WALApplyPosition: pglogrepl.LSN(flushed),
@@ -563,14 +502,4 @@ func (r *receiver) sendStatus(reply bool) error {
 	r.lastStatus = flushed
 	r.mu.Unlock()
 	return nil
-}
-
-// serverMajor returns the major version of a server_version string
-// ("15.4 (Debian 15.4-1)" -> 15), or 0.
-func serverMajor(v string) int {
-	n := 0
-	for i := 0; i < len(v) && '0' <= v[i] && v[i] <= '9'; i++ {
-		n = n*10 + int(v[i]-'0')
-	}
-	return n
 }

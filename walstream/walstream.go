@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +33,7 @@ import (
 	"github.com/walferry/walferry/archive"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
@@ -102,8 +102,6 @@ type Options struct {
 	Health *Health
 }
 
-var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
 // ErrSpoolBusy: another receiver uses the spool directory.
 var ErrSpoolBusy = errors.New("the spool directory is in use by another wal-receive")
 
@@ -131,10 +129,9 @@ type receiver struct {
 	log    *slog.Logger
 	pusher *archive.Pusher
 	m      *metrics
-	sysID  uint64
 	size   pg.WALSegmentSize
 
-	conn        *pgconn.PgConn
+	conn        *replication.Conn
 	tli         pg.TimeLineID
 	next        pg.LSN // next byte expected from the server
 	seg         *os.File
@@ -165,13 +162,19 @@ func newReceiver(o Options) (*receiver, error) {
 	if o.Conn == nil {
 		return nil, errors.New("walstream: no server connection configured")
 	}
-	if o.Slot != "" && !slotNameRE.MatchString(o.Slot) {
-		return nil, fmt.Errorf("walstream: invalid slot name %q: use 1 to 63 lower-case letters, digits and underscores", o.Slot)
+	if o.Slot != "" {
+		if err := replication.ValidSlotName(o.Slot); err != nil {
+			return nil, fmt.Errorf("walstream: %w", err)
+		}
 	}
 	if o.SpoolDir == "" {
 		return nil, errors.New("walstream: no spool directory configured")
 	}
 	sysID := o.Repos[0].Metadata().SystemID
+	if o.SegmentSize.Bytes() != o.Repos[0].Metadata().WALSegmentSize {
+		return nil, fmt.Errorf("walstream: %w: %s uses %d-byte WAL segments, not %s",
+			repo.ErrWrongCluster, o.Repos[0], o.Repos[0].Metadata().WALSegmentSize, o.SegmentSize)
+	}
 	for _, rp := range o.Repos[1:] {
 		if rp.Metadata().SystemID != sysID {
 			return nil, fmt.Errorf("walstream: %w: %s belongs to system identifier %d but %s to %d",
@@ -215,7 +218,7 @@ func newReceiver(o Options) (*receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &receiver{o: o, log: log, pusher: pusher, m: m, sysID: sysID, size: o.SegmentSize,
+	return &receiver{o: o, log: log, pusher: pusher, m: m, size: o.SegmentSize,
 		histories: map[pg.TimeLineID]bool{}}, nil
 }
 
@@ -260,7 +263,7 @@ func (r *receiver) run(ctx context.Context) error {
 	t.Stop()
 	r.closeSegment()
 	if r.conn != nil {
-		if !r.conn.IsClosed() {
+		if !r.conn.PgConn().IsClosed() {
 			if serr := r.sendStatus(false); serr == nil {
 				r.log.Info("final status sent", "lsn", r.flushedLSN())
 			}
