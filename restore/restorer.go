@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/durable"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -473,7 +474,7 @@ func (rs *restorer) writeFile(rel string, data []byte) error {
 		if err := os.Rename(tmp, final); err != nil {
 			return err
 		}
-		return syncPath(filepath.Dir(final))
+		return durable.Sync(filepath.Dir(final))
 	}()
 	if err != nil {
 		os.Remove(tmp)
@@ -495,7 +496,7 @@ func (rs *restorer) syncDirs() error {
 		dirs = append(dirs, filepath.Dir(rs.o.DataDir))
 	}
 	for _, d := range dirs {
-		if err := syncPath(d); err != nil {
+		if err := durable.Sync(d); err != nil {
 			return err
 		}
 	}

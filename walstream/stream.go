@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/walferry/walferry/internal/durable"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
@@ -218,8 +219,8 @@ func (r *receiver) queueHistory(ctx context.Context, conn *pgconn.PgConn, tli pg
 	if th.FileName != name {
 		return fmt.Errorf("TIMELINE_HISTORY %d: the server sent %q", tli, th.FileName)
 	}
-	if err := writeFileAtomic(filepath.Join(r.o.SpoolDir, name), th.Content); err != nil {
-		return err
+	if err := durable.WriteFile(filepath.Join(r.o.SpoolDir, name), th.Content, 0o600); err != nil {
+		return fmt.Errorf("walstream: %w", err)
 	}
 	if err := r.enqueue(ctx, name); err != nil {
 		return err
@@ -373,8 +374,8 @@ func (r *receiver) switchTimeline(ctx context.Context, tli pg.TimeLineID, startp
 		}
 		r.closeSegment()
 		recv := filepath.Join(r.o.SpoolDir, name+recvSuffix)
-		if err := renameDurable(recv, filepath.Join(r.o.SpoolDir, name+".partial")); err != nil {
-			return err
+		if err := durable.Rename(recv, filepath.Join(r.o.SpoolDir, name+".partial")); err != nil {
+			return fmt.Errorf("walstream: %w", err)
 		}
 		if err := r.enqueue(ctx, name+".partial"); err != nil {
 			return err
@@ -464,8 +465,8 @@ func (r *receiver) completeSegment(ctx context.Context) error {
 		return fmt.Errorf("walstream: sync spool: %w", err)
 	}
 	r.closeSegment()
-	if err := renameDurable(filepath.Join(r.o.SpoolDir, name+recvSuffix), filepath.Join(r.o.SpoolDir, name)); err != nil {
-		return err
+	if err := durable.Rename(filepath.Join(r.o.SpoolDir, name+recvSuffix), filepath.Join(r.o.SpoolDir, name)); err != nil {
+		return fmt.Errorf("walstream: %w", err)
 	}
 	r.log.Debug("segment received", "segment", name, "timeline", uint32(r.tli))
 	return r.enqueue(ctx, name)
