@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -22,10 +23,6 @@ import (
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
-
-// pollInterval bounds how long the receiving loop waits for a message
-// before it looks at shutdown, flush progress and the status timer.
-const pollInterval = 200 * time.Millisecond
 
 // session makes one connection and streams until it fails or ctx ends.
 func (r *receiver) session(ctx context.Context, pending []string) error {
@@ -259,8 +256,13 @@ func (r *receiver) startReplication(ctx context.Context, conn *pgconn.PgConn) er
 }
 
 // copyLoop receives the copy stream until the timeline ends (returning the
-// next timeline and where it starts), an error, or ctx ends.
+// next timeline and where it starts), an error, or ctx ends. It waits for
+// the server without polling: a status update goes out as soon as the
+// uploader makes more WAL durable (it rings r.wake, which ends the wait),
+// when the server asks for one, and every StatusInterval otherwise.
 func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
+	stop := context.AfterFunc(ctx, r.wake.ring)
+	defer stop()
 	nextStatus := time.Now()
 	for {
 		if ctx.Err() != nil {
@@ -279,11 +281,13 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			nextStatus = time.Now().Add(r.o.StatusInterval)
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pollInterval)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		wctx, done := r.wake.arm(context.WithoutCancel(ctx), nextStatus)
+		msg, err := conn.ReceiveMessage(wctx)
+		woken := wctx.Err() != nil
+		done()
 		if err != nil {
-			if pgconn.Timeout(err) {
+			if woken {
+				r.wakeups.Add(1)
 				continue
 			}
 			return 0, 0, fmt.Errorf("receive: %w", err)
@@ -503,4 +507,46 @@ func (r *receiver) sendStatus(reply bool) error {
 	r.lastStatus = flushed
 	r.mu.Unlock()
 	return nil
+}
+
+// wakeup ends the receiving loop's wait for the server when something
+// else needs it: the flush position moved, the uploader failed, ctx ended.
+// A ring while no wait is armed is kept for the next one, so none is lost
+// between the loop's checks and its wait.
+type wakeup struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc // of the armed wait
+	rung   bool               // rung while none was armed
+}
+
+// arm returns the context of one wait: it ends at deadline or at the next
+// ring (at once when one came since the last wait). done disarms it.
+func (w *wakeup) arm(parent context.Context, deadline time.Time) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithDeadline(parent, deadline)
+	w.mu.Lock()
+	if w.rung {
+		w.rung = false
+		cancel()
+	} else {
+		w.cancel = cancel
+	}
+	w.mu.Unlock()
+	return ctx, func() {
+		w.mu.Lock()
+		w.cancel = nil
+		w.mu.Unlock()
+		cancel()
+	}
+}
+
+// ring ends the armed wait, or the next one.
+func (w *wakeup) ring() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cancel != nil {
+		w.cancel()
+		w.cancel = nil
+	} else {
+		w.rung = true
+	}
 }

@@ -151,13 +151,7 @@ func (r *receiver) uploadPartial(ctx context.Context, last *current) {
 	}
 	*last = cur
 	r.m.uploadDone(uploadPartial, cur.end, time.Since(start))
-	r.mu.Lock()
-	if r.flushed >= cur.start {
-		r.flushed = max(r.flushed, cur.end)
-	}
-	flushed := r.flushed
-	r.mu.Unlock()
-	r.m.flushedTo(flushed)
+	flushed := r.moveFlushed(cur.start, cur.end)
 	r.log.Debug("partial uploaded", append([]any{"segment", cur.name + ".partial", "lsn", cur.end,
 		"duration", time.Since(start), "flushed", flushed}, r.m.lagAttrs()...)...)
 }

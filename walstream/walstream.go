@@ -11,7 +11,10 @@
 // <segment>.partial at a bounded interval and on shutdown. The flush
 // position reported to the server is what is durable in every repository,
 // so a physical slot keeps every byte not yet stored, and a receiver named
-// in synchronous_standby_names makes commits wait for object storage.
+// in synchronous_standby_names makes commits wait for object storage. It
+// is reported the moment an upload makes it move (the uploader wakes the
+// receiving loop; nothing polls), so a synchronous commit waits for
+// durability, not for a timer; otherwise every StatusInterval.
 package walstream
 
 import (
@@ -24,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -141,6 +145,11 @@ type receiver struct {
 	progressed  bool // the current session received WAL
 	queue       chan string
 	upDone      chan struct{}
+	// wake ends the wait for the server when the flush position moved
+	// (see copyLoop); wakeups counts the waits it or the status timer
+	// ended (tests read it).
+	wake    wakeup
+	wakeups atomic.Int64
 
 	mu         sync.Mutex
 	flushed    pg.LSN // every byte before it is in every repository
@@ -308,6 +317,7 @@ func (r *receiver) setFatal(err error) {
 		r.fatal = err
 	}
 	r.mu.Unlock()
+	r.wake.ring()
 }
 
 func (r *receiver) fatalErr() error {
@@ -388,12 +398,24 @@ func (r *receiver) flushedLSN() pg.LSN {
 }
 
 // advanceFlushed records that everything before lsn is durable.
-func (r *receiver) advanceFlushed(lsn pg.LSN) {
+func (r *receiver) advanceFlushed(lsn pg.LSN) { r.moveFlushed(pg.InvalidLSN, lsn) }
+
+// moveFlushed moves the flush position to end if every byte before from
+// is durable already, and then wakes the receiving loop to report it at
+// once. It returns the flush position.
+func (r *receiver) moveFlushed(from, end pg.LSN) pg.LSN {
 	r.mu.Lock()
-	r.flushed = max(r.flushed, lsn)
+	moved := r.flushed >= from && end > r.flushed
+	if moved {
+		r.flushed = end
+	}
 	flushed := r.flushed
 	r.mu.Unlock()
 	r.m.flushedTo(flushed)
+	if moved {
+		r.wake.ring()
+	}
+	return flushed
 }
 
 // putAll stores the spooled file name as key in every repository with
