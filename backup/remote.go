@@ -2,7 +2,6 @@ package backup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -34,8 +33,9 @@ func openRemote(ctx context.Context, o Options) (*remoteSource, error) {
 		return nil, err
 	}
 	sys, err := conn.Identify(ctx)
-	if errors.Is(err, errors.ErrUnsupported) {
-		err = fmt.Errorf("%w: --remote: %w; run backup-push where the data directory is mounted", ErrNotReady, err)
+	if err == nil && sys.Major < replication.MinMajor {
+		err = fmt.Errorf("%w: --remote needs PostgreSQL %d or later (the server runs %s); run backup-push where the data directory is mounted",
+			ErrNotReady, replication.MinMajor, sys.Version)
 	}
 	if err == nil {
 		err = checkArchiveMode(sys.ArchiveMode)

@@ -5,22 +5,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
-	"net"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/pg/replication"
 )
 
 // fakeWalsender is the server side of one replication connection: it
-// completes the startup and then reads the standby's status updates.
+// reads the standby's status updates.
 type fakeWalsender struct {
 	statuses chan status
-	errs     chan error
+	errs     <-chan error
 }
 
 // status is a standby status update ('r').
@@ -29,39 +28,17 @@ type status struct {
 	reply        bool
 }
 
-// startFakeWalsender listens on 127.0.0.1 and returns the connection
+// startFakeWalsender starts the fake server and returns the connection
 // string for it.
 func startFakeWalsender(t *testing.T) (*fakeWalsender, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	f := &fakeWalsender{statuses: make(chan status, 16), errs: make(chan error, 1)}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			f.errs <- err
-			return
-		}
-		defer c.Close()
-		f.errs <- f.serve(pgproto3.NewBackend(c, c))
-	}()
-	return f, "host=127.0.0.1 port=" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + " user=walferry sslmode=disable gssencmode=disable"
+	f := &fakeWalsender{statuses: make(chan status, 16)}
+	connString, errs := pgtest.FakeServer(t, "15.0", f.serve)
+	f.errs = errs
+	return f, connString
 }
 
 func (f *fakeWalsender) serve(be *pgproto3.Backend) error {
-	if _, err := be.ReceiveStartupMessage(); err != nil {
-		return err
-	}
-	be.Send(&pgproto3.AuthenticationOk{})
-	be.Send(&pgproto3.ParameterStatus{Name: "server_version", Value: "15.0"})
-	be.Send(&pgproto3.BackendKeyData{ProcessID: 1, SecretKey: []byte{0, 0, 0, 1}})
-	be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	if err := be.Flush(); err != nil {
-		return err
-	}
 	for {
 		msg, err := be.Receive()
 		if err != nil {

@@ -83,8 +83,9 @@ func (o BaseBackupOptions) command() (string, error) {
 }
 
 // Sink receives a base backup as BaseBackup reads it. Its methods are
-// called from one goroutine (not necessarily the caller's), in the order
-// of the stream: Begin once; the members of every archive with Dir, File
+// called one at a time, each after the previous one returned (from
+// BaseBackup's goroutine or a reader goroutine of its own: a sink needs no
+// locking), in the order of the stream: Begin once; the members of every archive with Dir, File
 // and Symlink (the tablespaces' archives first, the data directory's last:
 // the server's order, which a sink should not rely on); Manifest, when
 // asked for; End once, after the server confirmed the backup's end.
@@ -170,6 +171,9 @@ func (c *Conn) BaseBackup(ctx context.Context, o BaseBackupOptions, sink Sink) e
 	cmd, err := o.command()
 	if err != nil {
 		return fmt.Errorf("replication: %w", err)
+	}
+	if err := c.require("BASE_BACKUP"); err != nil {
+		return err
 	}
 	var ms ManifestSink
 	if o.Manifest {

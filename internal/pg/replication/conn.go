@@ -16,8 +16,9 @@
 // Errors name the command and the server (never its password) and wrap
 // what they come from: the server's *pgconn.PgError, a
 // *pgconn.ConnectError, ErrProtocol for a message the protocol does not
-// allow, errors.ErrUnsupported for a server too old, fs.ErrExist for a
-// slot name taken by a slot of another kind. The package declares no other
+// allow, errors.ErrUnsupported for a command the server is too old for
+// (see MinMajor), fs.ErrExist for a slot name taken by a slot of another
+// kind. The package declares no other
 // error; matching a server with a repository is repo.Metadata.Matches's
 // job, so the wrong cluster is repo.ErrWrongCluster everywhere.
 //
@@ -38,8 +39,10 @@ import (
 )
 
 // MinMajor is the oldest PostgreSQL major version whose walsender
-// understands what this package sends (BASE_BACKUP with an option list,
-// READ_REPLICATION_SLOT).
+// understands BASE_BACKUP with an option list and READ_REPLICATION_SLOT:
+// on an older server BaseBackup, ReadSlot and CreatePhysicalSlot fail with
+// an error wrapping errors.ErrUnsupported. Connect, Identify and streaming
+// work with older ones.
 const MinMajor = 15
 
 // ErrProtocol: the server sent something the protocol does not allow at
@@ -108,9 +111,7 @@ type System struct {
 }
 
 // Identify runs IDENTIFY_SYSTEM and reads the server's version, WAL
-// segment size, data_checksums, wal_log_hints and archive_mode. A server
-// older than MinMajor is refused with an error wrapping
-// errors.ErrUnsupported.
+// segment size, data_checksums, wal_log_hints and archive_mode.
 func (c *Conn) Identify(ctx context.Context) (System, error) {
 	var s System
 	isr, err := pglogrepl.IdentifySystem(ctx, c.pc)
@@ -133,10 +134,6 @@ func (c *Conn) Identify(ctx context.Context) (System, error) {
 		return System{}, fmt.Errorf("replication: %s: %w: server_version_num %q", c.desc, ErrProtocol, settings["server_version_num"])
 	}
 	s.Major = s.VersionNum / 10000
-	if s.Major < MinMajor {
-		return System{}, fmt.Errorf("replication: %s runs PostgreSQL %s, but walferry's replication commands need PostgreSQL %d or later: %w",
-			c.desc, s.Version, MinMajor, errors.ErrUnsupported)
-	}
 	if s.WALSegSize, err = pg.ParseSizeSetting(settings["wal_segment_size"]); err != nil {
 		return System{}, fmt.Errorf("replication: %s: wal_segment_size: %w", c.desc, err)
 	}
@@ -146,6 +143,21 @@ func (c *Conn) Identify(ctx context.Context) (System, error) {
 	s.BlockSize = pg.PageSize
 	s.InRecovery = c.pc.ParameterStatus("in_hot_standby") == "on"
 	return s, nil
+}
+
+// require fails with an error wrapping errors.ErrUnsupported when the
+// server is older than MinMajor, which command needs.
+func (c *Conn) require(command string) error {
+	v := c.pc.ParameterStatus("server_version")
+	major := 0
+	for i := 0; i < len(v) && '0' <= v[i] && v[i] <= '9'; i++ {
+		major = major*10 + int(v[i]-'0')
+	}
+	if major < MinMajor {
+		return fmt.Errorf("replication: %s needs PostgreSQL %d or later, but %s runs %q: %w",
+			command, MinMajor, c.desc, v, errors.ErrUnsupported)
+	}
+	return nil
 }
 
 // show returns a setting's value (SHOW name).

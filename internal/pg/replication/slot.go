@@ -44,6 +44,9 @@ func (c *Conn) ReadSlot(ctx context.Context, name string) (Slot, error) {
 	if err := ValidSlotName(name); err != nil {
 		return Slot{}, fmt.Errorf("replication: %w", err)
 	}
+	if err := c.require("READ_REPLICATION_SLOT"); err != nil {
+		return Slot{}, err
+	}
 	s := Slot{Name: name}
 	row, err := c.queryRow(ctx, "READ_REPLICATION_SLOT "+name, 3)
 	var pgErr *pgconn.PgError
