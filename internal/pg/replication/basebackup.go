@@ -165,8 +165,9 @@ type Stop struct {
 // BaseBackup takes a base backup with PostgreSQL 15's BASE_BACKUP and
 // feeds it to sink as it arrives: server-side compression decoded, tar
 // archives parsed, nothing held in memory beyond one message. The
-// connection must be idle; after an error it may be mid-stream (close
-// it). Cancelling ctx aborts the backup on the server.
+// connection must be idle; after an error it may be mid-stream: close it,
+// which also makes the server abort the backup (cancelling ctx ends only
+// the reading).
 func (c *Conn) BaseBackup(ctx context.Context, o BaseBackupOptions, sink Sink) error {
 	cmd, err := o.command()
 	if err != nil {

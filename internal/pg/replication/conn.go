@@ -18,9 +18,10 @@
 // *pgconn.ConnectError, ErrProtocol for a message the protocol does not
 // allow, errors.ErrUnsupported for a command the server is too old for
 // (see MinMajor), fs.ErrExist for a slot name taken by a slot of another
-// kind. The package declares no other
-// error; matching a server with a repository is repo.Metadata.Matches's
-// job, so the wrong cluster is repo.ErrWrongCluster everywhere.
+// kind or a DirSink target that is not empty. The package declares no
+// other error; matching a server with a repository is
+// repo.Metadata.Matches's job, so the wrong cluster is
+// repo.ErrWrongCluster everywhere.
 //
 // A Conn is not safe for concurrent use. After a failed command the
 // connection may be mid-stream: close it.

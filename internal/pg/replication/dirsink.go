@@ -25,7 +25,8 @@ const tempSuffix = ".walferry-tmp"
 //
 // Its contract:
 //   - The data directory and every tablespace directory must be missing
-//     or empty; missing ones are created (0700), with their parents.
+//     or empty; missing ones are created (0700), with their parents, and
+//     an existing one keeps its mode (PostgreSQL wants 0700 or 0750).
 //   - Directories and files get the backup's permission bits, files their
 //     modification time; everything is owned by the calling process's user
 //     (run it as the server's OS user).
