@@ -1,10 +1,11 @@
 package restore
 
 import (
-	"fmt"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/walferry/walferry/internal/atomicfile"
 )
 
 // minSyncers is the least number of files made durable at once (more with
@@ -96,22 +97,5 @@ func (rs *restorer) settle(it *item) error {
 	if err := os.Chtimes(it.path, mt, mt); err != nil {
 		return err
 	}
-	return syncPath(it.path)
-}
-
-// syncPath makes the file or directory at p durable: for a directory,
-// the names in it.
-func syncPath(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	return nil
+	return atomicfile.Sync(it.path)
 }

@@ -542,7 +542,7 @@ func (rs *restorer) syncDirs() error {
 		dirs = append(dirs, filepath.Dir(rs.o.DataDir))
 	}
 	for _, d := range dirs {
-		if err := syncPath(d); err != nil {
+		if err := atomicfile.Sync(d); err != nil {
 			return err
 		}
 	}

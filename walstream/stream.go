@@ -5,58 +5,49 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
 
-// pollInterval bounds how long the receiving loop waits for a message
-// before it looks at shutdown, flush progress and the status timer.
-const pollInterval = 200 * time.Millisecond
-
 // session makes one connection and streams until it fails or ctx ends.
 func (r *receiver) session(ctx context.Context, pending []string) error {
-	cfg := r.o.Conn.Copy()
-	cfg.RuntimeParams["replication"] = "true"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", pg.DescribeConfig(cfg), err)
-	}
-	r.conn = conn
-	isr, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if isr.SystemID != strconv.FormatUint(r.sysID, 10) {
-		return fmt.Errorf("walstream: %w: the repository belongs to system identifier %d, but the server %s has system identifier %s; "+
-			"point the connection at this repository's cluster, or --repo at the server's repository",
-			repo.ErrWrongCluster, r.sysID, pg.DescribeConfig(cfg), isr.SystemID)
-	}
-	if v := conn.ParameterStatus("server_version"); serverMajor(v) != r.o.Repos[0].Metadata().PGMajor {
-		return fmt.Errorf("walstream: %w: the repository holds PostgreSQL %d, but the server runs %q",
-			repo.ErrWrongCluster, r.o.Repos[0].Metadata().PGMajor, v)
-	}
-	if err := r.checkSegmentSize(ctx, conn); err != nil {
-		return err
-	}
-	restart, err := r.ensureSlot(ctx, conn)
+	c, err := replication.Connect(ctx, r.o.Conn)
 	if err != nil {
 		return err
 	}
-	r.m.connectedTo(pg.LSN(isr.XLogPos))
+	r.conn = c
+	sys, err := c.Identify(ctx)
+	if err != nil {
+		return err
+	}
+	rp := r.o.Repos[0]
+	if err := rp.Metadata().Matches(repo.ClusterFromInfo(sys.Info, c.String()), rp.String()); err != nil {
+		return fmt.Errorf("walstream: %w", err)
+	}
+	restart, err := r.ensureSlot(ctx)
+	if err != nil {
+		return err
+	}
+	conn := c.PgConn()
+	r.m.connectedTo(sys.XLogPos)
 	if r.tli == 0 {
-		r.tli = pg.TimeLineID(isr.Timeline)
-		start, err := r.startPosition(ctx, conn, pending, restart, pg.LSN(isr.XLogPos))
+		r.tli = sys.Timeline
+		start, err := r.startPosition(ctx, conn, pending, restart, sys.XLogPos)
 		if err != nil {
 			return err
 		}
@@ -89,78 +80,24 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	}
 }
 
-// checkSegmentSize refuses a server whose WAL segment size differs from
-// the repository's.
-func (r *receiver) checkSegmentSize(ctx context.Context, conn *pgconn.PgConn) error {
-	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-		return errors.New("SHOW wal_segment_size: unexpected result")
-	}
-	n, err := pg.ParseSizeSetting(string(res[0].Rows[0][0]))
-	if err != nil {
-		return fmt.Errorf("wal_segment_size: %w", err)
-	}
-	if n != r.size.Bytes() {
-		return fmt.Errorf("walstream: %w: the repository uses %s WAL segments, the server %d-byte segments",
-			repo.ErrWrongCluster, r.size, n)
-	}
-	return nil
-}
-
 // ensureSlot creates the physical slot when missing and returns its
 // restart LSN (InvalidLSN without a slot or when it has none).
-func (r *receiver) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (pg.LSN, error) {
+func (r *receiver) ensureSlot(ctx context.Context) (pg.LSN, error) {
 	if r.o.Slot == "" {
 		return pg.InvalidLSN, nil
 	}
-	typ, restart, err := readSlot(ctx, conn, r.o.Slot)
+	slot, created, err := r.conn.CreatePhysicalSlot(ctx, r.o.Slot)
+	if errors.Is(err, fs.ErrExist) {
+		// Another kind of slot has the name: no retry cures that.
+		return 0, fmt.Errorf("walstream: %w: %w (--slot)", repo.ErrWrongCluster, err)
+	}
 	if err != nil {
 		return 0, err
 	}
-	if typ == "" {
-		_, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+r.o.Slot+" PHYSICAL RESERVE_WAL").ReadAll()
-		var pgErr *pgconn.PgError
-		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // created meanwhile
-			return 0, fmt.Errorf("create replication slot %s: %w", r.o.Slot, err)
-		}
-		if err == nil {
-			r.log.Info("created physical replication slot", "slot", r.o.Slot)
-		}
-		if typ, restart, err = readSlot(ctx, conn, r.o.Slot); err != nil {
-			return 0, err
-		}
+	if created {
+		r.log.Info("created physical replication slot", "slot", r.o.Slot)
 	}
-	if typ != "physical" {
-		return 0, fmt.Errorf("walstream: %w: replication slot %s is a %s slot; choose another --slot name",
-			repo.ErrWrongCluster, r.o.Slot, typ)
-	}
-	return restart, nil
-}
-
-// readSlot runs READ_REPLICATION_SLOT (PostgreSQL 15+): the slot's type
-// ("" when it does not exist) and restart LSN.
-func readSlot(ctx context.Context, conn *pgconn.PgConn, name string) (string, pg.LSN, error) {
-	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+name).ReadAll()
-	if err != nil {
-		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 2 {
-		return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: unexpected result", name)
-	}
-	row := res[0].Rows[0]
-	if row[0] == nil {
-		return "", 0, nil
-	}
-	var restart pg.LSN
-	if row[1] != nil {
-		if restart, err = pg.ParseLSN(string(row[1])); err != nil {
-			return "", 0, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", name, err)
-		}
-	}
-	return string(row[0]), restart, nil
+	return slot.RestartLSN, nil
 }
 
 // startPosition is where a new run starts: after the newest complete
@@ -279,8 +216,8 @@ func (r *receiver) queueHistory(ctx context.Context, conn *pgconn.PgConn, tli pg
 	if th.FileName != name {
 		return fmt.Errorf("TIMELINE_HISTORY %d: the server sent %q", tli, th.FileName)
 	}
-	if err := writeFileAtomic(filepath.Join(r.o.SpoolDir, name), th.Content); err != nil {
-		return err
+	if err := atomicfile.WriteFile(filepath.Join(r.o.SpoolDir, name), bytes.NewReader(th.Content), 0o600, atomicfile.Durable); err != nil {
+		return fmt.Errorf("walstream: %w", err)
 	}
 	if err := r.enqueue(ctx, name); err != nil {
 		return err
@@ -319,8 +256,13 @@ func (r *receiver) startReplication(ctx context.Context, conn *pgconn.PgConn) er
 }
 
 // copyLoop receives the copy stream until the timeline ends (returning the
-// next timeline and where it starts), an error, or ctx ends.
+// next timeline and where it starts), an error, or ctx ends. It waits for
+// the server without polling: a status update goes out as soon as the
+// uploader makes more WAL durable (it rings r.wake, which ends the wait),
+// when the server asks for one, and every StatusInterval otherwise.
 func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
+	stop := context.AfterFunc(ctx, r.wake.ring)
+	defer stop()
 	nextStatus := time.Now()
 	for {
 		if ctx.Err() != nil {
@@ -339,11 +281,13 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			nextStatus = time.Now().Add(r.o.StatusInterval)
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pollInterval)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		wctx, done := r.wake.arm(context.WithoutCancel(ctx), nextStatus)
+		msg, err := conn.ReceiveMessage(wctx)
+		woken := wctx.Err() != nil
+		done()
 		if err != nil {
-			if pgconn.Timeout(err) {
+			if woken {
+				r.wakeups.Add(1)
 				continue
 			}
 			return 0, 0, fmt.Errorf("receive: %w", err)
@@ -434,8 +378,8 @@ func (r *receiver) switchTimeline(ctx context.Context, tli pg.TimeLineID, startp
 		}
 		r.closeSegment()
 		recv := filepath.Join(r.o.SpoolDir, name+recvSuffix)
-		if err := renameDurable(recv, filepath.Join(r.o.SpoolDir, name+".partial")); err != nil {
-			return err
+		if err := atomicfile.RenameDurable(recv, filepath.Join(r.o.SpoolDir, name+".partial")); err != nil {
+			return fmt.Errorf("walstream: %w", err)
 		}
 		if err := r.enqueue(ctx, name+".partial"); err != nil {
 			return err
@@ -525,8 +469,8 @@ func (r *receiver) completeSegment(ctx context.Context) error {
 		return fmt.Errorf("walstream: sync spool: %w", err)
 	}
 	r.closeSegment()
-	if err := renameDurable(filepath.Join(r.o.SpoolDir, name+recvSuffix), filepath.Join(r.o.SpoolDir, name)); err != nil {
-		return err
+	if err := atomicfile.RenameDurable(filepath.Join(r.o.SpoolDir, name+recvSuffix), filepath.Join(r.o.SpoolDir, name)); err != nil {
+		return fmt.Errorf("walstream: %w", err)
 	}
 	r.log.Debug("segment received", "segment", name, "timeline", uint32(r.tli))
 	return r.enqueue(ctx, name)
@@ -550,7 +494,7 @@ func (r *receiver) enqueue(ctx context.Context, name string) error {
 // sendStatus reports the received and durable positions.
 func (r *receiver) sendStatus(reply bool) error {
 	flushed := r.flushedLSN()
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn.PgConn(), pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(max(r.next, flushed)),
 		WALFlushPosition: pglogrepl.LSN(flushed),
 		WALApplyPosition: pglogrepl.LSN(flushed),
@@ -565,12 +509,44 @@ func (r *receiver) sendStatus(reply bool) error {
 	return nil
 }
 
-// serverMajor returns the major version of a server_version string
-// ("15.4 (Debian 15.4-1)" -> 15), or 0.
-func serverMajor(v string) int {
-	n := 0
-	for i := 0; i < len(v) && '0' <= v[i] && v[i] <= '9'; i++ {
-		n = n*10 + int(v[i]-'0')
+// wakeup ends the receiving loop's wait for the server when something
+// else needs it: the flush position moved, the uploader failed, ctx ended.
+// A ring while no wait is armed is kept for the next one, so none is lost
+// between the loop's checks and its wait.
+type wakeup struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc // of the armed wait
+	rung   bool               // rung while none was armed
+}
+
+// arm returns the context of one wait: it ends at deadline or at the next
+// ring (at once when one came since the last wait). done disarms it.
+func (w *wakeup) arm(parent context.Context, deadline time.Time) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithDeadline(parent, deadline)
+	w.mu.Lock()
+	if w.rung {
+		w.rung = false
+		cancel()
+	} else {
+		w.cancel = cancel
 	}
-	return n
+	w.mu.Unlock()
+	return ctx, func() {
+		w.mu.Lock()
+		w.cancel = nil
+		w.mu.Unlock()
+		cancel()
+	}
+}
+
+// ring ends the armed wait, or the next one.
+func (w *wakeup) ring() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cancel != nil {
+		w.cancel()
+		w.cancel = nil
+	} else {
+		w.rung = true
+	}
 }

@@ -151,53 +151,10 @@ func (r *receiver) uploadPartial(ctx context.Context, last *current) {
 	}
 	*last = cur
 	r.m.uploadDone(uploadPartial, cur.end, time.Since(start))
-	r.mu.Lock()
-	if r.flushed >= cur.start {
-		r.flushed = max(r.flushed, cur.end)
-	}
-	flushed := r.flushed
-	r.mu.Unlock()
-	r.m.flushedTo(flushed)
+	flushed := r.moveFlushed(cur.start, cur.end)
 	r.log.Debug("partial uploaded", append([]any{"segment", cur.name + ".partial", "lsn", cur.end,
 		"duration", time.Since(start), "flushed", flushed}, r.m.lagAttrs()...)...)
 }
 
 // ioSection reads the first size bytes of f.
 func ioSection(f *os.File, size int64) io.Reader { return io.NewSectionReader(f, 0, size) }
-
-// writeFileAtomic writes a small file: temp, fsync, rename, fsync dir.
-func writeFileAtomic(p string, data []byte) error {
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("walstream: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("walstream: write %s: %w", p, err)
-	}
-	return renameDurable(tmp, p)
-}
-
-// renameDurable renames and syncs the directory.
-func renameDurable(from, to string) error {
-	if err := os.Rename(from, to); err != nil {
-		return fmt.Errorf("walstream: %w", err)
-	}
-	d, err := os.Open(filepath.Dir(to))
-	if err != nil {
-		return fmt.Errorf("walstream: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("walstream: sync %s: %w", filepath.Dir(to), err)
-	}
-	return nil
-}

@@ -11,7 +11,10 @@
 // <segment>.partial at a bounded interval and on shutdown. The flush
 // position reported to the server is what is durable in every repository,
 // so a physical slot keeps every byte not yet stored, and a receiver named
-// in synchronous_standby_names makes commits wait for object storage.
+// in synchronous_standby_names makes commits wait for object storage. It
+// is reported the moment an upload makes it move (the uploader wakes the
+// receiving loop; nothing polls), so a synchronous commit waits for
+// durability, not for a timer; otherwise every StatusInterval.
 package walstream
 
 import (
@@ -21,10 +24,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,8 +35,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/internal/atomicfile"
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
 )
@@ -102,8 +107,6 @@ type Options struct {
 	Health *Health
 }
 
-var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
 // ErrSpoolBusy: another receiver uses the spool directory.
 var ErrSpoolBusy = errors.New("the spool directory is in use by another wal-receive")
 
@@ -131,10 +134,9 @@ type receiver struct {
 	log    *slog.Logger
 	pusher *archive.Pusher
 	m      *metrics
-	sysID  uint64
 	size   pg.WALSegmentSize
 
-	conn        *pgconn.PgConn
+	conn        *replication.Conn
 	tli         pg.TimeLineID
 	next        pg.LSN // next byte expected from the server
 	seg         *os.File
@@ -144,6 +146,11 @@ type receiver struct {
 	progressed  bool // the current session received WAL
 	queue       chan string
 	upDone      chan struct{}
+	// wake ends the wait for the server when the flush position moved
+	// (see copyLoop); wakeups counts the waits it or the status timer
+	// ended (tests read it).
+	wake    wakeup
+	wakeups atomic.Int64
 
 	mu         sync.Mutex
 	flushed    pg.LSN // every byte before it is in every repository
@@ -165,13 +172,19 @@ func newReceiver(o Options) (*receiver, error) {
 	if o.Conn == nil {
 		return nil, errors.New("walstream: no server connection configured")
 	}
-	if o.Slot != "" && !slotNameRE.MatchString(o.Slot) {
-		return nil, fmt.Errorf("walstream: invalid slot name %q: use 1 to 63 lower-case letters, digits and underscores", o.Slot)
+	if o.Slot != "" {
+		if err := replication.ValidSlotName(o.Slot); err != nil {
+			return nil, fmt.Errorf("walstream: %w", err)
+		}
 	}
 	if o.SpoolDir == "" {
 		return nil, errors.New("walstream: no spool directory configured")
 	}
 	sysID := o.Repos[0].Metadata().SystemID
+	if o.SegmentSize.Bytes() != o.Repos[0].Metadata().WALSegmentSize {
+		return nil, fmt.Errorf("walstream: %w: %s uses %d-byte WAL segments, not %s",
+			repo.ErrWrongCluster, o.Repos[0], o.Repos[0].Metadata().WALSegmentSize, o.SegmentSize)
+	}
 	for _, rp := range o.Repos[1:] {
 		if rp.Metadata().SystemID != sysID {
 			return nil, fmt.Errorf("walstream: %w: %s belongs to system identifier %d but %s to %d",
@@ -215,7 +228,7 @@ func newReceiver(o Options) (*receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &receiver{o: o, log: log, pusher: pusher, m: m, sysID: sysID, size: o.SegmentSize,
+	return &receiver{o: o, log: log, pusher: pusher, m: m, size: o.SegmentSize,
 		histories: map[pg.TimeLineID]bool{}}, nil
 }
 
@@ -260,7 +273,7 @@ func (r *receiver) run(ctx context.Context) error {
 	t.Stop()
 	r.closeSegment()
 	if r.conn != nil {
-		if !r.conn.IsClosed() {
+		if !r.conn.PgConn().IsClosed() {
 			if serr := r.sendStatus(false); serr == nil {
 				r.log.Info("final status sent", "lsn", r.flushedLSN())
 			}
@@ -285,7 +298,7 @@ func (r *receiver) scanSpool() ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasSuffix(n, recvSuffix) || strings.HasSuffix(n, ".tmp") {
+		if strings.HasSuffix(n, recvSuffix) || strings.HasPrefix(n, atomicfile.TempPrefix) {
 			if err := os.Remove(filepath.Join(r.o.SpoolDir, n)); err != nil {
 				return nil, fmt.Errorf("walstream: %w", err)
 			}
@@ -305,6 +318,7 @@ func (r *receiver) setFatal(err error) {
 		r.fatal = err
 	}
 	r.mu.Unlock()
+	r.wake.ring()
 }
 
 func (r *receiver) fatalErr() error {
@@ -389,12 +403,24 @@ func (r *receiver) flushedLSN() pg.LSN {
 }
 
 // advanceFlushed records that everything before lsn is durable.
-func (r *receiver) advanceFlushed(lsn pg.LSN) {
+func (r *receiver) advanceFlushed(lsn pg.LSN) { r.moveFlushed(pg.InvalidLSN, lsn) }
+
+// moveFlushed moves the flush position to end if every byte before from
+// is durable already, and then wakes the receiving loop to report it at
+// once. It returns the flush position.
+func (r *receiver) moveFlushed(from, end pg.LSN) pg.LSN {
 	r.mu.Lock()
-	r.flushed = max(r.flushed, lsn)
+	moved := r.flushed >= from && end > r.flushed
+	if moved {
+		r.flushed = end
+	}
 	flushed := r.flushed
 	r.mu.Unlock()
 	r.m.flushedTo(flushed)
+	if moved {
+		r.wake.ring()
+	}
+	return flushed
 }
 
 // putAll stores the spooled file name as key in every repository with

@@ -106,19 +106,41 @@ func WriteFile(path string, r io.Reader, perm os.FileMode, d Durability) error {
 }
 
 // SyncDir fsyncs a directory, making the names created, renamed or
-// removed in it durable. File systems that cannot sync a directory
-// (EINVAL, unsupported) are taken at their word.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+// removed in it durable.
+func SyncDir(dir string) error { return Sync(dir) }
+
+// Sync makes the file or directory at p durable: a file's bytes and
+// metadata, a directory's entries. A filesystem that cannot fsync a
+// directory (some CIFS mounts answer EINVAL or ENOTSUP) is no error, as
+// for PostgreSQL.
+func Sync(p string) error {
+	f, err := os.Open(p)
 	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	err = f.Sync()
+	if err != nil && (errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EINVAL)) {
+		if fi, serr := f.Stat(); serr == nil && fi.IsDir() {
+			err = nil
+		}
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}
+
+// RenameDurable renames a complete (already synced) file from to to and
+// makes the new name durable: the rename of Durable, for files written in
+// place under a name of their own (a segment being received).
+func RenameDurable(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
 		return err
 	}
-	err = d.Sync()
-	cerr := d.Close()
-	if err != nil && !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return cerr
+	return Sync(filepath.Dir(to))
 }
 
 // WriteOwned writes data to path durably, with mode perm (set explicitly,

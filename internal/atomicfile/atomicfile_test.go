@@ -110,3 +110,25 @@ func TestWriteOwned(t *testing.T) {
 		t.Errorf("temporary files left: %v", entries)
 	}
 }
+
+func TestRenameDurableAndSync(t *testing.T) {
+	dir := t.TempDir()
+	from, to := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if err := os.WriteFile(from, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := RenameDurable(from, to); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(to); err != nil {
+		t.Error(err)
+	}
+	for _, p := range []string{to, dir} {
+		if err := Sync(p); err != nil {
+			t.Errorf("Sync(%s): %v", p, err)
+		}
+	}
+	if err := Sync(from); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Sync of a missing file: %v", err)
+	}
+}

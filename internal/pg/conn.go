@@ -52,12 +52,21 @@ func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
 func ConnectConfig(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, &redactedError{
-			msg: "pg: connect to " + DescribeConfig(&cfg.Config) + ": " + connectCause(err).Error(),
-			err: err,
-		}
+		return nil, ConnectError(&cfg.Config, err)
 	}
 	return conn, nil
+}
+
+// ConnectError describes a failed attempt to connect to cfg for people:
+// the target as DescribeConfig names it (never the password) and the
+// cause without pgx's prefix that repeats it. err stays reachable for
+// errors.Is/As (a *pgconn.ConnectError, the server's *pgconn.PgError).
+func ConnectError(cfg *pgconn.Config, err error) error {
+	what := "connect to "
+	if cfg.RuntimeParams["replication"] != "" {
+		what = "connect for replication to "
+	}
+	return &redactedError{msg: "pg: " + what + DescribeConfig(cfg) + ": " + connectCause(err).Error(), err: err}
 }
 
 // DescribeConfig names a connection target for messages:
