@@ -93,7 +93,6 @@ type pushJob struct {
 	err   error
 }
 
-
 // NewPusher returns a Pusher for cfg's repositories.
 func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 	if len(cfg.Repos) == 0 {
