@@ -48,7 +48,6 @@ func (r *receiver) uploader(ctx context.Context, pending []string) error {
 // uploadRetrying uploads one spooled file until it succeeds, ctx ends, or
 // a conflict: a store outage only delays it.
 func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
-	backoff := r.o.MinBackoff
 	for attempt := 1; ; attempt++ {
 		err := r.uploadOne(ctx, name)
 		if err == nil {
@@ -62,6 +61,7 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 			return nil
 		}
 		r.m.uploadFailed(err)
+		backoff := r.o.retryPolicy().Backoff(attempt)
 		r.log.Warn("upload failed; retrying", "segment", name, "attempt", attempt, "backoff", backoff, "err", err)
 		t := time.NewTimer(backoff)
 		select {
@@ -70,7 +70,6 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 			return nil
 		case <-t.C:
 		}
-		backoff = min(2*backoff, r.o.MaxBackoff)
 	}
 }
 

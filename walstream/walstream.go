@@ -41,6 +41,7 @@ import (
 	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // Defaults of Options.
@@ -341,7 +342,6 @@ func permanent(err error) bool {
 // receive connects and streams, reconnecting with backoff, until ctx ends
 // or a permanent error.
 func (r *receiver) receive(ctx context.Context, pending []string) error {
-	backoff := r.o.MinBackoff
 	failures := 0
 	for {
 		if ctx.Err() != nil {
@@ -360,12 +360,13 @@ func (r *receiver) receive(ctx context.Context, pending []string) error {
 			return err
 		}
 		if r.progressed {
-			failures, backoff = 0, r.o.MinBackoff
+			failures = 0 // a new outage: start the backoff over
 		}
 		failures++
 		if r.o.MaxAttempts > 0 && failures >= r.o.MaxAttempts {
 			return fmt.Errorf("walstream: giving up after %d failed attempts: %w", failures, err)
 		}
+		backoff := r.o.retryPolicy().Backoff(failures)
 		r.log.Warn("streaming failed; reconnecting", "err", err, "attempt", failures, "backoff", backoff,
 			"lsn", r.next, "timeline", uint32(r.tli))
 		r.m.reconnecting()
@@ -380,8 +381,15 @@ func (r *receiver) receive(ctx context.Context, pending []string) error {
 			return r.fatalErr()
 		case <-t.C:
 		}
-		backoff = min(2*backoff, r.o.MaxBackoff)
 	}
+}
+
+// retryPolicy is the receiver's place in the one retry policy: it waits
+// out outages of the server and the stores (no attempt or time limit here;
+// MaxAttempts bounds reconnections), from MinBackoff doubling to
+// MaxBackoff, jittered.
+func (o Options) retryPolicy() retry.Policy {
+	return retry.Policy{MaxAttempts: -1, InitialBackoff: o.MinBackoff, MaxBackoff: o.MaxBackoff, MaxElapsed: -1}
 }
 
 func (r *receiver) closeConn(ctx context.Context) {
