@@ -216,8 +216,9 @@ sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 cat >>"$work/standby/postgresql.conf" <<CONF
 port = $sport
 CONF
-echo "restore_command written by walferry:"
-grep -A3 'walferry' "$work/standby/postgresql.auto.conf" | sed 's/^/  /'
+echo "recovery settings written by walferry (walferry.conf, included from postgresql.conf):"
+grep -v '^#' "$work/standby/walferry.conf" | sed 's/^/  /'
+grep '^include_if_exists' "$work/standby/postgresql.conf" | sed 's/^/  /'
 as_pg "$PGBIN/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w start >/dev/null
 spsql() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$sport" -U postgres -X -q "$@"; }
 psql -c "INSERT INTO orders SELECT g, now() FROM generate_series(5001, 6000) g" -c "SELECT pg_switch_wal()" >/dev/null
