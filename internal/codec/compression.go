@@ -42,6 +42,21 @@ func (c Compression) valid() bool { return int(c) < len(compressionNames) }
 // for its content to be verified on every read.
 func (c Compression) ChecksContent() bool { return c == Zstd || c == Gzip }
 
+// maxLevel is the highest level of any algorithm (zstd's).
+const maxLevel = 22
+
+// defaultLevel is the level 0 stands for: lz4's fast compressor (0), zstd
+// 3, gzip 6.
+func (c Compression) defaultLevel() int {
+	switch c {
+	case Zstd:
+		return 3
+	case Gzip:
+		return 6
+	}
+	return 0
+}
+
 // levelRange returns the explicit levels c accepts; 0 always means the
 // algorithm's default and is not part of the range.
 func (c Compression) levelRange() (lo, hi int) {
@@ -49,7 +64,7 @@ func (c Compression) levelRange() (lo, hi int) {
 	case LZ4:
 		return 1, 9 // lz4 HC levels; 0 is the fast compressor
 	case Zstd:
-		return 1, 22
+		return 1, maxLevel
 	case Gzip:
 		return 1, 9
 	}
