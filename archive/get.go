@@ -229,17 +229,10 @@ func (g *Getter) Close(ctx context.Context) error {
 		fl.cancel()
 	}
 	g.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		g.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	if !waitFor(ctx, &g.wg) {
 		return fmt.Errorf("archive: close getter: prefetches still stopping: %w", ctx.Err())
 	}
+	return nil
 }
 
 // getSegment serves segment f from the spool or the repositories.
