@@ -490,15 +490,8 @@ func (c *Client) getRange(ctx context.Context, op, key string, offset, length in
 	if err := checkKey(op, key); err != nil {
 		return nil, err
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("gcs: %s %s: negative offset %d: %w", op, key, offset, fs.ErrInvalid)
-	}
-	if length == 0 {
-		// No range means zero bytes; the object must still exist.
-		if _, err := c.Stat(ctx, key); err != nil {
-			return nil, err
-		}
-		return io.NopCloser(strings.NewReader("")), nil
+	if rc, answered, err := storage.TrivialRange(ctx, c, key, offset, length); answered {
+		return rc, err
 	}
 	r := &reader{c: c, ctx: ctx, op: op, key: key, name: c.objectName(key), pos: offset, remaining: length}
 	if offset == 0 && length < 0 {
