@@ -250,14 +250,20 @@ func (s *store) copy(ctx context.Context, srcKey, dstKey string) error {
 	return s.do(ctx, "copy", srcKey+" -> "+dstKey, func(int) error { return cp.Copy(ctx, srcKey, dstKey) })
 }
 
-func (s *store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
-	var info storage.ObjectInfo
-	err := s.do(ctx, "stat", key, func(int) error {
+// doValue is do for an operation that returns a value: the value of the
+// attempt that succeeded.
+func doValue[T any](ctx context.Context, s *store, op, key string, f func() (T, error)) (T, error) {
+	var v T
+	err := s.do(ctx, op, key, func(int) error {
 		var err error
-		info, err = s.inner.Stat(ctx, key)
+		v, err = f()
 		return err
 	})
-	return info, err
+	return v, err
+}
+
+func (s *store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	return doValue(ctx, s, "stat", key, func() (storage.ObjectInfo, error) { return s.inner.Stat(ctx, key) })
 }
 
 func (s *store) Delete(ctx context.Context, key string) error {
@@ -297,12 +303,7 @@ func (s *store) List(ctx context.Context, prefix string, fn func(storage.ObjectI
 }
 
 func (s *store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	var rc io.ReadCloser
-	err := s.do(ctx, "get", key, func(int) error {
-		var err error
-		rc, err = s.inner.Get(ctx, key)
-		return err
-	})
+	rc, err := doValue(ctx, s, "get", key, func() (io.ReadCloser, error) { return s.inner.Get(ctx, key) })
 	if err != nil {
 		return nil, err
 	}
@@ -310,12 +311,7 @@ func (s *store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 }
 
 func (s *store) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	var rc io.ReadCloser
-	err := s.do(ctx, "get", key, func(int) error {
-		var err error
-		rc, err = s.inner.GetRange(ctx, key, offset, length)
-		return err
-	})
+	rc, err := doValue(ctx, s, "get", key, func() (io.ReadCloser, error) { return s.inner.GetRange(ctx, key, offset, length) })
 	if err != nil {
 		return nil, err
 	}
