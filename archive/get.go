@@ -19,6 +19,7 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // GetOptions tune a Getter.
@@ -513,12 +514,8 @@ func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs strin
 		}
 		g.log.Info("transient error; retrying", "key", key, "repo", r.String(),
 			"attempt", attempt, "backoff", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, wait) != nil {
 			return true, err
-		case <-t.C:
 		}
 		wait = min(2*wait, maxRetryWait)
 	}

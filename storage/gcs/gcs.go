@@ -431,7 +431,7 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, pa
 		if err == nil || attempt >= c.maxAttempts || !shouldRetry(ctx, err) {
 			return resp, err
 		}
-		if err := sleep(ctx, callRetry.Backoff(attempt)); err != nil {
+		if err := retry.Sleep(ctx, callRetry.Backoff(attempt)); err != nil {
 			return nil, err
 		}
 	}
@@ -460,17 +460,6 @@ func decodeJSON(resp *http.Response, err error) func(v any) error {
 // callRetry spaces the attempts of one call when MaxAttempts allows more
 // than one: 100 ms doubling up to 2 s, jittered.
 var callRetry = retry.Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
 
 // Get opens key for streaming; a missing key matches storage.ErrNotExist.
 // The CRC32C of a whole-object read is checked against the one GCS sends,

@@ -132,11 +132,20 @@ func (p Policy) pause(ctx context.Context, what string, log *slog.Logger, n int,
 		log.LogAttrs(ctx, slog.LevelInfo, "operation failed; retrying",
 			slog.Int("attempt", n), slog.Duration("backoff", d), slog.Any("err", err))
 	}
+	if Sleep(ctx, d) != nil {
+		return fmt.Errorf("retry: %s: %w while waiting to retry (last error: %v)", what, context.Cause(ctx), err)
+	}
+	return nil
+}
+
+// Sleep waits for d, the backoff before another attempt, unless ctx ends
+// first: it then returns ctx's error.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("retry: %s: %w while waiting to retry (last error: %v)", what, context.Cause(ctx), err)
+		return ctx.Err()
 	case <-t.C:
 		return nil
 	}
