@@ -9,8 +9,10 @@
 package archive
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
@@ -58,4 +60,20 @@ func (c Config) logger() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return c.Log
+}
+
+// waitFor waits until wg's count falls to zero or ctx is done, and reports
+// whether the count fell (when ctx ends first, the goroutines keep running).
+func waitFor(ctx context.Context, wg *sync.WaitGroup) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -88,11 +88,11 @@ func (c *Client) get(ctx context.Context, name, dest string, partial bool) error
 
 // outcome turns the daemon's answer into the error the in-process work
 // would have returned.
-func (c *Client) outcome(resp Response) error {
+func (c *Client) outcome(resp hookproto.Response) error {
 	switch resp.Status {
-	case StatusOK:
+	case hookproto.StatusOK:
 		return nil
-	case StatusNotArchived:
+	case hookproto.StatusNotArchived:
 		return ErrNotArchived
 	}
 	return &DaemonError{Class: resp.Class, Message: resp.Message, Socket: c.Socket}
@@ -109,31 +109,25 @@ func (e *DaemonError) Error() string { return (*hookproto.DaemonError)(e).Error(
 // the failure is classified as the daemon classified it.
 func (e *DaemonError) FailureKind() failure.Kind { return failure.Parse(e.Class) }
 
-// Unwrap returns the sentinel of the failure's class, or nil.
+// Unwrap returns the sentinel of the failure's class, or nil. A transient
+// failure unwraps to its message marked storage.Retryable.
 func (e *DaemonError) Unwrap() error {
-	switch e.Class {
-	case ClassConflict:
-		return ErrConflict
-	case ClassWrongCluster:
-		return repo.ErrWrongCluster
-	case ClassNotInitialized:
-		return repo.ErrNotInitialized
-	case ClassNoBucket:
-		return storage.ErrNoBucket
-	case ClassIncompatible:
-		return repo.ErrIncompatible
-	case ClassPermission:
-		return storage.ErrPermission
-	case ClassCorrupt:
-		return codec.ErrCorrupt
-	case ClassTransient:
+	if e.Class == hookproto.ClassTransient {
 		return storage.Retryable(errors.New(e.Message))
-	case ClassNoSuchFile:
-		return ErrNoSuchFile
-	case ClassNotRepository:
-		return repo.ErrNotRepository
-	case ClassLocked:
-		return repo.ErrLocked
 	}
-	return nil
+	return classSentinels[e.Class]
+}
+
+// classSentinels are the sentinel errors of the classes that have one.
+var classSentinels = map[string]error{
+	hookproto.ClassConflict:       ErrConflict,
+	hookproto.ClassNoSuchFile:     ErrNoSuchFile,
+	hookproto.ClassWrongCluster:   repo.ErrWrongCluster,
+	hookproto.ClassNotInitialized: repo.ErrNotInitialized,
+	hookproto.ClassNotRepository:  repo.ErrNotRepository,
+	hookproto.ClassIncompatible:   repo.ErrIncompatible,
+	hookproto.ClassLocked:         repo.ErrLocked,
+	hookproto.ClassNoBucket:       storage.ErrNoBucket,
+	hookproto.ClassPermission:     storage.ErrPermission,
+	hookproto.ClassCorrupt:        codec.ErrCorrupt,
 }

@@ -26,62 +26,6 @@ import (
 	"github.com/walferry/walferry/internal/repo"
 )
 
-// The hooks' socket protocol (one JSON line each way, versioned) is
-// package hookproto's; the names below are its, for this package's users.
-
-// ProtocolVersion is the newest version of the hooks' socket protocol,
-// the one the daemon answers in.
-const ProtocolVersion = hookproto.ProtocolVersion
-
-const (
-	// minProtocolVersion is the oldest version the daemon serves.
-	minProtocolVersion = hookproto.MinProtocolVersion
-	// partialVersion is the version that added Request.Partial.
-	partialVersion = hookproto.PartialVersion
-)
-
-// Operations of a Request.
-const (
-	OpPush = hookproto.OpPush
-	OpGet  = hookproto.OpGet
-)
-
-// Statuses of a Response.
-const (
-	StatusOK          = hookproto.StatusOK
-	StatusNotArchived = hookproto.StatusNotArchived
-	StatusError       = hookproto.StatusError
-)
-
-// Classes of a failed Response (see ClassOf and DaemonError.Unwrap).
-const (
-	ClassConflict       = hookproto.ClassConflict
-	ClassWrongCluster   = hookproto.ClassWrongCluster
-	ClassNotInitialized = hookproto.ClassNotInitialized
-	ClassNoBucket       = hookproto.ClassNoBucket
-	ClassIncompatible   = hookproto.ClassIncompatible
-	ClassPermission     = hookproto.ClassPermission
-	ClassCorrupt        = hookproto.ClassCorrupt
-	ClassTransient      = hookproto.ClassTransient
-	ClassNoSuchFile     = hookproto.ClassNoSuchFile
-	ClassUsage          = hookproto.ClassUsage
-	ClassNotRepository  = hookproto.ClassNotRepository
-	ClassNoBackup       = hookproto.ClassNoBackup
-	ClassPostgres       = hookproto.ClassPostgres
-	ClassLocked         = hookproto.ClassLocked
-	ClassInterrupted    = hookproto.ClassInterrupted
-	ClassBadRequest     = hookproto.ClassBadRequest
-	ClassUnsupported    = hookproto.ClassUnsupported
-	ClassFailure        = hookproto.ClassFailure
-)
-
-type (
-	// Request is one hook call handed to the daemon.
-	Request = hookproto.Request
-	// Response is the daemon's answer to one Request.
-	Response = hookproto.Response
-)
-
 // Protocol limits.
 const (
 	// requestReadTimeout bounds how long a connection may take to send its
@@ -129,7 +73,8 @@ type DaemonOptions struct {
 // Daemon serves archive-push and archive-get for one cluster over a unix
 // socket, with a long-lived Pusher and Getter (warm store connections,
 // look-ahead and prefetch running in the background). It is safe for many
-// concurrent hook calls.
+// concurrent hook calls. The protocol, its requests, answers and failure
+// classes, is package hookproto's.
 type Daemon struct {
 	cfg     Config
 	o       DaemonOptions
@@ -293,10 +238,10 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
-	var req Request
-	var resp Response
+	var req hookproto.Request
+	var resp hookproto.Response
 	if err := json.Unmarshal(line, &req); err != nil {
-		resp = Response{Status: StatusError, Class: ClassBadRequest, Message: "daemon: malformed request: " + err.Error()}
+		resp = hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassBadRequest, Message: "daemon: malformed request: " + err.Error()}
 	} else {
 		// The hook holds its side open until it has the answer: a read that
 		// ends means it went away (PostgreSQL killed it), so the work stops.
@@ -308,7 +253,7 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 		}()
 		resp = d.handle(reqCtx, req)
 		cancel()
-		if ctx.Err() != nil && resp.Status == StatusError {
+		if ctx.Err() != nil && resp.Status == hookproto.StatusError {
 			// The shutdown timeout cancelled the work: close without an
 			// answer, as a killed daemon would, so the hook does the work
 			// itself instead of failing.
@@ -316,7 +261,7 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 			return
 		}
 	}
-	resp.Version = ProtocolVersion
+	resp.Version = hookproto.ProtocolVersion
 	out, err := json.Marshal(resp)
 	if err != nil {
 		d.log.Error("encode answer", "err", err)
@@ -329,14 +274,14 @@ func (d *Daemon) serveConn(ctx context.Context, conn *net.UnixConn) {
 }
 
 // handle checks a request and runs it.
-func (d *Daemon) handle(ctx context.Context, req Request) Response {
+func (d *Daemon) handle(ctx context.Context, req hookproto.Request) hookproto.Response {
 	start := time.Now()
-	if req.Version < minProtocolVersion || req.Version > ProtocolVersion {
-		return Response{Status: StatusError, Class: ClassUnsupported,
-			Message: fmt.Sprintf("daemon speaks protocol versions %d to %d, the hook sent version %d", minProtocolVersion, ProtocolVersion, req.Version)}
+	if req.Version < hookproto.MinProtocolVersion || req.Version > hookproto.ProtocolVersion {
+		return hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassUnsupported,
+			Message: fmt.Sprintf("daemon speaks protocol versions %d to %d, the hook sent version %d", hookproto.MinProtocolVersion, hookproto.ProtocolVersion, req.Version)}
 	}
-	if req.Partial && (req.Op != OpGet || req.Version < partialVersion) {
-		return badRequest("%q with partial (protocol version %d): partial goes with get, from version %d", req.Op, req.Version, partialVersion)
+	if req.Partial && (req.Op != hookproto.OpGet || req.Version < hookproto.PartialVersion) {
+		return badRequest("%q with partial (protocol version %d): partial goes with get, from version %d", req.Op, req.Version, hookproto.PartialVersion)
 	}
 	if resp, ok := d.refuse(req); !ok {
 		d.log.Warn("request refused", "op", req.Op, "pgdata", req.DataDir, "err", resp.Message)
@@ -345,14 +290,14 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 	var err error
 	var name string
 	switch req.Op {
-	case OpPush:
+	case hookproto.OpPush:
 		name = filepath.Base(req.Path)
 		if !filepath.IsAbs(req.Path) {
 			return badRequest("push: the path must be absolute, got %q", req.Path)
 		}
 		err = d.pusher.Push(ctx, filepath.Clean(req.Path))
 		d.metrics.pushed(name, err)
-	case OpGet:
+	case hookproto.OpGet:
 		name = req.Name
 		if req.Name == "" || strings.ContainsAny(req.Name, `/\`) || req.Name == "." || req.Name == ".." {
 			return badRequest("get: %q is not a WAL file name", req.Name)
@@ -367,11 +312,11 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		}
 		d.metrics.got(err)
 	default:
-		return Response{Status: StatusError, Class: ClassUnsupported, Message: fmt.Sprintf("daemon does not know the operation %q", req.Op)}
+		return hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassUnsupported, Message: fmt.Sprintf("daemon does not know the operation %q", req.Op)}
 	}
 	resp := responseFor(err)
 	attrs := []any{"op", req.Op, "segment", name, "status", resp.Status, "duration", time.Since(start).String()}
-	if resp.Status == StatusError {
+	if resp.Status == hookproto.StatusError {
 		d.log.Warn("request failed", append(attrs, "class", resp.Class, "err", resp.Message)...)
 	} else {
 		d.log.Debug("request served", attrs...)
@@ -380,10 +325,10 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 }
 
 // refuse answers a request for another cluster or data directory.
-func (d *Daemon) refuse(req Request) (Response, bool) {
+func (d *Daemon) refuse(req hookproto.Request) (hookproto.Response, bool) {
 	cl := d.cfg.Cluster
 	if req.SystemID != cl.SystemID || req.PGMajor != cl.PGMajor || req.WALSegmentSize != cl.WALSegmentSize {
-		return Response{Status: StatusError, Class: ClassWrongCluster, Message: fmt.Sprintf(
+		return hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassWrongCluster, Message: fmt.Sprintf(
 			"%v: the daemon serves system identifier %d (PostgreSQL %d, %d-byte segments, data directory %s), "+
 				"but the hook runs for system identifier %d (PostgreSQL %d, %d-byte segments, data directory %s); "+
 				"point --socket at this cluster's daemon",
@@ -392,26 +337,26 @@ func (d *Daemon) refuse(req Request) (Response, bool) {
 	}
 	fi, err := os.Stat(req.DataDir)
 	if !filepath.IsAbs(req.DataDir) || err != nil || !os.SameFile(fi, d.dataDir) {
-		return Response{Status: StatusError, Class: ClassWrongCluster, Message: fmt.Sprintf(
+		return hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassWrongCluster, Message: fmt.Sprintf(
 			"%v: the daemon serves the data directory %s, but the hook runs for %s; point --socket at this data directory's daemon",
 			repo.ErrWrongCluster, d.o.DataDir, req.DataDir)}, false
 	}
-	return Response{}, true
+	return hookproto.Response{}, true
 }
 
-func badRequest(format string, args ...any) Response {
-	return Response{Status: StatusError, Class: ClassBadRequest, Message: "daemon: " + fmt.Sprintf(format, args...)}
+func badRequest(format string, args ...any) hookproto.Response {
+	return hookproto.Response{Status: hookproto.StatusError, Class: hookproto.ClassBadRequest, Message: "daemon: " + fmt.Sprintf(format, args...)}
 }
 
 // responseFor turns the outcome of a push or get into an answer.
-func responseFor(err error) Response {
+func responseFor(err error) hookproto.Response {
 	switch {
 	case err == nil:
-		return Response{Status: StatusOK}
+		return hookproto.Response{Status: hookproto.StatusOK}
 	case errors.Is(err, ErrNotArchived):
-		return Response{Status: StatusNotArchived}
+		return hookproto.Response{Status: hookproto.StatusNotArchived}
 	}
-	return Response{Status: StatusError, Class: ClassOf(err), Message: err.Error()}
+	return hookproto.Response{Status: hookproto.StatusError, Class: ClassOf(err), Message: err.Error()}
 }
 
 // ClassOf names the class of a failure, as the daemon answers it: the

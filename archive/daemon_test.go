@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/codec"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
@@ -273,7 +274,7 @@ func TestDaemonPushGetConcurrent(t *testing.T) {
 	}
 	err := e.client().Push(ctx, segs[0].path)
 	var de *DaemonError
-	if !errors.Is(err, ErrConflict) || !errors.As(err, &de) || de.Class != ClassConflict {
+	if !errors.Is(err, ErrConflict) || !errors.As(err, &de) || de.Class != hookproto.ClassConflict {
 		t.Errorf("conflicting push: got %v, want a DaemonError wrapping ErrConflict", err)
 	}
 	if err != nil && !strings.Contains(err.Error(), e.socket) {
@@ -412,7 +413,7 @@ func TestClientFallsBack(t *testing.T) {
 	// without an answer.
 	t.Run("killed mid-request", func(t *testing.T) {
 		sock := filepath.Join(dir, "dies.sock")
-		fakeDaemon(t, sock, func(conn net.Conn, req Request) {})
+		fakeDaemon(t, sock, func(conn net.Conn, req hookproto.Request) {})
 		err := client(sock).Push(ctx, "/x/pg_wal/000000010000000000000001")
 		if !errors.Is(err, ErrDaemonUnavailable) {
 			t.Errorf("got %v, want ErrDaemonUnavailable", err)
@@ -421,7 +422,7 @@ func TestClientFallsBack(t *testing.T) {
 
 	t.Run("other protocol version", func(t *testing.T) {
 		sock := filepath.Join(dir, "v2.sock")
-		fakeDaemon(t, sock, func(conn net.Conn, req Request) {
+		fakeDaemon(t, sock, func(conn net.Conn, req hookproto.Request) {
 			fmt.Fprintf(conn, `{"v":2,"status":"error","class":"unsupported","message":"daemon speaks protocol version 2"}`+"\n")
 		})
 		if err := client(sock).Push(ctx, "/x/pg_wal/000000010000000000000001"); !errors.Is(err, ErrDaemonUnavailable) {
@@ -431,7 +432,7 @@ func TestClientFallsBack(t *testing.T) {
 
 	t.Run("garbage answer", func(t *testing.T) {
 		sock := filepath.Join(dir, "garbage.sock")
-		fakeDaemon(t, sock, func(conn net.Conn, req Request) { fmt.Fprintf(conn, "HTTP/1.1 400 Bad Request\n") })
+		fakeDaemon(t, sock, func(conn net.Conn, req hookproto.Request) { fmt.Fprintf(conn, "HTTP/1.1 400 Bad Request\n") })
 		if err := client(sock).Push(ctx, "/x/pg_wal/000000010000000000000001"); !errors.Is(err, ErrDaemonUnavailable) {
 			t.Errorf("got %v, want ErrDaemonUnavailable", err)
 		}
@@ -439,8 +440,8 @@ func TestClientFallsBack(t *testing.T) {
 
 	t.Run("request carries absolute paths and identity", func(t *testing.T) {
 		sock := filepath.Join(dir, "echo.sock")
-		got := make(chan Request, 1)
-		fakeDaemon(t, sock, func(conn net.Conn, req Request) {
+		got := make(chan hookproto.Request, 1)
+		fakeDaemon(t, sock, func(conn net.Conn, req hookproto.Request) {
 			got <- req
 			fmt.Fprintf(conn, `{"v":1,"status":"ok"}`+"\n")
 		})
@@ -449,7 +450,7 @@ func TestClientFallsBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		req := <-got
-		want := Request{Version: 1, Op: OpGet, Name: "000000010000000000000001", Dest: filepath.Join(dir, "pg_wal/RECOVERYXLOG"),
+		want := hookproto.Request{Version: 1, Op: hookproto.OpGet, Name: "000000010000000000000001", Dest: filepath.Join(dir, "pg_wal/RECOVERYXLOG"),
 			DataDir: dir, SystemID: 1, PGMajor: 15, WALSegmentSize: daemonSeg}
 		if req != want {
 			t.Errorf("request = %+v, want %+v", req, want)
@@ -581,7 +582,7 @@ func TestListen(t *testing.T) {
 
 	t.Run("live daemon without the lock", func(t *testing.T) {
 		sock := filepath.Join(dir, "live.sock")
-		fakeDaemon(t, sock, func(net.Conn, Request) {})
+		fakeDaemon(t, sock, func(net.Conn, hookproto.Request) {})
 		if _, err := Listen(sock); !errors.Is(err, ErrDaemonRunning) {
 			t.Errorf("got %v, want ErrDaemonRunning", err)
 		}
@@ -611,7 +612,7 @@ func TestListen(t *testing.T) {
 // a dropped connection.
 func TestDaemonBadRequests(t *testing.T) {
 	e := newDaemonEnv(t, daemonEnvOptions{})
-	ask := func(line string) Response {
+	ask := func(line string) hookproto.Response {
 		t.Helper()
 		conn, err := net.Dial("unix", e.socket)
 		if err != nil {
@@ -623,7 +624,7 @@ func TestDaemonBadRequests(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: no answer: %v", line, err)
 		}
-		var r Response
+		var r hookproto.Response
 		if err := json.Unmarshal(answer, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -634,15 +635,15 @@ func TestDaemonBadRequests(t *testing.T) {
 		line  string
 		class string
 	}{
-		{`not json`, ClassBadRequest},
-		{`{"v":9,"op":"push"}`, ClassUnsupported},
-		{`{"v":1,"op":"frob",` + id + `}`, ClassUnsupported},
-		{`{"v":1,"op":"push","path":"pg_wal/000000010000000000000001",` + id + `}`, ClassBadRequest},
-		{`{"v":1,"op":"get","name":"../x","dest":"/tmp/x",` + id + `}`, ClassBadRequest},
-		{`{"v":1,"op":"get","name":"000000010000000000000001","dest":"rel",` + id + `}`, ClassBadRequest},
+		{`not json`, hookproto.ClassBadRequest},
+		{`{"v":9,"op":"push"}`, hookproto.ClassUnsupported},
+		{`{"v":1,"op":"frob",` + id + `}`, hookproto.ClassUnsupported},
+		{`{"v":1,"op":"push","path":"pg_wal/000000010000000000000001",` + id + `}`, hookproto.ClassBadRequest},
+		{`{"v":1,"op":"get","name":"../x","dest":"/tmp/x",` + id + `}`, hookproto.ClassBadRequest},
+		{`{"v":1,"op":"get","name":"000000010000000000000001","dest":"rel",` + id + `}`, hookproto.ClassBadRequest},
 	}
 	for _, tt := range tests {
-		if r := ask(tt.line); r.Version != ProtocolVersion || r.Status != StatusError || r.Class != tt.class {
+		if r := ask(tt.line); r.Version != hookproto.ProtocolVersion || r.Status != hookproto.StatusError || r.Class != tt.class {
 			t.Errorf("%s: got %+v, want class %s", tt.line, r, tt.class)
 		}
 	}
@@ -653,16 +654,16 @@ func TestClassOf(t *testing.T) {
 		err   error
 		class string
 	}{
-		{fmt.Errorf("x: %w", ErrConflict), ClassConflict},
-		{fmt.Errorf("x: %w", repo.ErrWrongCluster), ClassWrongCluster},
-		{fmt.Errorf("x: %w", repo.ErrNotInitialized), ClassNotInitialized},
-		{fmt.Errorf("x: %w", storage.ErrNoBucket), ClassNoBucket},
-		{fmt.Errorf("x: %w", repo.ErrIncompatible), ClassIncompatible},
-		{fmt.Errorf("x: %w", codec.ErrWrongKey), ClassPermission},
-		{fmt.Errorf("x: %w", storage.ErrPermission), ClassPermission},
-		{fmt.Errorf("x: %w", codec.ErrCorrupt), ClassCorrupt},
-		{storage.Retryable(errors.New("503")), ClassTransient},
-		{errors.New("disk on fire"), ClassFailure},
+		{fmt.Errorf("x: %w", ErrConflict), hookproto.ClassConflict},
+		{fmt.Errorf("x: %w", repo.ErrWrongCluster), hookproto.ClassWrongCluster},
+		{fmt.Errorf("x: %w", repo.ErrNotInitialized), hookproto.ClassNotInitialized},
+		{fmt.Errorf("x: %w", storage.ErrNoBucket), hookproto.ClassNoBucket},
+		{fmt.Errorf("x: %w", repo.ErrIncompatible), hookproto.ClassIncompatible},
+		{fmt.Errorf("x: %w", codec.ErrWrongKey), hookproto.ClassPermission},
+		{fmt.Errorf("x: %w", storage.ErrPermission), hookproto.ClassPermission},
+		{fmt.Errorf("x: %w", codec.ErrCorrupt), hookproto.ClassCorrupt},
+		{storage.Retryable(errors.New("503")), hookproto.ClassTransient},
+		{errors.New("disk on fire"), hookproto.ClassFailure},
 	}
 	for _, tt := range tests {
 		if got := ClassOf(tt.err); got != tt.class {
@@ -670,7 +671,7 @@ func TestClassOf(t *testing.T) {
 		}
 		// And back: the client's error matches what the daemon's matched.
 		de := &DaemonError{Class: tt.class, Message: tt.err.Error()}
-		if tt.class != ClassFailure && ClassOf(de) != tt.class {
+		if tt.class != hookproto.ClassFailure && ClassOf(de) != tt.class {
 			t.Errorf("DaemonError of class %s classifies as %s", tt.class, ClassOf(de))
 		}
 	}
@@ -691,7 +692,7 @@ func staleSocket(t *testing.T, path string) {
 
 // fakeDaemon serves path with answer, which writes the answer (or nothing)
 // to each request; the connection is closed after it.
-func fakeDaemon(t *testing.T, path string, answer func(net.Conn, Request)) {
+func fakeDaemon(t *testing.T, path string, answer func(net.Conn, hookproto.Request)) {
 	t.Helper()
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -710,7 +711,7 @@ func fakeDaemon(t *testing.T, path string, answer func(net.Conn, Request)) {
 				if err != nil {
 					return
 				}
-				var req Request
+				var req hookproto.Request
 				json.Unmarshal(line, &req)
 				answer(conn, req)
 			}()

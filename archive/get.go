@@ -19,6 +19,7 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // GetOptions tune a Getter.
@@ -229,17 +230,10 @@ func (g *Getter) Close(ctx context.Context) error {
 		fl.cancel()
 	}
 	g.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		g.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	if !waitFor(ctx, &g.wg) {
 		return fmt.Errorf("archive: close getter: prefetches still stopping: %w", ctx.Err())
 	}
+	return nil
 }
 
 // getSegment serves segment f from the spool or the repositories.
@@ -520,12 +514,8 @@ func (g *Getter) fetchFrom(ctx context.Context, r *repo.Repo, key, destAbs strin
 		}
 		g.log.Info("transient error; retrying", "key", key, "repo", r.String(),
 			"attempt", attempt, "backoff", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, wait) != nil {
 			return true, err
-		case <-t.C:
 		}
 		wait = min(2*wait, maxRetryWait)
 	}

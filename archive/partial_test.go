@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/teststore"
@@ -293,9 +294,9 @@ func TestDaemonGetPartial(t *testing.T) {
 func TestClientPartialOldDaemon(t *testing.T) {
 	dir := daemonSocketDir(t)
 	sock := filepath.Join(dir, "v1.sock")
-	got := make(chan Request, 2)
+	got := make(chan hookproto.Request, 2)
 	// A version-1 daemon: it knows no "partial" and refuses other versions.
-	fakeDaemon(t, sock, func(conn net.Conn, req Request) {
+	fakeDaemon(t, sock, func(conn net.Conn, req hookproto.Request) {
 		got <- req
 		if req.Version != 1 {
 			fmt.Fprintf(conn, `{"v":1,"status":"error","class":"unsupported","message":"daemon speaks protocol version 1, the hook sent version %d"}`+"\n", req.Version)
@@ -310,7 +311,7 @@ func TestClientPartialOldDaemon(t *testing.T) {
 	if err := c.GetPartial(ctx, name, "/x/RECOVERYXLOG"); !errors.Is(err, ErrDaemonUnavailable) {
 		t.Errorf("GetPartial from a version-1 daemon: %v, want ErrDaemonUnavailable", err)
 	}
-	if req := <-got; req.Version != 2 || !req.Partial || req.Op != OpGet || req.Name != name {
+	if req := <-got; req.Version != 2 || !req.Partial || req.Op != hookproto.OpGet || req.Name != name {
 		t.Errorf("GetPartial sent %+v, want version 2 with partial", req)
 	}
 	if err := c.Get(ctx, name, "/x/RECOVERYXLOG"); err != nil {

@@ -206,22 +206,15 @@ func (p *Pusher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		p.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
+	if waitFor(ctx, &p.wg) {
 		return nil
-	case <-ctx.Done():
 	}
 	p.mu.Lock()
 	for _, cancel := range p.cancels {
 		cancel()
 	}
 	p.mu.Unlock()
-	<-done
+	p.wg.Wait()
 	return fmt.Errorf("archive: close: look-ahead uploads cancelled: %w", context.Cause(ctx))
 }
 

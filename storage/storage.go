@@ -10,8 +10,10 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/walferry/walferry/internal/failure"
@@ -35,7 +37,9 @@ type Store interface {
 
 	// GetRange opens length bytes of the object starting at offset. A
 	// negative length reads to the end. Reading past the end returns what
-	// there is (possibly nothing); a missing key matches ErrNotExist.
+	// there is (possibly nothing); a missing key matches ErrNotExist, also
+	// for a zero length; a negative offset matches fs.ErrInvalid (the rules
+	// TrivialRange applies for every backend).
 	GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 
 	// Stat returns the object's metadata; a missing key matches ErrNotExist.
@@ -56,6 +60,25 @@ type Store interface {
 
 	// Close releases connections. The Store must not be used afterwards.
 	Close() error
+}
+
+// TrivialRange answers the GetRange calls that need no read, with the
+// same rules for every backend: a negative offset is refused (the error
+// matches fs.ErrInvalid), and a zero length, which no HTTP Range can
+// express, yields an empty reader once st.Stat found the key, so that a
+// missing key still matches ErrNotExist. When answered is false, the
+// backend reads the range itself.
+func TrivialRange(ctx context.Context, st Store, key string, offset, length int64) (rc io.ReadCloser, answered bool, err error) {
+	if offset < 0 {
+		return nil, true, fmt.Errorf("%s: get %s: negative offset %d: %w", st, key, offset, fs.ErrInvalid)
+	}
+	if length != 0 {
+		return nil, false, nil
+	}
+	if _, err := st.Stat(ctx, key); err != nil {
+		return nil, true, err
+	}
+	return io.NopCloser(strings.NewReader("")), true, nil
 }
 
 // ObjectInfo describes one stored object.

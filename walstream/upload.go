@@ -11,6 +11,7 @@ import (
 
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // uploader pushes the spooled files in order (the leftovers of a previous
@@ -63,12 +64,8 @@ func (r *receiver) uploadRetrying(ctx context.Context, name string) error {
 		r.m.uploadFailed(err)
 		backoff := r.o.retryPolicy().Backoff(attempt)
 		r.log.Warn("upload failed; retrying", "segment", name, "attempt", attempt, "backoff", backoff, "err", err)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, backoff) != nil {
 			return nil
-		case <-t.C:
 		}
 	}
 }

@@ -282,6 +282,24 @@ func (s *settings) openRepos(ctx context.Context, cl *repo.Cluster) (*repos.Set,
 	return repos.Open(ctx, o)
 }
 
+// loadRepos loads the settings and opens every configured repository (at
+// least one is required); the caller closes them with the returned
+// function.
+func (a *app) loadRepos(c *cli.Context) (*settings, []*repo.Repo, func(), error) {
+	s, err := a.load(c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := s.requireRepos(); err != nil {
+		return nil, nil, nil, err
+	}
+	set, err := s.openRepos(c.Context, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return s, set.Repos, func() { set.Close() }, nil
+}
+
 // openReposPatiently is openRepos for a long-running receiver: a store
 // that cannot be reached at start is retried with backoff (1 s to 1 min)
 // forever, or maxAttempts times (repos.OpenPatiently).

@@ -220,17 +220,25 @@ func (s *settings) hookTarget(ctx context.Context) (hookTarget, error) {
 	return hookTarget{dataDir: dir, cluster: cl}, nil
 }
 
-// daemonClient returns the client of the configured daemon, or nil.
-func (s *settings) daemonClient(t hookTarget) *archive.Client {
-	if s.cfg.Archive.Socket == "" {
-		return nil
+// runHook hands one hook call to the daemon when a socket is configured,
+// and does the work in this process (standalone) when none is, or when the
+// daemon does not answer: a dead daemon never stops archiving or recovery.
+// standalone gets the repositories, opened and checked against t's
+// cluster, and closed when it returns.
+func (s *settings) runHook(ctx context.Context, t hookTarget, viaDaemon func(*archive.Client) error, standalone func(archive.Config) error) error {
+	if sock := s.cfg.Archive.Socket; sock != "" {
+		err := viaDaemon(&archive.Client{Socket: sock, DataDir: t.dataDir, Cluster: t.cluster})
+		if !errors.Is(err, archive.ErrDaemonUnavailable) {
+			return err
+		}
+		s.log.Info("daemon unreachable, working standalone", "socket", sock, "err", err)
 	}
-	return &archive.Client{Socket: s.cfg.Archive.Socket, DataDir: t.dataDir, Cluster: t.cluster}
-}
-
-// standalone logs why a hook works in-process after asking the daemon.
-func (s *settings) standalone(err error) {
-	s.log.Info("daemon unreachable, working standalone", "socket", s.cfg.Archive.Socket, "err", err)
+	cfg, closeStores, err := s.openArchive(ctx, t.cluster)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	return standalone(cfg)
 }
 
 // pushOptions and getOptions map the settings onto the engines' options;
@@ -264,26 +272,21 @@ func (a *app) archivePush(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if client := s.daemonClient(t); client != nil {
-		err := client.Push(c.Context, path)
-		if !errors.Is(err, archive.ErrDaemonUnavailable) {
-			return err
-		}
-		s.standalone(err)
-	}
-	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
-	if err != nil {
-		return err
-	}
-	defer closeStores()
+	return s.runHook(c.Context, t,
+		func(d *archive.Client) error { return d.Push(c.Context, path) },
+		func(cfg archive.Config) error { return s.push(c.Context, cfg, path) })
+}
+
+// push archives the file at path with a Pusher of its own.
+func (s *settings) push(ctx context.Context, cfg archive.Config, path string) error {
 	p, err := archive.NewPusher(cfg, s.pushOptions())
 	if err != nil {
 		return err
 	}
-	err = p.Push(c.Context, path)
+	err = p.Push(ctx, path)
 	// The requested file's fate is decided; Close only waits for the
 	// look-ahead uploads, whose failures the next calls retry.
-	if cerr := p.Close(c.Context); cerr != nil && err == nil {
+	if cerr := p.Close(ctx); cerr != nil && err == nil {
 		s.log.Warn("look-ahead uploads did not finish; PostgreSQL's next calls push those files", "err", cerr)
 	}
 	return err
@@ -314,39 +317,18 @@ func (a *app) archiveGet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if client := s.daemonClient(t); client != nil {
-		get := client.Get
-		if partial {
-			get = client.GetPartial
-		}
-		err := get(c.Context, name, dest)
-		if !errors.Is(err, archive.ErrDaemonUnavailable) {
-			return err
-		}
-		s.standalone(err)
-	}
-	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
-	if err != nil {
-		return err
-	}
-	defer closeStores()
-	g, err := archive.NewGetter(cfg, s.getOptions())
-	if err != nil {
-		return err
-	}
-	if partial {
-		err = g.GetPartial(c.Context, name, dest)
-	} else {
-		err = g.Get(c.Context, name, dest)
-	}
-	if cerr := g.Close(c.Context); cerr != nil && err == nil {
-		s.log.Warn("prefetch did not finish", "err", cerr)
-	}
-	return err
+	return s.runHook(c.Context, t,
+		func(d *archive.Client) error {
+			if partial {
+				return d.GetPartial(c.Context, name, dest)
+			}
+			return d.Get(c.Context, name, dest)
+		},
+		func(cfg archive.Config) error { return s.get(c.Context, cfg, s.getOptions(), name, dest, partial) })
 }
 
 // manualGet fetches one file for a user outside a data directory, checked
-// against the first repository's own identity.
+// against the first repository's own identity, without prefetch.
 func (s *settings) manualGet(ctx context.Context, name, dest string, partial bool) error {
 	set, err := s.openRepos(ctx, nil)
 	if err != nil {
@@ -359,15 +341,25 @@ func (s *settings) manualGet(ctx context.Context, name, dest string, partial boo
 	}
 	o := s.getOptions()
 	o.Prefetch = 0
+	return s.get(ctx, cfg, o, name, dest, partial)
+}
+
+// get fetches the WAL file name into dest (its .partial when partial
+// allows) with a Getter of its own.
+func (s *settings) get(ctx context.Context, cfg archive.Config, o archive.GetOptions, name, dest string, partial bool) error {
 	g, err := archive.NewGetter(cfg, o)
 	if err != nil {
 		return err
 	}
-	defer g.Close(context.WithoutCancel(ctx))
 	if partial {
-		return g.GetPartial(ctx, name, dest)
+		err = g.GetPartial(ctx, name, dest)
+	} else {
+		err = g.Get(ctx, name, dest)
 	}
-	return g.Get(ctx, name, dest)
+	if cerr := g.Close(ctx); cerr != nil && err == nil {
+		s.log.Warn("prefetch did not finish", "err", cerr)
+	}
+	return err
 }
 
 func (a *app) daemon(c *cli.Context) error {

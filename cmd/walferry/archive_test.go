@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/archive"
+	"github.com/walferry/walferry/archive/hookproto"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -283,7 +284,7 @@ func TestHookExitCodes(t *testing.T) {
 		{"archive-push", fmt.Errorf("x: %w", archive.ErrConflict), exitRepository},
 		{"archive-push", fmt.Errorf("x: %w", repo.ErrWrongCluster), exitRepository},
 		{"archive-push", usage(errors.New("x")), exitUsage},
-		{"archive-push", &archive.DaemonError{Class: archive.ClassConflict}, exitRepository},
+		{"archive-push", &archive.DaemonError{Class: hookproto.ClassConflict}, exitRepository},
 		{"archive-get", fmt.Errorf("x: %w", archive.ErrNotArchived), exitFailure},
 		{"archive-get", context.Canceled, exitFailure},
 		{"archive-get", usage(errors.New("x")), exitFailure},

@@ -107,20 +107,13 @@ func (a *app) backupPush(c *cli.Context) error {
 	if c.IsSet("jobs") && c.Int("jobs") < 1 {
 		return usage(fmt.Errorf("--jobs %d: want at least 1", c.Int("jobs")))
 	}
-	s, err := a.loadWith(c, nil)
+	s, repos, closeStores, err := a.loadRepos(c)
 	if err != nil {
 		return err
 	}
-	if err := s.requireRepos(); err != nil {
-		return err
-	}
-	set, err := s.openRepos(c.Context, nil)
-	if err != nil {
-		return err
-	}
-	defer set.Close()
+	defer closeStores()
 	jsonOut := c.Bool("json") || a.logFormat == "json"
-	for i, r := range set.Repos {
+	for i, r := range repos {
 		opts := backup.Options{
 			Conn:              s.cfg.PGConn.Reveal(),
 			PGData:            s.cfg.PGData,

@@ -14,7 +14,6 @@ import (
 
 	"github.com/walferry/walferry/backup"
 	"github.com/walferry/walferry/internal/codec"
-	"github.com/walferry/walferry/internal/repo"
 )
 
 // The backup administration commands: backup-list, backup-show,
@@ -132,23 +131,6 @@ one per line; --json prints the whole report.`,
 	}
 }
 
-// openAdmin loads the settings and opens every repository; the caller
-// closes them with the returned function.
-func (a *app) openAdmin(c *cli.Context) (*settings, []*repo.Repo, func(), error) {
-	s, err := a.load(c)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if err := s.requireRepos(); err != nil {
-		return nil, nil, nil, err
-	}
-	set, err := s.openRepos(c.Context, nil)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return s, set.Repos, func() { set.Close() }, nil
-}
-
 // listRow is a backup-list JSON row: the backup and the repository
 // holding it.
 type listRow struct {
@@ -164,7 +146,7 @@ func (a *app) backupList(c *cli.Context) error {
 	if len(args) != 0 {
 		return usage(fmt.Errorf("backup-list takes no arguments, got %q", args))
 	}
-	s, repos, closeStores, err := a.openAdmin(c)
+	s, repos, closeStores, err := a.loadRepos(c)
 	if err != nil {
 		return err
 	}
@@ -238,7 +220,7 @@ func (a *app) backupShow(c *cli.Context) error {
 	if c.Bool("files") && !c.Bool("json") {
 		return usage(errors.New("--files goes with --json (the text output summarizes the files)"))
 	}
-	s, repos, closeStores, err := a.openAdmin(c)
+	s, repos, closeStores, err := a.loadRepos(c)
 	if err != nil {
 		return err
 	}
@@ -377,7 +359,7 @@ func (a *app) backupDelete(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s, repos, closeStores, err := a.openAdmin(c)
+	s, repos, closeStores, err := a.loadRepos(c)
 	if err != nil {
 		return err
 	}
@@ -459,7 +441,7 @@ func (a *app) verify(c *cli.Context) error {
 	if c.Int("jobs") < 1 {
 		return usage(fmt.Errorf("--jobs %d: read at least 1 object at a time", c.Int("jobs")))
 	}
-	s, repos, closeStores, err := a.openAdmin(c)
+	s, repos, closeStores, err := a.loadRepos(c)
 	if err != nil {
 		return err
 	}

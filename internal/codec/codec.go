@@ -35,14 +35,10 @@ import (
 // not be copied after first use. A nil *Codec is valid too and pools nothing:
 // every Writer and Reader allocates its own resources.
 type Codec struct {
-	lz4W  [10]sync.Pool // by level 0..9
-	zstdW [23]sync.Pool // by level 1..22
-	gzipW [10]sync.Pool // by level 1..9
-	lz4R  sync.Pool
-	zstdR sync.Pool
-	gzipR sync.Pool
-	bufs  sync.Pool // *[]byte record buffers for the default record size
-	pipes sync.Pool // *[]byte of pipeBufSize for Writer.ReadFrom, Reader.WriteTo
+	writers [Gzip + 1][maxLevel + 1]sync.Pool // compressors by algorithm and level
+	readers [Gzip + 1]sync.Pool               // decompressors by algorithm
+	bufs    sync.Pool                         // *[]byte record buffers for the default record size
+	pipes   sync.Pool                         // *[]byte of pipeBufSize for Writer.ReadFrom, Reader.WriteTo
 }
 
 // pipeBufSize is the piece size of Writer.ReadFrom and Reader.WriteTo.
@@ -93,12 +89,15 @@ type compressor interface {
 // getCompressor returns a compressor for c/level writing to w, and a function
 // returning it to the pool. level has been validated.
 func (c *Codec) getCompressor(alg Compression, level int, w *frameWriter) (compressor, func(), error) {
+	if level == 0 {
+		level = alg.defaultLevel()
+	}
+	var pool *sync.Pool
+	if c != nil {
+		pool = &c.writers[alg][level]
+	}
 	switch alg {
 	case LZ4:
-		var pool *sync.Pool
-		if c != nil {
-			pool = &c.lz4W[level]
-		}
 		return pooledCompressor(pool, w, func() (*lz4.Writer, error) {
 			zw := lz4.NewWriter(nil)
 			lvl := lz4.Fast
@@ -113,22 +112,8 @@ func (c *Codec) getCompressor(alg Compression, level int, w *frameWriter) (compr
 			)
 		})
 	case Zstd:
-		if level == 0 {
-			level = 3
-		}
-		var pool *sync.Pool
-		if c != nil {
-			pool = &c.zstdW[level]
-		}
 		return pooledCompressor(pool, w, func() (zstdEncoder, error) { return newZstdEncoder(level) })
 	case Gzip:
-		if level == 0 {
-			level = 6
-		}
-		var pool *sync.Pool
-		if c != nil {
-			pool = &c.gzipW[level]
-		}
 		return pooledCompressor(pool, w, func() (*gzip.Writer, error) { return gzip.NewWriterLevel(nil, level) })
 	}
 	return nil, func() {}, nil
@@ -141,24 +126,33 @@ func pooledCompressor[T interface {
 	compressor
 	Reset(io.Writer)
 }](pool *sync.Pool, w io.Writer, make func() (T, error)) (compressor, func(), error) {
-	var zw T
-	ok := false
-	if pool != nil {
-		zw, ok = pool.Get().(T)
-	}
-	if !ok {
-		var err error
-		if zw, err = make(); err != nil {
-			return nil, nil, err
-		}
+	zw, err := fromPool(pool, make)
+	if err != nil {
+		return nil, nil, err
 	}
 	zw.Reset(w)
 	return zw, func() {
 		zw.Reset(nil)
-		if pool != nil {
-			pool.Put(zw)
-		}
+		toPool(pool, zw)
 	}, nil
+}
+
+// fromPool takes a T from pool, or makes one when pool is empty or nil (a
+// nil Codec pools nothing).
+func fromPool[T any](pool *sync.Pool, make func() (T, error)) (T, error) {
+	if pool != nil {
+		if v, ok := pool.Get().(T); ok {
+			return v, nil
+		}
+	}
+	return make()
+}
+
+// toPool puts v back into pool, unless pool is nil.
+func toPool(pool *sync.Pool, v any) {
+	if pool != nil {
+		pool.Put(v)
+	}
 }
 
 // decompressor reads the raw stream out of a record stream.
@@ -170,12 +164,28 @@ type decompressor interface {
 	Drain() *bufio.Reader
 }
 
-type lz4Dec struct {
-	*lz4.Reader
+// pooledDecoder is a decompressor a Codec recycles: start points it at a
+// record stream (gzip reads its header there), stop detaches it, which
+// resets it whatever state a stream left it in.
+type pooledDecoder interface {
+	decompressor
+	start(r io.Reader) error
+	stop()
 }
 
-func (d lz4Dec) Drain() *bufio.Reader { return nil }
+// plainDecoder is a pooledDecoder for a decoder whose Reset cannot fail and
+// that keeps nothing read ahead a caller could check (lz4's, libzstd's).
+type plainDecoder[D interface {
+	Read(p []byte) (int, error)
+	Reset(r io.Reader)
+}] struct{ d D }
 
+func (p plainDecoder[D]) Read(b []byte) (int, error) { return p.d.Read(b) }
+func (p plainDecoder[D]) Drain() *bufio.Reader       { return nil }
+func (p plainDecoder[D]) start(r io.Reader) error    { p.d.Reset(r); return nil }
+func (p plainDecoder[D]) stop()                      { p.d.Reset(nil) }
+
+// gzipDec reads gzip through a buffer of its own, which Drain returns.
 type gzipDec struct {
 	zr *gzip.Reader
 	br *bufio.Reader
@@ -183,56 +193,57 @@ type gzipDec struct {
 
 func (d *gzipDec) Read(p []byte) (int, error) { return d.zr.Read(p) }
 func (d *gzipDec) Drain() *bufio.Reader       { return d.br }
+func (d *gzipDec) stop()                      { d.br.Reset(nil) }
+
+func (d *gzipDec) start(r io.Reader) error {
+	d.br.Reset(r)
+	if err := d.zr.Reset(d.br); err != nil {
+		return err // a bad or missing gzip header
+	}
+	d.zr.Multistream(false)
+	return nil
+}
 
 // getDecompressor returns a decompressor for alg reading from fr and a
 // function that resets it (in whatever state a stream left it) and returns it
 // to the pool.
 func (c *Codec) getDecompressor(alg Compression, fr *frameReader) (decompressor, func(), error) {
+	var pool *sync.Pool
+	if c != nil {
+		pool = &c.readers[alg]
+	}
 	switch alg {
 	case LZ4:
-		var zr *lz4.Reader
-		if c != nil {
-			zr, _ = c.lz4R.Get().(*lz4.Reader)
-		}
-		if zr == nil {
-			zr = lz4.NewReader(nil)
-			if err := zr.Apply(lz4.ConcurrencyOption(1)); err != nil {
-				return nil, nil, err
-			}
-		}
-		zr.Reset(fr)
-		return lz4Dec{zr}, func() {
-			zr.Reset(nil)
-			if c != nil {
-				c.lz4R.Put(zr)
-			}
-		}, nil
+		return pooledDecompressor(pool, fr, func() (plainDecoder[*lz4.Reader], error) {
+			zr := lz4.NewReader(nil)
+			return plainDecoder[*lz4.Reader]{zr}, zr.Apply(lz4.ConcurrencyOption(1))
+		})
 	case Zstd:
-		return c.getZstdDecompressor(fr)
+		return pooledDecompressor(pool, fr, newZstdDecoder)
 	case Gzip:
-		var d *gzipDec
-		if c != nil {
-			d, _ = c.gzipR.Get().(*gzipDec)
-		}
-		if d == nil {
-			d = &gzipDec{zr: new(gzip.Reader), br: bufio.NewReaderSize(nil, 32<<10)}
-		}
-		d.br.Reset(fr)
-		if err := d.zr.Reset(d.br); err != nil {
-			// Bad or missing gzip header; the next Reset starts afresh.
-			d.br.Reset(nil)
-			if c != nil {
-				c.gzipR.Put(d)
-			}
-			return nil, nil, err
-		}
-		d.zr.Multistream(false)
-		return d, func() {
-			d.br.Reset(nil)
-			if c != nil {
-				c.gzipR.Put(d)
-			}
-		}, nil
+		return pooledDecompressor(pool, fr, func() (*gzipDec, error) {
+			return &gzipDec{zr: new(gzip.Reader), br: bufio.NewReaderSize(nil, 32<<10)}, nil
+		})
 	}
 	return nil, func() {}, nil
+}
+
+// pooledDecompressor takes a decoder from pool (nil for a nil Codec) or
+// makes one, and starts it on r; the function it returns stops the decoder
+// and puts it back. A decoder whose start failed (a bad stream header) is
+// stopped and put back at once: the next start begins afresh.
+func pooledDecompressor[T pooledDecoder](pool *sync.Pool, r io.Reader, make func() (T, error)) (decompressor, func(), error) {
+	d, err := fromPool(pool, make)
+	if err != nil {
+		return nil, nil, err
+	}
+	release := func() {
+		d.stop()
+		toPool(pool, d)
+	}
+	if err := d.start(r); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return d, release, nil
 }

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -19,23 +20,20 @@ const (
 	Gzip Compression = 3 // gzip, RFC 1952 (github.com/klauspost/compress/gzip)
 )
 
+// compressionNames are the names String prints and ParseCompression
+// accepts, by value.
+var compressionNames = [...]string{None: "none", LZ4: "lz4", Zstd: "zstd", Gzip: "gzip"}
+
 // String returns the lower-case name ParseCompression accepts: "none", "lz4",
 // "zstd" or "gzip"; an unknown value prints as "compression(N)".
 func (c Compression) String() string {
-	switch c {
-	case None:
-		return "none"
-	case LZ4:
-		return "lz4"
-	case Zstd:
-		return "zstd"
-	case Gzip:
-		return "gzip"
+	if !c.valid() {
+		return "compression(" + strconv.Itoa(int(c)) + ")"
 	}
-	return "compression(" + strconv.Itoa(int(c)) + ")"
+	return compressionNames[c]
 }
 
-func (c Compression) valid() bool { return c <= Gzip }
+func (c Compression) valid() bool { return int(c) < len(compressionNames) }
 
 // ChecksContent reports whether c's stream carries a checksum of the raw
 // content that walferry's readers verify: zstd frames (XXH64; walferry's
@@ -44,6 +42,21 @@ func (c Compression) valid() bool { return c <= Gzip }
 // for its content to be verified on every read.
 func (c Compression) ChecksContent() bool { return c == Zstd || c == Gzip }
 
+// maxLevel is the highest level of any algorithm (zstd's).
+const maxLevel = 22
+
+// defaultLevel is the level 0 stands for: lz4's fast compressor (0), zstd
+// 3, gzip 6.
+func (c Compression) defaultLevel() int {
+	switch c {
+	case Zstd:
+		return 3
+	case Gzip:
+		return 6
+	}
+	return 0
+}
+
 // levelRange returns the explicit levels c accepts; 0 always means the
 // algorithm's default and is not part of the range.
 func (c Compression) levelRange() (lo, hi int) {
@@ -51,7 +64,7 @@ func (c Compression) levelRange() (lo, hi int) {
 	case LZ4:
 		return 1, 9 // lz4 HC levels; 0 is the fast compressor
 	case Zstd:
-		return 1, 22
+		return 1, maxLevel
 	case Gzip:
 		return 1, 9
 	}
@@ -67,19 +80,11 @@ func (c Compression) levelRange() (lo, hi int) {
 func ParseCompression(s string) (Compression, int, error) {
 	spec := strings.ToLower(strings.TrimSpace(s))
 	name, lvl, hasLevel := strings.Cut(spec, ":")
-	var c Compression
-	switch name {
-	case "none":
-		c = None
-	case "lz4":
-		c = LZ4
-	case "zstd":
-		c = Zstd
-	case "gzip":
-		c = Gzip
-	default:
+	i := slices.Index(compressionNames[:], name)
+	if i < 0 {
 		return 0, 0, fmt.Errorf("codec: unknown compression %q (want none, lz4, zstd or gzip, optionally with :LEVEL)", s)
 	}
+	c := Compression(i)
 	if !hasLevel {
 		return c, 0, nil
 	}

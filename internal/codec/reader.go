@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 )
 
@@ -30,16 +29,14 @@ type Reader struct {
 	dec     decompressor
 	src     io.Reader // dec, or &fr when uncompressed
 	release func()
-	hash    hash.Hash
+	content rawContent
 	hasSum  bool // the trailer holds the raw SHA-256 (no Options.NoRawSum)
 	// inStream: the compressed stream checks its own raw content (a zstd
 	// frame with its content checksum, a gzip member's CRC-32), verified by
 	// the decompressor; the trailer's SHA-256 is then not recomputed.
 	inStream bool
-	raw      int64
 	err      error // sticky; io.EOF after a verified end
 	closed   bool
-	sum      [sha256.Size]byte
 }
 
 // NewReader is (*Codec)(nil).NewReader: a Reader that pools nothing.
@@ -95,10 +92,7 @@ func (zr *Reader) Read(p []byte) (int, error) {
 	}
 	n, err := zr.src.Read(p)
 	if n > 0 {
-		if zr.hash != nil {
-			zr.hash.Write(p[:n])
-		}
-		zr.raw += int64(n)
+		zr.content.add(p[:n])
 	}
 	switch {
 	case err == nil:
@@ -148,9 +142,9 @@ func (zr *Reader) WriteTo(w io.Writer) (int64, error) {
 	defer zr.c.putPipeBuf(bufs[1])
 
 	var total int64
-	var prev []byte          // decoded piece not yet written
-	var hashed chan struct{} // closed when prev is hashed; nil if hashed inline
-	flush := func() error {  // wait for prev's hash, then write prev
+	var prev []byte            // decoded piece not yet written
+	var hashed <-chan struct{} // closed when prev is hashed; nil if hashed inline
+	flush := func() error {    // wait for prev's hash, then write prev
 		if hashed != nil {
 			<-hashed
 			hashed = nil
@@ -175,21 +169,8 @@ func (zr *Reader) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 		if n > 0 {
-			piece := bufs[i][:n]
-			zr.raw += int64(n)
-			prev = piece
-			switch {
-			case zr.hash == nil:
-			case n >= parallelHashMin:
-				done := make(chan struct{})
-				hashed = done
-				go func() {
-					zr.hash.Write(piece)
-					close(done)
-				}()
-			default:
-				zr.hash.Write(piece)
-			}
+			prev = bufs[i][:n]
+			hashed = zr.content.addConcurrently(prev)
 		}
 		if rerr == nil {
 			continue
@@ -283,7 +264,7 @@ const (
 // verifies it.
 func (zr *Reader) startHash() {
 	if zr.hasSum && !zr.inStream {
-		zr.hash = sha256.New()
+		zr.content.hash = sha256.New()
 	}
 }
 
@@ -297,7 +278,7 @@ func (zr *Reader) classify(err error) error {
 	if errors.Is(err, ErrCorrupt) {
 		return err
 	}
-	return corruptf("%s stream invalid after %d raw bytes: %v", zr.h.compression, zr.raw, err)
+	return corruptf("%s stream invalid after %d raw bytes: %v", zr.h.compression, zr.content.size, err)
 }
 
 // finish runs after the decompressor (or the record layer) reported the end of
@@ -323,20 +304,20 @@ func (zr *Reader) finish() error {
 		return corruptf("stream ended before the trailer")
 	}
 	t := &zr.fr.trailer
-	if t.rawSize != zr.raw {
-		return corruptf("length mismatch: trailer says %d raw bytes, read %d", t.rawSize, zr.raw)
+	if t.rawSize != zr.content.size {
+		return corruptf("length mismatch: trailer says %d raw bytes, read %d", t.rawSize, zr.content.size)
 	}
 	switch {
-	case zr.hash != nil:
-		zr.hash.Sum(zr.sum[:0])
+	case zr.content.hash != nil:
+		zr.content.finish()
 	case zr.inStream:
 		// The decompressor verified the content against the stream's own
 		// check; the trailer's SHA-256 is the writer's, authenticated by
 		// the trailer record's check.
-		zr.sum = t.sum
+		zr.content.sum = t.sum
 	}
-	if subtle.ConstantTimeCompare(zr.sum[:], t.sum[:]) != 1 {
-		return corruptf("checksum mismatch: stored %s computed %s", FormatSum(t.sum), FormatSum(zr.sum))
+	if subtle.ConstantTimeCompare(zr.content.sum[:], t.sum[:]) != 1 {
+		return corruptf("checksum mismatch: stored %s computed %s", FormatSum(t.sum), FormatSum(zr.content.sum))
 	}
 	return io.EOF
 }
@@ -377,12 +358,12 @@ func (zr *Reader) Sum() string {
 	if zr.err != io.EOF || !zr.hasSum {
 		return ""
 	}
-	return FormatSum(zr.sum)
+	return FormatSum(zr.content.sum)
 }
 
 // RawSize returns the number of raw bytes returned by Read so far; after
 // io.EOF, the verified raw length of the object.
-func (zr *Reader) RawSize() int64 { return zr.raw }
+func (zr *Reader) RawSize() int64 { return zr.content.size }
 
 // Compression returns the object's compression algorithm.
 func (zr *Reader) Compression() Compression { return zr.h.compression }

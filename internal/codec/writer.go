@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 )
 
@@ -48,10 +47,6 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// parallelHashMin is the smallest Write whose SHA-256 runs concurrently with
-// its compression: below it a goroutine costs more than it saves.
-const parallelHashMin = 128 << 10
-
 // ErrClosed is returned by Write after Close and by Read after Close.
 var ErrClosed = errors.New("codec: use after close")
 
@@ -68,11 +63,9 @@ type Writer struct {
 	fw      frameWriter
 	comp    compressor
 	release func()
-	hash    hash.Hash
-	raw     int64
+	content rawContent
 	err     error // sticky
 	closed  bool
-	sum     [sha256.Size]byte
 }
 
 // NewWriter is (*Codec)(nil).NewWriter: a Writer that pools nothing.
@@ -111,7 +104,7 @@ func (c *Codec) NewWriter(w io.Writer, opts Options) (*Writer, error) {
 	}
 	zw := &Writer{c: c, opts: opts}
 	if !opts.NoRawSum {
-		zw.hash = sha256.New()
+		zw.content.hash = sha256.New()
 	}
 	zw.fw = frameWriter{
 		dst:    w,
@@ -143,22 +136,9 @@ func (zw *Writer) Write(p []byte) (int, error) {
 	if zw.err != nil {
 		return 0, zw.err
 	}
-	zw.raw += int64(len(p))
-	var hashed chan struct{}
-	switch {
-	case zw.hash == nil:
-	case len(p) >= parallelHashMin:
-		// Hash on another core while this one compresses: p stays valid
-		// and unmodified until Write returns, and nothing else touches
-		// zw.hash meanwhile.
-		hashed = make(chan struct{})
-		go func() {
-			zw.hash.Write(p)
-			close(hashed)
-		}()
-	default:
-		zw.hash.Write(p)
-	}
+	// p stays valid and unmodified until Write returns, so it may be
+	// hashed on another core while this one compresses it.
+	hashed := zw.content.addConcurrently(p)
 	var n int
 	var err error
 	if zw.comp != nil {
@@ -237,10 +217,8 @@ func (zw *Writer) Close() error {
 		}
 	}
 	if zw.err == nil {
-		if zw.hash != nil {
-			zw.hash.Sum(zw.sum[:0])
-		}
-		t := trailer{rawSize: zw.raw, sum: zw.sum}
+		zw.content.finish()
+		t := trailer{rawSize: zw.content.size, sum: zw.content.sum}
 		if err := zw.fw.finish(&t); err != nil {
 			zw.err = err
 		}
@@ -259,14 +237,14 @@ func (zw *Writer) Close() error {
 // successful Close or with Options.NoRawSum. Two objects with the same Sum hold the same raw content
 // whatever their compression or encryption.
 func (zw *Writer) Sum() string {
-	if !zw.closed || zw.err != nil || zw.hash == nil {
+	if !zw.closed || zw.err != nil || zw.content.hash == nil {
 		return ""
 	}
-	return FormatSum(zw.sum)
+	return FormatSum(zw.content.sum)
 }
 
 // RawSize returns the number of raw bytes written so far.
-func (zw *Writer) RawSize() int64 { return zw.raw }
+func (zw *Writer) RawSize() int64 { return zw.content.size }
 
 // StoredSize returns the number of bytes written to the destination so far;
 // after a successful Close, the size of the stored object.

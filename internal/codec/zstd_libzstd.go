@@ -3,8 +3,6 @@
 package codec
 
 import (
-	"bufio"
-
 	"github.com/walferry/walferry/internal/libzstd"
 )
 
@@ -20,30 +18,9 @@ type zstdEncoder = *libzstd.Encoder
 // without hashing it again with SHA-256 (reader.go).
 func newZstdEncoder(level int) (zstdEncoder, error) { return libzstd.NewEncoder(level) }
 
-type zstdDec struct {
-	*libzstd.Decoder
-}
-
-func (d zstdDec) Drain() *bufio.Reader { return nil }
-
-// getZstdDecompressor returns a pooled libzstd decoder reading fr; it
-// refuses windows above 8 MiB, which bounds its memory.
-func (c *Codec) getZstdDecompressor(fr *frameReader) (decompressor, func(), error) {
-	var zr *libzstd.Decoder
-	if c != nil {
-		zr, _ = c.zstdR.Get().(*libzstd.Decoder)
-	}
-	if zr == nil {
-		var err error
-		if zr, err = libzstd.NewDecoder(); err != nil {
-			return nil, nil, err
-		}
-	}
-	zr.Reset(fr)
-	return zstdDec{zr}, func() {
-		zr.Reset(nil)
-		if c != nil {
-			c.zstdR.Put(zr)
-		}
-	}, nil
+// newZstdDecoder returns a libzstd decoder; it refuses windows above
+// 8 MiB, which bounds its memory.
+func newZstdDecoder() (plainDecoder[*libzstd.Decoder], error) {
+	zr, err := libzstd.NewDecoder()
+	return plainDecoder[*libzstd.Decoder]{zr}, err
 }

@@ -4,6 +4,7 @@ package codec
 
 import (
 	"bufio"
+	"io"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -34,39 +35,21 @@ func newZstdEncoder(level int) (zstdEncoder, error) {
 	)
 }
 
-type zstdDec struct {
-	*zstd.Decoder
-}
+// zstdDecoder is the pure-Go zstd decoder as a pooledDecoder: its Reset
+// reads the frame header and can fail.
+type zstdDecoder struct{ *zstd.Decoder }
 
-func (d zstdDec) Drain() *bufio.Reader { return nil }
+func (d zstdDecoder) Drain() *bufio.Reader    { return nil }
+func (d zstdDecoder) start(r io.Reader) error { return d.Reset(r) }
+func (d zstdDecoder) stop()                   { _ = d.Reset(nil) }
 
-// getZstdDecompressor returns a pooled decoder reading fr, limited to an
-// 8 MiB window.
-func (c *Codec) getZstdDecompressor(fr *frameReader) (decompressor, func(), error) {
-	var zr *zstd.Decoder
-	if c != nil {
-		zr, _ = c.zstdR.Get().(*zstd.Decoder)
-	}
-	if zr == nil {
-		var err error
-		zr, err = zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxWindow(zstdWindow),
-			zstd.WithDecoderMaxMemory(zstdWindow),
-		)
-		if err != nil {
-			return nil, nil, err
-		}
-	}
-	if err := zr.Reset(fr); err != nil {
-		zr.Close()
-		return nil, nil, err
-	}
-	return zstdDec{zr}, func() {
-		_ = zr.Reset(nil)
-		if c != nil {
-			c.zstdR.Put(zr)
-		}
-	}, nil
+// newZstdDecoder returns a decoder limited to an 8 MiB window.
+func newZstdDecoder() (zstdDecoder, error) {
+	zr, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(zstdWindow),
+		zstd.WithDecoderMaxMemory(zstdWindow),
+	)
+	return zstdDecoder{zr}, err
 }

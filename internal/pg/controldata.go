@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,7 +73,7 @@ var controlDataFields = map[string]controlDataSetter{
 		c.SystemIdentifier, err = strconv.ParseUint(v, 10, 64)
 		return err
 	},
-	"Database cluster state":                func(c *ControlData, v string) (err error) { c.State, err = parseDBState(v); return err },
+	"Database cluster state":                enumField(dbStateNames, func(c *ControlData) *DBState { return &c.State }),
 	"pg_control last modified":              timeField(func(c *ControlData) *time.Time { return &c.Time }),
 	"Latest checkpoint location":            lsnField(func(c *ControlData) *LSN { return &c.CheckpointLSN }),
 	"Latest checkpoint's REDO location":     lsnField(func(c *ControlData) *LSN { return &c.RedoLSN }),
@@ -97,7 +98,7 @@ var controlDataFields = map[string]controlDataSetter{
 	"Backup start location":                 lsnField(func(c *ControlData) *LSN { return &c.BackupStartPoint }),
 	"Backup end location":                   lsnField(func(c *ControlData) *LSN { return &c.BackupEndPoint }),
 	"End-of-backup record required":         boolField("yes", "no", func(c *ControlData) *bool { return &c.BackupEndRequired }),
-	"wal_level setting":                     func(c *ControlData, v string) (err error) { c.WALLevel, err = parseWALLevel(v); return err },
+	"wal_level setting":                     enumField(walLevelNames, func(c *ControlData) *WALLevel { return &c.WALLevel }),
 	"wal_log_hints setting":                 boolField("on", "off", func(c *ControlData) *bool { return &c.WALLogHints }),
 	"max_connections setting":               i32Field(func(c *ControlData) *int32 { return &c.MaxConnections }),
 	"max_worker_processes setting":          i32Field(func(c *ControlData) *int32 { return &c.MaxWorkerProcesses }),
@@ -240,22 +241,16 @@ func boolField(yes, no string, f func(*ControlData) *bool) controlDataSetter {
 	}
 }
 
-func parseDBState(v string) (DBState, error) {
-	for s := DBStartup; s <= DBInProduction; s++ {
-		if s.String() == v {
-			return s, nil
+// enumField parses the text names gives a value.
+func enumField[T ~int32 | ~uint32](names enumNames, f func(*ControlData) *T) controlDataSetter {
+	return func(c *ControlData, v string) error {
+		i := slices.Index(names.byValue, v)
+		if i < 0 {
+			return fmt.Errorf("unknown %s", names.what)
 		}
+		*f(c) = T(i)
+		return nil
 	}
-	return 0, errors.New("unknown cluster state")
-}
-
-func parseWALLevel(v string) (WALLevel, error) {
-	for l := WALLevelMinimal; l <= WALLevelLogical; l++ {
-		if l.String() == v {
-			return l, nil
-		}
-	}
-	return 0, errors.New("unknown wal_level")
 }
 
 // parseEpochXID parses "epoch:xid" into a full transaction ID.

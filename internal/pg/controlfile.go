@@ -32,26 +32,19 @@ const (
 	DBInProduction         DBState = 6
 )
 
+// dbStateNames are the texts pg_controldata prints for the states.
+var dbStateNames = enumNames{what: "cluster state", unknown: "unrecognized status code", byValue: []string{
+	DBStartup:              "starting up",
+	DBShutdowned:           "shut down",
+	DBShutdownedInRecovery: "shut down in recovery",
+	DBShutdowning:          "shutting down",
+	DBInCrashRecovery:      "in crash recovery",
+	DBInArchiveRecovery:    "in archive recovery",
+	DBInProduction:         "in production",
+}}
+
 // String returns the text pg_controldata prints for s.
-func (s DBState) String() string {
-	switch s {
-	case DBStartup:
-		return "starting up"
-	case DBShutdowned:
-		return "shut down"
-	case DBShutdownedInRecovery:
-		return "shut down in recovery"
-	case DBShutdowning:
-		return "shutting down"
-	case DBInCrashRecovery:
-		return "in crash recovery"
-	case DBInArchiveRecovery:
-		return "in archive recovery"
-	case DBInProduction:
-		return "in production"
-	}
-	return "unrecognized status code"
-}
+func (s DBState) String() string { return dbStateNames.of(int64(s)) }
 
 // CleanlyShutDown reports whether the state is one a cluster is left in by
 // a clean shutdown (of a primary or of a standby).
@@ -69,17 +62,28 @@ const (
 	WALLevelLogical WALLevel = 2
 )
 
+// walLevelNames are the settings' names as in postgresql.conf.
+var walLevelNames = enumNames{what: "wal_level", unknown: "unrecognized wal_level",
+	byValue: []string{WALLevelMinimal: "minimal", WALLevelReplica: "replica", WALLevelLogical: "logical"}}
+
 // String returns the setting's name as in postgresql.conf.
-func (l WALLevel) String() string {
-	switch l {
-	case WALLevelMinimal:
-		return "minimal"
-	case WALLevelReplica:
-		return "replica"
-	case WALLevelLogical:
-		return "logical"
+func (l WALLevel) String() string { return walLevelNames.of(int64(l)) }
+
+// enumNames are the texts of an enum's values (numbered from 0, without
+// gaps, as pg_control's are): String prints them and pg_controldata's
+// output is parsed back with them (enumField), from the one table.
+type enumNames struct {
+	what    string   // what the enum is, for parse errors
+	unknown string   // the text of a value with no name
+	byValue []string // indexed by value
+}
+
+// of returns the text of value v.
+func (n enumNames) of(v int64) string {
+	if v < 0 || v >= int64(len(n.byValue)) {
+		return n.unknown
 	}
-	return "unrecognized wal_level"
+	return n.byValue[v]
 }
 
 // ControlData is the content of global/pg_control (ControlFileData), with

@@ -255,7 +255,7 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 
 // Get opens the whole object. A missing key matches storage.ErrNotExist.
 func (c *Client) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	return c.getRange(ctx, "get", key, 0, -1)
+	return c.GetRange(ctx, key, 0, -1)
 }
 
 // GetRange opens length bytes from offset (length < 0: to the end). A range
@@ -265,22 +265,11 @@ func (c *Client) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 // broken or stalled connection; if the object was replaced meanwhile the
 // read fails with an error marked retryable.
 func (c *Client) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	return c.getRange(ctx, "get", key, offset, length)
-}
-
-func (c *Client) getRange(ctx context.Context, op, key string, offset, length int64) (io.ReadCloser, error) {
-	if err := checkKey(op, key); err != nil {
+	if err := checkKey("get", key); err != nil {
 		return nil, err
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("azure: %s %s: negative offset %d", op, key, offset)
-	}
-	if length == 0 {
-		// No HTTP range expresses zero bytes; still report a missing key.
-		if _, err := c.Stat(ctx, key); err != nil {
-			return nil, err
-		}
-		return http.NoBody, nil
+	if rc, answered, err := storage.TrivialRange(ctx, c, key, offset, length); answered {
+		return rc, err
 	}
 	count := length
 	if count < 0 {
@@ -295,7 +284,7 @@ func (c *Client) getRange(ctx context.Context, op, key string, offset, length in
 			// Only an existing blob has a range to violate.
 			return http.NoBody, nil
 		}
-		return nil, c.mapErr(ctx, op, key, err)
+		return nil, c.mapErr(ctx, "get", key, err)
 	}
 	rr := resp.NewRetryReader(dctx, &blob.RetryReaderOptions{MaxRetries: int32(max(c.cfg.maxRetries, 1))})
 	return &stallReader{c: c, ctx: ctx, key: key, rr: rr}, nil

@@ -1,6 +1,7 @@
 package azure
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
@@ -200,39 +201,22 @@ func resolve(cfg Config) (resolved, error) {
 		r.serviceURL = "https://" + r.account + ".blob.core.windows.net/"
 	}
 
-	r.blockSize = cfg.BlockSize
-	if r.blockSize == 0 {
-		r.blockSize = DefaultBlockSize
-	}
+	// Zero takes the default (cmp.Or); a negative value is refused, except
+	// MaxRetries, where it means no retry.
+	r.blockSize = cmp.Or(cfg.BlockSize, DefaultBlockSize)
 	if r.blockSize < minBlockSize || r.blockSize > maxBlockSize {
 		return resolved{}, fmt.Errorf("azure: block size %d out of range: it must be between %d (1 MiB) and %d (4000 MiB)", cfg.BlockSize, minBlockSize, int64(maxBlockSize))
 	}
-	r.concurrency = cfg.Concurrency
-	if r.concurrency == 0 {
-		r.concurrency = DefaultConcurrency
-	}
-	if r.concurrency < 0 {
+	r.concurrency = cmp.Or(cfg.Concurrency, DefaultConcurrency)
+	r.maxRetries = max(cmp.Or(cfg.MaxRetries, DefaultMaxRetries), 0)
+	r.tryTimeout = cmp.Or(cfg.TryTimeout, time.Minute+time.Duration(r.blockSize/(256<<10))*time.Second)
+	r.dialTimeout = cmp.Or(cfg.DialTimeout, DefaultDialTimeout)
+	switch {
+	case r.concurrency < 0:
 		return resolved{}, fmt.Errorf("azure: concurrency %d must be positive", cfg.Concurrency)
-	}
-	r.maxRetries = cfg.MaxRetries
-	if r.maxRetries == 0 {
-		r.maxRetries = DefaultMaxRetries
-	}
-	if r.maxRetries < 0 {
-		r.maxRetries = 0
-	}
-	r.tryTimeout = cfg.TryTimeout
-	if r.tryTimeout == 0 {
-		r.tryTimeout = time.Minute + time.Duration(r.blockSize/(256<<10))*time.Second
-	}
-	if r.tryTimeout < 0 {
+	case r.tryTimeout < 0:
 		return resolved{}, fmt.Errorf("azure: try timeout %s must be positive", cfg.TryTimeout)
-	}
-	r.dialTimeout = cfg.DialTimeout
-	if r.dialTimeout == 0 {
-		r.dialTimeout = DefaultDialTimeout
-	}
-	if r.dialTimeout < 0 {
+	case r.dialTimeout < 0:
 		return resolved{}, fmt.Errorf("azure: dial timeout %s must be positive", cfg.DialTimeout)
 	}
 	return r, nil

@@ -289,8 +289,8 @@ func (c *Client) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 // GetRange opens length bytes of the object from offset (to the end when
 // length is negative). A range past the end reads what there is.
 func (c *Client) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	if offset < 0 {
-		return nil, fmt.Errorf("fs: get %s: negative offset %d", key, offset)
+	if rc, answered, err := storage.TrivialRange(ctx, c, key, offset, length); answered {
+		return rc, err
 	}
 	return c.open(ctx, "get", key, offset, length)
 }

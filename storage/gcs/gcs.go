@@ -431,7 +431,7 @@ func (c *Client) call(ctx context.Context, method, u string, hdr http.Header, pa
 		if err == nil || attempt >= c.maxAttempts || !shouldRetry(ctx, err) {
 			return resp, err
 		}
-		if err := sleep(ctx, callRetry.Backoff(attempt)); err != nil {
+		if err := retry.Sleep(ctx, callRetry.Backoff(attempt)); err != nil {
 			return nil, err
 		}
 	}
@@ -461,17 +461,6 @@ func decodeJSON(resp *http.Response, err error) func(v any) error {
 // than one: 100 ms doubling up to 2 s, jittered.
 var callRetry = retry.Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // Get opens key for streaming; a missing key matches storage.ErrNotExist.
 // The CRC32C of a whole-object read is checked against the one GCS sends,
 // and a read interrupted by a connection failure resumes where it stopped
@@ -490,15 +479,8 @@ func (c *Client) getRange(ctx context.Context, op, key string, offset, length in
 	if err := checkKey(op, key); err != nil {
 		return nil, err
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("gcs: %s %s: negative offset %d: %w", op, key, offset, fs.ErrInvalid)
-	}
-	if length == 0 {
-		// No range means zero bytes; the object must still exist.
-		if _, err := c.Stat(ctx, key); err != nil {
-			return nil, err
-		}
-		return io.NopCloser(strings.NewReader("")), nil
+	if rc, answered, err := storage.TrivialRange(ctx, c, key, offset, length); answered {
+		return rc, err
 	}
 	r := &reader{c: c, ctx: ctx, op: op, key: key, name: c.objectName(key), pos: offset, remaining: length}
 	if offset == 0 && length < 0 {

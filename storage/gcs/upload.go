@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/walferry/walferry/storage/retry"
 )
 
 // statusResumeIncomplete is GCS's answer to a chunk that did not finish a
@@ -237,7 +239,7 @@ func (c *Client) sendChunk(ctx context.Context, session string, data []byte, sta
 		if !shouldRetry(ctx, err) || time.Now().After(deadline) {
 			return err
 		}
-		if err := sleep(ctx, callRetry.Backoff(attempt)); err != nil {
+		if err := retry.Sleep(ctx, callRetry.Backoff(attempt)); err != nil {
 			return err
 		}
 		// Ask how far the upload got before resending.

@@ -132,11 +132,20 @@ func (p Policy) pause(ctx context.Context, what string, log *slog.Logger, n int,
 		log.LogAttrs(ctx, slog.LevelInfo, "operation failed; retrying",
 			slog.Int("attempt", n), slog.Duration("backoff", d), slog.Any("err", err))
 	}
+	if Sleep(ctx, d) != nil {
+		return fmt.Errorf("retry: %s: %w while waiting to retry (last error: %v)", what, context.Cause(ctx), err)
+	}
+	return nil
+}
+
+// Sleep waits for d, the backoff before another attempt, unless ctx ends
+// first: it then returns ctx's error.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("retry: %s: %w while waiting to retry (last error: %v)", what, context.Cause(ctx), err)
+		return ctx.Err()
 	case <-t.C:
 		return nil
 	}
@@ -250,14 +259,20 @@ func (s *store) copy(ctx context.Context, srcKey, dstKey string) error {
 	return s.do(ctx, "copy", srcKey+" -> "+dstKey, func(int) error { return cp.Copy(ctx, srcKey, dstKey) })
 }
 
-func (s *store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
-	var info storage.ObjectInfo
-	err := s.do(ctx, "stat", key, func(int) error {
+// doValue is do for an operation that returns a value: the value of the
+// attempt that succeeded.
+func doValue[T any](ctx context.Context, s *store, op, key string, f func() (T, error)) (T, error) {
+	var v T
+	err := s.do(ctx, op, key, func(int) error {
 		var err error
-		info, err = s.inner.Stat(ctx, key)
+		v, err = f()
 		return err
 	})
-	return info, err
+	return v, err
+}
+
+func (s *store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	return doValue(ctx, s, "stat", key, func() (storage.ObjectInfo, error) { return s.inner.Stat(ctx, key) })
 }
 
 func (s *store) Delete(ctx context.Context, key string) error {
@@ -297,12 +312,7 @@ func (s *store) List(ctx context.Context, prefix string, fn func(storage.ObjectI
 }
 
 func (s *store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	var rc io.ReadCloser
-	err := s.do(ctx, "get", key, func(int) error {
-		var err error
-		rc, err = s.inner.Get(ctx, key)
-		return err
-	})
+	rc, err := doValue(ctx, s, "get", key, func() (io.ReadCloser, error) { return s.inner.Get(ctx, key) })
 	if err != nil {
 		return nil, err
 	}
@@ -310,12 +320,7 @@ func (s *store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 }
 
 func (s *store) GetRange(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
-	var rc io.ReadCloser
-	err := s.do(ctx, "get", key, func(int) error {
-		var err error
-		rc, err = s.inner.GetRange(ctx, key, offset, length)
-		return err
-	})
+	rc, err := doValue(ctx, s, "get", key, func() (io.ReadCloser, error) { return s.inner.GetRange(ctx, key, offset, length) })
 	if err != nil {
 		return nil, err
 	}

@@ -373,15 +373,8 @@ func (c *Client) GetRange(ctx context.Context, key string, offset, length int64)
 	if err != nil {
 		return nil, fmt.Errorf("s3: get %s: %w", key, err)
 	}
-	if offset < 0 {
-		return nil, fmt.Errorf("s3: get %s: negative offset %d: %w", key, offset, fs.ErrInvalid)
-	}
-	if length == 0 {
-		// No byte range can express zero bytes; still report a missing key.
-		if _, err := c.Stat(ctx, key); err != nil {
-			return nil, err
-		}
-		return io.NopCloser(strings.NewReader("")), nil
+	if rc, answered, err := storage.TrivialRange(ctx, c, key, offset, length); answered {
+		return rc, err
 	}
 	in := &s3.GetObjectInput{Bucket: &c.bucket, Key: &full}
 	switch {

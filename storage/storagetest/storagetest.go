@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -450,15 +451,27 @@ func testRange(t *testing.T, newStore NewStoreFunc) {
 			}
 		})
 	}
-	t.Run("missing", func(t *testing.T) {
-		rc, err := s.GetRange(ctx, "range/missing", 10, 10)
-		if !isNotExist(err) {
+	failing := []struct {
+		name           string
+		key            string
+		offset, length int64
+		want           error
+	}{
+		{"missing", "range/missing", 10, 10, storage.ErrNotExist},
+		{"missing-zero-length", "range/missing", 0, 0, storage.ErrNotExist},
+		{"negative-offset", key, -1, 10, fs.ErrInvalid},
+	}
+	for _, tc := range failing {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, err := s.GetRange(ctx, tc.key, tc.offset, tc.length)
 			if rc != nil {
 				rc.Close()
 			}
-			t.Errorf("GetRange of a missing key: %v, want an error matching storage.ErrNotExist", err)
-		}
-	})
+			if !errors.Is(err, tc.want) || errors.Is(err, storage.ErrNoBucket) {
+				t.Errorf("GetRange(%q, %d, %d) error = %v; want an error matching %v", tc.key, tc.offset, tc.length, err, tc.want)
+			}
+		})
+	}
 }
 
 func testConditionalCreate(t *testing.T, newStore NewStoreFunc) {
