@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/walferry/walferry/internal/config"
 	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/statusserver"
 	"github.com/walferry/walferry/walstream"
 )
@@ -109,8 +109,6 @@ An address that cannot be listened on exits 2 before anything connects.`,
 	}
 }
 
-var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-
 func (a *app) walReceive(c *cli.Context) error {
 	if c.NArg() != 0 {
 		return usage(fmt.Errorf("wal-receive takes no arguments, got %d", c.NArg()))
@@ -123,8 +121,10 @@ func (a *app) walReceive(c *cli.Context) error {
 		return err
 	}
 	slot := c.String("slot")
-	if slot != "" && !slotNameRE.MatchString(slot) {
-		return usage(fmt.Errorf("--slot %q: a slot name is 1 to 63 lower-case letters, digits and underscores", slot))
+	if slot != "" {
+		if err := replication.ValidSlotName(slot); err != nil {
+			return usage(fmt.Errorf("--slot: %w", err))
+		}
 	}
 	if c.Int("max-attempts") < 0 {
 		return usage(errors.New("--max-attempts must be 0 (forever) or more"))
