@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/walferry/walferry/internal/testenv"
 )
 
 func must(t *testing.T, err error) {
@@ -104,9 +106,7 @@ func TestWriteSetRemove(t *testing.T) {
 // TestWriteOwner: walferry.conf belongs to postgresql.auto.conf's owner,
 // or the data directory's when there is none.
 func TestWriteOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to give files away")
-	}
+	testenv.Root(t)
 	f := newDataDir(t, "")
 	must(t, os.Chown(f.DataDir, 4242, 4243))
 	must(t, f.Write([]Setting{{"restore_command", "x"}}))

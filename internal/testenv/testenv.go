@@ -98,3 +98,17 @@ func UniquePrefix(t testing.TB) string {
 	}
 	return "test-" + hex.EncodeToString(b[:])
 }
+
+// Root skips t unless it runs as root (to give files to another owner),
+// and fails it instead where every test must run (make test, CI: they run
+// as root).
+func Root(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if RequireServices() {
+		t.Fatal("this test needs root (it gives files to another owner), and make test and CI run as root")
+	}
+	t.Skip("needs root to give files away")
+}
