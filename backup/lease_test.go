@@ -17,14 +17,7 @@ import (
 // it led to (exit 130, "interrupted"). backup-push once lost the cause.
 func TestLeaseLostIsLocked(t *testing.T) {
 	ctx := context.Background()
-	st, _ := teststore.FS(t)
-	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: repo.Cluster{SystemID: 1, PGMajor: 15, WALSegmentSize: 16 << 20, Source: "test"}, Compression: "lz4"}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := teststore.FSRepo(t)
 	lease, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "backup-push", Renew: 20 * time.Millisecond, StaleAfter: time.Hour})
 	if err != nil {
 		t.Fatal(err)

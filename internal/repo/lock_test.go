@@ -16,14 +16,7 @@ import (
 
 func TestLease(t *testing.T) {
 	ctx := context.Background()
-	st, _ := teststore.FS(t)
-	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: repo.Cluster{SystemID: 1, PGMajor: 15, WALSegmentSize: 16 << 20, Source: "test"}, Compression: "lz4"}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, st := teststore.FSRepo(t)
 	first, err := r.Acquire(ctx, "backup", repo.LeaseOptions{Purpose: "first", Renew: 50 * time.Millisecond, StaleAfter: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -66,14 +59,7 @@ func TestLease(t *testing.T) {
 // over at once, without waiting for it to go stale.
 func TestLeaseOfDeadProcess(t *testing.T) {
 	ctx := context.Background()
-	st, _ := teststore.FS(t)
-	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: repo.Cluster{SystemID: 1, PGMajor: 15, WALSegmentSize: 16 << 20, Source: "test"}, Compression: "lz4"}); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := teststore.FSRepo(t)
 	cmd := exec.Command("true")
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/fs"
@@ -53,4 +54,21 @@ func S3(t testing.TB) storage.Store {
 		st.Close()
 	})
 	return st
+}
+
+// FSRepo returns an initialized, opened repository (system identifier 1,
+// PostgreSQL 15, 16 MiB segments, lz4) on a fresh filesystem store.
+func FSRepo(t testing.TB) (*repo.Repo, *fs.Client) {
+	t.Helper()
+	ctx := context.Background()
+	st, _ := FS(t)
+	cl := repo.Cluster{SystemID: 1, PGMajor: 15, WALSegmentSize: 16 << 20, Source: "test"}
+	if _, err := repo.Init(ctx, st, repo.InitOptions{Cluster: cl, Compression: "lz4"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, st
 }
