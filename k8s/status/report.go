@@ -124,6 +124,16 @@ type Archive struct {
 	// MissingSegment is the segment a standby waits for and that no
 	// repository holds, when recovery is stuck on one.
 	MissingSegment string `json:"missing_segment,omitempty"`
+	// ArchiveMode is the archive_mode setting (off, on, always), when
+	// PostgreSQL was asked.
+	ArchiveMode string `json:"archive_mode,omitempty"`
+	// Pending is how many completed WAL segments wait for archive_command
+	// on a primary: its .ready files, or, when the role may not list
+	// them (pg_monitor may), an estimate from the segment names.
+	Pending int `json:"pending"`
+	// PendingAgeSeconds is how long the oldest of them has waited, when
+	// the .ready files could be listed.
+	PendingAgeSeconds float64 `json:"pending_age_seconds,omitempty"`
 }
 
 // Backup is the newest backup in the repository.
@@ -133,6 +143,9 @@ type Backup struct {
 	LastStoppedAt *time.Time `json:"last_stopped_at,omitempty"`
 	AgeSeconds    float64    `json:"age_seconds,omitempty"`
 	Count         int        `json:"count"`
+	// Checked is true when a repository was asked (successfully or not);
+	// the backup rules apply only then.
+	Checked bool `json:"checked"`
 	// Error is why the repository could not be read, when it could not.
 	Error string `json:"error,omitempty"`
 }
