@@ -115,6 +115,11 @@ type RestoreCommand struct {
 	// disaster recovery of a repository fed by wal-receive once the
 	// primary is gone; a live primary's partial keeps growing.
 	Partial bool
+	// Socket passes --socket: archive-get hands the call to walferry
+	// daemon (the sidecar) on this unix socket when it answers. With
+	// walferry-hook as Executable the call then costs a fraction of a
+	// walferry start.
+	Socket string
 }
 
 // Result reports what a restore did.
