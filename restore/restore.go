@@ -59,6 +59,10 @@ type Options struct {
 	// and directories the backup does not have are removed. The directory
 	// must look like a PostgreSQL data directory (or be empty).
 	Delta bool
+	// Keep names files at the top of DataDir that belong to the caller
+	// (k8s/bootstrap's progress marker): the restore neither counts them
+	// when it checks that DataDir is empty nor removes them in a delta.
+	Keep []string
 	// Standby writes standby.signal instead of recovery.signal.
 	Standby bool
 	// Jobs is how many objects are downloaded, and how many units hashed,
