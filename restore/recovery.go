@@ -249,6 +249,9 @@ func (rc RestoreCommand) commandLine() string {
 	if rc.Partial {
 		args = append(args, "--partial")
 	}
+	if rc.Socket != "" {
+		args = append(args, "--socket", shellQuote(rc.Socket))
+	}
 	return strings.Join(append(args, "%f", "%p"), " ")
 }
 

@@ -153,3 +153,14 @@ func TestShellQuote(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreCommandSocket: with a socket the hook is told where the
+// sidecar's daemon listens, before %f %p.
+func TestRestoreCommandSocket(t *testing.T) {
+	rc := RestoreCommand{Executable: "/walferry/bin/walferry-hook", Repos: []string{"file:///repo"}, Socket: "/run/walferry/my sock"}
+	got := rc.commandLine()
+	want := `/walferry/bin/walferry-hook archive-get --repo file:///repo --socket '/run/walferry/my sock' %f %p`
+	if got != want {
+		t.Errorf("commandLine()\n got %s\nwant %s", got, want)
+	}
+}

@@ -59,6 +59,10 @@ type Options struct {
 	// and directories the backup does not have are removed. The directory
 	// must look like a PostgreSQL data directory (or be empty).
 	Delta bool
+	// Keep names files at the top of DataDir that belong to the caller
+	// (k8s/bootstrap's progress marker): the restore neither counts them
+	// when it checks that DataDir is empty nor removes them in a delta.
+	Keep []string
 	// Standby writes standby.signal instead of recovery.signal.
 	Standby bool
 	// Jobs is how many objects are downloaded, and how many units hashed,
@@ -115,6 +119,11 @@ type RestoreCommand struct {
 	// disaster recovery of a repository fed by wal-receive once the
 	// primary is gone; a live primary's partial keeps growing.
 	Partial bool
+	// Socket passes --socket: archive-get hands the call to walferry
+	// daemon (the sidecar) on this unix socket when it answers. With
+	// walferry-hook as Executable the call then costs a fraction of a
+	// walferry start.
+	Socket string
 }
 
 // Result reports what a restore did.

@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -69,7 +70,7 @@ func (rs *restorer) check() error {
 		if _, err := os.Lstat(filepath.Join(dir, postmasterPID)); err == nil {
 			return invalidf("%s has a postmaster.pid: a server may be running on it; stop it first (pg_ctl -D %s stop -m fast), or remove the file if no server runs", dir, dir)
 		}
-		empty, err := isEmpty(dir)
+		empty, err := isEmpty(dir, rs.o.Keep...)
 		if err != nil {
 			return err
 		}
@@ -172,17 +173,27 @@ func (rs *restorer) chown(p string) error {
 	return nil
 }
 
-func isEmpty(dir string) (bool, error) {
+// isEmpty reports whether dir holds nothing but the names in keep.
+func isEmpty(dir string, keep ...string) (bool, error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	_, err = f.Readdirnames(1)
-	if err == io.EOF {
-		return true, nil
+	for {
+		names, err := f.Readdirnames(16)
+		for _, n := range names {
+			if !slices.Contains(keep, n) {
+				return false, nil
+			}
+		}
+		if err == io.EOF {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
 	}
-	return false, err
 }
 
 func looksLikeDataDir(dir string) bool {
@@ -340,6 +351,8 @@ func (rs *restorer) prune(dir, rel string) error {
 		isLink := e.Type()&fs.ModeSymlink != 0
 		switch {
 		case r == controlTemp, r == "lost+found": // lost+found: the data directory is a mount point
+			continue
+		case rel == "" && slices.Contains(rs.o.Keep, e.Name()):
 			continue
 		case rs.p.links[r] != nil:
 			if err := rs.prune(abs, r); err != nil { // the link made by makeTablespaces
