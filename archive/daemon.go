@@ -214,6 +214,10 @@ func (d *Daemon) Serve(ctx context.Context, ln *Listener) error {
 
 // Close waits, within ctx, for the Pusher's background uploads and the
 // Getter's prefetches, and releases them.
+// SpoolDepth is how many prefetched segments wait in the spool for
+// recovery to ask for them.
+func (d *Daemon) SpoolDepth() int { return countSpooled(d.getter.spoolDir) }
+
 func (d *Daemon) Close(ctx context.Context) error {
 	d.metrics.unregister()
 	perr := d.pusher.Close(ctx)

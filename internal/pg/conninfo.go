@@ -332,3 +332,26 @@ func quoteConnValue(v string) string {
 	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
 	return "'" + r.Replace(v) + "'"
 }
+
+// OverrideHostPort returns connString aimed at host:port instead, in
+// keyword=value form with every other setting kept (user, TLS files,
+// passfile, ...): a cascading standby follows its site's standby leader
+// with the credentials it would use for the source (--follow).
+func OverrideHostPort(connString, host, port string) (string, error) {
+	params, err := parseConnString(connString)
+	if err != nil {
+		return "", err
+	}
+	delete(params, "hostaddr")
+	params["host"], params["port"] = host, port
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + quoteConnValue(params[k])
+	}
+	return strings.Join(parts, " "), nil
+}

@@ -57,11 +57,22 @@ func NewRegistry() (*prometheus.Registry, error) {
 	return reg, nil
 }
 
+// Route is one more handler a process serves beside its metrics and
+// health (the agent's GET /status).
+type Route struct {
+	// Pattern is an http.ServeMux pattern, e.g. "GET /status".
+	Pattern string
+	Handler http.Handler
+}
+
 // Serve serves /metrics for reg, /healthz from health and, when ready is
-// not nil, /readyz from ready, on ln until the returned stop is called,
-// which waits (at most ShutdownTimeout) for requests in flight.
-func Serve(ln net.Listener, reg *prometheus.Registry, health, ready Checker, log *slog.Logger) (stop func()) {
+// not nil, /readyz from ready, and routes, on ln until the returned stop
+// is called, which waits (at most ShutdownTimeout) for requests in flight.
+func Serve(ln net.Listener, reg *prometheus.Registry, health, ready Checker, log *slog.Logger, routes ...Route) (stop func()) {
 	mux := http.NewServeMux()
+	for _, r := range routes {
+		mux.Handle(r.Pattern, r.Handler)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", checkHandler(health))
 	if ready != nil {
