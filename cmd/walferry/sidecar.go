@@ -106,7 +106,7 @@ terminal (--log-format auto).
 				Usage: "postgresql.conf's `PATH` when it is not in the data directory"},
 			&cli.StringSliceFlag{Name: "standby-slot", EnvVars: []string{"WALFERRY_STANDBY_SLOTS"},
 				Usage: "on a primary, keep the physical slot `NAME` of a standby site (repeatable)"},
-			&cli.StringFlag{Name: "max-slot-retained", EnvVars: []string{"WALFERRY_MAX_SLOT_RETAINED"}, Value: "10GiB",
+			&cli.StringFlag{Name: "max-slot-retained", EnvVars: []string{"WALFERRY_MAX_SLOT_RETAINED"}, Value: "10GB",
 				Usage: "warn when a slot holds back more WAL than `SIZE`"},
 			&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALFERRY_BACKUP_SCHEDULE"},
 				Usage: "on a primary, take base backups on the cron `SCHEDULE` (\"0 2 * * *\", @daily, \"@every 6h\")"},
@@ -157,7 +157,7 @@ func (a *app) sidecar(c *cli.Context) error {
 	}
 	maxRetained, err := pg.ParseSizeSetting(c.String("max-slot-retained"))
 	if err != nil {
-		return usage(fmt.Errorf("--max-slot-retained %q: %w; e.g. 10GiB or 512MB", c.String("max-slot-retained"), err))
+		return usage(fmt.Errorf("--max-slot-retained %q: %w; e.g. 10GB or 512MB (PostgreSQL units: kB, MB, GB, TB)", c.String("max-slot-retained"), err))
 	}
 	appName := c.String("application-name")
 	if appName == "" {
