@@ -88,6 +88,7 @@ EXIT CODES
 			a.verifyCommand(),
 			a.restoreCommand(),
 			a.sidecarCommand(),
+			a.statusCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

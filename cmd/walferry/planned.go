@@ -15,7 +15,6 @@ func plannedCommands() []*cli.Command {
 		aliases                []string
 	}{
 		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
-		{"status", "show archiving, replication and backup status", "walferry status [--json]", nil},
 		{"promote", "promote this site's standby without split-brain", "walferry promote", nil},
 		{"demote", "fence and demote this site's primary", "walferry demote", nil},
 		{"rejoin", "turn an old primary into a standby (pg_rewind or delta restore)", "walferry rejoin", nil},
