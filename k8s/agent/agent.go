@@ -69,8 +69,8 @@ type Options struct {
 	DataDir string
 	// ConfigFile is postgresql.conf when it is not in DataDir.
 	ConfigFile string
-	// Conn is the libpq connection string of the local server (empty:
-	// libpq's PG* environment).
+	// Conn is the libpq connection string of the local server (empty: the
+	// server DataDir/postmaster.pid names, see status.LocalConnString).
 	Conn string
 	// Upstream is the libpq connection string a standby streams from: the
 	// source primary for a standby leader, the standby leader for a
@@ -396,8 +396,14 @@ func (a *Agent) observe(ctx context.Context) {
 // observePostgres asks the local server, (re)connecting when needed.
 func (a *Agent) observePostgres(ctx context.Context, rep *status.Report) error {
 	if a.conn == nil || a.conn.IsClosed() {
+		// Without a connection string, the server postmaster.pid names:
+		// read again at each connection, a restart may change it.
+		connString, err := a.localConn()
+		if err != nil {
+			return err
+		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, err := pg.Connect(cctx, a.o.Conn)
+		conn, err := pg.Connect(cctx, connString)
 		cancel()
 		if err != nil {
 			return err
@@ -411,6 +417,12 @@ func (a *Agent) observePostgres(ctx context.Context, rep *status.Report) error {
 		return err
 	}
 	return nil
+}
+
+// localConn is the local server's connection string: Options.Conn, or the
+// server DataDir/postmaster.pid names.
+func (a *Agent) localConn() (string, error) {
+	return status.LocalConnString(a.o.Conn, a.o.DataDir)
 }
 
 func (a *Agent) closeConn() {

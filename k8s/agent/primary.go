@@ -72,7 +72,12 @@ func (a *Agent) runReceiver(ctx context.Context) {
 		o.Log = a.log.With("component", "walstream")
 	}
 	if o.Conn == nil {
-		cfg, err := pg.ParseConnConfig(a.o.Conn)
+		connString, err := a.localConn()
+		if err != nil {
+			a.log.Error("wal-receive: no connection to the local server", "err", err)
+			return
+		}
+		cfg, err := pg.ParseConnConfig(connString)
 		if err != nil {
 			a.log.Error("wal-receive: the local connection string does not parse", "err", err)
 			return

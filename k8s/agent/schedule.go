@@ -91,7 +91,13 @@ func (s *scheduler) take(ctx context.Context, a *Agent, forceFull bool, why stri
 	full := forceFull || s.wantFull(ctx, a)
 	o := s.policy.Backup
 	if o.Conn == "" {
-		o.Conn = a.o.Conn
+		conn, err := a.localConn()
+		if err != nil {
+			s.failures.Add(1)
+			a.log.Error("backup not taken: no connection to the local server", "why", why, "err", err)
+			return
+		}
+		o.Conn = conn
 	}
 	if o.PGData == "" {
 		o.PGData = a.o.DataDir

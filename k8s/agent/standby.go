@@ -51,15 +51,14 @@ func (a *Agent) actStandby(ctx context.Context, rep *status.Report) {
 		a.probeUpstream(ctx, rep)
 	}
 	if a.up.reachable {
-		if rep.Replication != nil && a.up.lsn != pg.InvalidLSN {
-			rep.Replication.UpstreamLSN = a.up.lsn.String()
-			if replay, err := pg.ParseLSN(rep.Replication.ReplayLSN); err == nil && a.up.lsn > replay {
-				rep.Replication.LagBytes = int64(a.up.lsn - replay)
-			}
+		if a.up.lsn != pg.InvalidLSN {
+			rep.SetUpstreamLSN(a.up.lsn.String())
 		}
 		if a.up.slot != nil {
-			rep.Slots = append(rep.Slots, *a.up.slot)
-			a.warnSlots([]status.Slot{*a.up.slot})
+			sl := *a.up.slot
+			sl.Active = rep.Mode == status.ModeStreaming && rep.Replication != nil && rep.Replication.Slot == sl.Name
+			rep.Slots = append(rep.Slots, sl)
+			a.warnSlots([]status.Slot{sl})
 		}
 	}
 }
