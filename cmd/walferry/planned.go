@@ -14,7 +14,6 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
 		{"sidecar", "sidecar agent: hooks socket, backups, WAL streaming, metrics", "walferry sidecar", nil},
 		{"status", "show archiving, replication and backup status", "walferry status [--json]", nil},
 		{"promote", "promote this site's standby without split-brain", "walferry promote", nil},
