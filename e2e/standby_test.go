@@ -60,7 +60,7 @@ func TestStandbySite(t *testing.T) {
 	source := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", link.port)
 
 	b := newRestoreTarget(t)
-	bootstrap(t, b, url, "--from", "repo", "--source-conn", source, "--slot", "site_b")
+	bootstrapSite(t, b, url, "--from", "repo", "--source-conn", source, "--slot", "site_b")
 	b.configure(t)
 	b.c.Start(t)
 	bSidecar := startSidecar(t, b.c, url, "--pg-conn", b.c.ConnString(), "--source-conn", source, "--slot", "site_b")
@@ -104,7 +104,7 @@ func TestStandbySite(t *testing.T) {
 
 	// Seed 001: B2 bootstraps from the repository and follows B.
 	b2 := newRestoreTarget(t)
-	bootstrap(t, b2, url, "--from", "repo", "--no-slot")
+	bootstrapSite(t, b2, url, "--from", "repo", "--no-slot")
 	b2.configure(t)
 	b2.c.Start(t)
 	b2Sidecar := startSidecar(t, b2.c, url, "--pg-conn", b2.c.ConnString(), "--source-conn", "user=postgres",
@@ -133,8 +133,8 @@ func TestStandbySite(t *testing.T) {
 	psql(t, a, "SELECT pg_reload_conf()")
 }
 
-// bootstrap runs walferry bootstrap into d's data directory.
-func bootstrap(t *testing.T, d *restoreTarget, url string, args ...string) result {
+// bootstrapSite runs walferry bootstrap into d's data directory.
+func bootstrapSite(t *testing.T, d *restoreTarget, url string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -233,6 +233,10 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// Line is the restore_command value rc stands for, for callers that write
+// it themselves (k8s/bootstrap after a copy); Executable must be set.
+func (rc RestoreCommand) Line() string { return rc.commandLine() }
+
 // restoreCommandLine is the shell command PostgreSQL runs to fetch WAL.
 // The flags come before %f %p: walferry parses none after its arguments.
 func (rc RestoreCommand) commandLine() string {

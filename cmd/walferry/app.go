@@ -87,6 +87,7 @@ EXIT CODES
 			a.backupDeleteCommand(),
 			a.verifyCommand(),
 			a.restoreCommand(),
+			a.bootstrapCommand(),
 			a.sidecarCommand(),
 			a.statusCommand(),
 			a.versionCommand(),

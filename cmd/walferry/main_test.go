@@ -84,7 +84,7 @@ func TestUsageErrors(t *testing.T) {
 		{"no cluster", []string{"repo", "init", "--repo", "file:///tmp/x"}, []string{"--pgdata"}},
 		{"missing config file", []string{"repo", "info", "--config", "/nonexistent.yaml"}, []string{"/nonexistent.yaml"}},
 		{"planned command", []string{"demote"}, []string{"not in this build yet"}},
-		{"planned command with arguments", []string{"bootstrap", "--pgdata", "x"}, []string{"not in this build yet"}},
+		{"planned command with arguments", []string{"rejoin", "--pgdata", "x"}, []string{"not in this build yet"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,7 +14,6 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"bootstrap", "init container: prepare a standby's data directory", "walferry bootstrap --pgdata DIR [--from repo|primary]", nil},
 		{"promote", "promote this site's standby without split-brain", "walferry promote", nil},
 		{"demote", "fence and demote this site's primary", "walferry demote", nil},
 		{"rejoin", "turn an old primary into a standby (pg_rewind or delta restore)", "walferry rejoin", nil},
