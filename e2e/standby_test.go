@@ -72,8 +72,8 @@ func TestStandbySite(t *testing.T) {
 	st = waitStatus(t, b.c, bSidecar, "standby on archive, link cut", func(r status.Report) bool {
 		return r.Role == status.RoleStandby && r.Mode == status.ModeArchive && hasProblem(r, "unreachable")
 	})
-	if st.Replication == nil || st.Replication.Upstream != "" || st.Replication.ReplayLSN == "" {
-		t.Errorf("standby on archive: replication %+v; want no upstream yet and a replay LSN", st.Replication)
+	if st.Replication == nil || st.Replication.ReplayLSN == "" || st.Replication.ReceiverStatus == "streaming" {
+		t.Errorf("standby on archive: replication %+v; want a replay LSN and no streaming", st.Replication)
 	}
 
 	// The link comes up: B switches to streaming by itself.

@@ -102,7 +102,7 @@ terminal (--log-format auto).
 				Usage: "physical replication slot `NAME` this standby uses on its upstream (created when missing; default: none)"},
 			&cli.StringFlag{Name: "application-name", EnvVars: []string{"WALFERRY_APPLICATION_NAME"},
 				Usage: "the standby's application_name on its upstream (default: the host name)"},
-			&cli.StringFlag{Name: "config-file", EnvVars: []string{"WALFERRY_PG_CONFIG_FILE"},
+			&cli.StringFlag{Name: "config-file", EnvVars: []string{"WALFERRY_CONFIG_FILE"},
 				Usage: "postgresql.conf's `PATH` when it is not in the data directory"},
 			&cli.StringSliceFlag{Name: "standby-slot", EnvVars: []string{"WALFERRY_STANDBY_SLOTS"},
 				Usage: "on a primary, keep the physical slot `NAME` of a standby site (repeatable)"},
