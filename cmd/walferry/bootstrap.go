@@ -103,6 +103,8 @@ directory is given to postgres). --json prints the result as one JSON object.`,
 				Usage: "postgresql.conf when it is not in the data directory: `PATH`", DefaultText: "PGDATA/postgresql.conf"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, EnvVars: []string{"WALFERRY_RESTORE_JOBS"},
 				Usage: "restore: objects downloaded at once: `N` (0: one per CPU)"},
+			&cli.BoolFlag{Name: "partial", EnvVars: []string{"WALFERRY_PARTIAL"},
+				Usage: "restore_command serves the newest .partial of a segment not archived yet (a site fed only by the repository, whose source runs wal-receive or walferry sidecar --wal-receive: seed 002)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		),
 		Action: a.bootstrap,
@@ -129,7 +131,7 @@ func (a *app) bootstrap(c *cli.Context) error {
 		AutoMaxWALRatio: c.Float64("auto-max-wal-ratio"),
 		InstallBin:      c.String("install-bin"),
 		Jobs:            c.Int("jobs"),
-		RestoreCommand:  restore.RestoreCommand{Repos: s.cfg.Repos, Socket: s.cfg.Archive.Socket},
+		RestoreCommand:  restore.RestoreCommand{Repos: s.cfg.Repos, Socket: s.cfg.Archive.Socket, Partial: c.Bool("partial")},
 		Log:             s.log.With("component", "bootstrap"),
 	}
 	if o.Slot == "" && !o.NoSlot {

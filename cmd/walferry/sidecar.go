@@ -15,6 +15,7 @@ import (
 	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/statusserver"
 	"github.com/walferry/walferry/k8s/agent"
+	"github.com/walferry/walferry/k8s/bootstrap"
 	"github.com/walferry/walferry/k8s/status"
 	"github.com/walferry/walferry/walstream"
 )
@@ -99,7 +100,8 @@ terminal (--log-format auto).
 			&cli.StringFlag{Name: "follow", EnvVars: []string{"WALFERRY_FOLLOW"},
 				Usage: "stream from the standby leader at `HOST:PORT` (cascading instances of a standby site); user and TLS settings come from --source-conn"},
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALFERRY_SLOT"},
-				Usage: "physical replication slot `NAME` this standby uses on its upstream (created when missing; default: none)"},
+				Usage: "physical replication slot `NAME` this standby uses on its upstream (created when missing)", DefaultText: "walferry_<host name>, as walferry bootstrap"},
+			&cli.BoolFlag{Name: "no-slot", EnvVars: []string{"WALFERRY_NO_SLOT"}, Usage: "use no replication slot on the upstream"},
 			&cli.StringFlag{Name: "application-name", EnvVars: []string{"WALFERRY_APPLICATION_NAME"},
 				Usage: "the standby's application_name on its upstream (default: the host name)"},
 			&cli.StringFlag{Name: "config-file", EnvVars: []string{"WALFERRY_CONFIG_FILE"},
@@ -155,6 +157,14 @@ func (a *app) sidecar(c *cli.Context) error {
 			return usage(fmt.Errorf("slot %q: %w", name, err))
 		}
 	}
+	slot := c.String("slot")
+	if slot == "" && !c.Bool("no-slot") {
+		host, err := os.Hostname()
+		if err != nil {
+			return usage(fmt.Errorf("no --slot given and the host name is unknown (%v): give --slot NAME or --no-slot", err))
+		}
+		slot = bootstrap.DefaultSlotName(host)
+	}
 	maxRetained, err := pg.ParseSizeSetting(c.String("max-slot-retained"))
 	if err != nil {
 		return usage(fmt.Errorf("--max-slot-retained %q: %w; e.g. 10GB or 512MB (PostgreSQL units: kB, MB, GB, TB)", c.String("max-slot-retained"), err))
@@ -183,7 +193,7 @@ func (a *app) sidecar(c *cli.Context) error {
 		Upstream:        c.String("source-conn"),
 		Follow:          c.String("follow"),
 		ApplicationName: appName,
-		Slot:            c.String("slot"),
+		Slot:            slot,
 		MaxSlotRetained: maxRetained,
 		StandbySlots:    splitList(c.StringSlice("standby-slot")),
 		Socket:          s.cfg.Archive.Socket,
