@@ -5,9 +5,11 @@
 #
 # What it shows: repository creation, checks, the wrong-cluster guard, WAL
 # archiving (archive_command, archive-get, the daemon), WAL streaming
-# (wal-receive), full and incremental base backups, restoring a standby from
-# the repository, switching it from archive replay to streaming, and the
-# status of it all (repository, backups, verify, replication).
+# (wal-receive), full and incremental base backups, a standby built from the
+# repository by walferry bootstrap, walferry sidecar beside each server (the
+# standby's switches it from archive replay to streaming by itself), and
+# walferry status at each step. Switchover and back (walferry promote /
+# demote) come with the role-change commands.
 set -euo pipefail
 
 PGBIN=${WALFERRY_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -32,6 +34,8 @@ daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
   pkill -TERM -f "^$work/walferry wal-receive" 2>/dev/null || true
+  pkill -TERM -f "^$work/walferry sidecar" 2>/dev/null || true
+  for i in $(seq 1 50); do pgrep -f "^$work/walferry sidecar" >/dev/null || break; sleep 0.1; done
   as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/other" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/standby" -m immediate stop >/dev/null 2>&1 || true
@@ -209,16 +213,19 @@ run wf backup-push --config "$work/walferry.yaml" --pgdata "$work/primary" --inc
   --pg-conn "host=127.0.0.1 port=$port user=postgres dbname=postgres"
 run wf backup-list --config "$work/walferry.yaml"
 
-step "Restore a standby from the repository (no connection to the primary needed)"
-run wf restore LATEST --config "$work/walferry.yaml" --pgdata "$work/standby" --standby
+step "Bootstrap a standby from the repository: walferry bootstrap (the init container)"
+# No connection to the primary is needed: the newest backup whose WAL is
+# complete in the repository, restored as a standby; bootstrap writes
+# standby.signal and walferry.conf (restore_command, recovery_target_timeline).
+run wf bootstrap --config "$work/walferry.yaml" --pgdata "$work/standby" --from repo --no-slot
 sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# The restored postgresql.conf is the primary's; give the standby its own port.
+# The instance's own setting (a pod's ConfigMap would hold it): its port.
+# No recovery setting is written by hand.
 cat >>"$work/standby/postgresql.conf" <<CONF
 port = $sport
 CONF
-echo "recovery settings written by walferry (walferry.conf, included from postgresql.conf):"
+echo "recovery settings written by walferry bootstrap (walferry.conf, included from postgresql.conf):"
 grep -v '^#' "$work/standby/walferry.conf" | sed 's/^/  /'
-grep '^include_if_exists' "$work/standby/postgresql.conf" | sed 's/^/  /'
 as_pg "$PGBIN/pg_ctl" -D "$work/standby" -l "$work/standby.log" -w start >/dev/null
 spsql() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$sport" -U postgres -X -q "$@"; }
 psql -c "INSERT INTO orders SELECT g, now() FROM generate_series(5001, 6000) g" -c "SELECT pg_switch_wal()" >/dev/null
@@ -230,15 +237,48 @@ for i in $(seq 1 120); do
 done
 echo "standby (archive replay): orders/accounts = $got; primary: 6000 $want"
 [ "$got" = "6000 $want" ] || { echo "demo: the standby did not catch up from the archive:" >&2; tail -20 "$work/standby.log" >&2; exit 1; }
-grep -c 'restored log file' "$work/standby.log" | sed 's/^/WAL files replayed from the repository: /'
 
-step "Switch the standby from archive replay to streaming from the primary"
-spsql -c "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=$port user=postgres application_name=standby'" \
-      -c "SELECT pg_reload_conf()" >/dev/null
-for i in $(seq 1 100); do
-  [ "$(spsql -Atc "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null)" = streaming ] && break
-  sleep 0.2
-done
+step "Status of the standby: replaying the repository (no sidecar yet)"
+run wf status --pgdata "$work/standby" --config "$work/walferry.yaml" --sidecar "127.0.0.1:1" || true
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start_sidecar NAME ARGS...: walferry sidecar in the background, its log in $work/NAME-sidecar.log.
+start_sidecar() {
+  local name=$1; shift
+  as_pg "$work/walferry" sidecar --config "$work/walferry.yaml" --log-format text --interval 1s "$@" \
+    2>"$work/$name-sidecar.log" </dev/null >/dev/null &
+}
+# wait_status ADDR PYTHON-CONDITION: until the sidecar's status (r) satisfies it.
+wait_status() {
+  local addr=$1 cond=$2 i
+  for i in $(seq 1 120); do
+    local body
+    body=$(curl -fsS "http://$addr/status" 2>/dev/null || true)
+    if [ -n "$body" ] && python3 -c "import json,sys; r=json.load(sys.stdin); sys.exit(0 if ($cond) else 1)" <<<"$body"; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "demo: the sidecar at $addr never reached: $cond" >&2
+  return 1
+}
+
+pside=127.0.0.1:$(freeport)
+sside=127.0.0.1:$(freeport)
+step "Start walferry sidecar beside the primary: hooks' socket, health, metrics, status"
+start_sidecar primary --pgdata "$work/primary" --pg-conn "host=127.0.0.1 port=$port user=postgres" \
+  --socket "$work/primary.sock" --listen "$pside"
+wait_status "$pside" 'r["role"] == "primary"'
+run wf status --pgdata "$work/primary" --sidecar "$pside"
+
+step "Start walferry sidecar beside the standby: it switches it to streaming by itself"
+start_sidecar standby --pgdata "$work/standby" --pg-conn "host=127.0.0.1 port=$sport user=postgres" \
+  --socket "$work/standby.sock" --listen "$sside" \
+  --source-conn "host=127.0.0.1 port=$port user=postgres" --slot demo_standby
+wait_status "$sside" 'r["mode"] == "streaming"'
+grep -E 'upstream|streaming' "$work/standby-sidecar.log" | sed 's/^/  /'
+echo "walferry.conf now (written by the sidecar, then a configuration reload):"
+grep -v '^#' "$work/standby/walferry.conf" | sed 's/^/  /'
 spsql -c "SELECT status, sender_host, sender_port, flushed_lsn FROM pg_stat_wal_receiver"
 psql -c "INSERT INTO orders VALUES (6001, now())" >/dev/null
 for i in $(seq 1 50); do
@@ -247,6 +287,13 @@ for i in $(seq 1 50); do
 done
 echo "a row inserted on the primary is on the standby at once (no segment switch): max(id) = $(spsql -Atc 'SELECT max(id) FROM orders')"
 [ "$(spsql -Atc 'SELECT max(id) FROM orders')" = 6001 ] || { echo "demo: the standby does not stream" >&2; exit 1; }
+run wf status --pgdata "$work/standby" --sidecar "$sside"
+
+step "The sidecars' health, readiness and metrics"
+for addr in "$pside" "$sside"; do
+  echo "$addr: healthz $(curl -s "http://$addr/healthz") readyz $(curl -s "http://$addr/readyz")"
+done
+curl -s "http://$sside/metrics" | grep -E '^walferry_instance_(role|standby_mode|lag_bytes|slot_retained_bytes)' | sed 's/^/  /'
 
 step "Status: replication on the primary, the repository, the backups, and a full verify"
 psql -c "SELECT application_name, state, sync_state, replay_lsn FROM pg_stat_replication"
