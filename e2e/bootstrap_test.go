@@ -331,3 +331,33 @@ func dirOwnerOf(t *testing.T, p string) uint32 {
 	}
 	return fi.Sys().(*syscall.Stat_t).Uid
 }
+
+// TestBootstrapAuto: --from auto takes the repository when the WAL since
+// its backup is small against the database, the source when the ratio is
+// set below it, and reports the numbers it decided on.
+func TestBootstrapAuto(t *testing.T) {
+	s3 := needE2E(t)
+	t.Parallel()
+	primary, url := archivingPrimary(t, kindFS, s3)
+	pgRun(t, primary, 2*time.Minute, "pgbench", "-i", "-q", "-s", "2")
+	p := backupPush(t, primary, url)
+	psql(t, primary, "CREATE TABLE after_backup AS SELECT g AS id FROM generate_series(1, 20000) g")
+
+	args := func(d *restoreTarget, extra ...string) []string {
+		return append([]string{"--pgdata", d.c.DataDir, "--repo", url, "--source-conn", primary.ConnString(), "--slot", "walferry_auto"}, extra...)
+	}
+	d1 := newRestoreTarget(t)
+	res := mustBootstrap(t, args(d1)...)
+	dec := res.Decision
+	if dec == nil || dec.From != "repo" || res.Action != "restored" || dec.Backup != p.ID || dec.DatabaseBytes != p.DataBytes ||
+		dec.WALSinceBytes <= 0 || dec.Ratio > 0.5 || dec.MaxRatio != 0.5 {
+		t.Fatalf("--from auto with little WAL since the backup: %+v, decision %+v", res, dec)
+	}
+	t.Logf("auto: %s", dec.Reason)
+
+	d2 := newRestoreTarget(t)
+	r := runBootstrap(t, args(d2, "--auto-max-wal-ratio", "0.000001")...)
+	if r.code != 0 || !strings.Contains(r.stdout, "--from auto chose primary") || !strings.Contains(r.stdout, "copied the source") {
+		t.Fatalf("--from auto with a tiny ratio: %v\n%s", r, r.stdout)
+	}
+}
