@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -155,5 +156,44 @@ func TestRunRefusesWithoutTouching(t *testing.T) {
 	_, err = Run(context.Background(), Options{DataDir: dir, From: FromRepo})
 	if err == nil || failure.Of(err) != failure.Usage {
 		t.Fatalf("--from repo without a repository: err = %v", err)
+	}
+}
+
+// TestInstall copies walferry and the hook next to it, mode 0755, and
+// restore_command runs the hook when a socket is given.
+func TestInstall(t *testing.T) {
+	src := t.TempDir()
+	for name, body := range map[string]string{WalferryName: "walferry binary", HookName: "hook binary"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "shared", "bin")
+	b := &bootstrapper{o: Options{InstallBin: bin, Executable: filepath.Join(src, WalferryName)}, log: slog.New(slog.DiscardHandler)}
+	if err := b.install(); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{WalferryName: "walferry binary", HookName: "hook binary"} {
+		p := filepath.Join(bin, name)
+		got, err := os.ReadFile(p)
+		if err != nil || string(got) != body {
+			t.Errorf("%s: %q, %v", p, got, err)
+		}
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s mode %v (%v), want 0755", p, fi.Mode(), err)
+		}
+	}
+	if got := b.restoreCommand().Executable; got != filepath.Join(bin, WalferryName) {
+		t.Errorf("without a socket restore_command runs %s", got)
+	}
+	b.o.RestoreCommand.Socket = "/run/walferry/walferry.sock"
+	rc := b.restoreCommand()
+	if rc.Executable != filepath.Join(bin, HookName) || !strings.Contains(rc.Line(), "--socket /run/walferry/walferry.sock") {
+		t.Errorf("with a socket restore_command is %s", rc.Line())
+	}
+	// Without the hook next to walferry the install fails, naming why.
+	os.Remove(filepath.Join(src, HookName))
+	if err := b.install(); err == nil || !strings.Contains(err.Error(), "next to walferry") {
+		t.Errorf("install without the hook: %v", err)
 	}
 }
