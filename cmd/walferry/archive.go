@@ -176,7 +176,8 @@ Kubernetes pods (--log-format auto) and at level info by default.
 the last segment archived and its time, the last failure, spool depth; see
 docs/metrics.md) and /healthz (200 while the socket is served).
 
-"walferry sidecar" (planned) will run this server next to its other duties.`,
+"walferry sidecar" runs this server next to its other duties (one process per
+instance, see walferry sidecar --help).`,
 		Flags: withCommonFlags(
 			socketFlag("unix socket `PATH` to serve (required)"),
 			aheadFlag(), prefetchFlag(), spoolDirFlag(),
