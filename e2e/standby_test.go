@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -47,12 +49,24 @@ func TestStandbySite(t *testing.T) {
 	psql(t, a, "INSERT INTO items SELECT g, 'before backup' FROM generate_series(1, 10000) g")
 	backupPush(t, a, url, "--pgdata", a.DataDir, "--pg-conn", a.ConnString())
 
-	aSidecar := startSidecar(t, a, url, "--pg-conn", a.ConnString())
-	st := waitStatus(t, a, aSidecar, "primary with a backup", func(r status.Report) bool {
-		return r.Role == status.RolePrimary && r.Backup.LastID != ""
+	aSidecar := startSidecar(t, a, url, "--pg-conn", a.ConnString(), "--standby-slot", "site_c")
+	st := waitStatus(t, a, aSidecar, "primary with a backup and site C's slot", func(r status.Report) bool {
+		return r.Role == status.RolePrimary && r.Backup.LastID != "" && hasSlot(r, "site_c", "local")
 	})
 	if st.Mode != status.ModeNone || !st.Sidecar.Reachable || st.Timeline != 1 || len(st.Problems) != 0 {
 		t.Errorf("primary status: mode %s, sidecar %+v, timeline %d, problems %+v; want none, reachable, 1, none", st.Mode, st.Sidecar, st.Timeline, st.Problems)
+	}
+	// A backup on demand, through the primary's sidecar.
+	if code, body := httpDo(t, "POST", aSidecar.addr, "/backup"); code != 202 {
+		t.Fatalf("POST /backup on the primary's sidecar: %d %s; want 202", code, body)
+	}
+	waitStatus(t, a, aSidecar, "a second backup, taken on request", func(r status.Report) bool { return r.Backup.Count == 2 })
+	if code, body := httpDo(t, "GET", aSidecar.addr, "/readyz"); code != 200 {
+		t.Errorf("primary's /readyz: %d %s; want 200", code, body)
+	}
+	if _, body := httpDo(t, "GET", aSidecar.addr, "/metrics"); !strings.Contains(body, `walferry_instance_role{role="primary"} 1`) ||
+		!strings.Contains(body, `walferry_instance_slot_retained_bytes{slot="site_c",where="local"}`) {
+		t.Errorf("primary's /metrics lacks its role or site C's slot:\n%s", body)
 	}
 
 	link := newLink(t, a.Port)
@@ -88,6 +102,12 @@ func TestStandbySite(t *testing.T) {
 		t.Errorf("standby streaming: slots %+v; want site_b on the upstream", st.Slots)
 	}
 	checkRowArrives(t, a, b.c, 20001, "streaming")
+	if code, body := httpDo(t, "GET", bSidecar.addr, "/readyz"); code != 200 {
+		t.Errorf("streaming standby's /readyz: %d %s; want 200", code, body)
+	}
+	if code, _ := httpDo(t, "POST", bSidecar.addr, "/backup"); code != 409 {
+		t.Errorf("POST /backup on a standby's sidecar: %d; want 409", code)
+	}
 
 	// The link is cut while A writes: B replays them from the repository.
 	link.cut(t)
@@ -97,6 +117,9 @@ func TestStandbySite(t *testing.T) {
 	st = waitStatus(t, b.c, bSidecar, "link cut", func(r status.Report) bool {
 		return r.Mode == status.ModeArchive && hasProblem(r, "unreachable")
 	})
+	if code, _ := httpDo(t, "GET", bSidecar.addr, "/readyz"); code != 503 {
+		t.Errorf("standby's /readyz while the link is cut: %d; want 503 (replaying the repository)", code)
+	}
 	// The link returns: streaming resumes, nobody touches a file.
 	link.restore(t)
 	waitStatus(t, b.c, bSidecar, "streaming again", func(r status.Report) bool { return r.Mode == status.ModeStreaming })
@@ -145,6 +168,22 @@ func bootstrapSite(t *testing.T, d *restoreTarget, url string, args ...string) r
 	}
 	t.Logf("bootstrap: %s", strings.TrimSpace(r.stdout))
 	return r
+}
+
+// httpDo sends one request to a sidecar and returns the status code and body.
+func httpDo(t *testing.T, method, addr, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, addr, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // sidecar is a running walferry sidecar.

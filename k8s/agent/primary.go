@@ -36,13 +36,12 @@ func (a *Agent) startPrimaryTasks(ctx context.Context, promoted bool) {
 			a.runReceiver(tctx)
 		}()
 	}
-	if a.backups.enabled() || (promoted && a.o.Backups.AfterPromotion) {
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			a.backups.run(tctx, a, promoted && a.o.Backups.AfterPromotion)
-		}()
-	}
+	// The scheduler runs without a schedule too: it serves POST /backup.
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		a.backups.run(tctx, a, promoted && a.o.Backups.AfterPromotion)
+	}()
 	a.primary = t
 }
 

@@ -43,8 +43,6 @@ func newScheduler(p BackupPolicy) (*scheduler, error) {
 	return s, nil
 }
 
-func (s *scheduler) enabled() bool { return s.schedule != nil }
-
 // request asks for a backup now; false when one is already waiting.
 func (s *scheduler) request() bool {
 	select {
