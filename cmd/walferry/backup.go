@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/backup"
@@ -181,7 +183,7 @@ func (a *app) printBackupSummary(url string, m *backup.Manifest, jsonOut bool) e
 	}
 	_, err := fmt.Fprintf(a.stdout, "backup %s (%s%s) complete in %s: %d files, %s, %s new, %s stored in %s; needs WAL %s..%s\n",
 		m.ID, m.Type, parent, time.Duration(float64(m.Stats.Duration)*float64(time.Second)).Round(10*time.Millisecond),
-		m.Stats.Files, humanBytes(m.Stats.DataBytes), humanBytes(m.Stats.NewBytes), humanBytes(m.Stats.StoredBytes), url,
+		m.Stats.Files, humanize.Bytes(m.Stats.DataBytes), humanize.Bytes(m.Stats.NewBytes), humanize.Bytes(m.Stats.StoredBytes), url,
 		m.StartWAL, m.StopWAL)
 	if err == nil && len(m.PageChecksumErrors) > 0 {
 		_, err = fmt.Fprintf(a.stdout, "warning: %d pages failed their checksum (see walferry backup-show %s)\n", len(m.PageChecksumErrors), m.ID)

@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/backup"
@@ -192,7 +194,7 @@ func printBackupTable(w io.Writer, ms []*backup.Manifest) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s..%s\n",
 			sm.ID, sm.Type, parent, sm.StartTime.UTC().Format(timeLayout), sm.StopTime.UTC().Format(timeLayout),
-			sm.StartLSN, sm.StopLSN, sm.Timeline, humanBytes(sm.DataBytes), humanBytes(sm.StoredBytes),
+			sm.StartLSN, sm.StopLSN, sm.Timeline, humanize.Bytes(sm.DataBytes), humanize.Bytes(sm.StoredBytes),
 			sm.PGVersion, sm.StartWAL, sm.StopWAL)
 	}
 	tw.Flush()
@@ -289,10 +291,10 @@ func (a *app) printDetails(url string, d *backup.Details) {
 	if d.Owner != "" {
 		fmt.Fprintf(w, "owner\t%s\n", d.Owner)
 	}
-	fmt.Fprintf(w, "data size\t%s\n", humanBytes(d.DataBytes))
-	fmt.Fprintf(w, "new\t%s (stored by this backup)\n", humanBytes(d.NewBytes))
-	fmt.Fprintf(w, "referenced\t%s (from its ancestors)\n", humanBytes(d.ReferencedBytes))
-	fmt.Fprintf(w, "stored\t%s in %d objects\n", humanBytes(d.StoredBytes), d.Objects)
+	fmt.Fprintf(w, "data size\t%s\n", humanize.Bytes(d.DataBytes))
+	fmt.Fprintf(w, "new\t%s (stored by this backup)\n", humanize.Bytes(d.NewBytes))
+	fmt.Fprintf(w, "referenced\t%s (from its ancestors)\n", humanize.Bytes(d.ReferencedBytes))
+	fmt.Fprintf(w, "stored\t%s in %d objects\n", humanize.Bytes(d.StoredBytes), d.Objects)
 	fmt.Fprintf(w, "needs objects\t%d", d.ReferencedObjects)
 	if len(d.DependsOn) > 0 {
 		fmt.Fprintf(w, " (also of %s)", strings.Join(d.DependsOn, ", "))
@@ -400,16 +402,16 @@ func (a *app) printDeleteResult(res *backup.DeleteResult) {
 	}
 	for _, d := range res.Deleted {
 		fmt.Fprintf(a.stdout, "  %s backup %s (%s, stopped %s): %d objects, %s; %s\n",
-			verb, d.ID, d.Type, d.StopTime.UTC().Format(timeLayout), d.Objects, humanBytes(d.Bytes), d.Reason)
+			verb, d.ID, d.Type, d.StopTime.UTC().Format(timeLayout), d.Objects, humanize.Bytes(d.Bytes), d.Reason)
 	}
 	for _, d := range res.Incomplete {
-		fmt.Fprintf(a.stdout, "  %s incomplete backup %s: %d objects, %s\n", verb, d.ID, d.Objects, humanBytes(d.Bytes))
+		fmt.Fprintf(a.stdout, "  %s incomplete backup %s: %d objects, %s\n", verb, d.ID, d.Objects, humanize.Bytes(d.Bytes))
 	}
 	if t := res.Temporary; t.Objects > 0 {
-		fmt.Fprintf(a.stdout, "  %s %d temporary objects left by interrupted writers, %s\n", verb, t.Objects, humanBytes(t.Bytes))
+		fmt.Fprintf(a.stdout, "  %s %d temporary objects left by interrupted writers, %s\n", verb, t.Objects, humanize.Bytes(t.Bytes))
 	}
 	if res.WALKeptFrom != "" {
-		fmt.Fprintf(a.stdout, "  %s %d WAL files, %s (WAL kept from %s on)\n", verb, res.WALObjects, humanBytes(res.WALBytes), res.WALKeptFrom)
+		fmt.Fprintf(a.stdout, "  %s %d WAL files, %s (WAL kept from %s on)\n", verb, res.WALObjects, humanize.Bytes(res.WALBytes), res.WALKeptFrom)
 	}
 	for _, n := range res.Notes {
 		fmt.Fprintf(a.stdout, "  note: %s\n", n)
@@ -423,7 +425,7 @@ func (a *app) printDeleteResult(res *backup.DeleteResult) {
 	if res.DryRun {
 		freed = "would be freed (dry run: nothing was deleted)"
 	}
-	fmt.Fprintf(a.stdout, "  %s %s\n", humanBytes(res.BytesFreed), freed)
+	fmt.Fprintf(a.stdout, "  %s %s\n", humanize.Bytes(res.BytesFreed), freed)
 }
 
 func (a *app) verify(c *cli.Context) error {
@@ -492,14 +494,14 @@ func (a *app) printVerifyReport(rep *backup.VerifyReport) {
 		if !b.OK {
 			verdict = "DAMAGED"
 		}
-		fmt.Fprintf(out, "  backup %s: %s (%d files, %s, %d objects)\n", b.ID, verdict, b.Files, humanBytes(b.DataBytes), b.Objects)
+		fmt.Fprintf(out, "  backup %s: %s (%d files, %s, %d objects)\n", b.ID, verdict, b.Files, humanize.Bytes(b.DataBytes), b.Objects)
 	}
 	secs := float64(rep.Duration)
 	rate := ""
 	if secs > 0 {
-		rate = ", " + humanBytes(int64(float64(rep.Bytes)/secs)) + "/s"
+		rate = ", " + humanize.Bytes(int64(float64(rep.Bytes)/secs)) + "/s"
 	}
-	fmt.Fprintf(out, "  read %d objects, %s in %.1fs%s; %d file units checked\n", rep.Objects, humanBytes(rep.Bytes), secs, rate, rep.Units)
+	fmt.Fprintf(out, "  read %d objects, %s in %.1fs%s; %d file units checked\n", rep.Objects, humanize.Bytes(rep.Bytes), secs, rate, rep.Units)
 	if w := rep.WAL; w != nil {
 		if w.From == "" {
 			fmt.Fprintf(out, "  WAL: nothing to check\n")
@@ -513,7 +515,7 @@ func (a *app) printVerifyReport(rep *backup.VerifyReport) {
 				state = fmt.Sprintf("%d of %d segments MISSING", w.Missing, w.Segments)
 			}
 			fmt.Fprintf(out, "  WAL %s..%s (timelines %s): %s; re-read %d files, %s\n",
-				w.From, w.To, strings.Join(tls, ", "), state, w.Objects, humanBytes(w.Bytes))
+				w.From, w.To, strings.Join(tls, ", "), state, w.Objects, humanize.Bytes(w.Bytes))
 		}
 	}
 	for _, n := range rep.Notes {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/repos"
@@ -202,10 +204,10 @@ func (a *app) printBootstrap(res bootstrap.Result) {
 			what = "finished the half-restored directory with a delta restore of"
 		}
 		fmt.Fprintf(w, "%s backup %s into %s: fetched %d files (%s), kept %d files (%s)\n", what, r.Backup, r.DataDir,
-			r.FilesFetched, humanBytes(r.BytesFetched), r.FilesKept, humanBytes(r.Bytes-r.BytesFetched))
+			r.FilesFetched, humanize.Bytes(r.BytesFetched), r.FilesKept, humanize.Bytes(r.Bytes-r.BytesFetched))
 	}
 	if cp := res.Copy; cp != nil {
-		fmt.Fprintf(w, "copied the source into %s with BASE_BACKUP: %d files, %s (LSN %s to %s)\n", res.DataDir, cp.Files, humanBytes(cp.Bytes), cp.StartLSN, cp.StopLSN)
+		fmt.Fprintf(w, "copied the source into %s with BASE_BACKUP: %d files, %s (LSN %s to %s)\n", res.DataDir, cp.Files, humanize.Bytes(cp.Bytes), cp.StartLSN, cp.StopLSN)
 	}
 	if res.Slot != "" {
 		state := "exists"

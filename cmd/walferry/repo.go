@@ -7,6 +7,8 @@ import (
 	"os"
 	"text/tabwriter"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/pg"
@@ -123,7 +125,7 @@ func (a *app) repoInit(c *cli.Context) error {
 				enc = "encrypted, key id " + m.EncryptionKeyID
 			}
 			fmt.Fprintf(a.stdout, "%s %s: system identifier %d, PostgreSQL %d, %s WAL segments, compression %s, %s\n",
-				url, verb, m.SystemID, m.PGMajor, humanBytes(m.WALSegmentSize), m.Compression, enc)
+				url, verb, m.SystemID, m.PGMajor, humanize.Bytes(m.WALSegmentSize), m.Compression, enc)
 		}
 	}
 	if c.Bool("json") {
@@ -151,7 +153,7 @@ func (a *app) repoCheck(c *cli.Context) error {
 				url, res.Metadata.SystemID, cl.Source)
 			if t := res.StaleTemporary; t.Objects > 0 {
 				fmt.Fprintf(a.stdout, "%s: %d temporary objects (%s) left by interrupted writers (killed backup-push or archive-push); the next backup-push or backup-delete removes them\n",
-					url, t.Objects, humanBytes(t.Bytes))
+					url, t.Objects, humanize.Bytes(t.Bytes))
 			}
 		}
 	}
@@ -207,7 +209,7 @@ func (a *app) printInfo(url string, info repo.Info) {
 	fmt.Fprintf(w, "repository\t%s\n", url)
 	fmt.Fprintf(w, "system identifier\t%d\n", m.SystemID)
 	fmt.Fprintf(w, "PostgreSQL\t%d\n", m.PGMajor)
-	fmt.Fprintf(w, "WAL segment size\t%s\n", humanBytes(m.WALSegmentSize))
+	fmt.Fprintf(w, "WAL segment size\t%s\n", humanize.Bytes(m.WALSegmentSize))
 	fmt.Fprintf(w, "compression\t%s\n", m.Compression)
 	if m.Encrypted() {
 		fmt.Fprintf(w, "encryption\tAES-256-GCM, key id %s\n", m.EncryptionKeyID)
@@ -216,11 +218,11 @@ func (a *app) printInfo(url string, info repo.Info) {
 	}
 	fmt.Fprintf(w, "created\t%s by %s\n", m.CreatedAt.Format("2006-01-02 15:04:05 MST"), m.CreatedBy)
 	fmt.Fprintf(w, "WAL\t%s stored, %d history, %d backup labels, %d partial\n",
-		humanBytes(info.WALBytes), info.HistoryFiles, info.BackupLabels, info.Partials)
+		humanize.Bytes(info.WALBytes), info.HistoryFiles, info.BackupLabels, info.Partials)
 	if !info.LastWALTime.IsZero() {
 		fmt.Fprintf(w, "last WAL upload\t%s\n", info.LastWALTime.Format("2006-01-02 15:04:05 MST"))
 	}
-	fmt.Fprintf(w, "backups\t%d (%s stored)\n", info.Backups, humanBytes(info.BackupBytes))
+	fmt.Fprintf(w, "backups\t%d (%s stored)\n", info.Backups, humanize.Bytes(info.BackupBytes))
 	w.Flush()
 	if len(info.Timelines) > 0 {
 		fmt.Fprintln(a.stdout)
@@ -265,22 +267,4 @@ func clusterIdentity(ctx context.Context, s *settings) (repo.Cluster, error) {
 	}
 	cfg := conn.Config()
 	return repo.ClusterFromInfo(info, fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)), nil
-}
-
-// humanBytes formats a byte count with binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	v := float64(n) / float64(div)
-	if v == float64(int64(v)) {
-		return fmt.Sprintf("%d %ciB", int64(v), "KMGTPE"[exp])
-	}
-	return fmt.Sprintf("%.1f %ciB", v, "KMGTPE"[exp])
 }

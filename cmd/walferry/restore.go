@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/progress"
@@ -232,8 +234,8 @@ func (a *app) restore(c *cli.Context) error {
 
 func (a *app) printRestore(res restore.Result) {
 	fmt.Fprintf(a.stdout, "restored backup %s into %s: %d files, %s, in %s\n",
-		res.Backup, res.DataDir, res.Files, humanBytes(res.Bytes), time.Duration(float64(res.Duration)*float64(time.Second)).Round(time.Millisecond))
-	fmt.Fprintf(a.stdout, "  fetched %d files (%s) from %d objects", res.FilesFetched, humanBytes(res.BytesFetched), res.ObjectsRead)
+		res.Backup, res.DataDir, res.Files, humanize.Bytes(res.Bytes), time.Duration(float64(res.Duration)*float64(time.Second)).Round(time.Millisecond))
+	fmt.Fprintf(a.stdout, "  fetched %d files (%s) from %d objects", res.FilesFetched, humanize.Bytes(res.BytesFetched), res.ObjectsRead)
 	if res.Delta {
 		fmt.Fprintf(a.stdout, "; kept %d files; removed %d files and %d directories", res.FilesKept, res.FilesRemoved, res.DirsRemoved)
 	}

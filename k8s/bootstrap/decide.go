@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/walferry/walferry/internal/humanize"
+
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/replication"
@@ -77,11 +79,11 @@ func decide(b *candidate, source *replication.System, maxRatio float64) (Decisio
 	if b.Bytes > 0 && d.Ratio <= maxRatio {
 		d.From = FromRepo
 		d.Reason = fmt.Sprintf("WAL since backup %s (%s) is %.2f of the database (%s), within --auto-max-wal-ratio %.2f",
-			b.ID, humanBytes(d.WALSinceBytes), d.Ratio, humanBytes(b.Bytes), maxRatio)
+			b.ID, humanize.Bytes(d.WALSinceBytes), d.Ratio, humanize.Bytes(b.Bytes), maxRatio)
 	} else {
 		d.From = FromPrimary
 		d.Reason = fmt.Sprintf("WAL since backup %s (%s) is %.2f of the database (%s), above --auto-max-wal-ratio %.2f: a fresh copy is cheaper",
-			b.ID, humanBytes(d.WALSinceBytes), d.Ratio, humanBytes(b.Bytes), maxRatio)
+			b.ID, humanize.Bytes(d.WALSinceBytes), d.Ratio, humanize.Bytes(b.Bytes), maxRatio)
 	}
 	return d, nil
 }
@@ -105,17 +107,4 @@ func DefaultSlotName(host string) string {
 		s = s[:63]
 	}
 	return s
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

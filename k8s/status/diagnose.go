@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/walferry/walferry/internal/humanize"
 )
 
 // Limits are the thresholds Diagnose holds a report to.
@@ -111,7 +113,7 @@ func Diagnose(r *Report, l Limits) {
 				state = "active"
 			}
 			add(Warning, fmt.Sprintf("SELECT pg_drop_replication_slot('%s') %s if that standby is gone, or set max_slot_wal_keep_size", s.Name, slotPlace(s)),
-				"replication slot %s (%s, %s) holds %s of WAL (limit %s)", s.Name, s.Where, state, bytesText(s.RetainedBytes), bytesText(l.MaxSlotRetained))
+				"replication slot %s (%s, %s) holds %s of WAL (limit %s)", s.Name, s.Where, state, humanize.Bytes(s.RetainedBytes), humanize.Bytes(l.MaxSlotRetained))
 		}
 	}
 	if rep := r.Replication; rep != nil && r.Role == RoleStandby && rep.LagSeconds > l.MaxLag.Seconds() {
@@ -120,7 +122,7 @@ func Diagnose(r *Report, l Limits) {
 			next = fmt.Sprintf("check the upstream %s answers (pg_isready -h HOST -p PORT) and read PostgreSQL's log for the WAL receiver's error", rep.Upstream)
 		}
 		add(Warning, next, "standby is %s behind (%s of WAL to replay, mode %s)",
-			secondsText(rep.LagSeconds), bytesText(rep.LagBytes), r.Mode)
+			secondsText(rep.LagSeconds), humanize.Bytes(rep.LagBytes), r.Mode)
 	}
 	if b := r.Backup; b.Checked {
 		switch {
@@ -234,20 +236,6 @@ func durationText(d time.Duration) string {
 		return fmt.Sprintf("%dd%dh", days, (d-days*24*time.Hour)/time.Hour)
 	}
 	return d.String()
-}
-
-// bytesText is a byte count for people, in binary units.
-func bytesText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // oneLine keeps the first line of a message: a Problem is one line.

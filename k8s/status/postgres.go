@@ -3,7 +3,6 @@ package status
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -235,92 +234,12 @@ func (r *Report) SetUpstreamLSN(lsn string) {
 }
 
 // upstreamOf returns "host:port" from a primary_conninfo (key=value pairs
-// or a postgres:// URL), "" when it names no host. Several hosts are kept
-// comma-separated; the port defaults to 5432.
+// or a postgres:// URL), "" when there is none; pg.ConnHostPort names it.
 func upstreamOf(conninfo string) string {
-	conninfo = strings.TrimSpace(conninfo)
-	if conninfo == "" {
+	if strings.TrimSpace(conninfo) == "" {
 		return ""
 	}
-	if strings.HasPrefix(conninfo, "postgres://") || strings.HasPrefix(conninfo, "postgresql://") {
-		u, err := url.Parse(conninfo)
-		if err != nil || u.Host == "" {
-			return ""
-		}
-		if u.Port() == "" && !strings.Contains(u.Host, ",") {
-			return u.Host + ":5432"
-		}
-		return u.Host
-	}
-	kv := parseKeyValues(conninfo)
-	host := kv["host"]
-	if host == "" {
-		host = kv["hostaddr"]
-	}
-	if host == "" {
-		return ""
-	}
-	port := kv["port"]
-	if port == "" {
-		port = "5432"
-	}
-	hosts, ports := strings.Split(host, ","), strings.Split(port, ",")
-	out := make([]string, len(hosts))
-	for i, h := range hosts {
-		p := ports[0]
-		if i < len(ports) {
-			p = ports[i]
-		}
-		out[i] = h + ":" + p
-	}
-	return strings.Join(out, ",")
-}
-
-// parseKeyValues parses libpq's key = 'value' syntax (backslash escapes
-// inside quotes). A malformed tail is ignored: this only names things.
-func parseKeyValues(s string) map[string]string {
-	kv := map[string]string{}
-	i := 0
-	skipSpace := func() {
-		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
-			i++
-		}
-	}
-	for {
-		skipSpace()
-		start := i
-		for i < len(s) && s[i] != '=' && s[i] != ' ' && s[i] != '\t' {
-			i++
-		}
-		key := s[start:i]
-		skipSpace()
-		if key == "" || i >= len(s) || s[i] != '=' {
-			return kv
-		}
-		i++
-		skipSpace()
-		var val strings.Builder
-		if i < len(s) && s[i] == '\'' {
-			i++
-			for i < len(s) && s[i] != '\'' {
-				if s[i] == '\\' && i+1 < len(s) {
-					i++
-				}
-				val.WriteByte(s[i])
-				i++
-			}
-			i++
-		} else {
-			for i < len(s) && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' {
-				if s[i] == '\\' && i+1 < len(s) {
-					i++
-				}
-				val.WriteByte(s[i])
-				i++
-			}
-		}
-		kv[key] = val.String()
-	}
+	return pg.ConnHostPort(conninfo)
 }
 
 // timelineOfWALFile reads the timeline from a 24-character WAL file name.

@@ -67,14 +67,14 @@ func TestDiagnoseRules(t *testing.T) {
 		}, []Problem{{Critical, "00000002000000000000000A, which no repository holds", "walferry archive-get 00000002000000000000000A /tmp/00000002000000000000000A"}}},
 		{"slot over the cap", func(r *Report) {
 			r.Slots[0].RetainedBytes, r.Slots[0].Active = 12<<30, false
-		}, []Problem{{Warning, "slot site_b (local, inactive) holds 12.0 GiB of WAL (limit 10.0 GiB)", "SELECT pg_drop_replication_slot('site_b') on this server if that standby is gone, or set max_slot_wal_keep_size"}}},
+		}, []Problem{{Warning, "slot site_b (local, inactive) holds 12 GiB of WAL (limit 10 GiB)", "SELECT pg_drop_replication_slot('site_b') on this server if that standby is gone, or set max_slot_wal_keep_size"}}},
 		{"upstream slot lost", func(r *Report) {
 			r.Slots = append(r.Slots, Slot{Name: "leader_b", Where: "upstream", WALStatus: "lost", RetainedBytes: 20 << 30})
 		}, []Problem{{Critical, "leader_b (upstream) lost WAL", "walferry bootstrap"}}},
 		{"standby lagging", func(r *Report) {
 			r.Role, r.Mode = RoleStandby, ModeArchive
 			r.Replication = &Replication{Upstream: "db-a:5432", LagBytes: 64 << 20, LagSeconds: 600}
-		}, []Problem{{Warning, "standby is 10m0s behind (64.0 MiB of WAL to replay, mode archive)", "db-a:5432"}}},
+		}, []Problem{{Warning, "standby is 10m0s behind (64 MiB of WAL to replay, mode archive)", "db-a:5432"}}},
 		{"standby lag within the limit", func(r *Report) {
 			r.Role, r.Mode = RoleStandby, ModeStreaming
 			r.Replication = &Replication{LagSeconds: 60}
@@ -156,15 +156,19 @@ func TestSetUpstreamLSN(t *testing.T) {
 }
 
 func TestUpstreamOf(t *testing.T) {
+	t.Setenv("PGHOST", "")
+	t.Setenv("PGHOSTADDR", "")
+	t.Setenv("PGPORT", "")
 	tests := map[string]string{
 		"": "",
 		"user=rep host=db-a port=5433 sslmode=require": "db-a:5433",
 		"host = 'db a' application_name=x":             "db a:5432",
 		"hostaddr=10.0.0.1 password='a b\\' c'":        "10.0.0.1:5432",
-		"host=a,b port=5432,5433":                      "a:5432,b:5433",
+		"host=a,b port=5432,5433":                      "a:5432", // the first host
+		"host=/run/postgresql":                         "/run/postgresql:5432",
 		"postgresql://rep@db-a:6432/postgres":          "db-a:6432",
 		"postgres://db-a/postgres":                     "db-a:5432",
-		"user=rep":                                     "",
+		"user=rep":                                     "/var/run/postgresql:5432", // libpq's default
 	}
 	for in, want := range tests {
 		if got := upstreamOf(in); got != want {
@@ -216,7 +220,7 @@ func TestWriteText(t *testing.T) {
 postgres: 15.4, system 7310012345678901234, at 0/5000060
 archive:  last 000000010000000000000004 1h0m0s ago, 0 failed
 backup:   20261205T000000F (full) 36h0m0s ago; 2 in the repository
-slots:    site_b (local, active) holds 16.0 MiB, wal_status reserved
+slots:    site_b (local, active) holds 16 MiB, wal_status reserved
 sidecar:  reachable at 127.0.0.1:9898
 no problems
 `
@@ -237,7 +241,7 @@ lag:      96 B, 2s (received 0/5000060, replayed 0/5000000)
 archive:  last 000000010000000000000004 1h0m0s ago, 0 failed
 backup:   20261205T000000F (full) 36h0m0s ago; 2 in the repository
 slots:    a (local, inactive) holds 0 B
-          b (upstream, active) holds 1.0 GiB
+          b (upstream, active) holds 1 GiB
 sidecar:  unreachable at 127.0.0.1:9898
 problems:
   warning   the sidecar at 127.0.0.1:9898 does not answer

@@ -3,6 +3,8 @@ package status
 import (
 	"fmt"
 	"io"
+
+	"github.com/walferry/walferry/internal/humanize"
 )
 
 // WriteText writes r for people: one aligned line per part (role,
@@ -24,7 +26,7 @@ func WriteText(w io.Writer, r Report) {
 		if rep.UpstreamLSN != "" {
 			behind = "upstream at " + rep.UpstreamLSN
 		}
-		line("lag", "%s, %s (%s, replayed %s)", bytesText(rep.LagBytes), secondsText(rep.LagSeconds), behind, orUnknown(rep.ReplayLSN))
+		line("lag", "%s, %s (%s, replayed %s)", humanize.Bytes(rep.LagBytes), secondsText(rep.LagSeconds), behind, orUnknown(rep.ReplayLSN))
 	}
 	line("archive", "%s", archiveText(r))
 	line("backup", "%s", backupText(r))
@@ -44,7 +46,7 @@ func WriteText(w io.Writer, r Report) {
 		if s.WALStatus != "" {
 			walStatus = ", wal_status " + s.WALStatus
 		}
-		fmt.Fprintf(w, "%-9s %s (%s, %s) holds %s%s\n", label, s.Name, s.Where, state, bytesText(s.RetainedBytes), walStatus)
+		fmt.Fprintf(w, "%-9s %s (%s, %s) holds %s%s\n", label, s.Name, s.Where, state, humanize.Bytes(s.RetainedBytes), walStatus)
 	}
 	switch sc := r.Sidecar; {
 	case sc.Reachable:
