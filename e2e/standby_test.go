@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,6 +91,10 @@ func TestStandbySite(t *testing.T) {
 		t.Errorf("standby on archive: replication %+v; want a replay LSN and no streaming", st.Replication)
 	}
 
+	if _, body := httpDo(t, "GET", bSidecar.addr, "/metrics"); !regexp.MustCompile(`walferry_archive_gets_total\{result="ok"\} [1-9]`).MatchString(body) {
+		t.Errorf("B's restore_command did not go through its sidecar's daemon: /metrics has no successful get\n%s", grepLines(body, "walferry_archive_gets"))
+	}
+
 	// The link comes up: B switches to streaming by itself.
 	link.restore(t)
 	st = waitStatus(t, b.c, bSidecar, "standby streaming", func(r status.Report) bool {
@@ -161,7 +166,9 @@ func bootstrapSite(t *testing.T, d *restoreTarget, url string, args ...string) r
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	all := append([]string{"bootstrap", "--repo", url, "--pgdata", d.c.DataDir}, args...)
+	// restore_command goes through the sidecar's socket (and works
+	// standalone while no sidecar serves it).
+	all := append([]string{"bootstrap", "--repo", url, "--pgdata", d.c.DataDir, "--socket", filepath.Join(d.c.Dir, "walferry.sock")}, args...)
 	r := runCmd(t, d.c.Command(ctx, walferryBin, all...))
 	if r.code != 0 {
 		t.Fatalf("walferry %s: %v\n%s", strings.Join(all, " "), r, r.stdout)
@@ -371,6 +378,17 @@ func signalChildren(pid int, sig syscall.Signal) {
 			syscall.Kill(child, sig)
 		}
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func readTail(path string) string {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/k8s/status"
 )
 
@@ -149,4 +151,38 @@ func (r replicationSystem) system() replication.System {
 	var s replication.System
 	s.SystemID, s.Timeline = r.id, pg.TimeLineID(r.tli)
 	return s
+}
+
+func TestMissingSegment(t *testing.T) {
+	r, store := teststore.FSRepo(t)
+	size, err := r.Metadata().SegmentSize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := agentWith(t, Options{}, status.New(time.Now()))
+	a.o.Repos, a.segSize = []*repo.Repo{r}, size
+	put := func(name string) {
+		key, err := repo.WALKey(name, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.Put(context.Background(), key, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	// Recovery waits at 0/3000028, in segment ...03.
+	lsn := pg.LSN(3<<24 + 0x28)
+	put("000000010000000000000002")
+	if got := a.missingSegment(ctx, 1, lsn); got != "" {
+		t.Errorf("nothing later archived: missingSegment = %q; want \"\" (waiting for the primary, not stuck)", got)
+	}
+	put("000000010000000000000004")
+	if got := a.missingSegment(ctx, 1, lsn); got != "000000010000000000000003" {
+		t.Errorf("a later segment archived: missingSegment = %q; want 000000010000000000000003", got)
+	}
+	put("000000010000000000000003")
+	if got := a.missingSegment(ctx, 1, lsn); got != "" {
+		t.Errorf("the segment archived: missingSegment = %q; want \"\"", got)
+	}
 }
