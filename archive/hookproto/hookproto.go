@@ -90,6 +90,7 @@ const (
 	ClassNoBackup       = "no-backup"       // backup.ErrNoBackup
 	ClassPostgres       = "postgres"        // PostgreSQL unreachable or refusing, its data directory unusable
 	ClassLocked         = "locked"          // repo.ErrLocked
+	ClassFenced         = "fenced"          // repo.ErrFenced: the lineage record names another primary
 	ClassInterrupted    = "interrupted"     // the daemon was stopped during the work
 	ClassBadRequest     = "bad-request"     // a malformed request
 	ClassUnsupported    = "unsupported"     // a protocol version or operation the daemon does not know
@@ -100,7 +101,7 @@ const (
 var Classes = []string{
 	ClassConflict, ClassWrongCluster, ClassNotInitialized, ClassNoBucket, ClassIncompatible,
 	ClassPermission, ClassCorrupt, ClassTransient, ClassNoSuchFile, ClassUsage, ClassNotRepository, ClassNoBackup,
-	ClassPostgres, ClassLocked, ClassInterrupted, ClassBadRequest, ClassUnsupported, ClassFailure,
+	ClassPostgres, ClassLocked, ClassFenced, ClassInterrupted, ClassBadRequest, ClassUnsupported, ClassFailure,
 }
 
 // Request is one hook call handed to the daemon.
@@ -166,6 +167,7 @@ const (
 	ExitCorrupt     = 6 // an object failed its checksum or does not decode
 	ExitPostgres    = 7 // PostgreSQL unreachable or refusing, its data directory unusable
 	ExitLocked      = 8 // another process holds the repository's lease
+	ExitFenced      = 9 // the lineage record fenced this server: another is the primary
 )
 
 // ClassExitCode is walferry's exit code for a failure of class: the code
@@ -188,6 +190,8 @@ func ClassExitCode(class string) int {
 		return ExitPostgres
 	case ClassLocked:
 		return ExitLocked
+	case ClassFenced:
+		return ExitFenced
 	}
 	return ExitFailure
 }

@@ -53,7 +53,7 @@ func TestClassExitCode(t *testing.T) {
 		ClassNoBucket: ExitRepository, ClassIncompatible: ExitRepository, ClassPermission: ExitPermission,
 		ClassCorrupt: ExitCorrupt, ClassTransient: ExitUnreachable, ClassNoSuchFile: ExitUsage,
 		ClassUsage: ExitUsage, ClassNotRepository: ExitRepository, ClassNoBackup: ExitRepository, ClassPostgres: ExitPostgres,
-		ClassLocked: ExitLocked, ClassInterrupted: ExitFailure, ClassBadRequest: ExitFailure,
+		ClassLocked: ExitLocked, ClassFenced: ExitFenced, ClassInterrupted: ExitFailure, ClassBadRequest: ExitFailure,
 		ClassUnsupported: ExitFailure, ClassFailure: ExitFailure, "a class of a newer daemon": ExitFailure,
 	}
 	for _, c := range Classes {

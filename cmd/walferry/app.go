@@ -62,7 +62,8 @@ EXIT CODES
    belonging to another cluster, or archive-push of a name already archived
    with other content; 6 corrupt object; 7 PostgreSQL unreachable or refusing,
    or its data directory unreadable or not the connected server's; 8 another
-   backup-push or backup-delete holds the repository's lease; 130 interrupted.
+   backup-push or backup-delete holds the repository's lease; 9 fenced: the
+   repository's lineage record names another primary; 130 interrupted.
    The hooks follow PostgreSQL's rules: archive-push never exits above 125
    (interrupted: 1); archive-get exits 0 when the file was written, else 1.`,
 		Flags:                commonFlags(),

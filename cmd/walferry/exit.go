@@ -22,6 +22,7 @@ const (
 	exitCorrupt     = hookproto.ExitCorrupt     // an object failed its checksum or does not decode
 	exitPostgres    = hookproto.ExitPostgres    // PostgreSQL unreachable, refusing, or its data directory unreadable
 	exitLocked      = hookproto.ExitLocked      // another backup-push or backup-delete holds the repository's lease
+	exitFenced      = hookproto.ExitFenced      // the lineage record fenced this server: another is the primary
 	exitInterrupted = 130                       // stopped by SIGINT or SIGTERM
 )
 

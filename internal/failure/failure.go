@@ -42,6 +42,7 @@ const (
 	Corrupt                    // 6: an object failed its checksum or does not decode
 	Postgres                   // 7: PostgreSQL unreachable, refusing, or its data directory unusable
 	Locked                     // 8: another process holds the repository's lease
+	Fenced                     // 9: the lineage record fenced this server (another is the primary)
 	Interrupted                // 130: stopped by SIGINT or SIGTERM
 )
 
@@ -50,7 +51,7 @@ const (
 // line, a refused credential or a damaged object is what to fix first;
 // "unreachable, retry later" only when nothing else is known.
 var precedence = []Kind{
-	Interrupted, Usage, NoSuchFile, Permission, Corrupt,
+	Interrupted, Usage, NoSuchFile, Permission, Corrupt, Fenced,
 	NoBucket, NotInitialized, NotRepository, WrongCluster, Incompatible, Conflict, NoBackup,
 	Locked, Postgres, Transient, Other,
 }
@@ -72,6 +73,8 @@ func (k Kind) ExitCode() int {
 		return 7
 	case Locked:
 		return 8
+	case Fenced:
+		return 9
 	case Interrupted:
 		return 130
 	}
@@ -90,7 +93,7 @@ var names = [...]string{
 	Other: "failure", Usage: "usage", NoSuchFile: "no-such-file", Transient: "transient", Permission: "permission",
 	NoBucket: "no-bucket", NotInitialized: "not-initialized", NotRepository: "not-repository",
 	WrongCluster: "wrong-cluster", Incompatible: "incompatible", Conflict: "conflict", NoBackup: "no-backup",
-	Corrupt: "corrupt", Postgres: "postgres", Locked: "locked", Interrupted: "interrupted",
+	Corrupt: "corrupt", Postgres: "postgres", Locked: "locked", Fenced: "fenced", Interrupted: "interrupted",
 }
 
 // Kinds lists every kind.

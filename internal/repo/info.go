@@ -90,7 +90,7 @@ func (r *Repo) Inspect(ctx context.Context) (Info, error) {
 			if path.Base(oi.Key) == "manifest" {
 				info.Backups++
 			}
-		case oi.Key == MetadataKey, oi.Key == FenceKey:
+		case oi.Key == MetadataKey, strings.HasPrefix(oi.Key, LineagePrefix):
 		default:
 			info.OtherObjects++
 		}

@@ -21,8 +21,6 @@ const (
 	HistoryPrefix = WALPrefix + "history/"
 	// BackupsPrefix holds base backups, one sub-prefix per backup.
 	BackupsPrefix = "backups/"
-	// FenceKey is the fence record promote/demote write.
-	FenceKey = "fence"
 	// probePrefix holds the short-lived objects repo check writes.
 	probePrefix = "check/"
 )
