@@ -175,15 +175,23 @@ func (r *Repo) NextGeneration(ctx context.Context, prev uint64, g Generation) (G
 //   - WAL of an older timeline only up to where g's timeline began (the
 //     history every timeline shares); a .partial of it from before that
 //     point too (the new primary archives one at promotion);
-//   - WAL of a newer timeline is a promotion the record does not know.
-//
-// History files are always permitted: they only describe timelines.
+//   - WAL of a newer timeline is a promotion the record does not know, and
+//     so is its history file: recovery with recovery_target_timeline
+//     'latest' would follow it and miss what the real primary committed.
 func (g Generation) PermitsWAL(name string, size pg.WALSegmentSize) error {
 	f, err := pg.ParseWALFileName(name, size)
 	if err != nil {
 		return err
 	}
-	if f.Kind == pg.KindHistory || f.Kind == pg.KindBackup {
+	if f.Kind == pg.KindHistory {
+		if f.TLI > g.Timeline {
+			return fmt.Errorf("%w: %s describes timeline %d, which the lineage record does not know: its %s; "+
+				"a copy promoted without walferry promote (a restore with --target-action promote keeps archive_command) must not archive here: "+
+				"point its archive_command elsewhere, or run walferry promote on it if it is the new primary", ErrFenced, name, f.TLI, g)
+		}
+		return nil
+	}
+	if f.Kind == pg.KindBackup {
 		return nil
 	}
 	start := f.StartLSN(size)
