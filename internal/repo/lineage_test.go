@@ -79,14 +79,15 @@ func TestPermitsWAL(t *testing.T) {
 		name string
 		ok   bool
 	}{
-		{g, "000000010000000000000004", true},              // shared history
-		{g, "000000010000000000000005", false},             // the old primary went on past the fork
-		{g, "000000010000000000000005.partial", true},      // the new primary's at promotion
-		{g, "000000010000000000000006.partial", false},     // an old primary's, past the fork
-		{g, "000000020000000000000005", true},              // the primary's own
-		{g, "00000002000000000000000A", true},              // no fence yet
-		{g, "000000030000000000000006", false},             // a promotion the record does not know
-		{g, "00000003.history", true},                      // history files describe only
+		{g, "000000010000000000000004", true},          // shared history
+		{g, "000000010000000000000005", false},         // the old primary went on past the fork
+		{g, "000000010000000000000005.partial", true},  // the new primary's at promotion
+		{g, "000000010000000000000006.partial", false}, // an old primary's, past the fork
+		{g, "000000020000000000000005", true},          // the primary's own
+		{g, "00000002000000000000000A", true},          // no fence yet
+		{g, "000000030000000000000006", false},         // a promotion the record does not know
+		{g, "00000003.history", false},                 // a timeline the record does not know
+		{g, "00000002.history", true},
 		{fenced, "000000020000000000000008", true},         // before the fence
 		{fenced, "000000020000000000000009", false},        // holds WAL past the fence
 		{fenced, "000000020000000000000009.partial", true}, // the demote's last partial
