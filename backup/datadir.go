@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -46,14 +45,6 @@ type serverSelf struct {
 	started time.Time // pg_postmaster_start_time()
 }
 
-// pidFile is the part of postmaster.pid that identifies a postmaster.
-type pidFile struct {
-	pid     int
-	dataDir string
-	started time.Time
-	port    int
-}
-
 // checkDataDir finds the data directory (dir, or the server's
 // data_directory when dir is empty) and makes sure it is the connected
 // server's, returning its absolute path.
@@ -85,14 +76,14 @@ func checkDataDir(ctx context.Context, conn *pgx.Conn, dir string, info pg.Info)
 			"a backup read from it would lack the server's newest data. Pass the running server's data directory as --pgdata (or omit --pgdata on the database host), or use --remote",
 			ErrNotReady, abs, describeServerDir(abs, self.dataDir), why)
 	}
-	pf, err := readPIDFile(abs)
+	pf, err := pg.ReadPIDFile(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return "", refuse("it has no postmaster.pid, so no server runs on it (a stopped copy of the cluster: an old restore, a standby's directory?)")
 	case err != nil:
 		return "", refuse(err.Error())
 	}
-	if why := pf.mismatch(self); why != "" {
+	if why := mismatch(pf, self); why != "" {
 		return "", refuse(why)
 	}
 	if err := checkControlMatches(ctx, conn, abs, cd); err != nil {
@@ -151,51 +142,19 @@ func askServerSelf(ctx context.Context, conn *pgx.Conn) (serverSelf, error) {
 	return s, nil
 }
 
-// readPIDFile reads dir/postmaster.pid: pid, data directory, start time
-// (seconds since the epoch) and port on its first four lines.
-func readPIDFile(dir string) (pidFile, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
-	if err != nil {
-		return pidFile{}, err
-	}
-	return parsePIDFile(string(b))
-}
-
-func parsePIDFile(s string) (pidFile, error) {
-	lines := strings.Split(s, "\n")
-	if len(lines) < 4 {
-		return pidFile{}, fmt.Errorf("its postmaster.pid has %d lines, want at least 4 (a server still starting, or a damaged file)", len(lines))
-	}
-	var pf pidFile
-	var err error
-	if pf.pid, err = strconv.Atoi(strings.TrimSpace(lines[0])); err != nil {
-		return pidFile{}, fmt.Errorf("its postmaster.pid has no process id on line 1 (%q)", lines[0])
-	}
-	pf.dataDir = strings.TrimSpace(lines[1])
-	start, err := strconv.ParseInt(strings.TrimSpace(lines[2]), 10, 64)
-	if err != nil {
-		return pidFile{}, fmt.Errorf("its postmaster.pid has no start time on line 3 (%q)", lines[2])
-	}
-	pf.started = time.Unix(start, 0)
-	if pf.port, err = strconv.Atoi(strings.TrimSpace(lines[3])); err != nil {
-		return pidFile{}, fmt.Errorf("its postmaster.pid has no port on line 4 (%q)", lines[3])
-	}
-	return pf, nil
-}
-
 // mismatch says why the postmaster that wrote pf is not the server s, or
 // "" when it may be.
-func (pf pidFile) mismatch(s serverSelf) string {
-	if pf.port != s.port {
-		return fmt.Sprintf("its postmaster.pid is of a server on port %d (pid %d), but the connected server listens on port %d", pf.port, pf.pid, s.port)
+func mismatch(pf pg.PIDFile, s serverSelf) string {
+	if pf.Port != s.port {
+		return fmt.Sprintf("its postmaster.pid is of a server on port %d (pid %d), but the connected server listens on port %d", pf.Port, pf.PID, s.port)
 	}
-	if s.dataDir != "" && pf.dataDir != s.dataDir {
-		return fmt.Sprintf("its postmaster.pid is of a server whose data directory is %s (pid %d)", pf.dataDir, pf.pid)
+	if s.dataDir != "" && pf.DataDir != s.dataDir {
+		return fmt.Sprintf("its postmaster.pid is of a server whose data directory is %s (pid %d)", pf.DataDir, pf.PID)
 	}
 	started := s.started.Truncate(time.Second)
-	if pf.started.After(started.Add(time.Second)) || pf.started.Before(started.Add(-pidFileStartSlack)) {
+	if pf.Started.After(started.Add(time.Second)) || pf.Started.Before(started.Add(-pidFileStartSlack)) {
 		return fmt.Sprintf("its postmaster.pid is of a server started at %s (pid %d), but the connected server started at %s (a stale file left by a server that is gone?)",
-			pf.started.UTC().Format(time.RFC3339), pf.pid, s.started.UTC().Format(time.RFC3339))
+			pf.Started.UTC().Format(time.RFC3339), pf.PID, s.started.UTC().Format(time.RFC3339))
 	}
 	return ""
 }

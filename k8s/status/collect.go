@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,47 +89,18 @@ func LocalConnString(pgConn, dataDir string) (string, error) {
 	if pgConn != "" || dataDir == "" {
 		return pgConn, nil
 	}
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	pf, err := pg.ReadPIDFile(dataDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("no PostgreSQL runs on %s: it has no postmaster.pid", dataDir)
 	}
 	if err != nil {
-		return "", fmt.Errorf("read the postmaster.pid of %s: %w", dataDir, err)
+		return "", fmt.Errorf("%s: %w", dataDir, err)
 	}
-	host, port, err := parsePIDFileAddress(string(b))
-	if err != nil {
-		return "", fmt.Errorf("%s/postmaster.pid: %w", dataDir, err)
-	}
-	conn := fmt.Sprintf("host='%s' port=%d dbname=postgres", quoteValue(host), port)
+	conn := fmt.Sprintf("host='%s' port=%d dbname=postgres", quoteValue(pf.Host()), pf.Port)
 	if owner := ownerName(dataDir); owner != "" {
 		conn += fmt.Sprintf(" user='%s'", quoteValue(owner))
 	}
 	return conn, nil
-}
-
-// parsePIDFileAddress reads the port (line 4), socket directory (line 5)
-// and first listen address (line 6) of a postmaster.pid.
-func parsePIDFileAddress(s string) (host string, port int, err error) {
-	lines := strings.Split(s, "\n")
-	if len(lines) < 5 {
-		return "", 0, fmt.Errorf("%d lines, want at least 5 (a server still starting?)", len(lines))
-	}
-	port, err = strconv.Atoi(strings.TrimSpace(lines[3]))
-	if err != nil || port <= 0 || port > 65535 {
-		return "", 0, fmt.Errorf("line 4 %q is not a port", lines[3])
-	}
-	host = strings.TrimSpace(lines[4])
-	if host == "" && len(lines) > 5 {
-		// No Unix socket: the first listen address, loopback for "*".
-		host = strings.TrimSpace(strings.Split(lines[5], ",")[0])
-		if host == "*" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-	}
-	if host == "" {
-		host = "localhost"
-	}
-	return host, port, nil
 }
 
 func quoteValue(s string) string {

@@ -202,13 +202,6 @@ func TestLocalConnString(t *testing.T) {
 	if err != nil || !strings.HasPrefix(got, "host='/run/postgresql' port=5433 dbname=postgres user='") {
 		t.Errorf("got %q %v", got, err)
 	}
-	host, port, err := parsePIDFileAddress("1\n/d\n1\n5432\n\n*\n")
-	if err != nil || host != "127.0.0.1" || port != 5432 {
-		t.Errorf("no socket: %s %d %v, want 127.0.0.1 5432", host, port, err)
-	}
-	if _, _, err := parsePIDFileAddress("1\n/d\n"); err == nil {
-		t.Error("a short postmaster.pid was accepted")
-	}
 }
 
 func TestWriteText(t *testing.T) {
