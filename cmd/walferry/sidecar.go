@@ -46,7 +46,16 @@ On a primary:
    - takes base backups on --backup-schedule (cron: "0 2 * * *", @daily,
      "@every 6h"), every --backup-full-every-th one full and the others
      incremental; with --backup-after-promotion, a full backup as soon as a
-     standby becomes primary;
+     standby becomes primary (walferry promote takes one itself);
+   - records itself as generation 1 of the repository's lineage record when
+     the repository has none (--instance, --site), and watches the record:
+     a primary the record does not allow (an old primary after a switchover
+     or a failover) is FENCED: the sidecar writes standby.signal and stops
+     PostgreSQL (fast shutdown, within --fence-timeout), so it takes no more
+     writes and cannot start as a primary again; its hooks refuse to archive.
+     walferry rejoin makes it a standby of the new primary. A primary on a
+     timeline newer than the record's runs for --promotion-grace first:
+     walferry promote records the new timeline right after promoting;
    - with --wal-receive, streams its own WAL into the repository (as walferry
      wal-receive does), so the repository trails the primary by seconds
      (.partial objects) instead of by archive_timeout: a standby site with
@@ -114,8 +123,16 @@ terminal (--log-format auto).
 				Usage: "on a primary, take base backups on the cron `SCHEDULE` (\"0 2 * * *\", @daily, \"@every 6h\")"},
 			&cli.IntFlag{Name: "backup-full-every", EnvVars: []string{"WALFERRY_BACKUP_FULL_EVERY"}, Value: 7,
 				Usage: "every `N`th scheduled backup is full, the others incremental (1: always full)"},
-			&cli.BoolFlag{Name: "backup-after-promotion", EnvVars: []string{"WALFERRY_BACKUP_AFTER_PROMOTION"}, Value: true,
-				Usage: "take a full backup as soon as this instance becomes primary"},
+			&cli.BoolFlag{Name: "backup-after-promotion", EnvVars: []string{"WALFERRY_BACKUP_AFTER_PROMOTION"},
+				Usage: "take a full backup as soon as this instance becomes primary (walferry promote takes one itself: for promotions made otherwise)"},
+			&cli.StringFlag{Name: "instance", EnvVars: []string{"WALFERRY_INSTANCE"},
+				Usage: "this instance's `NAME` in the repository's lineage record", DefaultText: "the host name"},
+			&cli.StringFlag{Name: "site", EnvVars: []string{"WALFERRY_SITE"},
+				Usage: "this instance's site `NAME` in the lineage record (e.g. the Kubernetes cluster)"},
+			&cli.DurationFlag{Name: "fence-timeout", EnvVars: []string{"WALFERRY_FENCE_TIMEOUT"}, Value: agent.DefaultFenceTimeout,
+				Usage: "how long the stop of a fenced primary may take"},
+			&cli.DurationFlag{Name: "promotion-grace", EnvVars: []string{"WALFERRY_PROMOTION_GRACE"}, Value: agent.DefaultPromotionGrace,
+				Usage: "how long a primary on a timeline the lineage record does not know runs before it is fenced (walferry promote records it within seconds)"},
 			&cli.BoolFlag{Name: "wal-receive", EnvVars: []string{"WALFERRY_WAL_RECEIVE"},
 				Usage: "on a primary, stream its WAL into the repository (seconds behind, .partial objects)"},
 			&cli.StringFlag{Name: "wal-receive-slot", EnvVars: []string{"WALFERRY_WAL_RECEIVE_SLOT"}, Value: "walferry_receiver",
@@ -196,6 +213,10 @@ func (a *app) sidecar(c *cli.Context) error {
 		Slot:            slot,
 		MaxSlotRetained: maxRetained,
 		StandbySlots:    splitList(c.StringSlice("standby-slot")),
+		Instance:        c.String("instance"),
+		Site:            c.String("site"),
+		FenceTimeout:    c.Duration("fence-timeout"),
+		PromotionGrace:  c.Duration("promotion-grace"),
 		Socket:          s.cfg.Archive.Socket,
 		Push:            s.pushOptions(),
 		Get:             s.getOptions(),

@@ -90,6 +90,14 @@ type Options struct {
 	// agent warns (a forgotten standby must not fill a disk); 0 means
 	// status.DefaultLimits().MaxSlotRetained.
 	MaxSlotRetained int64
+	// Instance and Site name this instance in the lineage record (the
+	// first generation a primary's sidecar records).
+	Instance, Site string
+	// FenceTimeout bounds the stop of a primary the lineage record fenced
+	// (0: DefaultFenceTimeout); PromotionGrace how long a primary on a
+	// timeline newer than the record's runs before it is fenced
+	// (0: DefaultPromotionGrace).
+	FenceTimeout, PromotionGrace time.Duration
 	// StandbySlots are slots the agent keeps on a primary for standby
 	// sites (created when missing, watched like Slot).
 	StandbySlots []string
@@ -168,15 +176,17 @@ type Agent struct {
 	conn *pgx.Conn // the local server; reconnected when lost
 
 	up       upstreamState
+	lineage  lineageState
 	stuck    stuckTracker
 	backups  *scheduler
 	primary  *roleTasks
 	lastRole status.Role
 	slotWarn map[string]time.Time
 
-	repoBackup status.Backup
-	repoRead   time.Time
-	repoStale  atomic.Bool
+	repoBackup  status.Backup
+	repoLineage *status.Lineage
+	repoRead    time.Time
+	repoStale   atomic.Bool
 }
 
 // New checks o and returns an agent ready to Run.
@@ -216,6 +226,15 @@ func New(o Options) (*Agent, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.FenceTimeout <= 0 {
+		o.FenceTimeout = DefaultFenceTimeout
+	}
+	if o.PromotionGrace <= 0 {
+		o.PromotionGrace = DefaultPromotionGrace
+	}
+	if o.Instance == "" {
+		o.Instance, _ = os.Hostname()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -374,6 +393,11 @@ func (a *Agent) observe(ctx context.Context) {
 	if err := a.observePostgres(ctx, &rep); err != nil {
 		rep.Postgres.Error = err.Error()
 	}
+	a.watchLineage(ctx, &rep)
+	if rep.Lineage != nil && rep.Lineage.Fenced && rep.Role == status.RolePrimary {
+		// Stopped by the fence: nothing of a primary's runs.
+		rep.Role, rep.Mode = status.RoleDown, status.ModeNone
+	}
 	if rep.Role != a.lastRole {
 		a.roleChanged(ctx, a.lastRole, rep.Role)
 		a.lastRole = rep.Role
@@ -385,6 +409,9 @@ func (a *Agent) observe(ctx context.Context) {
 		a.actStandby(ctx, &rep)
 	}
 	rep.Backup = a.repositoryFacts(ctx, now)
+	if rep.Lineage == nil {
+		rep.Lineage = a.repoLineage
+	}
 	a.addDaemonState(&rep)
 	status.Diagnose(&rep, a.o.Limits)
 	rep.Problems = append(rep.Problems, a.upstreamProblems(&rep)...)
@@ -464,6 +491,7 @@ func (a *Agent) repositoryFacts(ctx context.Context, now time.Time) status.Backu
 			tmp.Backup.Error = err.Error()
 		}
 		a.repoBackup, a.repoRead = tmp.Backup, now
+		a.repoLineage = tmp.Lineage
 	}
 	b := a.repoBackup
 	if b.LastStoppedAt != nil {

@@ -76,6 +76,16 @@ func Diagnose(r *Report, l Limits) {
 		add(Critical, next, "PostgreSQL does not answer: %s", oneLine(cause))
 	}
 
+	if l := r.Lineage; l != nil && l.Fenced {
+		who := l.Instance
+		if l.Site != "" {
+			who = "site " + l.Site + ", " + l.Instance
+		}
+		add(Critical, "walferry rejoin (this server becomes a standby of the new primary, without a re-clone)",
+			"fenced by generation %d (%s, %s, %s): this server is not the primary any more and must not take writes",
+			l.Generation, l.Reason, who, l.Time.UTC().Format("2006-01-02 15:04:05Z07:00"))
+	}
+
 	a := r.Archive
 	switch {
 	case a.Failing:

@@ -56,7 +56,10 @@ type Report struct {
 	Archive     Archive      `json:"archive"`
 	Backup      Backup       `json:"backup"`
 	Slots       []Slot       `json:"slots"`
-	Sidecar     Sidecar      `json:"sidecar"`
+	// Lineage is the repository's lineage record (who the primary is),
+	// when the repository has one and was read.
+	Lineage *Lineage `json:"lineage,omitempty"`
+	Sidecar Sidecar  `json:"sidecar"`
 	// Problems lists what is wrong, most severe first; empty (never
 	// null) when all is well.
 	Problems []Problem `json:"problems"`
@@ -164,6 +167,25 @@ type Slot struct {
 	// WALStatus is pg_replication_slots.wal_status (reserved, extended,
 	// unreserved, lost), when known.
 	WALStatus string `json:"wal_status,omitempty"`
+}
+
+// Lineage is the newest generation of the repository's lineage record,
+// and what it means for this instance.
+type Lineage struct {
+	Generation uint64    `json:"generation"`
+	Reason     string    `json:"reason"`
+	Instance   string    `json:"instance"`
+	Site       string    `json:"site,omitempty"`
+	Timeline   uint32    `json:"timeline"`
+	Time       time.Time `json:"time"`
+	// FencedAt ends the record's timeline (after a demote), when set.
+	FencedAt string `json:"fenced_at_lsn,omitempty"`
+	// Fenced says this instance is a primary the record does not allow
+	// (an old primary after a switchover or a failover): the sidecar stops
+	// it, and its hooks refuse to write.
+	Fenced bool `json:"fenced"`
+	// Why is the record's reason for the fence, when Fenced.
+	Why string `json:"why,omitempty"`
 }
 
 // Sidecar says whether the instance's sidecar answered.

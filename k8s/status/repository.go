@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/walferry/walferry/backup"
+	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 )
 
@@ -27,6 +28,9 @@ func FromRepository(ctx context.Context, rp *repo.Repo, r *Report) error {
 			newest = m
 		}
 	}
+	if err := lineageOf(ctx, rp, r); err != nil {
+		return err
+	}
 	if newest != nil {
 		stopped := newest.StopTime.UTC()
 		r.Backup.LastID = newest.ID
@@ -41,4 +45,34 @@ func FromRepository(ctx context.Context, rp *repo.Repo, r *Report) error {
 // backup rules report it instead of staying silent.
 func RepositoryError(r *Report, err error) {
 	r.Backup = Backup{Checked: true, Error: err.Error()}
+}
+
+// lineageOf reads the repository's lineage record into r.Lineage and says
+// whether r, a primary, is fenced by it. A promotion in progress (a
+// timeline newer than the record's, not fenced) is not: walferry promote
+// records it a moment later.
+func lineageOf(ctx context.Context, rp *repo.Repo, r *Report) error {
+	g, ok, err := rp.Lineage(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if !ok {
+		return nil
+	}
+	r.Lineage = LineageOf(g)
+	if r.Role == RolePrimary && r.Timeline <= uint32(g.Timeline) {
+		if err := g.PermitsPrimary(pg.TimeLineID(r.Timeline)); err != nil {
+			r.Lineage.Fenced, r.Lineage.Why = true, err.Error()
+		}
+	}
+	return nil
+}
+
+// LineageOf is the status form of a generation.
+func LineageOf(g repo.Generation) *Lineage {
+	l := &Lineage{Generation: g.Number, Reason: g.Reason, Instance: g.Instance, Site: g.Site, Timeline: uint32(g.Timeline), Time: g.Time.UTC()}
+	if g.FencedAt != pg.InvalidLSN {
+		l.FencedAt = g.FencedAt.String()
+	}
+	return l
 }

@@ -48,6 +48,17 @@ func WriteText(w io.Writer, r Report) {
 		}
 		fmt.Fprintf(w, "%-9s %s (%s, %s) holds %s%s\n", label, s.Name, s.Where, state, humanize.Bytes(s.RetainedBytes), walStatus)
 	}
+	if l := r.Lineage; l != nil {
+		who := l.Instance
+		if l.Site != "" {
+			who = l.Site + "/" + l.Instance
+		}
+		fenced := ""
+		if l.Fenced {
+			fenced = "; this server is FENCED"
+		}
+		line("lineage", "generation %d: %s, %s, timeline %d, %s%s", l.Generation, l.Reason, who, l.Timeline, l.Time.UTC().Format("2006-01-02 15:04:05Z07:00"), fenced)
+	}
 	switch sc := r.Sidecar; {
 	case sc.Reachable:
 		line("sidecar", "reachable at %s", orUnknown(sc.Address))
