@@ -631,12 +631,13 @@ func standbyPart(c config, res *standbyResults) (string, error) {
 			rate = fmt.Sprintf("-R %d", c.lagTPS)
 		}
 		fmt.Fprintf(&b, "### S2: lag of a standby behind its primary's commits, under `pgbench -c 2` (%s)\n\n", rate)
-		fmt.Fprintf(&b, "For %d s per mode, the primary inserts a probe row (id, `clock_timestamp()`) every %s on a connection of its own; "+
-			"the standby is polled every %s, and a row's lag is when the poll first returned it minus its timestamp (one machine, one clock). "+
-			"After the window the poll goes on up to %d s for the last rows. "+
+		fmt.Fprintf(&b, "For %d s per mode, the primary inserts a probe row (id, `clock_timestamp()`) every %s on average (at spread moments) on a connection of its own; "+
+			"the standby is polled every %s, and a row's lag is when the poll first returned it minus its timestamp (one machine, one clock), "+
+			"so every lag includes 0 to %s of polling. "+
+			"After the window pgbench goes on while the poll waits up to %d s for the last rows; tps is pgbench's over the window. "+
 			"The primary's archive_timeout is %d s; PostgreSQL's wal_retrieve_retry_interval is left at its default (5 s): "+
 			"a standby replaying the repository asks restore_command again at most that often after a miss.\n\n",
-			int(c.lagSeconds.Seconds()), probeEvery, pollEvery, lagArchiveTimeout+60, lagArchiveTimeout)
+			int(c.lagSeconds.Seconds()), probeEvery, pollEvery, pollEvery, lagArchiveTimeout+60, lagArchiveTimeout)
 		b.WriteString("| mode | how the standby gets WAL | lag ms p50 | p95 | max | samples (unseen) | pgbench tps |\n")
 		b.WriteString("|---|---|--:|--:|--:|--:|--:|\n")
 		how := map[string]string{

@@ -21,6 +21,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,7 +221,8 @@ func (k *cluster) prepareSource(withPgBackRest bool) error {
 	if err != nil {
 		return err
 	}
-	if err := c.chownTree(k.dir, filepath.Join(c.work, "repos")); err != nil {
+	// The standbys' logs go next to their data directories, in k.dir's parent.
+	if err := c.chownTree(filepath.Dir(k.dir), filepath.Join(c.work, "repos")); err != nil {
 		return err
 	}
 	if err := k.startServer(k.pgdata, filepath.Join(k.dir, "server.log")); err != nil {
@@ -473,7 +475,10 @@ func (k *cluster) s2Mode(mode string) (r s2Result) {
 		mode, time.Since(t0).Seconds(), int(c.lagSeconds.Seconds()), probeEvery)
 
 	// The window: pgbench, the probe rows, the standby's poll.
-	pgb := []string{filepath.Join(c.pgbin, "pgbench"), "-n", "-c", "2", "-j", "2", "-T", strconv.Itoa(int(c.lagSeconds.Seconds())),
+	// pgbench goes on after the window while the last probe rows are
+	// awaited (stopped then), so every row is seen under the same load.
+	graceFor := time.Duration(lagArchiveTimeout+60) * time.Second
+	pgb := []string{filepath.Join(c.pgbin, "pgbench"), "-n", "-c", "2", "-j", "2", "-T", strconv.Itoa(int((c.lagSeconds + graceFor).Seconds())),
 		"-h", c.sockDir, "-p", strconv.Itoa(k.port), "-U", "postgres"}
 	if c.lagTPS > 0 {
 		pgb = append(pgb, "-R", strconv.Itoa(c.lagTPS))
@@ -484,10 +489,15 @@ func (k *cluster) s2Mode(mode string) (r s2Result) {
 		return fail(err)
 	}
 	pgbOut.Close()
+	var hist0, hist1 int64
+	if err := prim.QueryRow(ctx, "SELECT count(*) FROM pgbench_history").Scan(&hist0); err != nil {
+		return fail(err)
+	}
 	pd, err := k.startDaemon(filepath.Base(pgbOut.Name()), pgb...)
 	if err != nil {
 		return fail(err)
 	}
+	defer pd.stop(10 * time.Second)
 	w.after = marker
 	stopPoll := make(chan struct{})
 	var wg sync.WaitGroup
@@ -505,38 +515,39 @@ func (k *cluster) s2Mode(mode string) (r s2Result) {
 			}
 		}
 	}()
+	// A probe row every probeEvery on average, at uniformly spread
+	// moments (probeEvery +- a quarter), so that the rows fall anywhere
+	// between two polls: the poll adds 0 to pollEvery to every lag.
 	id := marker
-	end := time.Now().Add(c.lagSeconds)
-	tick := time.NewTicker(probeEvery)
+	start := time.Now()
+	end := start.Add(c.lagSeconds)
+	rnd := rand.New(rand.NewPCG(uint64(start.UnixNano()), 2))
 	for time.Now().Before(end) {
 		id++
 		if _, err := prim.Exec(ctx, "INSERT INTO bench_probe VALUES ($1, clock_timestamp())", id); err != nil {
 			r.Notes = append(r.Notes, "probe insert: "+err.Error())
 			id--
 		}
-		<-tick.C
+		time.Sleep(probeEvery*3/4 + time.Duration(rnd.Int64N(int64(probeEvery/2))))
 	}
-	tick.Stop()
 	r.Probes = int(id - marker)
-	pgbErr := <-pd.done
+	if err := prim.QueryRow(ctx, "SELECT count(*) FROM pgbench_history").Scan(&hist1); err == nil {
+		r.TPS = float64(hist1-hist0) / time.Since(start).Seconds()
+	}
 	// Rows of the window's end reach an archive-fed standby up to
-	// archive_timeout later: wait for them.
-	grace := time.Now().Add(time.Duration(lagArchiveTimeout+60) * time.Second)
+	// archive_timeout later: wait for them, pgbench still running.
+	grace := time.Now().Add(graceFor)
 	for time.Now().Before(grace) && w.count(marker+1, id) < r.Probes {
 		time.Sleep(pollEvery)
 	}
 	close(stopPoll)
 	wg.Wait()
 	r.LagMillis, r.Unseen = w.lags(marker+1, id)
-	if pgbErr != nil {
-		r.Notes = append(r.Notes, "pgbench: "+pgbErr.Error())
-	}
-	if b, err := os.ReadFile(pgbOut.Name()); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "tps = ") {
-				fmt.Sscanf(line, "tps = %f", &r.TPS)
-			}
-		}
+	select {
+	case err := <-pd.done:
+		r.Notes = append(r.Notes, fmt.Sprintf("pgbench ended before the last probe row was seen: %v (%s)", err, pgbOut.Name()))
+		pd.done <- err
+	default:
 	}
 	return r
 }
