@@ -111,28 +111,31 @@ VERSION=$version COMMIT=$commit bash "$root/scripts/build.sh" "$work/bin"
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
 chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
 
-# --- MinIO over TLS ---------------------------------------------------------
-mkdir -p "$work/certs" "$work/minio-data"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
-	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-	-keyout "$work/certs/private.key" -out "$work/certs/public.crt" 2>/dev/null
-chmod 644 "$work/certs/public.crt"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-S3_KEY=walferry
-S3_SECRET=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-MINIO_ROOT_USER=$S3_KEY MINIO_ROOT_PASSWORD=$S3_SECRET MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=1 \
-	"$MINIO_BIN" server --quiet --certs-dir "$work/certs" --address "127.0.0.1:$port" \
-	--console-address "127.0.0.1:0" "$work/minio-data" </dev/null >"$work/minio.log" 2>&1 &
-echo $! >"$work/minio.pid"
-for i in $(seq 150); do
-	curl -fsk -o /dev/null --max-time 2 "https://127.0.0.1:$port/minio/health/live" && break
-	kill -0 "$(cat "$work/minio.pid")" 2>/dev/null || { cat "$work/minio.log" >&2; die "MinIO exited"; }
-	[ "$i" = 150 ] && die "MinIO did not start"
-	sleep 0.2
-done
-curl -fsSk -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
-	-X PUT "https://127.0.0.1:$port/$BUCKET" || die "could not create bucket $BUCKET"
-log "MinIO (TLS, self-signed) on https://127.0.0.1:$port"
+# --- MinIO over TLS (W1-W5; S1-S2 use filesystem repositories only) ----------
+S3_KEY=walferry S3_SECRET= port=0
+if [ "$archive_run" = 1 ] || [ "$backup_run" = 1 ]; then
+	mkdir -p "$work/certs" "$work/minio-data"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
+		-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+		-keyout "$work/certs/private.key" -out "$work/certs/public.crt" 2>/dev/null
+	chmod 644 "$work/certs/public.crt"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	S3_KEY=walferry
+	S3_SECRET=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+	MINIO_ROOT_USER=$S3_KEY MINIO_ROOT_PASSWORD=$S3_SECRET MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=1 \
+		"$MINIO_BIN" server --quiet --certs-dir "$work/certs" --address "127.0.0.1:$port" \
+		--console-address "127.0.0.1:0" "$work/minio-data" </dev/null >"$work/minio.log" 2>&1 &
+	echo $! >"$work/minio.pid"
+	for i in $(seq 150); do
+		curl -fsk -o /dev/null --max-time 2 "https://127.0.0.1:$port/minio/health/live" && break
+		kill -0 "$(cat "$work/minio.pid")" 2>/dev/null || { cat "$work/minio.log" >&2; die "MinIO exited"; }
+		[ "$i" = 150 ] && die "MinIO did not start"
+		sleep 0.2
+	done
+	curl -fsSk -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
+		-X PUT "https://127.0.0.1:$port/$BUCKET" || die "could not create bucket $BUCKET"
+	log "MinIO (TLS, self-signed) on https://127.0.0.1:$port"
+fi
 
 # --- workload: real WAL from pgbench ----------------------------------------------
 chown postgres: "$work"
@@ -223,7 +226,7 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| walferry | $version, commit $commit ($(go env GOVERSION), zstd: $("$work/bin/walferry" version --json | sed -n 's/.*"zstd": "\(.*\)".*/\1/p')); the daemon variants' hook is walferry-hook |"
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
-	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
+	[ "$port" = 0 ] || echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
 } >"$work/about.md"
 log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
