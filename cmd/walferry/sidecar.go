@@ -197,7 +197,7 @@ func (a *app) sidecar(c *cli.Context) error {
 			spool = filepath.Join(d, "receive")
 		}
 		walReceive = &walstream.Options{Slot: c.String("wal-receive-slot"), SpoolDir: spool,
-			PartialInterval: c.Duration("partial-interval"), Log: s.log.With("component", "walstream")}
+			PartialInterval: c.Duration("partial-interval")}
 	}
 	reg, err := statusserver.NewRegistry()
 	if err != nil {

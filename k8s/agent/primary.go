@@ -68,7 +68,7 @@ func (a *Agent) runReceiver(ctx context.Context) {
 	o.SegmentSize = a.segSize
 	o.Registry = a.o.Registry
 	if o.Log == nil {
-		o.Log = a.log.With("component", "walstream")
+		o.Log = a.log
 	}
 	if o.Conn == nil {
 		connString, err := a.localConn()

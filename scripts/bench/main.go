@@ -84,16 +84,23 @@ type config struct {
 	// W3-W5
 	backupTemplate     string // stopped cluster holding the pgbench database
 	backupAbout        string // markdown table row describing that workload
+	standbyAbout       string // the same for S1-S2
 	walAbout           string // the same for W1-W2
 	backupDataBytes    int64  // its data directory's size
 	pgbin, sockDir     string
 	rounds             int // W3-W5 are measured this many times
 	walferryHasRestore bool
+	// S1-S2 (standby.go)
+	standbyRounds int             // S1 is measured this many times
+	lagSeconds    time.Duration   // S2: the window of each mode
+	lagTPS        int             // S2: pgbench -R, 0 for none
+	standby       *standbyResults // what S1-S2 measured
 }
 
 // allWorkloads in order. W2 reads what W1 pushed and W4, W5 build on W3's
-// backup, so W1 runs whenever W2 does and W3 whenever W4 or W5 do.
-var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5"}
+// backup, so W1 runs whenever W2 does and W3 whenever W4 or W5 do. S1 and
+// S2 (standby sites, standby.go) run alone or with the others.
+var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5", "S1", "S2"}
 
 func (c *config) archiveRun() bool { return c.want["W1"] || c.want["W2"] }
 func (c *config) backupRun() bool  { return c.want["W3"] || c.want["W4"] || c.want["W5"] }
@@ -121,10 +128,14 @@ func allMain(args []string) error {
 	workloads := fl.String("workloads", strings.Join(allWorkloads, ","), "workloads to run")
 	fl.StringVar(&c.backupTemplate, "backup-template", "", "stopped cluster holding the W3-W5 pgbench database")
 	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown describing the W3-W5 workload")
+	fl.StringVar(&c.standbyAbout, "standby-about", "", "markdown describing the S1-S2 workload")
 	fl.StringVar(&c.walAbout, "wal-about", "", "markdown describing the W1-W2 workload")
 	fl.StringVar(&c.pgbin, "pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL's programs")
 	fl.IntVar(&c.rounds, "rounds", 5, "rounds of W3-W5 (the report gives the median)")
 	fl.StringVar(&c.sockDir, "socket-dir", "", "directory of the servers' unix sockets (default: --work)")
+	fl.IntVar(&c.standbyRounds, "standby-rounds", 3, "rounds of S1 (the report gives the median)")
+	fl.DurationVar(&c.lagSeconds, "lag-duration", 180*time.Second, "S2: the measurement window of each mode")
+	fl.IntVar(&c.lagTPS, "lag-tps", 0, "S2: pgbench's rate (-R), 0 for as fast as it goes")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -174,9 +185,9 @@ func allMain(args []string) error {
 			return fmt.Errorf("no workload in %s", c.walDir)
 		}
 	}
-	if c.backupRun() {
+	if c.backupRun() || c.standbyRun() {
 		if c.backupTemplate == "" {
-			return fmt.Errorf("W3-W5 need --backup-template")
+			return fmt.Errorf("W3-W5, S1 and S2 need --backup-template")
 		}
 		c.backupDataBytes = dirBytes(c.backupTemplate)
 		// A walferry without restore still runs W3 and W5 (W4 is
@@ -209,6 +220,17 @@ func allMain(args []string) error {
 	if c.backupRun() {
 		rs, err := c.runBackups()
 		results = append(results, rs...)
+		if err != nil {
+			save()
+			return err
+		}
+	}
+	if c.standbyRun() {
+		res, err := c.runStandby()
+		c.standby = res
+		if serr := c.saveStandby(res); err == nil {
+			err = serr
+		}
 		if err != nil {
 			save()
 			return err

@@ -99,9 +99,10 @@ func failedCell(r Result) string {
 const (
 	partArchive = "archive" // W1, W2 and the hook cost
 	partBackup  = "backup"  // W3, W4, W5
+	partStandby = "standby" // S1, S2
 )
 
-var partOrder = []string{partArchive, partBackup}
+var partOrder = []string{partArchive, partBackup, partStandby}
 
 func partBegin(name string) string { return "<!-- BEGIN PART " + name + " -->" }
 func partEnd(name string) string   { return "<!-- END PART " + name + " -->" }
@@ -121,6 +122,13 @@ func writeReport(c config, rs []Result) error {
 			return err
 		}
 		parts[partBackup] = s
+	}
+	if c.standbyRun() && c.standby != nil {
+		s, err := standbyPart(c, c.standby)
+		if err != nil {
+			return err
+		}
+		parts[partStandby] = s
 	}
 	return splice(c.out, parts)
 }
@@ -544,4 +552,121 @@ func orDash(s string) string {
 		s = string(r[:200]) + "..."
 	}
 	return s
+}
+
+// standbyPart is the S1-S2 block.
+func standbyPart(c config, res *standbyResults) (string, error) {
+	var b strings.Builder
+	about, err := aboutBlock(c, c.standbyAbout)
+	if err != nil {
+		return "", err
+	}
+	b.WriteString(about)
+	comp := c.compressions[0]
+	if c.want["S1"] {
+		fmt.Fprintf(&b, "### S1: a standby from the repository, up to consistent (filesystem repository, %s)\n\n", comp)
+		fmt.Fprintf(&b, "Restore of the tool's own full backup of the source (taken in this run, not timed: walferry %.0f s, pgBackRest %.0f s) "+
+			"into an empty directory as a standby (`walferry bootstrap --from repo --no-slot --jobs %d`; `pgbackrest restore --type=standby`, process-max %d), "+
+			"then `pg_ctl start` until `SELECT pg_is_in_recovery()` answers `t` on a read-only connection (the standby is consistent). "+
+			"Median of %d rounds (the two tools alternate first), fastest and slowest in parentheses; "+
+			"each started standby's `pgbench_accounts` count / sum(aid) / sum(abalance) compared with the source's.\n\n",
+			res.BackupSecs["walferry"], res.BackupSecs["pgBackRest"], backupJobs, backupJobs, c.standbyRounds)
+		b.WriteString("| tool | restore s | start to consistent s | total s | restored MiB | rounds ok | data check |\n")
+		b.WriteString("|---|--:|--:|--:|--:|--:|---|\n")
+		totals := map[string]float64{}
+		for _, tool := range []string{"pgBackRest", "walferry"} {
+			var ok []s1Result
+			var checks, errs []string
+			for _, r := range res.S1 {
+				if r.Tool != tool {
+					continue
+				}
+				if r.Err != "" {
+					errs = append(errs, fmt.Sprintf("round %d: %s", r.Round, r.Err))
+					continue
+				}
+				ok = append(ok, r)
+				if r.Check != "ok" {
+					checks = append(checks, fmt.Sprintf("round %d: %s", r.Round, r.Check))
+				}
+			}
+			if len(ok) == 0 {
+				fmt.Fprintf(&b, "| %s | FAILED: %s | | | | 0 | |\n", tool, orDash(strings.Join(errs, "; ")))
+				continue
+			}
+			col := func(f func(s1Result) float64) string {
+				var v []float64
+				for _, r := range ok {
+					v = append(v, f(r))
+				}
+				if len(v) == 1 {
+					return fmt.Sprintf("%.2f", v[0])
+				}
+				return fmt.Sprintf("%.2f (%.2f-%.2f)", medianOf(v), minOf(v), maxOf(v))
+			}
+			var tv []float64
+			for _, r := range ok {
+				tv = append(tv, r.TotalSecs)
+			}
+			totals[tool] = medianOf(tv)
+			check := "ok in every round"
+			if len(checks) > 0 {
+				check = orDash(strings.Join(checks, "; "))
+			}
+			if len(errs) > 0 {
+				check += "; failed: " + orDash(strings.Join(errs, "; "))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | **%s** | %.0f | %d/%d | %s |\n", tool,
+				col(func(r s1Result) float64 { return r.RestoreSecs }), col(func(r s1Result) float64 { return r.StartSecs }),
+				col(func(r s1Result) float64 { return r.TotalSecs }), float64(ok[0].RestoredSize)/(1<<20), len(ok), len(ok)+len(errs), check)
+		}
+		if totals["walferry"] > 0 && totals["pgBackRest"] > 0 {
+			fmt.Fprintf(&b, "\nTime to a consistent standby, pgBackRest / walferry (medians): **%.2fx**.\n", totals["pgBackRest"]/totals["walferry"])
+		}
+		b.WriteString("\n")
+	}
+	if c.want["S2"] {
+		rate := "unthrottled"
+		if c.lagTPS > 0 {
+			rate = fmt.Sprintf("-R %d", c.lagTPS)
+		}
+		fmt.Fprintf(&b, "### S2: lag of a standby behind its primary's commits, under `pgbench -c 2` (%s)\n\n", rate)
+		fmt.Fprintf(&b, "For %d s per mode, the primary inserts a probe row (id, `clock_timestamp()`) every %s on average (at spread moments) on a connection of its own; "+
+			"the standby is polled every %s, and a row's lag is when the poll first returned it minus its timestamp (one machine, one clock), "+
+			"so every lag includes 0 to %s of polling. "+
+			"After the window pgbench goes on while the poll waits up to %d s for the last rows; tps is pgbench's over the window. "+
+			"The primary's archive_timeout is %d s; PostgreSQL's wal_retrieve_retry_interval is left at its default (5 s): "+
+			"a standby replaying the repository asks restore_command again at most that often after a miss.\n\n",
+			int(c.lagSeconds.Seconds()), probeEvery, pollEvery, pollEvery, lagArchiveTimeout+60, lagArchiveTimeout)
+		b.WriteString("| mode | how the standby gets WAL | lag ms p50 | p95 | max | samples (unseen) | pgbench tps |\n")
+		b.WriteString("|---|---|--:|--:|--:|--:|--:|\n")
+		how := map[string]string{
+			lagArchive: fmt.Sprintf("archive only: `walferry bootstrap --from repo --no-slot`, restore_command, no primary_conninfo; archive_timeout %d s", lagArchiveTimeout),
+			lagPartial: "repository with .partial (seed 002): the primary's `walferry sidecar --wal-receive --partial-interval " + partialInterval +
+				"`; the standby `bootstrap --partial`, restore_command only, no path to the primary",
+			lagStreaming: "streaming (seed 000): `bootstrap --source-conn --slot`, the standby's `walferry sidecar --source-conn` switches it to streaming",
+		}
+		for _, r := range res.S2 {
+			if r.Err != "" {
+				fmt.Fprintf(&b, "| %s | %s | FAILED: %s | | | | |\n", r.Mode, how[r.Mode], orDash(r.Err))
+				continue
+			}
+			h := how[r.Mode]
+			if r.SwitchSecs > 0 {
+				h += fmt.Sprintf(" (streaming %.1f s after the sidecar started)", r.SwitchSecs)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.0f | %.0f | %d (%d) | %.0f |\n", r.Mode, h,
+				percentile(r.LagMillis, 50), percentile(r.LagMillis, 95), percentile(r.LagMillis, 100), len(r.LagMillis), r.Unseen, r.TPS)
+		}
+		var notes []string
+		for _, r := range res.S2 {
+			for _, n := range r.Notes {
+				notes = append(notes, "- S2 "+r.Mode+": "+n)
+			}
+		}
+		if len(notes) > 0 {
+			b.WriteString("\nProblems seen during the run:\n\n" + strings.Join(notes, "\n") + "\n")
+		}
+	}
+	return b.String(), nil
 }

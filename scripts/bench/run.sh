@@ -24,6 +24,15 @@
 #       and its tables compared with the source (not timed).
 #   W5  incremental backup after UPDATE of 5% of pgbench_accounts and a
 #       CHECKPOINT (walferry --incremental, pgbackrest --type=incr).
+#   S1  a standby from the repository up to consistent: walferry bootstrap
+#       --from repo vs pgbackrest restore --type=standby of the same source
+#       (a copy of the W3-W5 cluster; each tool's full backup of it, taken
+#       first, not timed; filesystem repositories, the first compression),
+#       then pg_ctl start until pg_is_in_recovery() answers; data checked.
+#   S2  lag of a standby behind its primary's commits under pgbench -c 2:
+#       archive only (archive_timeout 60 s), repository with .partial (the
+#       primary's walferry sidecar --wal-receive --partial-interval 1s),
+#       streaming (the standby's walferry sidecar --source-conn).
 #
 # pgBackRest 2.45 talks to S3 over TLS only, so this script starts its own
 # MinIO with a self-signed certificate (--certs-dir) and points both tools
@@ -33,7 +42,9 @@
 # Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; W2 needs W1 and
 # W4, W5 need W3, which then run too), BENCH_SEGMENTS (200), BENCH_SCALE
 # (pgbench -i scale of W1-W2's WAL, 60), BENCH_BACKUP_SCALE (W3-W5, 100),
-# BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 5),
+# BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 5;
+# S1 rounds, 3), BENCH_LAG_SECONDS (S2's window per mode, 180),
+# BENCH_LAG_TPS (S2: pgbench -R, 0 for unthrottled, 0),
 # BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
 # (docs/benchmarks.md), BENCH_KEEP=1 keeps the work directory.
 # Must run as root (the hooks run as the postgres OS user, like PostgreSQL's).
@@ -46,6 +57,9 @@ SCALE=${BENCH_SCALE:-60}
 BACKUP_SCALE=${BENCH_BACKUP_SCALE:-100}
 WORKLOADS=${BENCH_WORKLOADS:-W1,W2,W3,W4,W5}
 ROUNDS=${BENCH_ROUNDS:-5}
+STANDBY_ROUNDS=${BENCH_ROUNDS:-3}
+LAG_SECONDS=${BENCH_LAG_SECONDS:-180}
+LAG_TPS=${BENCH_LAG_TPS:-0}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
@@ -58,11 +72,12 @@ die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
 want() { case ",${WORKLOADS^^}," in *",$1,"*) return 0 ;; esac; return 1; }
 for w in ${WORKLOADS//,/ }; do
-	case "${w^^}" in W1 | W2 | W3 | W4 | W5) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5)" ;; esac
+	case "${w^^}" in W1 | W2 | W3 | W4 | W5 | S1 | S2) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5,S1,S2)" ;; esac
 done
-archive_run=0 backup_run=0
+archive_run=0 backup_run=0 standby_run=0
 if want W1 || want W2; then archive_run=1; fi
 if want W3 || want W4 || want W5; then backup_run=1; fi
+if want S1 || want S2; then standby_run=1; fi
 [ "$(id -u)" = 0 ] || die "run as root: the hooks run as the postgres OS user, as PostgreSQL runs them"
 bash "$root/scripts/install-bench-deps.sh"
 MINIO_BIN=$CACHE/bin/minio
@@ -74,7 +89,7 @@ as_pg() { runuser -u postgres -- "$@"; }
 cleanup() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
 	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -m immediate stop >/dev/null 2>&1 || true
-	for d in "$work"/backup/*/pg "$work"/backup/*/restore*; do
+	for d in "$work"/backup/*/pg "$work"/backup/*/restore* "$work"/standby/*/pg "$work"/standby/s[12]-*; do
 		[ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
 	done
 	if [ -f "$work/minio.pid" ]; then
@@ -96,28 +111,31 @@ VERSION=$version COMMIT=$commit bash "$root/scripts/build.sh" "$work/bin"
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
 chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
 
-# --- MinIO over TLS ---------------------------------------------------------
-mkdir -p "$work/certs" "$work/minio-data"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
-	-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-	-keyout "$work/certs/private.key" -out "$work/certs/public.crt" 2>/dev/null
-chmod 644 "$work/certs/public.crt"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-S3_KEY=walferry
-S3_SECRET=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-MINIO_ROOT_USER=$S3_KEY MINIO_ROOT_PASSWORD=$S3_SECRET MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=1 \
-	"$MINIO_BIN" server --quiet --certs-dir "$work/certs" --address "127.0.0.1:$port" \
-	--console-address "127.0.0.1:0" "$work/minio-data" </dev/null >"$work/minio.log" 2>&1 &
-echo $! >"$work/minio.pid"
-for i in $(seq 150); do
-	curl -fsk -o /dev/null --max-time 2 "https://127.0.0.1:$port/minio/health/live" && break
-	kill -0 "$(cat "$work/minio.pid")" 2>/dev/null || { cat "$work/minio.log" >&2; die "MinIO exited"; }
-	[ "$i" = 150 ] && die "MinIO did not start"
-	sleep 0.2
-done
-curl -fsSk -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
-	-X PUT "https://127.0.0.1:$port/$BUCKET" || die "could not create bucket $BUCKET"
-log "MinIO (TLS, self-signed) on https://127.0.0.1:$port"
+# --- MinIO over TLS (W1-W5; S1-S2 use filesystem repositories only) ----------
+S3_KEY=walferry S3_SECRET= port=0
+if [ "$archive_run" = 1 ] || [ "$backup_run" = 1 ]; then
+	mkdir -p "$work/certs" "$work/minio-data"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
+		-addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+		-keyout "$work/certs/private.key" -out "$work/certs/public.crt" 2>/dev/null
+	chmod 644 "$work/certs/public.crt"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	S3_KEY=walferry
+	S3_SECRET=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+	MINIO_ROOT_USER=$S3_KEY MINIO_ROOT_PASSWORD=$S3_SECRET MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=1 \
+		"$MINIO_BIN" server --quiet --certs-dir "$work/certs" --address "127.0.0.1:$port" \
+		--console-address "127.0.0.1:0" "$work/minio-data" </dev/null >"$work/minio.log" 2>&1 &
+	echo $! >"$work/minio.pid"
+	for i in $(seq 150); do
+		curl -fsk -o /dev/null --max-time 2 "https://127.0.0.1:$port/minio/health/live" && break
+		kill -0 "$(cat "$work/minio.pid")" 2>/dev/null || { cat "$work/minio.log" >&2; die "MinIO exited"; }
+		[ "$i" = 150 ] && die "MinIO did not start"
+		sleep 0.2
+	done
+	curl -fsSk -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" \
+		-X PUT "https://127.0.0.1:$port/$BUCKET" || die "could not create bucket $BUCKET"
+	log "MinIO (TLS, self-signed) on https://127.0.0.1:$port"
+fi
 
 # --- workload: real WAL from pgbench ----------------------------------------------
 chown postgres: "$work"
@@ -164,8 +182,8 @@ CONF
 	wal_about="| workload W1-W2 | $n segments written by \`pgbench -i -s $SCALE\` then \`pgbench -c 4 -j 2\` (checkpoint_timeout 30s, max_wal_size 1GB), $((raw >> 20)) MiB |"
 fi
 
-# --- workload W3-W5: a pgbench database in a stopped cluster --------------------
-if [ "$backup_run" = 1 ]; then
+# --- workload W3-W5 (and S1-S2's source): a pgbench database in a stopped cluster
+if [ "$backup_run" = 1 ] || [ "$standby_run" = 1 ]; then
 	log "creating the W3-W5 cluster: pgbench -i -s $BACKUP_SCALE, data checksums on"
 	t0=$(date +%s)
 	as_pg "$PGBIN/initdb" -D "$work/bk-template" -A trust -U postgres -k >/dev/null
@@ -187,12 +205,13 @@ CONF
 	bk_bytes=$(du -sb "$work/bk-template" | cut -f1)
 	bk_wal=$(du -sb "$work/bk-template/pg_wal" | cut -f1)
 	log "W3-W5 cluster: $((bk_bytes >> 20)) MiB ($((bk_wal >> 20)) MiB of pg_wal) in $(($(date +%s) - t0)) s"
+	standby_about="| workload S1-S2 | a copy of the W3-W5 cluster (\`pgbench -i -s $BACKUP_SCALE\`, data directory $((bk_bytes >> 20)) MiB) started as the source, archiving into filesystem repositories |"
 	backup_about="| workload W3-W5 | \`pgbench -i -s $BACKUP_SCALE\`, data checksums on, autovacuum off: data directory $((bk_bytes >> 20)) MiB ($((bk_wal >> 20)) MiB of it pg_wal); one stopped copy per tool, store and compression |"
 fi
 
 # --- the run ---------------------------------------------------------------------
 invocation=""
-for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS; do
+for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
 	if [ -n "${!v:-}" ]; then invocation="$invocation$v=${!v} "; fi
 done
 invocation="${invocation}make bench"
@@ -207,7 +226,7 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "| walferry | $version, commit $commit ($(go env GOVERSION), zstd: $("$work/bin/walferry" version --json | sed -n 's/.*"zstd": "\(.*\)".*/\1/p')); the daemon variants' hook is walferry-hook |"
 	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
-	echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
+	[ "$port" = 0 ] || echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
 } >"$work/about.md"
 log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
@@ -216,7 +235,8 @@ AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 
 	--pgbackrest "$(command -v pgbackrest)" \
 	--workloads "$WORKLOADS" --rounds "$ROUNDS" --pgbin "$PGBIN" --socket-dir "$work" \
 	--template "$work/template" --wal "$work/wal" --wal-about "${wal_about:-}" \
-	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" \
+	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" --standby-about "${standby_about:-}" \
+	--standby-rounds "$STANDBY_ROUNDS" --lag-duration "${LAG_SECONDS}s" --lag-tps "$LAG_TPS" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \
 	--ca-cert "$work/certs/public.crt" --stores "$STORES" --compressions "$COMPRESSIONS" \
 	--about "$work/about.md" --out "$OUT"
