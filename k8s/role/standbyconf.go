@@ -31,6 +31,11 @@ type Standby struct {
 // (follow the new primary's history file onto its timeline) and
 // primary_conninfo. Settings of walferry.conf a standby does not use stay.
 func writeStandby(s Server, st Standby, origin string) error {
+	rc, err := withExecutable(st.RestoreCommand)
+	if err != nil {
+		return err
+	}
+	st.RestoreCommand = rc
 	files := pgconf.Files{DataDir: s.DataDir, ConfigFile: s.ConfigFile, Origin: origin}
 	settings := []pgconf.Setting{
 		{Key: "restore_command", Value: st.RestoreCommand.Line()},
@@ -71,6 +76,10 @@ func writeStandby(s Server, st Standby, origin string) error {
 // setRestoreCommand writes only restore_command: pg_rewind
 // --restore-target-wal runs the target's.
 func setRestoreCommand(s Server, rc restore.RestoreCommand, origin string) error {
+	rc, err := withExecutable(rc)
+	if err != nil {
+		return err
+	}
 	files := pgconf.Files{DataDir: s.DataDir, ConfigFile: s.ConfigFile, Origin: origin}
 	if _, err := files.EnsureInclude(); err != nil {
 		return failure.Wrap(failure.Postgres, err)
@@ -79,4 +88,17 @@ func setRestoreCommand(s Server, rc restore.RestoreCommand, origin string) error
 		return failure.Wrap(failure.Postgres, err)
 	}
 	return nil
+}
+
+// withExecutable names the running walferry in rc when it names none.
+func withExecutable(rc restore.RestoreCommand) (restore.RestoreCommand, error) {
+	if rc.Executable != "" {
+		return rc, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return rc, fmt.Errorf("find walferry's own path for restore_command: %w", err)
+	}
+	rc.Executable = exe
+	return rc, nil
 }

@@ -22,9 +22,11 @@ const (
 // recordEnd returns the end of the WAL record that starts at lsn on
 // timeline tli, read from the segment in walDir: the position a standby
 // reports as replayed (pg_last_wal_replay_lsn) once it applied the record.
-// The record's length is its header's first field, xl_tot_len; a record
-// longer than what is left of its page continues after the next page's
-// header.
+// The record's length is its header's first field, xl_tot_len, and the
+// next record starts MAXALIGNed after it (which is what PostgreSQL reports
+// as the end: a standby that replayed the record says it replayed up to
+// there, and a timeline forks there); a record longer than what is left of
+// its page continues after the next page's header.
 func recordEnd(walDir string, tli pg.TimeLineID, lsn pg.LSN, segSize pg.WALSegmentSize, pageSize uint32) (pg.LSN, error) {
 	name := pg.SegmentNameOf(tli, lsn, segSize)
 	f, err := os.Open(filepath.Join(walDir, name))
@@ -40,7 +42,7 @@ func recordEnd(walDir string, tli pg.TimeLineID, lsn pg.LSN, segSize pg.WALSegme
 	if total < 24 {
 		return 0, failure.Wrap(failure.Postgres, fmt.Errorf("no WAL record at %s in %s (length %d)", lsn, name, total))
 	}
-	return advance(lsn, total, uint64(segSize.Bytes()), uint64(pageSize)), nil
+	return advance(lsn, (total+7)&^7, uint64(segSize.Bytes()), uint64(pageSize)), nil
 }
 
 // advance returns where n bytes of record data starting at pos end,

@@ -14,11 +14,11 @@ func TestAdvance(t *testing.T) {
 		n    uint64
 		want pg.LSN
 	}{
-		{"inside a page", 0x1000028, 114, 0x100009A},
-		{"to the page's end", 8192 - 100, 100, 8192},
-		{"over a page header", 8192 - 100, 150, 8192 + 24 + 50},
-		{"over a segment's first page", seg - 10, 30, seg + 40 + 20},
-		{"over two pages", 8192 - 8, 8 + 8192 - 24 + 1, 2*8192 + 24 + 1},
+		{"inside a page", 0x1000028, 120, 0x10000A0},
+		{"to the page's end", 8192 - 96, 96, 8192},
+		{"over a page header", 8192 - 96, 152, 8192 + 24 + 56},
+		{"over a segment's first page", seg - 16, 32, seg + 40 + 16},
+		{"over two pages", 8192 - 8, 8 + 8192 - 24 + 8, 2*8192 + 24 + 8},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := advance(tt.pos, tt.n, seg, page); got != tt.want {
