@@ -152,6 +152,11 @@ func Promote(ctx context.Context, o PromoteOptions) (PromoteResult, error) {
 		}
 	}
 	if !o.NoBackup {
+		// A checkpoint on the new timeline first: until one completes,
+		// pg_control (which a backup reads) still names the old timeline.
+		if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+			return res, failure.Wrap(failure.Postgres, fmt.Errorf("promote: checkpoint after the promotion: %w", err))
+		}
 		m, err := backup.Push(ctx, o.Repos[0], backup.Options{Conn: o.Server.Conn, PGData: o.Server.DataDir, Incremental: true, Logger: o.Log})
 		if err != nil {
 			return res, fmt.Errorf("promote: promoted and recorded, but the backup after the promotion failed: %w; run walferry backup-push", err)
