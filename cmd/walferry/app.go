@@ -91,6 +91,9 @@ EXIT CODES
 			a.bootstrapCommand(),
 			a.sidecarCommand(),
 			a.statusCommand(),
+			a.demoteCommand(),
+			a.promoteCommand(),
+			a.rejoinCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}
