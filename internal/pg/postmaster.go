@@ -83,37 +83,56 @@ func (pf PIDFile) Host() string {
 	return "localhost"
 }
 
-// StopPostmaster stops the server running on dataDir the way pg_ctl stop
-// -m fast does, without pg_ctl: SIGINT to the postmaster postmaster.pid
-// names (on a VM, or in a pod whose containers share their process
-// namespace), then a wait, up to timeout, for postmaster.pid to go. It
-// returns nil at once when no server runs. The caller must be allowed to
-// signal the postmaster (its OS user, or root).
-func StopPostmaster(ctx context.Context, dataDir string, timeout time.Duration) error {
+// PostmasterRunning returns the pid dataDir/postmaster.pid names and
+// whether that process lives; running is false when there is no such file
+// or its process is gone (a stale file after a crash).
+func PostmasterRunning(dataDir string) (pid int, running bool, err error) {
 	pf, err := ReadPIDFile(dataDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("stop the server of %s: %w", dataDir, err)
+		return 0, false, fmt.Errorf("%s: %w", dataDir, err)
 	}
-	if err := syscall.Kill(pf.PID, syscall.SIGINT); err != nil {
+	// Signal 0 checks that the process exists; EPERM means it exists but
+	// belongs to another user (who then must stop it).
+	if err := syscall.Kill(pf.PID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return pf.PID, false, nil
+	}
+	return pf.PID, true, nil
+}
+
+// StopPostmaster stops the server running on dataDir the way pg_ctl stop
+// -m fast does, without pg_ctl: SIGINT to the postmaster postmaster.pid
+// names (clients are disconnected, a shutdown checkpoint is written and
+// sent to the standbys), then a wait, up to timeout, for the postmaster to
+// go. It works on a VM, and in a pod whose containers share their process
+// namespace; the caller must be allowed to signal the postmaster (its OS
+// user, or root). stopped is false when no server was running.
+func StopPostmaster(ctx context.Context, dataDir string, timeout time.Duration) (stopped bool, err error) {
+	pid, running, err := PostmasterRunning(dataDir)
+	if err != nil || !running {
+		return false, err
+	}
+	if err := syscall.Kill(pid, syscall.SIGINT); err != nil {
 		if errors.Is(err, syscall.ESRCH) {
-			return nil // a postmaster.pid left by a crash
+			return false, nil
 		}
-		return fmt.Errorf("stop the server of %s (pid %d): %w; in a pod the containers must share their process namespace (shareProcessNamespace: true)", dataDir, pf.PID, err)
+		return false, fmt.Errorf("signal the postmaster (pid %d) of %s: %w; walferry must run as PostgreSQL's OS user and, in a pod, "+
+			"share the process namespace (shareProcessNamespace: true)", pid, dataDir, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		if _, err := os.Stat(filepath.Join(dataDir, PIDFileName)); errors.Is(err, fs.ErrNotExist) {
-			return nil
+		if _, running, _ := PostmasterRunning(dataDir); !running {
+			return true, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the server of %s (pid %d) did not stop within %s of SIGINT", dataDir, pf.PID, timeout)
+			return true, fmt.Errorf("PostgreSQL (pid %d) of %s did not stop within %s of a fast shutdown request; see its log", pid, dataDir, timeout)
 		}
+		// The postmaster is not our child: nothing notifies its exit.
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return true, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -119,7 +119,7 @@ func (a *Agent) fence(ctx context.Context, why error) {
 	}
 	stopCtx, cancel := context.WithTimeout(ctx, a.o.FenceTimeout+5*time.Second)
 	defer cancel()
-	if err := pg.StopPostmaster(stopCtx, a.o.DataDir, a.o.FenceTimeout); err != nil {
+	if _, err := pg.StopPostmaster(stopCtx, a.o.DataDir, a.o.FenceTimeout); err != nil {
 		a.log.Error("fencing: could not stop PostgreSQL; stop it by hand (pg_ctl stop -m fast), then walferry rejoin", "err", err)
 		return
 	}

@@ -90,7 +90,7 @@ func Rejoin(ctx context.Context, o RejoinOptions) (RejoinResult, error) {
 			"rejoin runs on an old primary; demote this one first (walferry demote) or promote the standby", g, o.Instance))
 	}
 	origin := fmt.Sprintf("walferry rejoin at %s", time.Now().UTC().Format(time.RFC3339))
-	if _, running, err := postmasterPID(o.Server.DataDir); err != nil {
+	if _, running, err := pg.PostmasterRunning(o.Server.DataDir); err != nil {
 		return res, err
 	} else if running {
 		if inRecovery(ctx, o.Server.Conn) {
