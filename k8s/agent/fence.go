@@ -61,6 +61,11 @@ func (a *Agent) watchLineage(ctx context.Context, rep *status.Report) {
 	rep.Lineage = status.LineageOf(a.lineage.g)
 	if rep.Role != status.RolePrimary {
 		a.lineage.newerSince = time.Time{}
+		if rep.Role == status.RoleStandby {
+			// Rejoined (or restarted on its standby.signal): the fence did
+			// its job.
+			a.lineage.fenced = nil
+		}
 		if a.lineage.fenced != nil {
 			rep.Lineage.Fenced, rep.Lineage.Why = true, "stopped by its sidecar: "+a.lineage.fenced.String()
 		}

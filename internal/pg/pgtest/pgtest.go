@@ -515,6 +515,19 @@ func (c *Cluster) AppendConf(t testing.TB, lines ...string) {
 }
 
 // Running reports whether pgtest started the server and has not stopped it.
+// NoticeStopped records that something else stopped the server (a
+// sidecar fencing it, a demote): it fails t when a postmaster still runs.
+func (c *Cluster) NoticeStopped(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := os.Stat(filepath.Join(c.DataDir, "postmaster.pid")); err == nil {
+		t.Fatalf("pgtest: the server of %s still runs (postmaster.pid is there)", c.DataDir)
+	}
+	c.closeConnLocked()
+	c.running = false
+}
+
 func (c *Cluster) Running() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
