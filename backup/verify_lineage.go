@@ -120,8 +120,10 @@ func unownedMessage(g repo.Generation, u UnownedTimeline) string {
 		u.Timeline, g, strings.Join(what, " and "))
 }
 
-// checkLineage reports, as problems, the WAL in the listing that the
-// repository's lineage record does not permit.
+// checkLineage reports the WAL in the listing that the repository's
+// lineage record does not permit: a newer timeline as a problem (recovery
+// to the latest timeline would follow it), an old timeline continued past
+// its fork as a note.
 func (v *verifier) checkLineage(ctx context.Context, w *walListing, size pg.WALSegmentSize) error {
 	g, ok, err := v.r.Lineage(ctx)
 	if err != nil || !ok {
@@ -141,7 +143,13 @@ func (v *verifier) checkLineage(ctx context.Context, w *walListing, size pg.WALS
 	}
 	for _, u := range unownedTimelines(g, names, size) {
 		v.rep.UnownedTimelines = append(v.rep.UnownedTimelines, u)
-		v.problem(Problem{Kind: ProblemLineage, Message: u.Message})
+		if u.Timeline > g.Timeline {
+			v.problem(Problem{Kind: ProblemLineage, Message: u.Message})
+			continue
+		}
+		// An old primary's WAL past its fork is a branch recovery does
+		// not read (a failover's usual leftover): worth knowing, harmless.
+		v.note(u.Message)
 	}
 	return nil
 }
