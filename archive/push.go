@@ -38,6 +38,9 @@ type PushOptions struct {
 	// daemon sets it; a one-shot CLI process must not: it waits for its
 	// whole batch before exiting).
 	Background bool
+	// LineageMaxAge is how long a read of a repository's lineage record is
+	// trusted before a file is permitted with it (0: DefaultLineageMaxAge).
+	LineageMaxAge time.Duration
 }
 
 // DefaultAhead is the look-ahead used when PushOptions.Ahead is negative:
@@ -68,6 +71,9 @@ type Pusher struct {
 	// once than there are cores (see repo.EncodeSlots); uploads still
 	// overlap.
 	encodeSlots *repo.EncodeSlots
+	// lineage refuses what the lineage record does not permit this server
+	// to write (an old primary's WAL, a promoted copy's new timeline).
+	lineage *lineageGate
 
 	mu        sync.Mutex
 	inflight  map[string]*pushJob // absolute path -> upload in progress
@@ -127,6 +133,7 @@ func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 		background:  o.Background,
 		repoIDs:     ids,
 		encodeSlots: repo.NewEncodeSlots(runtime.GOMAXPROCS(0)),
+		lineage:     newLineageGate(cfg.Repos, cfg.SegmentSize, o.LineageMaxAge),
 		inflight:    make(map[string]*pushJob),
 		cancels:     make(map[*pushJob]context.CancelFunc),
 	}, nil
@@ -142,6 +149,10 @@ func NewPusher(cfg Config, o PushOptions) (*Pusher, error) {
 // ErrConflict and nothing is overwritten. A WAL segment must have the
 // cluster's segment size; .history, .backup and .partial files are pushed
 // as they are. Transient store errors are retried for up to a minute.
+//
+// A file the lineage record of a repository does not permit this server
+// to write (Permit) is refused with an error wrapping repo.ErrFenced, and
+// nothing is written.
 func (p *Pusher) Push(ctx context.Context, path string) error {
 	start := time.Now()
 	name := filepath.Base(path)
@@ -368,6 +379,16 @@ func (p *Pusher) pushAhead(ctx context.Context, dir, stateDir, name string, job 
 	p.mu.Unlock()
 }
 
+// Permit returns nil when the lineage record of every repository permits
+// this server to write the WAL file name (repo.Generation.PermitsWAL), and
+// an error wrapping repo.ErrFenced when one does not. Each record is read
+// at most every PushOptions.LineageMaxAge, and again before refusing. For
+// writers that store files themselves (wal-receive's .partial uploads);
+// Push checks every file it uploads.
+func (p *Pusher) Permit(ctx context.Context, name string) error {
+	return p.lineage.permitAll(ctx, p.cfg.Repos, name)
+}
+
 // upload stores the file at abs under name in every repository, in
 // parallel, and checks it did not change meanwhile.
 func (p *Pusher) upload(ctx context.Context, abs, name string, wf pg.WALFile) (pushed, error) {
@@ -467,7 +488,13 @@ func joinPushErrors(errs []error) error {
 
 // pushTo stores the file in one repository, retrying transient failures.
 // existed reports that the repository already held identical content.
+//
+// The repository's lineage record is asked first: each repository's
+// record governs what may be written into it.
 func (p *Pusher) pushTo(ctx context.Context, r *repo.Repo, key, abs, name string, st fileStamp, local *localSum) (sum string, existed bool, err error) {
+	if err := p.lineage.permit(ctx, r, name); err != nil {
+		return "", false, fmt.Errorf("archive-push %s to %s: %w", name, r, err)
+	}
 	sum, existed, err = p.putRetrying(ctx, r, key, abs, name, st, local)
 	if err != nil {
 		return "", false, fmt.Errorf("archive-push %s to %s: %w", name, r, err)

@@ -128,6 +128,9 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkLineage(ctx, r, info.Timeline); err != nil {
+		return nil, err
+	}
 
 	tempCutoff := time.Now().Add(-tempSkewMargin)
 	lo := o.Lease
@@ -322,6 +325,22 @@ func (s *localSource) check(ctx context.Context, o Options) error {
 	if info.InRecovery {
 		return fmt.Errorf("%w: the server is a standby; run backup-push against the primary", ErrNotReady)
 	}
+	// The timeline being written, not the latest checkpoint's: a server
+	// promoted moments ago has its new timeline before its first
+	// checkpoint records it (the lineage check must see the new one).
+	var walFile string
+	if err := s.conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&walFile); err != nil {
+		return fmt.Errorf("pg: read the current timeline: %w", err)
+	}
+	segSize, err := info.SegmentSize()
+	if err != nil {
+		return err
+	}
+	cur, err := pg.ParseWALFileName(walFile, segSize)
+	if err != nil {
+		return fmt.Errorf("pg: read the current timeline: %w", err)
+	}
+	s.pgInfo.Timeline = cur.TLI
 	if s.dataDir, err = checkDataDir(ctx, s.conn, o.PGData, info); err != nil {
 		return err
 	}
@@ -330,6 +349,22 @@ func (s *localSource) check(ctx context.Context, o Options) error {
 		return fmt.Errorf("pg: read archive_mode: %w", err)
 	}
 	return checkArchiveMode(archiveMode)
+}
+
+// checkLineage refuses, before any work, a server the repository's
+// lineage record does not name as primary: an old primary after a
+// failover, a copy promoted by a restore with --target-action promote. Its
+// backup would be of a history the repository does not follow. No record
+// (an older repository) permits every server.
+func checkLineage(ctx context.Context, r *repo.Repo, tli pg.TimeLineID) error {
+	g, ok, err := r.Lineage(ctx)
+	if err != nil || !ok {
+		return err
+	}
+	if err := g.PermitsPrimary(tli); err != nil {
+		return fmt.Errorf("backup-push to %s: %w", r, err)
+	}
+	return nil
 }
 
 // checkArchiveMode refuses a server whose WAL never reaches a repository.

@@ -36,16 +36,17 @@ type VerifyOptions struct {
 
 // Problem kinds.
 const (
-	ProblemCorrupt      = "corrupt"     // an object failed its checksum
-	ProblemMissing      = "missing"     // an object the manifest points at does not exist
-	ProblemObject       = "object"      // an object's size or checksum differs from its manifest's record
-	ProblemLayout       = "layout"      // a file's record breaks the manifest rules, or its extents point past their object's end
-	ProblemContent      = "content"     // a file unit's SHA-256 differs from the manifest's
-	ProblemManifest     = "manifest"    // a manifest is missing, unreadable, or breaks the rules of the backup as a whole
-	ProblemWALGap       = "wal-gap"     // segments missing from the archive
-	ProblemWALCorrupt   = "wal-corrupt" // a WAL file failed its checksum
-	ProblemBackupWAL    = "backup-wal"  // WAL a backup needs is missing
-	ProblemHistory      = "history"     // a timeline history file is missing or invalid
+	ProblemCorrupt    = "corrupt"     // an object failed its checksum
+	ProblemMissing    = "missing"     // an object the manifest points at does not exist
+	ProblemObject     = "object"      // an object's size or checksum differs from its manifest's record
+	ProblemLayout     = "layout"      // a file's record breaks the manifest rules, or its extents point past their object's end
+	ProblemContent    = "content"     // a file unit's SHA-256 differs from the manifest's
+	ProblemManifest   = "manifest"    // a manifest is missing, unreadable, or breaks the rules of the backup as a whole
+	ProblemWALGap     = "wal-gap"     // segments missing from the archive
+	ProblemWALCorrupt = "wal-corrupt" // a WAL file failed its checksum
+	ProblemBackupWAL  = "backup-wal"  // WAL a backup needs is missing
+	ProblemHistory    = "history"     // a timeline history file is missing or invalid
+	// ProblemLineage (verify_lineage.go): WAL the lineage record does not permit.
 	maxFilesInAProblem  = 3
 	defaultBufferBudget = 128 << 20
 )
@@ -91,13 +92,16 @@ type VerifyReport struct {
 	Backups    []BackupCheck `json:"backups"`
 	// Objects and Bytes count the backup objects read and their raw bytes;
 	// Units the file units whose SHA-256 was recomputed.
-	Objects  int       `json:"objects"`
-	Bytes    int64     `json:"bytes"`
-	Units    int       `json:"units"`
-	WAL      *WALCheck `json:"wal,omitempty"`
-	Problems []Problem `json:"problems"`
-	Notes    []string  `json:"notes,omitempty"`
-	Duration Seconds   `json:"duration_seconds"`
+	Objects int       `json:"objects"`
+	Bytes   int64     `json:"bytes"`
+	Units   int       `json:"units"`
+	WAL     *WALCheck `json:"wal,omitempty"`
+	// UnownedTimelines is WAL the repository's lineage record does not
+	// permit, each also a problem of kind ProblemLineage.
+	UnownedTimelines []UnownedTimeline `json:"unowned_timelines,omitempty"`
+	Problems         []Problem         `json:"problems"`
+	Notes            []string          `json:"notes,omitempty"`
+	Duration         Seconds           `json:"duration_seconds"`
 }
 
 // ErrVerify: verification found problems (listed in the report).

@@ -146,6 +146,9 @@ func (v *verifier) checkWAL(ctx context.Context, selected []*Manifest) error {
 	if err != nil {
 		return err
 	}
+	if err := v.checkLineage(ctx, w, size); err != nil {
+		return err
+	}
 	rp, err := v.readHistory(ctx, w, size)
 	if err != nil {
 		return err

@@ -490,6 +490,7 @@ func testWalstreamPromotion(t *testing.T, how string, s3 testenv.S3Env) {
 	var seg string
 	standby.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&seg)
 	t.Logf("primary stopped; standby promoted after replaying up to %s, now writing %s", endLSN, seg)
+	recordPromotion(t, url, standby, endLSN)
 
 	// The receiver, pointed at the new primary.
 	recv = wsStartReceiver(t, standby, url, standby.ConnString(), spool, args...)
@@ -1434,5 +1435,39 @@ func wsWaitFor(t *testing.T, what string, timeout time.Duration, cond func() boo
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// recordPromotion records in the repository's lineage record what walferry
+// promote records for a failover (the old primary fenced at the point the
+// promoted standby replayed to, then the new timeline from its switch
+// point): without it the new primary's WAL is refused (exit 9).
+func recordPromotion(t *testing.T, url string, promoted *pgtest.Cluster, fencedAt string) {
+	t.Helper()
+	ctx := context.Background()
+	r := openRepo(t, url)
+	g, ok, err := r.Lineage(ctx)
+	if err != nil || !ok {
+		t.Fatalf("lineage record of %s: %v, %v", url, ok, err)
+	}
+	at, err := pg.ParseLSN(fencedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tli int
+	var history string
+	promoted.QueryRow(t, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int").Scan(&tli)
+	promoted.QueryRow(t, "SELECT pg_read_file('pg_wal/' || lpad(upper(to_hex($1::int)), 8, '0') || '.history')", tli).Scan(&history)
+	entries, err := pg.ParseHistory(strings.NewReader(history))
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("history of timeline %d: %v (%q)", tli, err, history)
+	}
+	fence, err := r.NextGeneration(ctx, g.Number, repo.Generation{Instance: "promoted", Reason: "failover", Timeline: g.Timeline, TimelineStart: g.TimelineStart, FencedAt: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NextGeneration(ctx, fence.Number, repo.Generation{Instance: "promoted", Reason: "promote",
+		Timeline: pg.TimeLineID(tli), TimelineStart: entries[len(entries)-1].SwitchLSN}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -164,7 +164,8 @@ type Result struct {
 	// AlterSystemReset ones.
 	AutoConfRemoved []string `json:"auto_conf_removed,omitempty"`
 	// Warnings are settings read after walferry.conf (ALTER SYSTEM) that
-	// override the recovery settings, each with its fix.
+	// override the recovery settings, and timelines in the repository that
+	// its lineage record does not own, each with its fix.
 	Warnings []string `json:"warnings,omitempty"`
 	// Owner is the OS user the files were given to (root runs only).
 	Owner    string         `json:"owner,omitempty"`
@@ -362,9 +363,28 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (Result, error) {
 		return rs.result(start), incomplete(err)
 	}
 	res := rs.result(start)
+	res.Warnings = append(res.Warnings, unownedWarnings(ctx, r, o.Log)...)
 	rs.log.Info("restore done", "files", res.Files, "files_fetched", res.FilesFetched, "files_kept", res.FilesKept,
 		"bytes", res.BytesFetched, "objects", res.ObjectsRead, "seconds", float64(res.Duration))
 	return res, nil
+}
+
+// unownedWarnings names the timelines archived in r that its lineage
+// record does not own (backup.UnownedTimelines), each with its fix, and
+// logs them: recovery to the latest timeline would follow them. Failing
+// to look is logged, not fatal: the restore itself is done.
+func unownedWarnings(ctx context.Context, r *repo.Repo, log *slog.Logger) []string {
+	unowned, err := backup.UnownedTimelines(ctx, r)
+	if err != nil {
+		log.Warn("cannot check the repository's timelines against its lineage record", "err", err)
+		return nil
+	}
+	var out []string
+	for _, u := range unowned {
+		log.Warn("a timeline in the repository is not the lineage record's", "timeline", uint32(u.Timeline), "problem", u.Message)
+		out = append(out, u.Message)
+	}
+	return out
 }
 
 // selectBackup reads the manifest name selects. With LATEST and a time or

@@ -32,14 +32,15 @@ func (r *receiver) uploader(ctx context.Context, pending []string) error {
 		select {
 		case name, ok := <-r.queue:
 			if !ok {
-				r.uploadPartial(ctx, &last)
-				return nil
+				return r.uploadPartial(ctx, &last)
 			}
 			if err := r.uploadRetrying(ctx, name); err != nil {
 				return err
 			}
 		case <-tick.C:
-			r.uploadPartial(ctx, &last)
+			if err := r.uploadPartial(ctx, &last); err != nil {
+				return err
+			}
 		case <-ctx.Done():
 			return nil
 		}
@@ -82,6 +83,11 @@ func (r *receiver) uploadOne(ctx context.Context, name string) error {
 	}
 	switch f.Kind {
 	case pg.KindPartial:
+		// Push checks the lineage record for the files it stores; this
+		// one is stored here.
+		if err := r.pusher.Permit(ctx, name); err != nil {
+			return err
+		}
 		key, err := repo.WALKey(name, r.size)
 		if err != nil {
 			return err
@@ -120,36 +126,46 @@ func (r *receiver) uploadOne(ctx context.Context, name string) error {
 
 // uploadPartial uploads the segment being received as <segment>.partial
 // when it grew since the last upload. The flush position moves to its end
-// only when every earlier byte is durable already.
-func (r *receiver) uploadPartial(ctx context.Context, last *current) {
+// only when every earlier byte is durable already. It returns an error
+// only when the lineage record fences this server (permanent); other
+// failures are logged and retried at the next interval.
+func (r *receiver) uploadPartial(ctx context.Context, last *current) error {
 	r.mu.Lock()
 	cur := r.cur
 	r.mu.Unlock()
 	if cur.name == "" || cur.end <= cur.start || (cur.name == last.name && cur.end <= last.end) {
-		return
+		return nil
 	}
 	f, err := os.Open(cur.path)
 	if err != nil {
-		return // completed and renamed meanwhile: the segment itself follows
+		return nil // completed and renamed meanwhile: the segment itself follows
 	}
 	defer f.Close()
 	key, err := repo.WALKey(cur.name+".partial", r.size)
 	if err != nil {
-		return
+		return nil
 	}
 	start := time.Now()
-	if err := r.putAll(ctx, key, f, r.size.Bytes()); err != nil {
+	err = r.pusher.Permit(ctx, cur.name+".partial")
+	if err == nil {
+		err = r.putAll(ctx, key, f, r.size.Bytes())
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			r.m.uploadFailed(err)
+			if permanent(err) {
+				return fmt.Errorf("walstream: %w", err)
+			}
 			r.log.Warn("partial upload failed; retrying at the next interval", "segment", cur.name, "err", err)
 		}
-		return
+		return nil
 	}
 	*last = cur
 	r.m.uploadDone(uploadPartial, cur.end, time.Since(start))
 	flushed := r.moveFlushed(cur.start, cur.end)
 	r.log.Debug("partial uploaded", append([]any{"segment", cur.name + ".partial", "lsn", cur.end,
 		"duration", time.Since(start), "flushed", flushed}, r.m.lagAttrs()...)...)
+	return nil
 }
 
 // ioSection reads the first size bytes of f.

@@ -333,7 +333,7 @@ func (r *receiver) fatalErr() error {
 // be compared until someone deletes it.
 func permanent(err error) bool {
 	switch failure.Of(err) {
-	case failure.WrongCluster, failure.Conflict, failure.Corrupt, failure.Incompatible, failure.NotRepository:
+	case failure.WrongCluster, failure.Conflict, failure.Corrupt, failure.Incompatible, failure.NotRepository, failure.Fenced:
 		return true
 	}
 	return false

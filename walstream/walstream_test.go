@@ -377,6 +377,53 @@ func TestConflict(t *testing.T) {
 	}
 }
 
+// TestFenced: once the lineage record fences this server (another
+// promoted at the point it is writing), the receiver stores nothing past
+// that point and stops with the fence, permanently.
+func TestFenced(t *testing.T) {
+	c := testCluster(t)
+	rp := testRepo(t, c)
+	c.Exec(t, "CREATE TABLE t (id int, v text)")
+	log := &logBuf{}
+	o := testOptions(t, c, rp, t.TempDir(), log)
+	o.Slot = ""
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	g1, err := rp.NextGeneration(ctx, 0, repo.Generation{Instance: "pg-0", Reason: "init", Timeline: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o) }()
+	waitFor(t, "streaming", 30*time.Second, log, func() bool {
+		var n int
+		c.QueryRow(t, "SELECT count(*) FROM pg_stat_replication").Scan(&n)
+		return n == 1
+	})
+	var cur, lsn string
+	c.QueryRow(t, "SELECT pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn()::text").Scan(&cur, &lsn)
+	at, err := pg.ParseLSN(lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.NextGeneration(ctx, g1.Number, repo.Generation{Instance: "pg-1", Site: "b", Reason: "failover", Timeline: 1, FencedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g")
+	switchWAL(t, c, 1)
+	select {
+	case err := <-done:
+		if !errors.Is(err, repo.ErrFenced) || !strings.Contains(err.Error(), "generation 2") {
+			t.Fatalf("Run: got %v, want repo.ErrFenced naming generation 2; log:\n%s", err, log)
+		}
+	case <-ctx.Done():
+		t.Fatalf("Run did not stop when fenced; log:\n%s", log)
+	}
+	if _, ok := stored(t, rp, cur); ok {
+		t.Errorf("%s, past the fence, was stored", cur)
+	}
+}
+
 func TestPrimaryRestart(t *testing.T) {
 	c := testCluster(t)
 	rp := testRepo(t, c)
@@ -743,6 +790,7 @@ func TestPermanentErrors(t *testing.T) {
 	}{
 		{fmt.Errorf("push: %w", archive.ErrConflict), true},
 		{fmt.Errorf("push: %w", repo.ErrWrongCluster), true},
+		{fmt.Errorf("push: %w", repo.ErrFenced), true},
 		{fmt.Errorf("compare: %w", codec.ErrCorrupt), true}, // a damaged archived copy
 		{fmt.Errorf("put: %w", storage.Retryable(errors.New("connection reset"))), false},
 		{errors.New("disk full"), false},

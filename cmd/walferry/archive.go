@@ -76,6 +76,14 @@ The cluster is identified by the control file of --pgdata (PGDATA), or else of
 the working directory, and every repository must belong to it (exit 5
 otherwise). Timelines, .history, .backup and .partial files are handled.
 
+Each repository's lineage record (repo init, walferry promote) must permit
+the file: WAL of a timeline the record does not know (a copy promoted by
+restore --target-action promote that kept this archive_command) or past the
+point a newer generation fenced this server (an old primary) is refused with
+exit 9, naming the generation and the fix, and nothing is written. The record
+is read once per call (one listing, one small object); the daemon re-reads it
+at most every 5 seconds, and always before refusing.
+
 Look-ahead: while pushing the requested file it uploads the next --ahead .ready
 files of pg_wal/archive_status in parallel (compressing at most as many at
 once as there are CPUs; the others wait, their uploads overlap), and records

@@ -29,7 +29,7 @@ refuses a cluster that does not match.`,
 			{
 				Name:      "init",
 				Usage:     "create a repository for the local cluster",
-				UsageText: "walferry repo init --repo URL (--pgdata DIR | --pg-conn STRING) [--compression lz4] [--json]",
+				UsageText: "walferry repo init --repo URL (--pgdata DIR | --pg-conn STRING) [--instance NAME] [--site NAME] [--compression lz4] [--json]",
 				Description: `Reads the cluster's system identifier, major version and WAL segment size
 from the control file of --pgdata (or, without --pgdata, from a connection
 built from --pg-conn or libpq's PG* variables) and writes the repository
@@ -37,11 +37,20 @@ metadata to every --repo. Running it again for the same cluster changes
 nothing; a location that holds another cluster's repository, or objects
 that are not a walferry repository, is refused.
 
+It also records generation 1 of the repository's lineage record: this
+cluster, named by --instance (WALFERRY_INSTANCE, default the host name) and
+--site (WALFERRY_SITE), on its current timeline, is the primary. Every
+writer checks the record: archive-push, backup-push and wal-receive refuse
+(exit 9) a server it does not name as primary, such as a copy promoted by
+restore --target-action promote whose archive_command still points here.
+Run again on a repository without a generation (made before lineage
+records existed), it records one; a repository that has one keeps it.
+
 With WALFERRY_ENCRYPTION_PASSPHRASE (or --encryption-passphrase-file) set,
 the repository is encrypted: every object is sealed with AES-256-GCM under
 a key derived from the passphrase; keep the passphrase, it cannot be
 recovered.`,
-				Flags:  withCommonFlags(jsonFlag),
+				Flags:  withCommonFlags(jsonFlag, instanceFlag(), siteFlag()),
 				Action: a.repoInit,
 			},
 			{
@@ -91,11 +100,33 @@ func (a *app) loadForCluster(c *cli.Context) (*settings, repo.Cluster, []byte, e
 	return s, cl, pass, nil
 }
 
+// instanceFlag and siteFlag name this instance in the lineage record.
+func instanceFlag() cli.Flag {
+	return &cli.StringFlag{Name: "instance", EnvVars: []string{"WALFERRY_INSTANCE"},
+		Usage: "this instance's `NAME` in the lineage record", DefaultText: "the host name"}
+}
+
+func siteFlag() cli.Flag {
+	return &cli.StringFlag{Name: "site", EnvVars: []string{"WALFERRY_SITE"},
+		Usage: "this instance's site (Kubernetes cluster, data centre) `NAME` in the lineage record"}
+}
+
 func (a *app) repoInit(c *cli.Context) error {
 	s, cl, pass, err := a.loadForCluster(c)
 	if err != nil {
 		return err
 	}
+	tli, err := clusterTimeline(c.Context, s)
+	if err != nil {
+		return err
+	}
+	instance := c.String("instance")
+	if instance == "" {
+		if instance, err = os.Hostname(); err != nil {
+			return usage(fmt.Errorf("name this instance with --instance (WALFERRY_INSTANCE): the host name is unknown (%v)", err))
+		}
+	}
+	primary := &repo.Generation{Instance: instance, Site: c.String("site"), Timeline: tli}
 	compression := s.cfg.Compression
 	if compression == "" {
 		compression = "lz4"
@@ -107,7 +138,7 @@ func (a *app) repoInit(c *cli.Context) error {
 		res, err := repos.WithStore(c.Context, url, opts, func(st storage.Store) (repo.InitResult, error) {
 			return repo.Init(c.Context, st, repo.InitOptions{
 				Cluster: cl, Compression: compression, Passphrase: pass,
-				CreatedBy: "walferry " + a.build.Version,
+				CreatedBy: "walferry " + a.build.Version, Primary: primary,
 			})
 		})
 		if err != nil {
@@ -126,6 +157,13 @@ func (a *app) repoInit(c *cli.Context) error {
 			}
 			fmt.Fprintf(a.stdout, "%s %s: system identifier %d, PostgreSQL %d, %s WAL segments, compression %s, %s\n",
 				url, verb, m.SystemID, m.PGMajor, humanize.Bytes(m.WALSegmentSize), m.Compression, enc)
+			if g := res.Lineage; g != nil {
+				verb := "lineage record"
+				if res.LineageCreated {
+					verb = "lineage record created"
+				}
+				fmt.Fprintf(a.stdout, "%s %s: %s\n", url, verb, g)
+			}
 		}
 	}
 	if c.Bool("json") {
@@ -233,6 +271,28 @@ func (a *app) printInfo(url string, info repo.Info) {
 		}
 		tw.Flush()
 	}
+}
+
+// clusterTimeline is the local cluster's timeline: its control file's,
+// or, without a data directory, the running server's current one.
+func clusterTimeline(ctx context.Context, s *settings) (pg.TimeLineID, error) {
+	if dir := s.cfg.PGData; dir != "" {
+		cd, err := pg.ReadControlData(dir)
+		if err != nil {
+			return 0, &postgresError{fmt.Errorf("read the control file of %s: %w", dir, err)}
+		}
+		return cd.TimeLineID, nil
+	}
+	conn, err := pg.Connect(ctx, s.cfg.PGConn.Reveal())
+	if err != nil {
+		return 0, &postgresError{err}
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	info, err := pg.ClusterInfo(ctx, conn)
+	if err != nil {
+		return 0, &postgresError{err}
+	}
+	return info.Timeline, nil
 }
 
 // clusterIdentity reads the local cluster's identity from its data

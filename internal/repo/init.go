@@ -23,6 +23,11 @@ type InitOptions struct {
 	// CreatedBy records the walferry version.
 	CreatedBy string
 	Now       func() time.Time
+	// Primary, when set, is recorded as generation 1 of the lineage record
+	// (Reason "init") unless the repository has a generation already:
+	// the cluster repo init runs for is the primary every writer is then
+	// checked against. Its Instance, Site and Timeline say who and where.
+	Primary *Generation
 }
 
 // InitResult reports what Init did.
@@ -31,13 +36,65 @@ type InitResult struct {
 	// Created is false when the repository already existed for the same
 	// cluster (repo init is idempotent).
 	Created bool
+	// Lineage is the newest generation of the lineage record when
+	// InitOptions.Primary was set; LineageCreated says Init recorded it.
+	Lineage        *Generation
+	LineageCreated bool
 }
 
 // Init creates the repository metadata in store. Running it again for the
 // same cluster succeeds and changes nothing; for another cluster it fails
 // with ErrWrongCluster. The metadata is created with a conditional write
-// so two concurrent inits cannot both win.
+// so two concurrent inits cannot both win. With o.Primary, generation 1 of
+// the lineage record follows (see recordInit).
 func Init(ctx context.Context, store storage.Store, o InitOptions) (InitResult, error) {
+	res, err := initMetadata(ctx, store, o)
+	if err != nil || o.Primary == nil {
+		return res, err
+	}
+	return recordInit(ctx, store, o, res)
+}
+
+// recordInit records o.Primary as generation 1 of the lineage record
+// when the repository has no generation, also when it was initialized
+// before lineage records existed; a repository that has one keeps it
+// (running repo init again changes nothing).
+func recordInit(ctx context.Context, store storage.Store, o InitOptions, res InitResult) (InitResult, error) {
+	r, err := Open(ctx, store, OpenOptions{Passphrase: o.Passphrase})
+	if err != nil {
+		return res, err
+	}
+	g, ok, err := r.Lineage(ctx)
+	if err != nil {
+		return res, err
+	}
+	if !ok {
+		want := *o.Primary
+		want.Reason, want.SystemID, want.TimelineStart, want.FencedAt, want.Switchover = "init", res.Metadata.SystemID, 0, 0, nil
+		if o.Now != nil {
+			want.Time = o.Now().UTC()
+		}
+		g, err = r.NextGeneration(ctx, 0, want)
+		switch {
+		case errors.Is(err, ErrLineageRace):
+			// Another init (or a sidecar) recorded it first: that one stands.
+			if g, ok, err = r.Lineage(ctx); err == nil && !ok {
+				err = fmt.Errorf("the lineage record of %s has no generation after a lost race to record one; run repo init again", r)
+			}
+		case err == nil:
+			res.LineageCreated = true
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+	res.Lineage = &g
+	return res, nil
+}
+
+// initMetadata creates the repository metadata unless it exists for the
+// same cluster.
+func initMetadata(ctx context.Context, store storage.Store, o InitOptions) (InitResult, error) {
 	c := codec.New()
 	if _, _, err := codec.ParseCompression(o.Compression); err != nil {
 		return InitResult{}, fmt.Errorf("compression %q: %w", o.Compression, err)
@@ -91,7 +148,7 @@ func Init(ctx context.Context, store storage.Store, o InitOptions) (InitResult, 
 	if err := put(ctx, MetadataKey, bytes.NewReader(body)); err != nil {
 		if errors.Is(err, storage.ErrExist) {
 			// Lost a race with another init: accept it if it is ours.
-			return Init(ctx, store, o)
+			return initMetadata(ctx, store, o)
 		}
 		return InitResult{}, fmt.Errorf("write repository metadata to %s: %w", store, err)
 	}
