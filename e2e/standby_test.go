@@ -252,7 +252,9 @@ func waitStatus(t *testing.T, c *pgtest.Cluster, s *sidecar, state string, ok fu
 	for time.Now().Before(deadline) {
 		r := wf(t, c, "status", "--json", "--pgdata", c.DataDir, "--sidecar", s.addr)
 		out = r.stdout
-		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &last) == nil && ok(last) {
+		// The sidecar's own report: while it starts, status answers with
+		// what it collects itself, which must not satisfy a wait.
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &last) == nil && last.Sidecar.Reachable && ok(last) {
 			t.Logf("status (%s): role %s, mode %s, problems %d", state, last.Role, last.Mode, len(last.Problems))
 			if last.Version != status.Version || !last.Sidecar.Reachable {
 				t.Errorf("status (%s): version %d, sidecar %+v; want %d and reachable", state, last.Version, last.Sidecar, status.Version)

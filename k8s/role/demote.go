@@ -78,9 +78,15 @@ func Demote(ctx context.Context, o DemoteOptions) (DemoteResult, error) {
 		log.Info("the switchover is already recorded; configuring the standby", "generation", prev.Number)
 	} else {
 		if ok {
-			if err := prev.PermitsPrimary(cd.TimeLineID); err != nil || !o.Instance.is(prev) {
+			// The server's timeline decides, not its name: the record's
+			// first generation may have been written under another name
+			// (repo init run by hand, a renamed pod).
+			if err := prev.PermitsPrimary(cd.TimeLineID); err != nil {
 				return res, fmt.Errorf("%w: the lineage record's newest entry is %s, and this server is %s on timeline %d; "+
 					"demote the primary it names, or run walferry rejoin here if this server is an old primary", ErrNotPrimary, prev, o.Instance, cd.TimeLineID)
+			}
+			if !o.Instance.is(prev) {
+				log.Info("the lineage record names the primary otherwise; this server is on its timeline", "record", prev.String(), "instance", o.Instance.String())
 			}
 		}
 		if err := checkpoint(ctx, o.Server.Conn); err != nil {
