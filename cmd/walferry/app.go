@@ -91,6 +91,7 @@ EXIT CODES
 			a.bootstrapCommand(),
 			a.sidecarCommand(),
 			a.statusCommand(),
+			a.k8sCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

@@ -17,7 +17,6 @@ func plannedCommands() []*cli.Command {
 		{"promote", "promote this site's standby without split-brain", "walferry promote", nil},
 		{"demote", "fence and demote this site's primary", "walferry demote", nil},
 		{"rejoin", "turn an old primary into a standby (pg_rewind or delta restore)", "walferry rejoin", nil},
-		{"k8s", "render Kubernetes manifests for a primary or standby site", "walferry k8s render --site primary|standby", nil},
 	}
 	cmds := make([]*cli.Command, 0, len(planned))
 	for _, p := range planned {
