@@ -24,7 +24,7 @@ TEST_TMPDIR ?= /tmp
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-.PHONY: help build install test test-unit test-with-services vet fmt deps fuzz demo clean
+.PHONY: help build install image test test-unit test-with-services vet fmt deps fuzz demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
@@ -35,6 +35,18 @@ build: ## build bin/walferry and bin/walferry-hook (static, version and commit s
 install: build ## install walferry and walferry-hook into BINDIR (default /usr/local/bin; DESTDIR honoured)
 	install -d "$(DESTDIR)$(BINDIR)"
 	install -m 0755 bin/walferry bin/walferry-hook "$(DESTDIR)$(BINDIR)/"
+
+# The image `make image` builds (docker, else podman).
+IMAGE ?= walferry:$(VERSION)
+
+image: ## build the container image IMAGE (default walferry:VERSION) with docker or podman; see docs/kubernetes.md
+	@tool=$$(command -v docker || command -v podman || true); \
+	if [ -z "$$tool" ]; then \
+		echo "make image: needs docker or podman, and neither is in PATH: install one (e.g. apt-get install podman), or run make build and put bin/walferry and bin/walferry-hook into an image of your own"; \
+		exit 1; \
+	fi; \
+	echo "==> $$tool build -t $(IMAGE)"; \
+	"$$tool" build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg CGO=$(CGO) -t $(IMAGE) .
 
 deps: ## install PostgreSQL 15, MinIO, fake-gcs-server, Azurite (idempotent)
 	@bash scripts/install-test-deps.sh

@@ -94,6 +94,7 @@ EXIT CODES
 			a.demoteCommand(),
 			a.promoteCommand(),
 			a.rejoinCommand(),
+			a.k8sCommand(),
 			a.versionCommand(),
 		}, plannedCommands()...),
 	}

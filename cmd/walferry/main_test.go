@@ -83,8 +83,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log format", []string{"repo", "info", "--repo", "file:///tmp", "--log-format", "xml"}, []string{"log-format"}},
 		{"no cluster", []string{"repo", "init", "--repo", "file:///tmp/x"}, []string{"--pgdata"}},
 		{"missing config file", []string{"repo", "info", "--config", "/nonexistent.yaml"}, []string{"/nonexistent.yaml"}},
-		{"planned command", []string{"k8s"}, []string{"not in this build yet"}},
-		{"planned command with arguments", []string{"k8s", "render", "--site", "x"}, []string{"not in this build yet"}},
+		{"planned command", []string{"switchover"}, []string{"not in this build yet"}},
+		{"planned command with arguments", []string{"switchover", "--to", "b"}, []string{"not in this build yet"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

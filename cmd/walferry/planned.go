@@ -14,7 +14,7 @@ func plannedCommands() []*cli.Command {
 		name, usage, usageText string
 		aliases                []string
 	}{
-		{"k8s", "render Kubernetes manifests for a primary or standby site", "walferry k8s render --site primary|standby", nil},
+		{"switchover", "demote this site's primary and promote a standby in one command (today: walferry demote, then walferry promote)", "walferry switchover --to INSTANCE", nil},
 	}
 	cmds := make([]*cli.Command, 0, len(planned))
 	for _, p := range planned {
