@@ -8,8 +8,8 @@
 # (wal-receive), full and incremental base backups, a standby built from the
 # repository by walferry bootstrap, walferry sidecar beside each server (the
 # standby's switches it from archive replay to streaming by itself), and
-# walferry status at each step. Switchover and back (walferry promote /
-# demote) come with the role-change commands.
+# walferry status at each step, then a switchover and a switchback
+# (walferry demote / promote) with nothing re-cloned.
 set -euo pipefail
 
 PGBIN=${WALFERRY_PGBIN:-/usr/lib/postgresql/15/bin}
@@ -294,6 +294,47 @@ for addr in "$pside" "$sside"; do
   echo "$addr: healthz $(curl -s "http://$addr/healthz") readyz $(curl -s "http://$addr/readyz")"
 done
 curl -s "http://$sside/metrics" | grep -E '^walferry_instance_(role|standby_mode|lag_bytes|slot_retained_bytes)' | sed 's/^/  /'
+
+step "Switchover: walferry demote on the primary, then walferry promote on the standby"
+# demote: checkpoint, fast shutdown, archive what is left (the last segment
+# as .partial), record the switchover in the repository's lineage record,
+# and restart the old primary as a standby of the new one.
+run wf demote --config "$work/walferry.yaml" --pgdata "$work/primary" --pg-conn "host=127.0.0.1 port=$port user=postgres" \
+  --source-conn "host=127.0.0.1 port=$sport user=postgres" --restart --pg-bin "$PGBIN" --pg-log "$work/primary.log" --instance demo-a
+# promote: waits until the standby replayed exactly to the token, promotes,
+# records the new timeline, and takes a backup at once.
+run wf promote --config "$work/walferry.yaml" --pgdata "$work/standby" --pg-conn "host=127.0.0.1 port=$sport user=postgres" \
+  --pg-bin "$PGBIN" --instance demo-b
+wait_status "$sside" 'r["role"] == "primary"'
+wait_status "$pside" 'r["role"] == "standby" and r["mode"] == "streaming"'
+run wf status --pgdata "$work/standby" --sidecar "$sside"
+run wf status --pgdata "$work/primary" --sidecar "$pside"
+spsql -c "INSERT INTO orders VALUES (7001, now())" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(psql -Atc 'SELECT max(id) FROM orders' 2>/dev/null)" = 7001 ] && break
+  sleep 0.1
+done
+echo "a row inserted on the new primary is on the old one, now its standby: max(id) = $(psql -Atc 'SELECT max(id) FROM orders')"
+[ "$(psql -Atc 'SELECT max(id) FROM orders')" = 7001 ] || { echo "demo: the old primary does not follow the new one" >&2; exit 1; }
+
+step "Switch back: walferry demote on the standby site's server, walferry promote on the original primary"
+run wf demote --config "$work/walferry.yaml" --pgdata "$work/standby" --pg-conn "host=127.0.0.1 port=$sport user=postgres" \
+  --source-conn "host=127.0.0.1 port=$port user=postgres" --restart --pg-bin "$PGBIN" --pg-log "$work/standby.log" --instance demo-b
+run wf promote --config "$work/walferry.yaml" --pgdata "$work/primary" --pg-conn "host=127.0.0.1 port=$port user=postgres" \
+  --pg-bin "$PGBIN" --instance demo-a
+wait_status "$pside" 'r["role"] == "primary"'
+wait_status "$sside" 'r["role"] == "standby" and r["mode"] == "streaming"'
+run wf status --pgdata "$work/primary" --sidecar "$pside"
+run wf status --pgdata "$work/standby" --sidecar "$sside"
+psql -c "INSERT INTO orders VALUES (7002, now())" >/dev/null
+for i in $(seq 1 100); do
+  [ "$(spsql -Atc 'SELECT max(id) FROM orders' 2>/dev/null)" = 7002 ] && break
+  sleep 0.1
+done
+echo "back where we started, nothing re-cloned: max(id) on the standby = $(spsql -Atc 'SELECT max(id) FROM orders')"
+[ "$(spsql -Atc 'SELECT max(id) FROM orders')" = 7002 ] || { echo "demo: the standby does not follow after the switchback" >&2; exit 1; }
+echo "the repository's lineage record:"
+wf status --pgdata "$work/primary" --sidecar "$pside" --json | python3 -c 'import json,sys; l=json.load(sys.stdin)["lineage"]; print("  generation %d: %s, %s, timeline %d" % (l["generation"], l["reason"], l["instance"], l["timeline"]))'
 
 step "Status: replication on the primary, the repository, the backups, and a full verify"
 psql -c "SELECT application_name, state, sync_state, replay_lsn FROM pg_stat_replication"

@@ -393,6 +393,13 @@ func (a *Agent) observe(ctx context.Context) {
 	if err := a.observePostgres(ctx, &rep); err != nil {
 		rep.Postgres.Error = err.Error()
 	}
+	if rep.Role != a.lastRole {
+		// A role change (a promotion, a demotion) changes the record,
+		// the backups and the upstream: read them now, not at their
+		// next turn.
+		a.lineage.read, a.repoRead = time.Time{}, time.Time{}
+		a.up = upstreamState{conninfo: a.up.conninfo}
+	}
 	a.watchLineage(ctx, &rep)
 	if rep.Lineage != nil && rep.Lineage.Fenced && rep.Role == status.RolePrimary {
 		// Stopped by the fence: nothing of a primary's runs.
