@@ -159,9 +159,16 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error)
 		case err != nil:
 			return nil, err
 		case parent.Timeline != info.Timeline:
-			log.Warn("the newest backup is on another timeline: taking a full backup",
-				"parent", parent.ID, "parent_timeline", parent.Timeline, "timeline", info.Timeline)
-			parent = nil
+			if why := ancestorParent(ctx, r, parent, info.Timeline, segSize); why != "" {
+				log.Warn("the newest backup is on another timeline: taking a full backup",
+					"parent", parent.ID, "parent_timeline", parent.Timeline, "timeline", info.Timeline, "why", why)
+				parent = nil
+				break
+			}
+			// A promotion's first backup: the parent is history this
+			// timeline shares, and page LSNs only grow along it.
+			log.Info("building on a backup of an ancestor timeline", "parent", parent.ID, "parent_timeline", parent.Timeline, "timeline", info.Timeline)
+			typ = Incremental
 		default:
 			typ = Incremental
 		}
@@ -237,7 +244,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error)
 	if err != nil {
 		return nil, err
 	}
-	if parent != nil && m.Timeline != parent.Timeline {
+	if parent != nil && m.Timeline != info.Timeline {
 		return nil, fmt.Errorf("%w: the server switched timeline while the backup started; run it again", ErrNotReady)
 	}
 	m.StopTime = time.Now().UTC()
@@ -624,4 +631,39 @@ func deletePrefix(ctx context.Context, r *repo.Repo, prefix string) error {
 		}
 	}
 	return nil
+}
+
+// ancestorParent returns "" when parent, a backup of another timeline, may
+// be the parent of an incremental backup on tli: its timeline is an
+// ancestor of tli (in tli's history file in the repository) and it ended
+// before tli's history left that timeline, so every page changed since
+// its start carries a later LSN. Otherwise it says why not.
+func ancestorParent(ctx context.Context, r *repo.Repo, parent *Manifest, tli pg.TimeLineID, size pg.WALSegmentSize) string {
+	if parent.Timeline > tli {
+		return "the parent's timeline is newer"
+	}
+	key, err := repo.WALKey(pg.HistoryFileName(tli), size)
+	if err != nil {
+		return err.Error()
+	}
+	obj, err := r.Get(ctx, key)
+	if err != nil {
+		return fmt.Sprintf("timeline %d's history file: %v", tli, err)
+	}
+	defer obj.Close()
+	entries, err := pg.ParseHistory(obj)
+	if err == nil {
+		err = pg.ValidateHistory(entries, tli)
+	}
+	if err != nil {
+		return fmt.Sprintf("timeline %d's history file: %v", tli, err)
+	}
+	switchAt, ok := pg.SwitchPoint(entries, parent.Timeline)
+	if !ok {
+		return fmt.Sprintf("timeline %d is not an ancestor of timeline %d", parent.Timeline, tli)
+	}
+	if parent.StopLSN > switchAt {
+		return fmt.Sprintf("the parent ends at %s, after timeline %d left timeline %d at %s", parent.StopLSN, tli, parent.Timeline, switchAt)
+	}
+	return ""
 }

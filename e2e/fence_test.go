@@ -117,6 +117,9 @@ func TestPromoteRepositoryOnly(t *testing.T) {
 		t.Fatalf("promote took no backup: %+v", pro)
 	}
 	m := readManifest(t, url, pro.Backup)
+	if m.Type != "incremental" {
+		t.Errorf("the backup after the promotion is %s; want an incremental on the backup of timeline 1 (same system identifier, an ancestor timeline)", m.Type)
+	}
 	if m.Timeline != pro.Timeline || m.StopTime.Sub(start) > time.Minute {
 		t.Errorf("backup %s: timeline %d, stopped %s after the promotion started; want timeline %d within a minute", m.ID, m.Timeline, m.StopTime.Sub(start), pro.Timeline)
 	}
