@@ -37,7 +37,9 @@ type Options struct {
 	// (empty: the server's data_directory setting).
 	PGData string
 	// Incremental stores only what changed since the newest backup when
-	// there is one on the server's timeline; otherwise the backup is full.
+	// there is one on the server's timeline, or on an ancestor timeline it
+	// ended on before the fork (a promotion's first backup); otherwise the
+	// backup is full.
 	Incremental bool
 	// Jobs is how many files are read, compressed and uploaded at once
 	// (0: one per CPU, at least 2).
