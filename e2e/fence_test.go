@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/k8s/role"
 	"github.com/walferry/walferry/k8s/status"
@@ -45,6 +47,13 @@ func TestSidecarFencesOldPrimary(t *testing.T) {
 	// A's host starts it again, as the primary it was.
 	start := time.Now()
 	ac.Start(t)
+	// A client writes at once, and the segment is switched so A's
+	// archiver tries to archive WAL past the fork before the fence lands
+	// (errors ignored: the fence may be quicker).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	out, err := ac.Command(ctx, "psql", "-X", "-At", "-c", "INSERT INTO items VALUES (99999, 'a after the failover')", "-c", "SELECT pg_switch_wal()").CombinedOutput()
+	cancel()
+	t.Logf("a write on A right after its restart: %v %s", err, strings.TrimSpace(string(out)))
 	pidFile := filepath.Join(ac.DataDir, "postmaster.pid")
 	for {
 		if _, err := os.Stat(pidFile); errors.Is(err, fs.ErrNotExist) {
@@ -66,6 +75,22 @@ func TestSidecarFencesOldPrimary(t *testing.T) {
 	}
 	if !strings.Contains(readTail(aSidecar.log), "FENCED") {
 		t.Errorf("A's sidecar log does not say it fenced the server:\n%s", readTail(aSidecar.log))
+	}
+
+	// Nothing of A's past the fork reached the repository: its archiver
+	// ran between its start and the fence, and was refused.
+	size, _ := pg.NewWALSegmentSize(16 << 20)
+	for _, name := range walNames(t, openRepo(t, url)) {
+		f, err := pg.ParseWALFileName(name, size)
+		if err != nil || f.TLI != 1 || f.Kind != pg.KindSegment {
+			continue
+		}
+		if end := f.StartLSN(size) + pg.LSN(size.Bytes()); end > pro.SwitchLSN {
+			t.Errorf("the repository holds %s, timeline 1 past the fork at %s: the fenced primary's WAL landed", name, pro.SwitchLSN)
+		}
+	}
+	if got := psql(t, bc, "SELECT count(*) FROM items"); got != "1500" {
+		t.Errorf("B has %s rows; want its 1500", got)
 	}
 
 	restorePort := savePort(t, ac)
