@@ -94,6 +94,9 @@ func Kube(t testing.TB) KubeEnv {
 		"--etcd-servers=http://"+etcdClient,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// The reconciler of the "kubernetes" Service's endpoints refuses a
+		// loopback address; no test needs that Service.
+		"--endpoint-reconciler-type=none",
 		"--secure-port="+ports[2],
 		"--cert-dir="+filepath.Join(dir, "apiserver-certs"),
 		"--tls-cert-file="+pki.servingCert,
