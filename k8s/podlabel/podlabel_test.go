@@ -13,6 +13,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/testenv"
@@ -190,6 +191,38 @@ func TestLabelerAgainstAPIServer(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "giving up") {
 		t.Errorf("a refused permission was retried: %v", err)
+	}
+
+	// A service account that may get but not patch: refused on the patch.
+	_, err = admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reader"}}, metav1.CreateOptions{})
+	mustCreate("service account reader", err)
+	_, err = admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-reader"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
+	}, metav1.CreateOptions{})
+	mustCreate("role pod-reader", err)
+	_, err = admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "pod-reader"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pod-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: ns, Name: "reader"}},
+	}, metav1.CreateOptions{})
+	mustCreate("rolebinding pod-reader", err)
+	rt, err := admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "reader", &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for reader: %v", err)
+	}
+	readerCfg := rest.AnonymousClientConfig(kube.Config)
+	readerCfg.BearerToken = rt.Status.Token
+	reader, err := NewForConfig(readerCfg, ns, pod, fastRetry, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := reader.Get(ctx); err != nil || got != Primary {
+		t.Errorf("reader Get = %q, %v; want %q", got, err, Primary)
+	}
+	err = reader.Set(ctx, Replica)
+	if err == nil || !strings.Contains(err.Error(), "patch pod") || !strings.Contains(err.Error(), "grant get,patch") {
+		t.Errorf("Set without patch permission: err = %v, want a refused patch naming the grant", err)
 	}
 
 	// A Pod that is not there: the error names the downward API variables.
