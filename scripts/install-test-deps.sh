@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the integration tests need, idempotently:
-#   PostgreSQL 15 (Debian package), MinIO, fake-gcs-server, Azurite, curl.
+#   PostgreSQL 15 (Debian package), MinIO, fake-gcs-server, Azurite, curl,
+#   and kube-apiserver + etcd built from tools/kube (internal/testenv.Kube).
 # Tools that are not Debian packages go to a cache outside the clone,
 # ${WALFERRY_CACHE:-$HOME/.cache/walferry}, so fresh clones (CI) reuse them.
 # Whatever is already present is left alone. Any failed install exits non-zero.
@@ -78,6 +79,53 @@ go_tool() { # name module version
 }
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKEGCS_VERSION"
+
+# --- kube-apiserver and etcd (tools/kube) ------------------------------------------
+# Built from source through the Go module proxy (no release downloads, no
+# Docker) by the separate module tools/kube, whose go.mod and go.sum pin every
+# version. Each binary is cached under a name that carries its version, and
+# $CACHE/bin/kube-apiserver and $CACHE/bin/etcd point at the current ones, so a
+# machine builds a version once and a version bump in tools/kube/go.mod builds
+# the new one. First build on 2 cores: kube-apiserver about 10 minutes, etcd
+# about 1 minute.
+KUBE_TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../tools/kube" && pwd)"
+kube_tool() { # name package cache-name ldflags
+	local name=$1 pkg=$2 file=$3 ldflags=$4
+	if [ -x "$CACHE/bin/$file" ]; then
+		log "found $name: $CACHE/bin/$file"
+	else
+		log "building $name ($pkg) into $CACHE/bin/$file (kube-apiserver: about 10 minutes on 2 cores, etcd: about 1)"
+		local start=$SECONDS
+		(cd "$KUBE_TOOLS" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+			go build -trimpath -ldflags "$ldflags" -o "$CACHE/bin/$file.tmp" "$pkg") >&2 ||
+			die "go build $pkg in $KUBE_TOOLS failed"
+		mv -f "$CACHE/bin/$file.tmp" "$CACHE/bin/$file" || die "cannot move $file into $CACHE/bin"
+		log "built $name in $((SECONDS - start))s: $CACHE/bin/$file"
+	fi
+	ln -sfn "$file" "$CACHE/bin/$name" || die "cannot link $CACHE/bin/$name to $file"
+}
+command -v go >/dev/null 2>&1 || die "go is required to build kube-apiserver and etcd"
+KUBE_VERSION=$(cd "$KUBE_TOOLS" && go list -m -f '{{.Version}}' k8s.io/kubernetes) ||
+	die "cannot read the k8s.io/kubernetes version from $KUBE_TOOLS/go.mod"
+ETCD_VERSION=$(cd "$KUBE_TOOLS" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3) ||
+	die "cannot read the etcd version from $KUBE_TOOLS/go.mod"
+# The wrapper's own source is part of etcd's key: its flags are what
+# internal/testenv passes.
+ETCD_KEY="$ETCD_VERSION-$(sha256sum "$KUBE_TOOLS/etcd/main.go" | cut -c1-8)"
+kube_major=${KUBE_VERSION#v}
+kube_minor=${kube_major#*.}
+kube_major=${kube_major%%.*}
+kube_minor=${kube_minor%%.*}
+# The version the apiserver reports (/version, kubectl version) comes from
+# these variables; a plain go build would report v0.0.0-master.
+kube_ldflags="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	kube_ldflags="$kube_ldflags -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$kube_major"
+	kube_ldflags="$kube_ldflags -X $p.gitMinor=$kube_minor -X $p.gitTreeState=clean"
+	kube_ldflags="$kube_ldflags -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+kube_tool kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "kube-apiserver-$KUBE_VERSION" "$kube_ldflags"
+kube_tool etcd ./etcd "etcd-$ETCD_KEY" "-s -w"
 
 # --- Azurite (npm) ---------------------------------------------------------------
 AZURITE_BIN="$CACHE/azurite/node_modules/.bin/azurite-blob"
