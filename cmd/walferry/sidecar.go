@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/walferry/walferry/internal/statusserver"
 	"github.com/walferry/walferry/k8s/agent"
 	"github.com/walferry/walferry/k8s/bootstrap"
+	"github.com/walferry/walferry/k8s/podlabel"
 	"github.com/walferry/walferry/k8s/status"
 	"github.com/walferry/walferry/walstream"
 )
@@ -143,6 +145,10 @@ terminal (--log-format auto).
 				Usage: "a streaming standby is ready while it lags less"},
 			&cli.BoolFlag{Name: "ready-on-archive", EnvVars: []string{"WALFERRY_READY_ON_ARCHIVE"},
 				Usage: "a standby replaying the repository is ready too (sites with no upstream)"},
+			&cli.StringFlag{Name: "kubeconfig", EnvVars: []string{"WALFERRY_KUBECONFIG"},
+				Usage: "keep the walferry.io/role label on this pod through the kubeconfig `FILE` (in a pod the service account is used without it)"},
+			&cli.BoolFlag{Name: "no-pod-label", EnvVars: []string{"WALFERRY_NO_POD_LABEL"},
+				Usage: "do not keep the walferry.io/role label on this pod"},
 			&cli.DurationFlag{Name: "interval", EnvVars: []string{"WALFERRY_INTERVAL"}, Value: agent.DefaultInterval,
 				Usage: "how often the instance is observed"},
 			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: 25 * time.Second,
@@ -235,6 +241,13 @@ func (a *app) sidecar(c *cli.Context) error {
 		Interval:        c.Duration("interval"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		Log:             s.log,
+	}
+	if !c.Bool("no-pod-label") && (c.String("kubeconfig") != "" || podlabel.InCluster()) {
+		labeler, err := podlabel.New(podlabel.Config{Kubeconfig: c.String("kubeconfig"), Logger: s.log.With("component", "podlabel")})
+		if err != nil {
+			return err
+		}
+		o.RoleLabel = func(ctx context.Context, role string) error { return labeler.Set(ctx, podlabel.Role(role)) }
 	}
 	// Listen first: a busy address fails at once, and /healthz answers
 	// while the repositories are still being reached.

@@ -119,6 +119,12 @@ type Options struct {
 	// Conn, Registry and Health are set by the agent).
 	WALReceive *walstream.Options
 
+	// RoleLabel, when set, publishes the role: "primary" or "replica" (a
+	// standby), called when it changes and again until it succeeds; in a
+	// pod it keeps the walferry.io/role label the Services select on
+	// (k8s/podlabel), so the agent itself knows nothing of Kubernetes.
+	RoleLabel func(ctx context.Context, role string) error
+
 	// Listener serves /healthz, /readyz, /metrics and /status; nil serves
 	// nothing.
 	Listener net.Listener
@@ -183,6 +189,7 @@ type Agent struct {
 	lastRole status.Role
 	slotWarn map[string]time.Time
 
+	labeled     string // the role RoleLabel last published
 	repoBackup  status.Backup
 	repoLineage *status.Lineage
 	repoRead    time.Time
@@ -415,6 +422,7 @@ func (a *Agent) observe(ctx context.Context) {
 	case status.RoleStandby:
 		a.actStandby(ctx, &rep)
 	}
+	a.publishRole(ctx, rep.Role)
 	rep.Backup = a.repositoryFacts(ctx, now)
 	if rep.Lineage == nil {
 		rep.Lineage = a.repoLineage
@@ -483,6 +491,32 @@ func (a *Agent) roleChanged(ctx context.Context, from, to status.Role) {
 		// when it is seen as primary.
 		a.stopPrimaryTasks()
 	}
+}
+
+// publishRole calls RoleLabel when the published role is not the
+// instance's; a down instance keeps its label (its Services have no
+// endpoint anyway, and a restart must not flip it).
+func (a *Agent) publishRole(ctx context.Context, r status.Role) {
+	if a.o.RoleLabel == nil {
+		return
+	}
+	want := ""
+	switch r {
+	case status.RolePrimary:
+		want = "primary"
+	case status.RoleStandby:
+		want = "replica"
+	}
+	if want == "" || want == a.labeled {
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.o.RoleLabel(lctx, want); err != nil {
+		a.log.Warn("could not publish the role label; retrying", "role", want, "err", err)
+		return
+	}
+	a.labeled = want
 }
 
 // repositoryInterval is how often the agent reads the repository's

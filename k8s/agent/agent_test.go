@@ -186,3 +186,26 @@ func TestMissingSegment(t *testing.T) {
 		t.Errorf("the segment archived: missingSegment = %q; want \"\"", got)
 	}
 }
+
+func TestPublishRole(t *testing.T) {
+	var calls []string
+	fail := true
+	a := agentWith(t, Options{RoleLabel: func(_ context.Context, role string) error {
+		calls = append(calls, role)
+		if fail {
+			return errors.New("forbidden")
+		}
+		return nil
+	}}, status.New(time.Now()))
+	ctx := context.Background()
+	a.publishRole(ctx, status.RolePrimary) // fails: retried next time
+	fail = false
+	a.publishRole(ctx, status.RolePrimary)
+	a.publishRole(ctx, status.RolePrimary) // published already: no call
+	a.publishRole(ctx, status.RoleDown)    // keeps the label
+	a.publishRole(ctx, status.RoleStandby)
+	want := []string{"primary", "primary", "replica"}
+	if strings.Join(calls, ",") != strings.Join(want, ",") {
+		t.Errorf("RoleLabel calls %q; want %q", calls, want)
+	}
+}

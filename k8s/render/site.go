@@ -7,6 +7,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/walferry/walferry/k8s/podlabel"
 	"github.com/walferry/walferry/storage"
 )
 
@@ -14,9 +15,9 @@ import (
 // RoleReplica); the read-write and read-only Services select on it, as
 // Kubegres' Services follow its role label (seed 004).
 const (
-	RoleLabel   = "walferry.io/role"
-	RolePrimary = "primary"
-	RoleReplica = "replica"
+	RoleLabel   = podlabel.Key
+	RolePrimary = string(podlabel.Primary)
+	RoleReplica = string(podlabel.Replica)
 	// SiteLabel tells the two sites' pods apart (NAME-SITE).
 	SiteLabel     = "walferry.io/site"
 	nameLabel     = "app.kubernetes.io/name"
