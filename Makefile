@@ -48,7 +48,7 @@ image: ## build the container image IMAGE (default walferry:VERSION) with docker
 	echo "==> $$tool build -t $(IMAGE)"; \
 	"$$tool" build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg CGO=$(CGO) -t $(IMAGE) .
 
-deps: ## install PostgreSQL 15, MinIO, fake-gcs-server, Azurite (idempotent)
+deps: ## install PostgreSQL 15, MinIO, fake-gcs-server, Azurite; build kube-apiserver and etcd from tools/kube once (~13 min) (idempotent)
 	@bash scripts/install-test-deps.sh
 
 vet: ## go vet + gofmt check
