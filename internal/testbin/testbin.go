@@ -57,10 +57,16 @@ func build() (string, error) {
 	if err != nil {
 		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
+	// walferry-hook beside walferry, as make build and the image put
+	// them: the hook execs the walferry next to it, bootstrap
+	// --install-bin copies both.
 	out := filepath.Join(dir, "walferry")
-	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", out, "github.com/walferry/walferry/cmd/walferry")
+	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", dir+"/", "github.com/walferry/walferry/cmd/walferry", "github.com/walferry/walferry/cmd/walferry-hook")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%w\n%s", err, b)
+	}
+	if err := os.Chmod(filepath.Join(dir, "walferry-hook"), 0o755); err != nil {
+		return "", err
 	}
 	return out, os.Chmod(out, 0o755)
 }
