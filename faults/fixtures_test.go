@@ -79,7 +79,7 @@ func s3URL(s3 testenv.S3Env, prefix, endpoint string) string {
 const segMB = 1
 
 // walSource starts a cluster with 1 MiB segments that keeps every segment
-// it completes with a .ready file (archive_mode on, archive_command ”),
+// it completes with a .ready file (archive_mode on, an empty archive_command),
 // writes at least n segments of poorly compressible WAL and stops it.
 func walSource(t *testing.T, n int) (*pgtest.Cluster, []string) {
 	t.Helper()

@@ -62,6 +62,7 @@ func newFront(t *testing.T, s3 testenv.S3Env) *front {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
+	zerolog.SetGlobalLevel(zerolog.Disabled) // the toxics log through the global logger
 	tsrv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
 	f.proxy = toxiproxy.NewProxy(tsrv, "store", "127.0.0.1:0", ln.Addr().String())
 	if err := f.proxy.Start(); err != nil {
