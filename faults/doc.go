@@ -12,5 +12,8 @@
 // table of them, fault x operation, and fails when any trial lost data,
 // hung or failed unclearly.
 //
+// The tests carry the build tag "faults", so `go test ./...` (make test)
+// leaves them out; `make test-faults` runs them with -tags faults. Replay
+// the random choices of a run with WALFERRY_FAULT_SEED=<the printed seed>.
 // The package has no non-test code besides this comment.
 package faults

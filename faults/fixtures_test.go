@@ -1,3 +1,5 @@
+//go:build faults
+
 package faults
 
 import (
@@ -243,3 +245,5 @@ func namesStore(stderr string, s3 testenv.S3Env, endpoint string) bool {
 	host := strings.TrimPrefix(endpoint, "http://")
 	return strings.Contains(stderr, s3.Bucket) || strings.Contains(stderr, host) || strings.Contains(stderr, "s3:")
 }
+
+func removeFile(path string) { _ = os.Remove(path) }

@@ -1,3 +1,5 @@
+//go:build faults
+
 package faults
 
 import (
@@ -77,8 +79,11 @@ func newFront(t *testing.T, s3 testenv.S3Env) *front {
 // (500 InternalError), after draining the request body.
 func (f *front) fail(w http.ResponseWriter, r *http.Request, status int) {
 	code, msg := "InternalError", "We encountered an internal error. Please try again."
-	if status == http.StatusServiceUnavailable {
+	switch status {
+	case http.StatusServiceUnavailable:
 		code, msg = "SlowDown", "Please reduce your request rate."
+	case http.StatusForbidden:
+		code, msg = "InvalidAccessKeyId", "The Access Key Id you provided does not exist in our records."
 	}
 	w.Header().Set("Content-Type", "application/xml")
 	w.WriteHeader(status)
