@@ -84,6 +84,24 @@ var netFaults = []netFault{
 	}},
 }
 
+// knownBugs are trials that fail today, skipped with the bug named, so
+// the suite stays green while they are open (docs/guarantees.md).
+var knownBugs = map[[2]string]string{
+	{"hang mid-body", "archive-push"}: "BUG: an upload whose connection stalls mid-body (nothing moves, nothing closes) waits forever: uploads have no progress watchdog (archive-get's downloads give up after 30 s without progress)",
+	{"hang mid-body", "backup-push"}:  "BUG: an upload whose connection stalls mid-body waits forever: uploads have no progress watchdog",
+	{"hang mid-body", "restore"}:      "BUG: a restore whose download stalls mid-body waits forever: restore's reads have no progress watchdog (archive-get's have one, 30 s)",
+}
+
+// skipKnownBug reports whether op under fault is a known bug, skipping a
+// subtest named after it.
+func skipKnownBug(t *testing.T, fault, op string) bool {
+	bug, ok := knownBugs[[2]string{fault, op}]
+	if ok {
+		t.Run(fault, func(t *testing.T) { t.Skip(bug) })
+	}
+	return ok
+}
+
 // strike applies fault to f for one trial and returns a function that ends
 // it (heals the front) once the trial is over.
 func strike(t *testing.T, f *front, fault netFault) (end func()) {
@@ -140,6 +158,9 @@ func netArchivePush(t *testing.T, s3 testenv.S3Env, src *pgtest.Cluster, segs []
 	r := openRepo(t, direct)
 	var pushed []string
 	for i, fault := range netFaults {
+		if skipKnownBug(t, fault.name, "archive-push") {
+			continue
+		}
 		seg := segs[i]
 		srcMu.Lock()
 		setReady(t, src, segs, map[string]bool{seg: true})
@@ -222,6 +243,9 @@ func netBackupPush(t *testing.T, s3 testenv.S3Env) {
 	prim := archivingPrimary(t, direct)
 	fillItems(t, prim, 50000)
 	for _, fault := range netFaults {
+		if skipKnownBug(t, fault.name, "backup-push") {
+			continue
+		}
 		before := backupList(t, prim, direct)
 		end := strike(t, f, fault)
 		res := wf(t, prim, backupLimit, "backup-push", "--repo", faulty, "--json")
@@ -260,6 +284,9 @@ func netRestore(t *testing.T, s3 testenv.S3Env) {
 	psql(t, prim, "SELECT pg_switch_wal()")
 	d := newRestoreTarget(t)
 	for _, fault := range netFaults {
+		if skipKnownBug(t, fault.name, "restore") {
+			continue
+		}
 		d.clear(t)
 		end := strike(t, f, fault)
 		res := d.restore(t, backupLimit, nil, faulty, id)

@@ -114,7 +114,8 @@ func fillItems(t *testing.T, c *pgtest.Cluster, n int) string {
 
 // pushed is what backup-push --json prints (the fields the suite reads).
 type pushed struct {
-	ID string `json:"id"`
+	ID      string `json:"id"`
+	StopWAL string `json:"stop_wal"`
 }
 
 func backupID(out string) string {
@@ -125,6 +126,16 @@ func backupID(out string) string {
 	}
 	return p.ID
 }
+
+func backupStopWAL(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var p pushed
+	json.Unmarshal([]byte(lines[len(lines)-1]), &p)
+	return p.StopWAL
+}
+
+// host is an endpoint URL's host:port.
+func host(endpoint string) string { return strings.TrimPrefix(endpoint, "http://") }
 
 // backupList returns the ids backup-list --json lists.
 func backupList(t *testing.T, c *pgtest.Cluster, url string) []string {

@@ -4,6 +4,7 @@ package faults
 
 import (
 	"bytes"
+	"slices"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
@@ -31,7 +33,8 @@ func TestStore(t *testing.T) {
 	url, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
 	prim := archivingPrimary(t, url)
 	fillItems(t, prim, 20000)
-	id := backupID(mustWF(t, prim, "backup-push", "--repo", url, "--json").stdout)
+	out := mustWF(t, prim, "backup-push", "--repo", url, "--json").stdout
+	id, stopWAL := backupID(out), backupStopWAL(out)
 	psql(t, prim, "SELECT pg_switch_wal()")
 	rp := openRepo(t, url)
 	ctx := context.Background()
@@ -51,11 +54,20 @@ func TestStore(t *testing.T) {
 		}
 		return nil
 	})
-	if len(walKeys) < 2 || dataKey == "" {
+	// The damaged segment is the backup's last: in the range verify --wal
+	// and a restore need.
+	seg := stopWAL
+	segSize, err := pg.NewWALSegmentSize(segMB << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	walKey, err := repo.WALKey(seg, segSize)
+	if err != nil {
+		t.Fatalf("backup-push printed stop_wal %q: %v", seg, err)
+	}
+	if !slices.Contains(walKeys, walKey) || dataKey == "" {
 		t.Fatalf("the repository has %d WAL objects and data object %q", len(walKeys), dataKey)
 	}
-	walKey := walKeys[0]
-	seg, _ := repo.WALNameFromKey(walKey)
 	raw := func(key string) []byte {
 		rc, err := rp.Store().Get(ctx, key)
 		if err != nil {
@@ -148,7 +160,8 @@ func TestStore(t *testing.T) {
 	} else {
 		record(t, "object deleted", "archive-get", unclear, "want exit 1 and no file: "+res.String())
 	}
-	verify("object deleted", 6, []string{"--wal"}, nil, seg)
+	// Missing is not corrupt: exit 1 (README), naming the segment.
+	verify("object deleted", 1, []string{"--wal"}, nil, seg, "missing")
 	put(walKey, orig)
 
 	// Backup data objects.
@@ -196,13 +209,13 @@ func TestStore(t *testing.T) {
 	f.httpFault(http.StatusForbidden, 6)
 	res = wf(t, prim, backupLimit, "backup-push", "--repo", faulty)
 	f.heal()
-	expect("credentials revoked mid-run", "backup-push", res, 4, s3.Bucket)
+	expect("credentials revoked mid-run", "backup-push", res, 4, host(f.Endpoint))
 	f.httpFault(http.StatusForbidden, 1)
-	getSeg("credentials revoked mid-run", faulty, nil, s3.Bucket)
+	getSeg("credentials revoked mid-run", faulty, nil, host(f.Endpoint))
 	f.heal()
 	badKey := []string{"AWS_SECRET_ACCESS_KEY=wrong-" + s3.SecretKey}
-	getSeg("wrong credentials", url, badKey, s3.Bucket)
-	verify("wrong credentials", 4, nil, badKey, s3.Bucket)
+	getSeg("wrong credentials", url, badKey, host(s3.Endpoint))
+	verify("wrong credentials", 4, nil, badKey, host(s3.Endpoint))
 }
 
 func containsAll(s string, names []string) bool {
