@@ -4,12 +4,12 @@ package faults
 
 import (
 	"bytes"
-	"slices"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
