@@ -24,7 +24,7 @@ TEST_TMPDIR ?= /tmp
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-.PHONY: help build install image test test-unit test-with-services vet fmt deps fuzz demo clean
+.PHONY: help build install image test test-unit test-with-services test-faults test-faults-with-services vet fmt deps fuzz demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
@@ -153,6 +153,26 @@ test-with-services: ## all tests against services already started (scripts/servi
 	if [ "$${st[0]}" -ne 0 ] || [ "$${st[2]}" -ne 0 ]; then \
 		echo "FAIL: make test (go test exit $${st[0]}, conformance check exit $${st[2]}; full log in $$log)"; exit 1; \
 	fi; \
+	rm -f "$$log"
+
+# go test -timeout of the fault suite (about 4 minutes on 2 cores).
+FAULTS_TIMEOUT ?= 25m
+
+test-faults: deps ## fault suite (network faults, kill -9, damaged objects) against PostgreSQL 15 and MinIO; prints the fault x operation table (docs/guarantees.md)
+	@TMPDIR=$(TEST_TMPDIR) bash scripts/services.sh run -- $(MAKE) --no-print-directory test-faults-with-services
+
+# Shows each trial's line, failures and the table; the full log stays on failure.
+test-faults-with-services: ## the fault suite against services already started (scripts/services.sh start)
+	@export TMPDIR=$(TEST_TMPDIR) WALFERRY_TEST_REQUIRE_SERVICES=1; \
+	log=$$(mktemp "$(TEST_TMPDIR)/walferry-faults.XXXXXX.log"); \
+	echo "==> go test -tags faults -v -parallel 8 -timeout $(FAULTS_TIMEOUT) ./faults/  (full log in $$log)"; \
+	$(GO) vet -tags faults ./faults/; \
+	set +e; \
+	$(GO) test -tags faults -v -count=1 -parallel 8 -timeout $(FAULTS_TIMEOUT) ./faults/ 2>&1 | tee "$$log" | \
+		awk '/^==> fault suite/ { table = 1 } table || /^faults: seed/ || /^(--- |FAIL|ok |panic:)/ || /_test\.go:[0-9]+: / { print } /^faults: seed/ && table { table = 0 }'; \
+	st=$${PIPESTATUS[0]}; \
+	set -e; \
+	if [ "$$st" -ne 0 ]; then echo "FAIL: make test-faults (go test exit $$st; full log in $$log)"; exit 1; fi; \
 	rm -f "$$log"
 
 fuzz: ## run each Fuzz* target for FUZZTIME (default 10s)

@@ -248,9 +248,13 @@ var retryableCodes = map[string]bool{
 }
 
 // isRetryable reports whether the same request may succeed if repeated:
-// throttling, 5xx answers, timeouts, resets and refused connections.
+// throttling, 5xx answers, timeouts, resets and refused connections. The
+// caller (wrap) has already returned the cancellation or deadline of its
+// own ctx; a deadline error here is the transport's (net/http's "timeout
+// awaiting response headers" is errors.Is context.DeadlineExceeded): a
+// store that did not answer in time, which is transient.
 func isRetryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) {
 		return false
 	}
 	if retryableCodes[errorCode(err)] {
