@@ -141,7 +141,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error)
 	if err != nil {
 		return nil, err
 	}
-	defer lease.Release(context.WithoutCancel(ctx))
+	defer releaseLease(ctx, lease)
 	ctx, stopLease := leaseContext(ctx, lease)
 	defer stopLease()
 	defer func() { err = leaseLost(ctx, "backup-push", err) }()
@@ -211,7 +211,7 @@ func Push(ctx context.Context, r *repo.Repo, o Options) (_ *Manifest, err error)
 	ok := false
 	defer func() {
 		if !ok {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
 			if err := deletePrefix(cctx, r, repo.BackupPrefix(id)); err != nil {
 				log.Warn("could not remove the failed backup's objects; the next backup-push removes them", "err", err)
@@ -668,4 +668,19 @@ func ancestorParent(ctx context.Context, r *repo.Repo, parent *Manifest, tli pg.
 		return fmt.Sprintf("the parent ends at %s, after timeline %d left timeline %d at %s", parent.StopLSN, tli, parent.Timeline, switchAt)
 	}
 	return ""
+}
+
+// cleanupTimeout bounds each clean-up step after a failed or finished
+// backup (removing a failed backup's objects, giving the lease back): a
+// store that stopped answering must not keep backup-push past its
+// documented limit; what is left is removed by the next backup-push, and
+// a lease not renewed goes stale.
+const cleanupTimeout = 30 * time.Second
+
+// releaseLease gives the lease back within cleanupTimeout, even when ctx
+// was cancelled (SIGTERM).
+func releaseLease(ctx context.Context, lease *repo.Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	lease.Release(rctx)
 }

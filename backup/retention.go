@@ -136,7 +136,7 @@ func Delete(ctx context.Context, r *repo.Repo, o DeleteOptions) (*DeleteResult, 
 		ctx, stop = leaseContext(ctx, lease)
 		defer func() {
 			stop()
-			lease.Release(context.WithoutCancel(ctx))
+			releaseLease(ctx, lease)
 		}()
 	}
 	res, err := deleteLocked(ctx, r, o, res)

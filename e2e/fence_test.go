@@ -45,13 +45,18 @@ func TestSidecarFencesOldPrimary(t *testing.T) {
 	psql(t, bc, "INSERT INTO items SELECT g, 'b' FROM generate_series(1001, 1500) g")
 
 	// A's host starts it again, as the primary it was.
+	// Not through pgtest's Start: the fence may stop it before anything
+	// sees it ready.
 	start := time.Now()
-	ac.Start(t)
+	sctx, scancel := context.WithTimeout(context.Background(), time.Minute)
+	out, err := ac.Command(sctx, "pg_ctl", "start", "-w", "-D", ac.DataDir, "-l", ac.LogFile).CombinedOutput()
+	scancel()
+	t.Logf("A started again as a primary: %v %s", err, strings.TrimSpace(string(out)))
 	// A client writes at once, and the segment is switched so A's
 	// archiver tries to archive WAL past the fork before the fence lands
 	// (errors ignored: the fence may be quicker).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	out, err := ac.Command(ctx, "psql", "-X", "-At", "-c", "INSERT INTO items VALUES (99999, 'a after the failover')", "-c", "SELECT pg_switch_wal()").CombinedOutput()
+	out, err = ac.Command(ctx, "psql", "-X", "-At", "-c", "INSERT INTO items VALUES (99999, 'a after the failover')", "-c", "SELECT pg_switch_wal()").CombinedOutput()
 	cancel()
 	t.Logf("a write on A right after its restart: %v %s", err, strings.TrimSpace(string(out)))
 	pidFile := filepath.Join(ac.DataDir, "postmaster.pid")

@@ -86,11 +86,7 @@ var netFaults = []netFault{
 
 // knownBugs are trials that fail today, skipped with the bug named, so
 // the suite stays green while they are open (docs/guarantees.md).
-var knownBugs = map[[2]string]string{
-	{"hang mid-body", "archive-push"}: "BUG: an upload whose connection stalls mid-body (nothing moves, nothing closes) waits forever: uploads have no progress watchdog (archive-get's downloads give up after 30 s without progress)",
-	{"hang mid-body", "backup-push"}:  "BUG: an upload whose connection stalls mid-body waits forever: uploads have no progress watchdog",
-	{"hang mid-body", "restore"}:      "BUG: a restore whose download stalls mid-body waits forever: restore's reads have no progress watchdog (archive-get's have one, 30 s)",
-}
+var knownBugs = map[[2]string]string{}
 
 // skipKnownBug reports whether op under fault is a known bug, skipping a
 // subtest named after it.

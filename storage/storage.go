@@ -96,7 +96,7 @@ type ConditionalCreator interface {
 	PutIfAbsent(ctx context.Context, key string, r io.Reader) error
 }
 
-// Wrapper is implemented by decorators (retry, limit): Unwrap returns the
+// Wrapper is implemented by decorators (retry, limit, stall): Unwrap returns the
 // store they wrap. Maintenance abilities that need no policy of their own
 // (TempSweeper) are found through it instead of being forwarded by every
 // decorator.

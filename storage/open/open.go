@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/azure"
@@ -16,6 +17,7 @@ import (
 	"github.com/walferry/walferry/storage/limit"
 	"github.com/walferry/walferry/storage/retry"
 	"github.com/walferry/walferry/storage/s3"
+	"github.com/walferry/walferry/storage/stall"
 )
 
 // Options tune every store opened.
@@ -28,6 +30,9 @@ type Options struct {
 	PartSize int64
 	// Retry bounds the retries of transient failures.
 	Retry retry.Policy
+	// StallTimeout is how long a transfer's body may move no bytes before
+	// it is cancelled and retried (0: stall.DefaultTimeout).
+	StallTimeout time.Duration
 	// CreateRoot creates a file:// repository's directory when missing;
 	// only repo init sets it, so an unmounted NFS volume is never replaced
 	// by an empty local directory.
@@ -49,7 +54,9 @@ func Store(ctx context.Context, rawURL string, o Options) (storage.Store, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st = retry.New(st, o.Retry, log.With("component", "storage", "repo", loc.String()))
+	// The watchdog under the retries: a stalled transfer is cancelled
+	// and retried like any other transient failure.
+	st = retry.New(stall.New(st, o.StallTimeout), o.Retry, log.With("component", "storage", "repo", loc.String()))
 	if o.Concurrency > 0 {
 		st = limit.New(st, o.Concurrency)
 	}
