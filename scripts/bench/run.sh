@@ -75,6 +75,7 @@ LAG_TPS=${BENCH_LAG_TPS:-0}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
+PGBACKREST_GIVEN=${PGBACKREST:-}
 MANY_TABLES=${BENCH_MANY_TABLES:-20000}
 HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${WALFERRY_CACHE:-$HOME/.cache/walferry}"
@@ -279,7 +280,8 @@ fi
 
 # --- the run ---------------------------------------------------------------------
 invocation=""
-for v in PGBACKREST BENCH_WORKLOADS BENCH_MANY_TABLES BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
+[ -z "$PGBACKREST_GIVEN" ] || invocation="PGBACKREST=$PGBACKREST_GIVEN "
+for v in BENCH_WORKLOADS BENCH_MANY_TABLES BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
 	if [ -n "${!v:-}" ]; then invocation="$invocation$v=${!v} "; fi
 done
 invocation="${invocation}make bench"
