@@ -251,6 +251,7 @@ shared_buffers = 128MB
 wal_level = replica
 max_wal_size = 1GB
 autovacuum = off  # the same data change on every copy, nothing else
+max_locks_per_transaction = 512  # mf_digest() reads every table in one transaction
 CONF
 	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -l "$work/mf-template.log" -o "-p 5498 -c fsync=off" -w start >/dev/null
 	mf_psql() { as_pg "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h "$work" -p 5498 -U postgres -d postgres -qAt "$@"; }
