@@ -30,7 +30,14 @@ apt_install() {
 		die "apt-get install $* failed"
 }
 
-for tool in pgbackrest:pgbackrest openssl:openssl python3:python3; do
+# PGBACKREST=/path (e.g. the current release built from source, see
+# docs/benchmarks.md) replaces Debian's package, which is then not needed.
+tools="pgbackrest:pgbackrest openssl:openssl python3:python3"
+if [ -n "${PGBACKREST:-}" ]; then
+	[ -x "$PGBACKREST" ] || die "PGBACKREST=$PGBACKREST is not an executable"
+	tools="openssl:openssl python3:python3"
+fi
+for tool in $tools; do
 	cmd=${tool%%:*} pkg=${tool#*:}
 	if command -v "$cmd" >/dev/null 2>&1; then
 		log "found $cmd: $(command -v "$cmd")"
@@ -46,5 +53,5 @@ PGBIN="${WALFERRY_TEST_PGBIN:-/usr/lib/postgresql/15/bin}"
 for prog in pgbench psql pg_ctl initdb; do
 	[ -x "$PGBIN/$prog" ] || die "$PGBIN/$prog is missing (postgresql-15 / postgresql-contrib)"
 done
-log "pgBackRest: $(pgbackrest version)"
+log "pgBackRest: $("${PGBACKREST:-pgbackrest}" version)"
 log "all benchmark dependencies present"

@@ -39,9 +39,42 @@ const digestSQL = `SELECT (SELECT count(*) || '/' || sum(abalance) || '/' || sum
 // backupJobs is both tools' parallelism: pgBackRest process-max, walferry --jobs.
 const backupJobs = 2
 
+// dataset is the cluster a group of backup workloads copies: the pgbench
+// database of W3-W5, or the many-files cluster of W6-W7 (thousands of
+// small tables, one 8 KiB file each).
+type dataset struct {
+	name                string // in the copies' names ("" for pgbench)
+	template            string // the stopped cluster
+	dataBytes           int64
+	full, restore, incr string // the workloads; restore "" when not measured
+	update              string // the change before the incremental backup
+	digest              string // fingerprint of the data, compared after a restore
+}
+
+func (c *config) pgbenchSet() dataset {
+	return dataset{template: c.backupTemplate, dataBytes: c.backupDataBytes,
+		full: workBackupFull, restore: workRestore, incr: workBackupIncr, update: updateSQL, digest: digestSQL}
+}
+
+// manyUpdateSQL changes one row in every 100th table of the many-files
+// cluster (1% of its tables).
+func manyUpdateSQL(tables int) string {
+	return fmt.Sprintf("DO $$ BEGIN FOR i IN 1..%d BY 100 LOOP EXECUTE format('UPDATE mf_%%s SET v = v + 1', i); END LOOP; END $$", tables)
+}
+
+// manyDigestSQL calls the digest function run.sh creates in the
+// many-files cluster: tables, rows and a checksum of every row.
+const manyDigestSQL = "SELECT mf_digest()"
+
+func (c *config) manySet() dataset {
+	return dataset{name: "many", template: c.manyTemplate, dataBytes: c.manyDataBytes,
+		full: workManyFull, incr: workManyIncr, update: manyUpdateSQL(c.manyTables), digest: manyDigestSQL}
+}
+
 // cluster is one tool's copy of the workload cluster and its repository.
 type cluster struct {
 	c                    *config
+	set                  dataset
 	tool, store, comp    string
 	name, dir, pgdata    string
 	port                 int
@@ -70,11 +103,20 @@ func (c *config) runBackups() ([]Result, error) {
 					tools[0], tools[1] = tools[1], tools[0]
 				}
 				i++
-				for _, tool := range tools {
-					rs, err := c.runBackupTool(tool, store, comp, round)
-					out = append(out, rs...)
-					if err != nil {
-						return out, fmt.Errorf("%s %s %s round %d: %w", tool, store, comp, round, err)
+				var sets []dataset
+				if c.want["W3"] {
+					sets = append(sets, c.pgbenchSet())
+				}
+				if c.want["W6"] {
+					sets = append(sets, c.manySet())
+				}
+				for _, set := range sets {
+					for _, tool := range tools {
+						rs, err := c.runBackupTool(set, tool, store, comp, round)
+						out = append(out, rs...)
+						if err != nil {
+							return out, fmt.Errorf("%s %s %s %s round %d: %w", set.full, tool, store, comp, round, err)
+						}
 					}
 				}
 			}
@@ -83,9 +125,12 @@ func (c *config) runBackups() ([]Result, error) {
 	return out, nil
 }
 
-func (c *config) runBackupTool(tool, store, comp string, round int) ([]Result, error) {
+func (c *config) runBackupTool(set dataset, tool, store, comp string, round int) ([]Result, error) {
 	name := fmt.Sprintf("%s-%s-%s-r%d", strings.ToLower(store), comp, strings.ToLower(tool), round)
-	k := &cluster{c: c, tool: tool, store: store, comp: comp, name: name, round: round,
+	if set.name != "" {
+		name = set.name + "-" + name
+	}
+	k := &cluster{c: c, set: set, tool: tool, store: store, comp: comp, name: name, round: round,
 		dir: filepath.Join(c.work, "backup", name)}
 	k.pgdata = filepath.Join(k.dir, "pg")
 	var err error
@@ -109,29 +154,29 @@ func (c *config) runBackupTool(tool, store, comp string, round int) ([]Result, e
 		out = append(out, r)
 	}
 	// W3: full backup.
-	full, err := k.measure(workBackupFull, k.backupArgv(false))
+	full, err := k.measure(set.full, k.backupArgv(false))
 	if err != nil {
 		return out, err
 	}
 	if full.Err == "" {
-		full.StoredBytes, err = k.delta(0)
+		full.StoredBytes, full.StoredObjs, err = k.deltaCount(0, 0)
 		if err != nil {
 			full.Notes = append(full.Notes, "repository size: "+err.Error())
 		}
 	}
-	full.DataBytes = k.c.backupDataBytes
+	full.DataBytes = set.dataBytes
 	record(full)
 	if full.Err != "" {
 		return out, nil // nothing to restore or to build on; the report shows why
 	}
 	if round == 1 {
-		if k.srcDigest, err = k.psql(k.port, digestSQL); err != nil {
+		if k.srcDigest, err = k.psql(k.port, set.digest); err != nil {
 			return out, step("digest", err)
 		}
 	}
 
 	// W4: restore of the full backup into an empty directory.
-	if c.want["W4"] {
+	if set.restore != "" && c.want[workloadName[set.restore]] {
 		if !k.restoreOK {
 			r := Result{Spec: k.spec(workRestore, nil), Err: "walferry restore is not in this build"}
 			fmt.Fprintf(os.Stderr, "bench: %-11s %-6s %-4s %-10s skipped: %s\n", workRestore, store, comp, tool, r.Err)
@@ -158,11 +203,11 @@ func (c *config) runBackupTool(tool, store, comp string, round int) ([]Result, e
 	}
 
 	// W5: the same change on every copy, then an incremental backup.
-	if !c.want["W5"] {
+	if !c.want[workloadName[set.incr]] {
 		return out, nil
 	}
-	fmt.Fprintf(os.Stderr, "bench: %s: %s; CHECKPOINT\n", name, updateSQL)
-	if _, err := k.psql(k.port, updateSQL); err != nil {
+	fmt.Fprintf(os.Stderr, "bench: %s: %s; CHECKPOINT\n", name, set.update)
+	if _, err := k.psql(k.port, set.update); err != nil {
 		return out, step("update", err)
 	}
 	if _, err := k.psql(k.port, "CHECKPOINT"); err != nil {
@@ -171,21 +216,21 @@ func (c *config) runBackupTool(tool, store, comp string, round int) ([]Result, e
 	if err := k.waitArchived(); err != nil {
 		return out, step("archive the update's WAL", err)
 	}
-	before, err := k.backupsSize()
+	before, beforeObjs, err := k.c.storeCountPrefix(k.sizeURL, k.sizePrefix)
 	if err != nil {
 		return out, err
 	}
-	incr, err := k.measure(workBackupIncr, k.backupArgv(true))
+	incr, err := k.measure(set.incr, k.backupArgv(true))
 	if err != nil {
 		return out, err
 	}
 	if incr.Err == "" {
-		incr.StoredBytes, err = k.delta(before)
+		incr.StoredBytes, incr.StoredObjs, err = k.deltaCount(before, beforeObjs)
 		if err != nil {
 			incr.Notes = append(incr.Notes, "repository size: "+err.Error())
 		}
 		if k.restoreOK && round == 1 {
-			if k.updDigest, err = k.psql(k.port, digestSQL); err != nil {
+			if k.updDigest, err = k.psql(k.port, set.digest); err != nil {
 				return out, step("digest", err)
 			}
 			// Not timed: the restore of the incremental backup (its chain).
@@ -215,8 +260,8 @@ func (k *cluster) prepare() error {
 	if err := os.MkdirAll(k.dir, 0o755); err != nil {
 		return err
 	}
-	if out, err := exec.Command("cp", "-a", c.backupTemplate, k.pgdata).CombinedOutput(); err != nil {
-		return fmt.Errorf("cp -a %s: %w: %s", c.backupTemplate, err, out)
+	if out, err := exec.Command("cp", "-a", k.set.template, k.pgdata).CombinedOutput(); err != nil {
+		return fmt.Errorf("cp -a %s: %w: %s", k.set.template, err, out)
 	}
 	os.Remove(filepath.Join(k.pgdata, "postmaster.pid"))
 	vdir := filepath.Join(k.dir, "tool")
@@ -313,15 +358,50 @@ func (k *cluster) pgbackrestConf(repoPath, vdir string) string {
 			"repo1-s3-region=us-east-1\nrepo1-s3-key=%s\nrepo1-s3-key-secret=%s\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n",
 			repoPath, c.s3Bucket, host, port, c.s3Key, c.s3Secret)
 	}
-	ct := k.comp
-	if ct == "zstd" {
-		ct = "zst"
+	for _, o := range c.pgbackrestBackupOptions(k.comp) {
+		b.WriteString(o + "\n")
 	}
-	fmt.Fprintf(&b, "repo1-retention-full=9\ncompress-type=%s\nprocess-max=%d\nstart-fast=y\n", ct, backupJobs)
 	fmt.Fprintf(&b, "log-level-console=warn\nlog-level-stderr=warn\nlog-level-file=off\nlog-path=%s\nlock-path=%s\nspool-path=%s\n",
 		filepath.Join(vdir, "log"), filepath.Join(vdir, "lock"), filepath.Join(vdir, "spool"))
 	fmt.Fprintf(&b, "\n[bench]\npg1-path=%s\npg1-port=%d\npg1-socket-path=%s\n", k.pgdata, k.port, c.sockDir)
 	return b.String()
+}
+
+// pgbackrestBackupOptions are pgBackRest's settings for W3-W7 and S1 (its
+// best for backups, as far as its version has them), the report prints
+// them: file bundling (repo1-bundle, since 2.39: small files combined into
+// few repository objects) and block incremental (repo1-block, which needs
+// repo1-bundle: an incremental stores the changed blocks of a changed
+// file, not the whole file; a beta feature in 2.45, enabled with beta=y,
+// generally available since 2.46).
+func (c *config) pgbackrestBackupOptions(comp string) []string {
+	ct := comp
+	if ct == "zstd" {
+		ct = "zst"
+	}
+	opts := []string{"compress-type=" + ct, fmt.Sprintf("process-max=%d", backupJobs), "start-fast=y", "repo1-retention-full=9"}
+	if c.pbAtLeast(2, 39) {
+		opts = append(opts, "repo1-bundle=y")
+	}
+	switch {
+	case c.pbAtLeast(2, 46):
+		opts = append(opts, "repo1-block=y")
+	case c.pbAtLeast(2, 45):
+		opts = append(opts, "beta=y", "repo1-block=y")
+	}
+	return opts
+}
+
+// pbAtLeast: the pgBackRest under test is at least major.minor.
+func (c *config) pbAtLeast(major, minor int) bool {
+	a, b, _ := strings.Cut(c.pgbackrestVersion, ".")
+	ma, err1 := strconv.Atoi(a)
+	b, _, _ = strings.Cut(b, ".")
+	mi, err2 := strconv.Atoi(strings.TrimRightFunc(b, func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 func (k *cluster) backupArgv(incremental bool) []string {
@@ -367,6 +447,11 @@ func (k *cluster) measure(work string, argv []string) (Result, error) {
 // (pgBackRest's backup.info and history included; WAL excluded).
 func (k *cluster) backupsSize() (int64, error) {
 	return k.c.storeSizePrefix(k.sizeURL, k.sizePrefix)
+}
+
+func (k *cluster) deltaCount(before, beforeObjs int64) (int64, int64, error) {
+	after, objs, err := k.c.storeCountPrefix(k.sizeURL, k.sizePrefix)
+	return after - before, objs - beforeObjs, err
 }
 
 func (k *cluster) delta(before int64) (int64, error) {
@@ -424,7 +509,11 @@ func (k *cluster) checkRestore(dest, want string) string {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	got, err := k.psql(port, digestSQL)
+	dsql := k.set.digest
+	if dsql == "" {
+		dsql = digestSQL
+	}
+	got, err := k.psql(port, dsql)
 	if err != nil {
 		return "digest: " + k.short(err)
 	}

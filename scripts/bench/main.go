@@ -69,6 +69,7 @@ func main() {
 // config is what run.sh hands over.
 type config struct {
 	work, walferry, pgbackrest string
+	pgbackrestVersion          string // "2.45", from pgbackrest version
 	walferryHook               string // the hook of the walferry daemon variants
 	template, walDir           string // pg_control + PG_VERSION; the workload's segments
 	s3Endpoint, s3Bucket       string // https://127.0.0.1:PORT
@@ -90,6 +91,11 @@ type config struct {
 	pgbin, sockDir     string
 	rounds             int // W3-W5 are measured this many times
 	walferryHasRestore bool
+	// W6-W7: the many-files cluster
+	manyTemplate  string // stopped cluster holding manyTables small tables
+	manyAbout     string // markdown table row describing it
+	manyDataBytes int64
+	manyTables    int
 	// S1-S2 (standby.go)
 	standbyRounds int             // S1 is measured this many times
 	lagSeconds    time.Duration   // S2: the window of each mode
@@ -100,10 +106,13 @@ type config struct {
 // allWorkloads in order. W2 reads what W1 pushed and W4, W5 build on W3's
 // backup, so W1 runs whenever W2 does and W3 whenever W4 or W5 do. S1 and
 // S2 (standby sites, standby.go) run alone or with the others.
-var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5", "S1", "S2"}
+// W7 builds on W6 (the many-files cluster's full backup), which then runs too.
+var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1", "S2"}
 
 func (c *config) archiveRun() bool { return c.want["W1"] || c.want["W2"] }
-func (c *config) backupRun() bool  { return c.want["W3"] || c.want["W4"] || c.want["W5"] }
+func (c *config) backupRun() bool {
+	return c.want["W3"] || c.want["W4"] || c.want["W5"] || c.want["W6"] || c.want["W7"]
+}
 
 func allMain(args []string) error {
 	var c config
@@ -130,6 +139,9 @@ func allMain(args []string) error {
 	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown describing the W3-W5 workload")
 	fl.StringVar(&c.standbyAbout, "standby-about", "", "markdown describing the S1-S2 workload")
 	fl.StringVar(&c.walAbout, "wal-about", "", "markdown describing the W1-W2 workload")
+	fl.StringVar(&c.manyTemplate, "many-template", "", "stopped cluster holding the W6-W7 many-files database")
+	fl.StringVar(&c.manyAbout, "many-about", "", "markdown describing the W6-W7 workload")
+	fl.IntVar(&c.manyTables, "many-tables", 20000, "tables of the many-files cluster (mf_1 .. mf_N)")
 	fl.StringVar(&c.pgbin, "pgbin", "/usr/lib/postgresql/15/bin", "PostgreSQL's programs")
 	fl.IntVar(&c.rounds, "rounds", 5, "rounds of W3-W5 (the report gives the median)")
 	fl.StringVar(&c.sockDir, "socket-dir", "", "directory of the servers' unix sockets (default: --work)")
@@ -152,6 +164,9 @@ func allMain(args []string) error {
 	}
 	if c.want["W4"] || c.want["W5"] {
 		c.want["W3"] = true
+	}
+	if c.want["W7"] {
+		c.want["W6"] = true
 	}
 	if c.sockDir == "" {
 		c.sockDir = c.work
@@ -185,8 +200,19 @@ func allMain(args []string) error {
 			return fmt.Errorf("no workload in %s", c.walDir)
 		}
 	}
+	out, err := exec.Command(c.pgbackrest, "version").Output()
+	if err != nil {
+		return fmt.Errorf("%s version: %w", c.pgbackrest, err)
+	}
+	c.pgbackrestVersion = strings.TrimPrefix(strings.TrimSpace(string(out)), "pgBackRest ")
+	if c.want["W6"] {
+		if c.manyTemplate == "" {
+			return fmt.Errorf("W6-W7 need --many-template")
+		}
+		c.manyDataBytes = dirBytes(c.manyTemplate)
+	}
 	if c.backupRun() || c.standbyRun() {
-		if c.backupTemplate == "" {
+		if c.backupTemplate == "" && (c.want["W3"] || c.standbyRun()) {
 			return fmt.Errorf("W3-W5, S1 and S2 need --backup-template")
 		}
 		c.backupDataBytes = dirBytes(c.backupTemplate)
@@ -602,17 +628,24 @@ func (c *config) storeSize(url string) (int64, error) { return c.storeSizePrefix
 
 // storeSizePrefix sums the sizes of the objects under prefix.
 func (c *config) storeSizePrefix(url, prefix string) (int64, error) {
+	n, _, err := c.storeCountPrefix(url, prefix)
+	return n, err
+}
+
+// storeCountPrefix is the total size and the number of a store's objects under prefix.
+func (c *config) storeCountPrefix(url, prefix string) (int64, int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer st.Close()
-	var total int64
+	var total, count int64
 	err = st.List(ctx, prefix, func(oi storage.ObjectInfo) error {
 		total += oi.Size
+		count++
 		return nil
 	})
-	return total, err
+	return total, count, err
 }

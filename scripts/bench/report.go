@@ -41,7 +41,10 @@ func reportMain(args []string) error {
 	fl.StringVar(&c.out, "out", "", "markdown report to update")
 	fl.StringVar(&c.about, "about", "", "the run's about.md")
 	fl.StringVar(&c.backupAbout, "backup-about", "", "markdown row describing the W3-W5 workload")
-	fl.StringVar(&workloads, "workloads", "W3,W4,W5", "workloads of the run (W3-W5 only)")
+	fl.StringVar(&workloads, "workloads", "W3,W4,W5", "workloads of the run (W3-W7 only)")
+	fl.StringVar(&c.manyAbout, "many-about", "", "markdown row describing the W6-W7 workload")
+	fl.IntVar(&c.manyTables, "many-tables", 20000, "tables of the many-files cluster")
+	fl.StringVar(&c.pgbackrestVersion, "pgbackrest-version", "", "the version of the pgBackRest that ran (its settings depend on it)")
 	fl.StringVar(&stores, "stores", "fs,MinIO", "stores")
 	fl.StringVar(&comps, "compressions", "lz4,zstd", "compressions")
 	fl.IntVar(&c.rounds, "rounds", 5, "rounds of the run")
@@ -51,8 +54,8 @@ func reportMain(args []string) error {
 	c.stores, c.compressions = strings.Split(stores, ","), strings.Split(comps, ",")
 	c.want = map[string]bool{}
 	for _, w := range strings.Split(workloads, ",") {
-		if w != "W3" && w != "W4" && w != "W5" {
-			return fmt.Errorf("--workloads: bench report renders W3-W5 only, not %q", w)
+		if w < "W3" || w > "W7" || len(w) != 2 {
+			return fmt.Errorf("--workloads: bench report renders W3-W7 only, not %q", w)
 		}
 		c.want[w] = true
 	}
@@ -157,6 +160,18 @@ func archivePart(c config, rs []Result) (string, error) {
 		return "", err
 	}
 	b.WriteString(about)
+	b.WriteString("### Settings of both tools (W1-W2)\n\n| tool | mode | settings |\n|---|---|---|\n")
+	for _, comp := range c.compressions {
+		ct := comp
+		if ct == "zstd" {
+			ct = "zst"
+		}
+		fmt.Fprintf(&b, "| pgBackRest %s | sync, %s | `compress-type=%s`, `log-level-file=off`; `pgbackrest archive-push %%p`, `pgbackrest archive-get %%f %%p`, one process per call |\n", c.pgbackrestVersion, comp, ct)
+		fmt.Fprintf(&b, "| pgBackRest %s | async (its best mode), %s | the same with `archive-async=y`, `process-max=2`, `archive-get-queue-max=1GiB` |\n", c.pgbackrestVersion, comp)
+		fmt.Fprintf(&b, "| walferry | standalone, %s | `WALFERRY_COMPRESSION=%s`; `walferry archive-push %%p` (look-ahead push), `walferry archive-get %%f %%p` (prefetch spool) |\n", comp, walferryCompression(comp))
+		fmt.Fprintf(&b, "| walferry | daemon, %s | the same served by `walferry daemon --socket S --pgdata D`, the hook `walferry-hook archive-push --socket S %%p` |\n", comp)
+	}
+	b.WriteString("\n")
 	n := len(c.segments)
 
 	fmt.Fprintf(&b, "### W1: archive-push of %d segments, one call at a time\n\n", n)
@@ -325,7 +340,30 @@ func splice(path string, parts map[string]string) error {
 // goals of the issue for W3-W5: walferry's speed-up over pgBackRest.
 var backupGoal = map[string]float64{workBackupFull: 1.5, workRestore: 1.5, workBackupIncr: 3}
 
-var workloadName = map[string]string{workBackupFull: "W3", workRestore: "W4", workBackupIncr: "W5"}
+var workloadName = map[string]string{workBackupFull: "W3", workRestore: "W4", workBackupIncr: "W5", workManyFull: "W6", workManyIncr: "W7"}
+
+// backupSettings is the table of both tools' settings in W3-W7.
+func backupSettings(c config) string {
+	var b strings.Builder
+	b.WriteString("### Settings of both tools (W3-W7)\n\n")
+	b.WriteString("| tool | settings |\n|---|---|\n")
+	for _, comp := range c.compressions {
+		opts := c.pgbackrestBackupOptions(comp)
+		fmt.Fprintf(&b, "| pgBackRest %s, %s | `%s`, `archive-check=y` (default), `log-level-file=off`; `archive_command` = `pgbackrest archive-push %%p` (synchronous); `--type=full backup`, `--type=incr backup`, `restore` |\n",
+			c.pgbackrestVersion, comp, strings.Join(opts, "`, `"))
+	}
+	if !c.pbAtLeast(2, 39) {
+		fmt.Fprintf(&b, "| | pgBackRest %s has neither repo1-bundle (2.39) nor repo1-block (2.45 beta, 2.46): it writes one object per file and its incrementals copy whole changed files |\n", c.pgbackrestVersion)
+	} else if !c.pbAtLeast(2, 46) {
+		fmt.Fprintf(&b, "| | pgBackRest %s: block incremental (repo1-block) is a beta feature, enabled with beta=y; generally available since 2.46 |\n", c.pgbackrestVersion)
+	}
+	for _, comp := range c.compressions {
+		fmt.Fprintf(&b, "| walferry, %s | `WALFERRY_COMPRESSION=%s`; `archive_command` = `walferry archive-push %%p`; `backup-push --jobs %d --json`, `backup-push --jobs %d --json --incremental`, `restore LATEST --jobs %d` |\n",
+			comp, walferryCompression(comp), backupJobs, backupJobs, backupJobs)
+	}
+	b.WriteString("\n")
+	return b.String()
+}
 
 // cellRuns are the rounds of one workload, store, compression and tool.
 type cellRuns struct {
@@ -391,11 +429,16 @@ func (c cellRuns) sizeRun() *Result {
 
 func backupPart(c config, rs []Result) (string, error) {
 	var b strings.Builder
-	about, err := aboutBlock(c, c.backupAbout)
+	rows := c.backupAbout
+	if c.want["W6"] && c.manyAbout != "" {
+		rows = strings.TrimRight(rows, "\n") + "\n" + c.manyAbout
+	}
+	about, err := aboutBlock(c, strings.Trim(rows, "\n"))
 	if err != nil {
 		return "", err
 	}
 	b.WriteString(about)
+	b.WriteString(backupSettings(c))
 	if c.rounds > 1 {
 		fmt.Fprintf(&b, "Each cell is the median of %d rounds (fresh copies of the cluster, fresh repositories), "+
 			"with the fastest and slowest round in parentheses; CPU time is the median round's, peak memory the largest of any round; "+
@@ -426,6 +469,19 @@ func backupPart(c config, rs []Result) (string, error) {
 					chk = orDash(cr.first.Check)
 				}
 				return fmt.Sprintf("%.1f | %s", float64(cr.sizeRun().StoredBytes)/(1<<20), chk)
+			}},
+		{workManyFull, fmt.Sprintf("W6: full backup of the many-files cluster (%d small tables, one file each)", c.manyTables),
+			"backup in repository MiB | objects in repository", func(cr cellRuns) string {
+				r := cr.sizeRun()
+				return fmt.Sprintf("%.1f | %d", float64(r.StoredBytes)/(1<<20), r.StoredObjs)
+			}},
+		{workManyIncr, "W7: incremental backup of the many-files cluster after `" + manyUpdateSQL(c.manyTables) + "` and `CHECKPOINT`",
+			"backup in repository MiB | objects in repository | restore of it, tables compared", func(cr cellRuns) string {
+				chk := "-"
+				if cr.first != nil {
+					chk = orDash(cr.first.Check)
+				}
+				return fmt.Sprintf("%.1f | %d | %s", float64(cr.sizeRun().StoredBytes)/(1<<20), cr.sizeRun().StoredObjs, chk)
 			}},
 	}
 	for _, sec := range sections {
@@ -462,7 +518,7 @@ func backupPart(c config, rs []Result) (string, error) {
 		"the speed-up below is the median of those per-round ratios, and the range the lowest and highest of them.\n\n")
 	b.WriteString("| workload | store | compr. | pgBackRest wall s | walferry wall s | speed-up (range) | goal | CPU time pgBackRest / walferry | peak memory, all processes (PSS), walferry / pgBackRest | backup size pgBackRest / walferry |\n")
 	b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
-	for _, w := range []string{workBackupFull, workRestore, workBackupIncr} {
+	for _, w := range []string{workBackupFull, workRestore, workBackupIncr, workManyFull, workManyIncr} {
 		for _, store := range c.stores {
 			for _, comp := range c.compressions {
 				pbc, wfc := collect(rs, w, store, comp, "pgBackRest"), collect(rs, w, store, comp, "walferry")
@@ -470,12 +526,19 @@ func backupPart(c config, rs []Result) (string, error) {
 				if pb == nil || wf == nil {
 					continue
 				}
-				label := map[string]string{workBackupFull: "W3 full", workRestore: "W4 restore", workBackupIncr: "W5 incr"}[w]
+				label := map[string]string{workBackupFull: "W3 full", workRestore: "W4 restore", workBackupIncr: "W5 incr",
+					workManyFull: "W6 many-files full", workManyIncr: "W7 many-files incr"}[w]
 				speeds, cpus := pairedRatios(pbc, wfc)
 				speed := medianOf(speeds)
-				mark := "met"
-				if speed < backupGoal[w] {
-					mark = "not met"
+				goal := "-"
+				if g, ok := backupGoal[w]; ok {
+					goal = fmt.Sprintf("%.1fx: met", g)
+					if speed < g {
+						goal = fmt.Sprintf("%.1fx: not met", g)
+					}
+				}
+				if speed < 1 {
+					goal += "; walferry slower"
 				}
 				size := "-"
 				if w != workRestore && wfc.sizeRun().StoredBytes > 0 {
@@ -483,8 +546,8 @@ func backupPart(c config, rs []Result) (string, error) {
 				}
 				_, pbPSS := pbc.peaks()
 				_, wfPSS := wfc.peaks()
-				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.2f-%.2f) | %.1fx: %s | %.2f | %.2f | %s |\n", label, store, comp,
-					pb.WallSeconds, wf.WallSeconds, speed, minOf(speeds), maxOf(speeds), backupGoal[w], mark,
+				fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.2f | **%.2fx** (%.2f-%.2f) | %s | %.2f | %.2f | %s |\n", label, store, comp,
+					pb.WallSeconds, wf.WallSeconds, speed, minOf(speeds), maxOf(speeds), goal,
 					medianOf(cpus), float64(wfPSS)/float64(pbPSS), size)
 			}
 		}

@@ -24,6 +24,11 @@
 #       and its tables compared with the source (not timed).
 #   W5  incremental backup after UPDATE of 5% of pgbench_accounts and a
 #       CHECKPOINT (walferry --incremental, pgbackrest --type=incr).
+#   W6  full backup of the many-files cluster: BENCH_MANY_TABLES (20000)
+#       small tables of one row, one 8 KiB file each (about 21,000 files,
+#       160 MiB), the same way as W3 (its own copies and repositories).
+#   W7  incremental backup of it after a row of every 100th table changed
+#       and a CHECKPOINT; its restore is checked in round 1 (not timed).
 #   S1  a standby from the repository up to consistent: walferry bootstrap
 #       --from repo vs pgbackrest restore --type=standby of the same source
 #       (a copy of the W3-W5 cluster; each tool's full backup of it, taken
@@ -34,13 +39,20 @@
 #       primary's walferry sidecar --wal-receive --partial-interval 1s),
 #       streaming (the standby's walferry sidecar --source-conn).
 #
+# pgBackRest: PGBACKREST=/path/to/pgbackrest (e.g. the current release built
+# from its source, see docs/benchmarks.md) when given, else Debian's package;
+# the report names its version and where it came from. W3-W7 and S1 run it
+# with repo1-bundle=y (2.39+) and repo1-block=y (2.46+; 2.45: beta=y), W1-W2
+# in sync and archive-async mode; every setting is printed in the report.
+#
 # pgBackRest 2.45 talks to S3 over TLS only, so this script starts its own
 # MinIO with a self-signed certificate (--certs-dir) and points both tools
 # at it: pgBackRest with repo1-storage-verify-tls=n, walferry with
 # SSL_CERT_FILE naming the certificate.
 #
-# Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; W2 needs W1 and
-# W4, W5 need W3, which then run too), BENCH_SEGMENTS (200), BENCH_SCALE
+# Knobs (environment): BENCH_WORKLOADS (W1,W2,W3,W4,W5; also W6,W7,S1,S2;
+# W2 needs W1, W4, W5 need W3 and W7 needs W6, which then run too),
+# BENCH_MANY_TABLES (W6-W7, 20000), PGBACKREST, BENCH_SEGMENTS (200), BENCH_SCALE
 # (pgbench -i scale of W1-W2's WAL, 60), BENCH_BACKUP_SCALE (W3-W5, 100),
 # BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 5;
 # S1 rounds, 3), BENCH_LAG_SECONDS (S2's window per mode, 180),
@@ -63,6 +75,8 @@ LAG_TPS=${BENCH_LAG_TPS:-0}
 STORES=${BENCH_STORES:-fs,MinIO}
 COMPRESSIONS=${BENCH_COMPRESSIONS:-lz4,zstd}
 OUT=${BENCH_OUT:-$root/docs/benchmarks.md}
+PGBACKREST_GIVEN=${PGBACKREST:-}
+MANY_TABLES=${BENCH_MANY_TABLES:-20000}
 HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${WALFERRY_CACHE:-$HOME/.cache/walferry}"
 BUCKET=walferry-bench
@@ -72,14 +86,29 @@ die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
 want() { case ",${WORKLOADS^^}," in *",$1,"*) return 0 ;; esac; return 1; }
 for w in ${WORKLOADS//,/ }; do
-	case "${w^^}" in W1 | W2 | W3 | W4 | W5 | S1 | S2) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5,S1,S2)" ;; esac
+	case "${w^^}" in W1 | W2 | W3 | W4 | W5 | W6 | W7 | S1 | S2) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5,W6,W7,S1,S2)" ;; esac
 done
-archive_run=0 backup_run=0 standby_run=0
+archive_run=0 backup_run=0 standby_run=0 pgbench_run=0 many_run=0
 if want W1 || want W2; then archive_run=1; fi
-if want W3 || want W4 || want W5; then backup_run=1; fi
+if want W3 || want W4 || want W5; then backup_run=1 pgbench_run=1; fi
+if want W6 || want W7; then backup_run=1 many_run=1; fi
 if want S1 || want S2; then standby_run=1; fi
 [ "$(id -u)" = 0 ] || die "run as root: the hooks run as the postgres OS user, as PostgreSQL runs them"
 bash "$root/scripts/install-bench-deps.sh"
+if [ -n "${PGBACKREST:-}" ]; then
+	[ -x "$PGBACKREST" ] || die "PGBACKREST=$PGBACKREST is not an executable"
+	PGBACKREST=$(readlink -f "$PGBACKREST")
+	pb_source="PGBACKREST=$PGBACKREST"
+else
+	PGBACKREST=$(command -v pgbackrest) || die "pgbackrest not found"
+	PGBACKREST=$(readlink -f "$PGBACKREST")
+	pb_source="found on PATH: $PGBACKREST"
+fi
+case "$(dpkg -S "$PGBACKREST" 2>/dev/null)" in
+pgbackrest:*) pb_source="Debian package $(dpkg-query -W -f '${Version}' pgbackrest), $PGBACKREST" ;;
+esac
+pb_version=$("$PGBACKREST" version | sed 's/pgBackRest //')
+log "pgBackRest $pb_version ($pb_source)"
 MINIO_BIN=$CACHE/bin/minio
 [ -x "$MINIO_BIN" ] || MINIO_BIN=$(command -v minio) || die "minio not found"
 
@@ -89,6 +118,7 @@ as_pg() { runuser -u postgres -- "$@"; }
 cleanup() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
 	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -m immediate stop >/dev/null 2>&1 || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -m immediate stop >/dev/null 2>&1 || true
 	for d in "$work"/backup/*/pg "$work"/backup/*/restore* "$work"/standby/*/pg "$work"/standby/s[12]-*; do
 		[ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
 	done
@@ -183,7 +213,7 @@ CONF
 fi
 
 # --- workload W3-W5 (and S1-S2's source): a pgbench database in a stopped cluster
-if [ "$backup_run" = 1 ] || [ "$standby_run" = 1 ]; then
+if [ "$pgbench_run" = 1 ] || [ "$standby_run" = 1 ]; then
 	log "creating the W3-W5 cluster: pgbench -i -s $BACKUP_SCALE, data checksums on"
 	t0=$(date +%s)
 	as_pg "$PGBIN/initdb" -D "$work/bk-template" -A trust -U postgres -k >/dev/null
@@ -209,9 +239,50 @@ CONF
 	backup_about="| workload W3-W5 | \`pgbench -i -s $BACKUP_SCALE\`, data checksums on, autovacuum off: data directory $((bk_bytes >> 20)) MiB ($((bk_wal >> 20)) MiB of it pg_wal); one stopped copy per tool, store and compression |"
 fi
 
+# --- workload W6-W7: many small tables in a stopped cluster ---------------------
+if [ "$many_run" = 1 ]; then
+	log "creating the W6-W7 cluster: $MANY_TABLES tables of one row, data checksums on"
+	t0=$(date +%s)
+	as_pg "$PGBIN/initdb" -D "$work/mf-template" -A trust -U postgres -k >/dev/null
+	cat >>"$work/mf-template/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$work'
+shared_buffers = 128MB
+wal_level = replica
+max_wal_size = 1GB
+autovacuum = off  # the same data change on every copy, nothing else
+max_locks_per_transaction = 512  # mf_digest() reads every table in one transaction
+CONF
+	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -l "$work/mf-template.log" -o "-p 5498 -c fsync=off" -w start >/dev/null
+	mf_psql() { as_pg "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h "$work" -p 5498 -U postgres -d postgres -qAt "$@"; }
+	# No text column, so no TOAST table: one 8 KiB heap file per table.
+	mf_psql -c "DO \$\$ BEGIN FOR i IN 1..$MANY_TABLES LOOP
+		EXECUTE format('CREATE TABLE mf_%s (id int, v int)', i);
+		EXECUTE format('INSERT INTO mf_%s VALUES (%s, 0)', i, i);
+		IF i % 500 = 0 THEN COMMIT; END IF; END LOOP; END \$\$" || die "creating $MANY_TABLES tables failed"
+	mf_psql -c "CREATE FUNCTION mf_digest() RETURNS text LANGUAGE plpgsql AS \$\$
+		DECLARE t bigint := 0; n bigint := 0; s bigint := 0; r record; c bigint; x bigint;
+		BEGIN
+			FOR r IN SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ '^mf_[0-9]+\$' LOOP
+				EXECUTE format('SELECT count(*), coalesce(sum(id::bigint * 1000003 + v), 0) FROM %I', r.relname) INTO c, x;
+				t := t + 1; n := n + c; s := s + x;
+			END LOOP;
+			RETURN t || '/' || n || '/' || s;
+		END \$\$" >/dev/null
+	mf_psql -c CHECKPOINT
+	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -m fast -w stop >/dev/null
+	mf_bytes=$(du -sb "$work/mf-template" | cut -f1)
+	mf_wal=$(du -sb "$work/mf-template/pg_wal" | cut -f1)
+	mf_files=$(find "$work/mf-template" -type f | wc -l)
+	mf_wal_files=$(find "$work/mf-template/pg_wal" -type f | wc -l)
+	log "W6-W7 cluster: $mf_files files, $((mf_bytes >> 20)) MiB ($((mf_wal >> 20)) MiB of pg_wal) in $(($(date +%s) - t0)) s"
+	many_about="| workload W6-W7 | $MANY_TABLES tables \`(id int, v int)\` of one row each, data checksums on, autovacuum off: $((mf_files - mf_wal_files)) files outside pg_wal, data directory $((mf_bytes >> 20)) MiB ($((mf_wal >> 20)) MiB of it pg_wal); one stopped copy per tool, store and compression |"
+fi
+
 # --- the run ---------------------------------------------------------------------
 invocation=""
-for v in BENCH_WORKLOADS BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
+[ -z "$PGBACKREST_GIVEN" ] || invocation="PGBACKREST=$PGBACKREST_GIVEN "
+for v in BENCH_WORKLOADS BENCH_MANY_TABLES BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
 	if [ -n "${!v:-}" ]; then invocation="$invocation$v=${!v} "; fi
 done
 invocation="${invocation}make bench"
@@ -224,7 +295,7 @@ mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
 	echo "|---|---|"
 	echo "| machine | $(nproc) CPUs ($cpu), $mem RAM, $(uname -sr) |"
 	echo "| walferry | $version, commit $commit ($(go env GOVERSION), zstd: $("$work/bin/walferry" version --json | sed -n 's/.*"zstd": "\(.*\)".*/\1/p')); the daemon variants' hook is walferry-hook |"
-	echo "| pgBackRest | $(pgbackrest version | sed 's/pgBackRest //') (Debian package) |"
+	echo "| pgBackRest | $pb_version ($pb_source) |"
 	echo "| PostgreSQL | $("$PGBIN/postgres" --version | sed 's/.*) //') (pgbench, segments of 16 MiB) |"
 	[ "$port" = 0 ] || echo "| MinIO | $(go version -m "$MINIO_BIN" 2>/dev/null | awk '$1 == "mod" { print $3 }'), one drive in the run's directory, TLS with a self-signed certificate, on the same machine |"
 } >"$work/about.md"
@@ -232,10 +303,12 @@ log "running $WORKLOADS (logs in $work/logs)"
 AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 \
 	SSL_CERT_FILE=$work/certs/public.crt AWS_CA_BUNDLE=$work/certs/public.crt \
 	"$work/bin/bench" all --work "$work" --walferry "$work/bin/walferry" --walferry-hook "$work/bin/walferry-hook" \
-	--pgbackrest "$(command -v pgbackrest)" \
+	--pgbackrest "$PGBACKREST" \
 	--workloads "$WORKLOADS" --rounds "$ROUNDS" --pgbin "$PGBIN" --socket-dir "$work" \
 	--template "$work/template" --wal "$work/wal" --wal-about "${wal_about:-}" \
-	--backup-template "$work/bk-template" --backup-about "${backup_about:-}" --standby-about "${standby_about:-}" \
+	--backup-template "$([ -d "$work/bk-template" ] && echo "$work/bk-template")" --backup-about "${backup_about:-}" \
+	--many-template "$([ -d "$work/mf-template" ] && echo "$work/mf-template")" --many-about "${many_about:-}" --many-tables "$MANY_TABLES" \
+	--standby-about "${standby_about:-}" \
 	--standby-rounds "$STANDBY_ROUNDS" --lag-duration "${LAG_SECONDS}s" --lag-tps "$LAG_TPS" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \
 	--ca-cert "$work/certs/public.crt" --stores "$STORES" --compressions "$COMPRESSIONS" \

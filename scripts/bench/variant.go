@@ -42,11 +42,16 @@ const (
 	workRestore = "restore"
 	// W5: an incremental backup after 5% of pgbench_accounts changed.
 	workBackupIncr = "backup-incr"
+	// W6: a full backup of the many-files cluster (run.sh: thousands of
+	// small tables, one file each), the way W3 backs up pgbench's.
+	workManyFull = "many-full"
+	// W7: an incremental backup of it after a row of 1% of its tables changed.
+	workManyIncr = "many-incr"
 )
 
 // oneCommand: the workloads that are one command, run once.
 func oneCommand(work string) bool {
-	return work == workBackupFull || work == workRestore || work == workBackupIncr
+	return work == workBackupFull || work == workRestore || work == workBackupIncr || work == workManyFull || work == workManyIncr
 }
 
 // Spec is one variant: a tool in one mode running one workload.
@@ -87,16 +92,17 @@ type Result struct {
 	UserSeconds  float64   `json:"user_seconds"`
 	SysSeconds   float64   `json:"sys_seconds"`
 	MaxRSSKiB    int64     `json:"max_rss_kib"`
-	TailSeconds  float64   `json:"tail_seconds"`  // waiting for background processes after the last call
-	EndCode      int       `json:"end_code"`      // get: exit status of the call past the end
-	EndMillis    float64   `json:"end_millis"`    // get: its duration
-	RepoBytes    int64     `json:"repo_bytes"`    // push: compressed size of the repository
-	DaemonMillis float64   `json:"daemon_millis"` // start-up of the daemon, not in WallSeconds
-	TreeRSSKiB   int64     `json:"tree_pss_kib"`  // W3-W5: peak of the summed PSS of all processes, sampled
-	ExitCode     int       `json:"exit_code"`     // W3-W5: the command's exit status
-	StoredBytes  int64     `json:"stored_bytes"`  // W3, W5: what the backup added to the repository
-	DataBytes    int64     `json:"data_bytes"`    // W3: data directory; W4: restored directory
-	Check        string    `json:"check"`         // W4, W5: restore check ("ok", or what differed)
+	TailSeconds  float64   `json:"tail_seconds"`             // waiting for background processes after the last call
+	EndCode      int       `json:"end_code"`                 // get: exit status of the call past the end
+	EndMillis    float64   `json:"end_millis"`               // get: its duration
+	RepoBytes    int64     `json:"repo_bytes"`               // push: compressed size of the repository
+	DaemonMillis float64   `json:"daemon_millis"`            // start-up of the daemon, not in WallSeconds
+	TreeRSSKiB   int64     `json:"tree_pss_kib"`             // W3-W5: peak of the summed PSS of all processes, sampled
+	ExitCode     int       `json:"exit_code"`                // W3-W5: the command's exit status
+	StoredBytes  int64     `json:"stored_bytes"`             // W3, W5: what the backup added to the repository
+	StoredObjs   int64     `json:"stored_objects,omitempty"` // W3, W5-W7: the objects it added
+	DataBytes    int64     `json:"data_bytes"`               // W3: data directory; W4: restored directory
+	Check        string    `json:"check"`                    // W4, W5: restore check ("ok", or what differed)
 	Notes        []string  `json:"notes"`
 	Err          string    `json:"err,omitempty"`
 }
