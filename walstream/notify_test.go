@@ -1,10 +1,13 @@
 package walstream
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -185,4 +188,28 @@ func TestWakeup(t *testing.T) {
 		t.Errorf("unrung wait ended with %v, want its deadline", ctx.Err())
 	}
 	done()
+}
+
+func TestPrefixReaderAt(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "seg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The file holds more than the flush position: bytes being written.
+	if _, err := f.Write([]byte("flushedNEWER")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(prefixReaderAt{f: f, n: 7}, 0, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := append([]byte("flushed"), make([]byte, 9)...); !bytes.Equal(got, want) {
+		t.Errorf("read %q; want the flushed prefix then zeros %q", got, want)
+	}
+	// A file shorter than n reads as zeros past its end.
+	got, err = io.ReadAll(io.NewSectionReader(prefixReaderAt{f: f, n: 14}, 0, 16))
+	if err != nil || !bytes.Equal(got, append([]byte("flushedNEWER"), 0, 0, 0, 0)) {
+		t.Errorf("read %q, %v", got, err)
+	}
 }

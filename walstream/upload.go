@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -148,7 +147,7 @@ func (r *receiver) uploadPartial(ctx context.Context, last *current) error {
 	start := time.Now()
 	err = r.pusher.Permit(ctx, cur.name+".partial")
 	if err == nil {
-		err = r.putAll(ctx, key, f, r.size.Bytes())
+		err = r.putPrefix(ctx, key, f, int64(cur.end-r.size.StartLSN(r.size.SegNoBefore(cur.end))), r.size.Bytes())
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -167,6 +166,3 @@ func (r *receiver) uploadPartial(ctx context.Context, last *current) error {
 		"duration", time.Since(start), "flushed", flushed}, r.m.lagAttrs()...)...)
 	return nil
 }
-
-// ioSection reads the first size bytes of f.
-func ioSection(f *os.File, size int64) io.Reader { return io.NewSectionReader(f, 0, size) }

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -434,11 +435,20 @@ func (r *receiver) moveFlushed(from, end pg.LSN) pg.LSN {
 // putAll stores the spooled file name as key in every repository with
 // repo.Put (overwriting): used for .partial objects.
 func (r *receiver) putAll(ctx context.Context, key string, f *os.File, size int64) error {
+	return r.putPrefix(ctx, key, f, size, size)
+}
+
+// putPrefix stores, in every repository, size bytes: the first valid
+// bytes of f, then zeros. A .partial is the segment's first bytes up to
+// the flush position only: the receiver keeps appending to the file while
+// it is read, and a read racing those writes could otherwise store a hole
+// of zeros followed by newer bytes.
+func (r *receiver) putPrefix(ctx context.Context, key string, f *os.File, valid, size int64) error {
 	errs := make([]error, len(r.o.Repos))
 	var wg sync.WaitGroup
 	for i, rp := range r.o.Repos {
 		wg.Go(func() {
-			obj, err := rp.Put(ctx, key, ioSection(f, size))
+			obj, err := rp.Put(ctx, key, io.NewSectionReader(prefixReaderAt{f: f, n: valid}, 0, size))
 			if err == nil && obj.RawSize != size {
 				err = fmt.Errorf("stored %d of %d bytes", obj.RawSize, size)
 			}
@@ -481,4 +491,26 @@ func lockSpool(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("walstream: lock %s: %w", p, err)
 	}
 	return f, nil
+}
+
+// prefixReaderAt reads f's first n bytes and zeros after them.
+type prefixReaderAt struct {
+	f io.ReaderAt
+	n int64
+}
+
+func (p prefixReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	k := int64(len(b))
+	if off < p.n {
+		k = min(k, p.n-off)
+		got, err := p.f.ReadAt(b[:k], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return got, err
+		}
+		clear(b[got:k]) // a file shorter than n reads as zeros there
+	} else {
+		k = 0
+	}
+	clear(b[k:])
+	return len(b), nil
 }
