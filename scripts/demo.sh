@@ -31,11 +31,22 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 [ "$(id -u)" = 0 ] && chown postgres: "$work"
 
 daemon_pid=""
+# bg_pids: the background walferry processes this script started (their
+# runuser wrapper's pid when run as root), stopped by pid at the end.
+bg_pids=""
+# descendants PID: the processes PID started, their children, and so on.
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+# stop_bg PID: SIGTERM to PID and every process under it (a background
+# as_pg is a subshell running runuser running walferry, and runuser does not
+# pass SIGTERM on), then wait up to 10 s for PID to end.
+stop_bg() {
+  local pid=$1 i
+  kill -TERM $(descendants "$pid") "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
-  pkill -TERM -f "^$work/walferry wal-receive" 2>/dev/null || true
-  pkill -TERM -f "^$work/walferry sidecar" 2>/dev/null || true
-  for i in $(seq 1 50); do pgrep -f "^$work/walferry sidecar" >/dev/null || break; sleep 0.1; done
+  for pid in $bg_pids; do stop_bg "$pid"; done
   as_pg "$PGBIN/pg_ctl" -D "$work/primary" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/other" -m immediate stop >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$work/standby" -m immediate stop >/dev/null 2>&1 || true
@@ -181,6 +192,8 @@ step "Stream WAL: walferry wal-receive trails the primary by seconds, not by a s
 as_pg "$work/walferry" wal-receive --config "$work/walferry.yaml" --slot demo --partial-interval 1s \
   --spool-dir "$work/receive-spool" --pg-conn "host=127.0.0.1 port=$port user=postgres" \
   --log-format text --log-level info 2>"$work/receive.log" </dev/null >/dev/null &
+receive_pid=$!
+bg_pids="$bg_pids $receive_pid"
 for i in $(seq 1 100); do
   [ "$(psql -Atc "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walferry'")" = 1 ] && break
   sleep 0.1
@@ -198,8 +211,7 @@ done
 run wf repo info --repo "$repo"
 psql -c "SELECT application_name, state, sent_lsn, flush_lsn FROM pg_stat_replication"
 echo "flush_lsn is what is durable in the repository"
-pkill -TERM -f "^$work/walferry wal-receive"
-for i in $(seq 1 100); do pgrep -f "^$work/walferry wal-receive" >/dev/null || break; sleep 0.1; done
+stop_bg "$receive_pid"
 echo "the receiver's log:"
 sed 's/^/  /' "$work/receive.log"
 
@@ -247,6 +259,7 @@ start_sidecar() {
   local name=$1; shift
   as_pg "$work/walferry" sidecar --config "$work/walferry.yaml" --log-format text --interval 1s "$@" \
     2>"$work/$name-sidecar.log" </dev/null >/dev/null &
+  bg_pids="$bg_pids $!"
 }
 # wait_status ADDR PYTHON-CONDITION: until the sidecar's status (r) satisfies it.
 wait_status() {
