@@ -18,7 +18,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -27,13 +26,12 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/internal/testbin"
+	"github.com/walferry/walferry/internal/teststore"
 
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
-	"github.com/walferry/walferry/storage/retry"
 )
 
 // walferryBin is the binary under test, built by TestMain into a directory
@@ -219,23 +217,8 @@ func psql(t *testing.T, c *pgtest.Cluster, sql string) string {
 	return strings.TrimSpace(pgRun(t, c, 2*time.Minute, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql))
 }
 
-// openRepo opens a repository the way the binary does, to inspect what it
-// left there.
-func openRepo(t *testing.T, url string) *repo.Repo {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("open %s: %v", url, err)
-	}
-	t.Cleanup(func() { st.Close() })
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
-	if err != nil {
-		t.Fatalf("open repository %s: %v", url, err)
-	}
-	return r
-}
+// openRepo opens a repository to inspect what the binary left there.
+func openRepo(t *testing.T, url string) *repo.Repo { return teststore.OpenURL(t, url) }
 
 // walNames lists the names of every WAL file (segments, .backup, .history,
 // .partial) in the repository.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -23,9 +22,8 @@ import (
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/internal/teststore"
 	"github.com/walferry/walferry/storage"
-	"github.com/walferry/walferry/storage/open"
-	"github.com/walferry/walferry/storage/retry"
 )
 
 var (
@@ -162,22 +160,8 @@ func archivingPrimary(t *testing.T, url string) *pgtest.Cluster {
 	return c
 }
 
-// openRepo opens a repository the way the binary does, to inspect it.
-func openRepo(t *testing.T, url string) *repo.Repo {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatalf("open %s: %v", url, err)
-	}
-	t.Cleanup(func() { st.Close() })
-	r, err := repo.Open(ctx, st, repo.OpenOptions{})
-	if err != nil {
-		t.Fatalf("open repository %s: %v", url, err)
-	}
-	return r
-}
+// openRepo opens a repository to inspect what the binary left there.
+func openRepo(t *testing.T, url string) *repo.Repo { return teststore.OpenURL(t, url) }
 
 // walSums decodes every object under the repository's WAL prefix through
 // the verifying decoder and returns name -> sha256 of the raw bytes; an

@@ -5,6 +5,7 @@ package teststore
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -14,6 +15,8 @@ import (
 	"github.com/walferry/walferry/internal/testenv"
 	"github.com/walferry/walferry/storage"
 	"github.com/walferry/walferry/storage/fs"
+	"github.com/walferry/walferry/storage/open"
+	"github.com/walferry/walferry/storage/retry"
 	"github.com/walferry/walferry/storage/s3"
 )
 
@@ -71,4 +74,22 @@ func FSRepo(t testing.TB) (*repo.Repo, *fs.Client) {
 		t.Fatal(err)
 	}
 	return r, st
+}
+
+// OpenURL opens the repository at url the way the binary does (storage/open,
+// no retries), to inspect what a command left there; closed when t ends.
+func OpenURL(t testing.TB, url string) *repo.Repo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := open.Store(ctx, url, open.Options{Concurrency: 4, Retry: retry.Policy{}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r, err := repo.Open(ctx, st, repo.OpenOptions{})
+	if err != nil {
+		t.Fatalf("open repository %s: %v", url, err)
+	}
+	return r
 }
