@@ -24,14 +24,22 @@ const killTrials = 20
 func killAt(t *testing.T, cmd *exec.Cmd, delay, limit time.Duration) (result, bool) {
 	t.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: credentialOf(cmd)}
+	// killed is written by the timer's goroutine; fired is closed when
+	// that goroutine is done, so reading killed after a Stop that came too
+	// late waits for the write instead of racing it (a kill sent but not
+	// yet recorded once read as "not killed, failed").
 	var killed bool
+	fired := make(chan struct{})
 	timer := time.AfterFunc(delay, func() {
-		if cmd.Process != nil && cmd.ProcessState == nil {
+		defer close(fired)
+		if cmd.Process != nil {
 			killed = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) == nil
 		}
 	})
 	res := run(t, cmd, limit)
-	timer.Stop()
+	if !timer.Stop() {
+		<-fired
+	}
 	return res, killed && res.code == -1
 }
 
