@@ -53,6 +53,11 @@ type Config struct {
 	// store's retry decorator cannot repeat (it is fed from a pipe); zero
 	// fields take retry.DefaultPolicy's, the configuration's default.
 	Retry retry.Policy
+	// Unreachable are the errors of configured repositories that could
+	// not be opened (repos.OpenAvailable) and are not in Repos. A get of
+	// a file none of Repos has then fails naming them, instead of
+	// reporting the file not archived: it may be in one of them.
+	Unreachable []error
 }
 
 func (c Config) logger() *slog.Logger {

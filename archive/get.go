@@ -87,7 +87,8 @@ var errGetterClosed = errors.New("archive: getter is closed")
 // A Getter is safe for concurrent use.
 type Getter struct {
 	repos      []*repo.Repo
-	sysID      uint64 // names the cluster's spool files
+	unreach    []error // Config.Unreachable
+	sysID      uint64  // names the cluster's spool files
 	segSize    pg.WALSegmentSize
 	log        *slog.Logger
 	prefetch   int
@@ -120,6 +121,7 @@ func NewGetter(cfg Config, o GetOptions) (*Getter, error) {
 	}
 	g := &Getter{
 		repos:      cfg.Repos,
+		unreach:    cfg.Unreachable,
 		sysID:      cfg.Cluster.SystemID,
 		segSize:    cfg.SegmentSize,
 		log:        cfg.logger(),
@@ -215,7 +217,12 @@ func (g *Getter) get(ctx context.Context, name, dest string, partial bool) error
 		err = g.getSegment(ctx, f, name, destAbs)
 	}
 	if partial && errors.Is(err, ErrNotArchived) {
-		return g.fetchPartial(ctx, name, destAbs)
+		err = g.fetchPartial(ctx, name, destAbs)
+	}
+	if errors.Is(err, ErrNotArchived) && len(g.unreach) > 0 {
+		// Not "not archived": recovery would end here, while a
+		// repository that could not be read may hold the file.
+		return fmt.Errorf("archive-get %s: not in %s, and %w", name, g.repoNames(), errors.Join(g.unreach...))
 	}
 	return err
 }

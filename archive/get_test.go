@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/internal/codec"
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/teststore"
@@ -1003,4 +1004,34 @@ func getCPUTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// A file missing from the repositories that could be opened is not "not
+// archived" while another configured repository could not be read: that
+// answer would end recovery early.
+func TestGetMissingWithUnreachableRepository(t *testing.T) {
+	st, _ := teststore.FS(t)
+	r := getRepo(t, st, getSegBytes)
+	getSegs(t, getSegBytes, 1, 1, 1, r)
+	cfg := getConfig(t, getSegBytes, nil, r)
+	outage := fmt.Errorf("s3://other/prefix: %w", storage.Retryable(errors.New("connection refused")))
+	cfg.Unreachable = []error{outage}
+	g := newTestGetter(t, cfg, GetOptions{Prefetch: 0})
+	wal := getPGWal(t)
+	size := getSegSize(t, getSegBytes)
+
+	if err := g.Get(t.Context(), pg.SegmentName(1, 1, size), filepath.Join(wal, "RECOVERYXLOG")); err != nil {
+		t.Fatalf("a segment the opened repository holds: %v", err)
+	}
+	missing := pg.SegmentName(1, 2, size)
+	err := g.Get(t.Context(), missing, filepath.Join(wal, "RECOVERYXLOG"))
+	if err == nil || errors.Is(err, ErrNotArchived) {
+		t.Fatalf("Get %s: %v, want an error that is not ErrNotArchived", missing, err)
+	}
+	if !strings.Contains(err.Error(), "s3://other/prefix") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("the error does not name the segment and the unreachable repository: %v", err)
+	}
+	if k := failure.Of(err); k != failure.Transient {
+		t.Errorf("kind %v, want Transient (retry later): %v", k, err)
+	}
 }

@@ -41,7 +41,16 @@ type front struct {
 // newFront starts a front to MinIO; it is stopped when t ends.
 func newFront(t *testing.T, s3 testenv.S3Env) *front {
 	t.Helper()
-	up, err := url.Parse(s3.Endpoint)
+	return newFrontTo(t, s3.Endpoint)
+}
+
+// newFrontTo starts a front to the HTTP store at endpoint (MinIO,
+// fake-gcs-server, Azurite: the 500 / 503 answers carry S3's XML body,
+// which the other clients classify by status alone); it is stopped when
+// t ends.
+func newFrontTo(t *testing.T, endpoint string) *front {
+	t.Helper()
+	up, err := url.Parse(endpoint)
 	if err != nil {
 		t.Fatal(err)
 	}

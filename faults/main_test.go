@@ -66,6 +66,9 @@ func TestMain(m *testing.M) {
 			}
 			os.Setenv("AWS_REGION", region)
 		}
+		if cs := os.Getenv("WALFERRY_TEST_AZURE_CONNECTION_STRING"); cs != "" {
+			os.Setenv("AZURE_STORAGE_CONNECTION_STRING", cs)
+		}
 		return m.Run()
 	}()
 	if bad := results.print(os.Stdout); bad && code == 0 {
@@ -168,9 +171,9 @@ func (tb *table) print(w io.Writer) bool {
 		for _, v := range c {
 			n += v
 		}
-		fmt.Fprintf(w, "%-26s %-14s %6d %5d %11d %13d %9d %4d\n", fault, op, n, c[ok], c[clearError], c[unclear], c[dataLost], c[hang])
+		fmt.Fprintf(w, "%-26s %-20s %6d %5d %11d %13d %9d %4d\n", fault, op, n, c[ok], c[clearError], c[unclear], c[dataLost], c[hang])
 	}
-	fmt.Fprintf(w, "%-26s %-14s %6s %5s %11s %13s %9s %4s\n", "fault", "operation", "trials", "ok", "clear error", "unclear error", "data lost", "hang")
+	fmt.Fprintf(w, "%-26s %-20s %6s %5s %11s %13s %9s %4s\n", "fault", "operation", "trials", "ok", "clear error", "unclear error", "data lost", "hang")
 	for _, k := range keys {
 		line(k[0], k[1], *tb.rows[k])
 		for i, v := range tb.rows[k] {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/walferry/walferry/internal/pg/pgtest"
+	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/internal/testenv"
 )
 
@@ -128,11 +129,15 @@ func TestNetwork(t *testing.T) {
 	src, segs := walSource(t, len(netFaults)+2)
 	t.Run("archive-push", func(t *testing.T) {
 		t.Parallel()
-		netArchivePush(t, s3, src, segs)
+		f := newFront(t, s3)
+		side := s3Side(t, s3, f, "archive-push")
+		side.lookAhead = true
+		netArchivePush(t, f, src, segs, side)
 	})
 	t.Run("archive-get", func(t *testing.T) {
 		t.Parallel()
-		netArchiveGet(t, s3, src, segs)
+		f := newFront(t, s3)
+		netArchiveGet(t, f, src, segs, s3Side(t, s3, f, "archive-get"))
 	})
 	t.Run("backup-push", func(t *testing.T) {
 		t.Parallel()
@@ -144,51 +149,113 @@ func TestNetwork(t *testing.T) {
 	})
 }
 
-var srcMu sync.Mutex // archive-push trials change the source's archive_status
+var srcMu sync.Mutex // archive-push trials with look-ahead change the source's archive_status
 
-func netArchivePush(t *testing.T, s3 testenv.S3Env, src *pgtest.Cluster, segs []string) {
-	f := newFront(t, s3)
+// storeSide is the repository, or repositories, a trial of archive-push or
+// archive-get works on: repoArgs reach them through the faulty front,
+// direct reach the same repositories without it (to initialise, fill and
+// inspect them).
+type storeSide struct {
+	op       string // the table's operation column
+	repoArgs []string
+	direct   []string
+	// names reports whether a failure message names the failing store.
+	names func(stderr string) bool
+	// lookAhead: leave only the pushed segment .ready, so the push's
+	// look-ahead has nothing else to upload (serialised on the shared
+	// source); otherwise pushes run with --ahead 0.
+	lookAhead bool
+	// oneHealthy: another repository is healthy and holds every
+	// segment, so archive-get must succeed whatever the fault.
+	oneHealthy bool
+}
+
+// s3Side is one MinIO repository behind f.
+func s3Side(t *testing.T, s3 testenv.S3Env, f *front, op string) storeSide {
 	prefix := testenv.UniquePrefix(t)
-	direct, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
-	mustWF(t, src, "repo", "init", "--repo", direct, "--pgdata", src.DataDir)
-	r := openRepo(t, direct)
+	return storeSide{
+		op:       op,
+		repoArgs: []string{"--repo", s3URL(s3, prefix, f.Endpoint)},
+		direct:   []string{s3URL(s3, prefix, s3.Endpoint)},
+		names:    func(stderr string) bool { return namesStore(stderr, s3, f.Endpoint) },
+	}
+}
+
+// initSide initialises every repository of side for src.
+func initSide(t *testing.T, src *pgtest.Cluster, side storeSide) {
+	for _, url := range side.direct {
+		mustWF(t, src, "repo", "init", "--repo", url, "--pgdata", src.DataDir)
+	}
+}
+
+func directArgs(side storeSide) []string {
+	var args []string
+	for _, url := range side.direct {
+		args = append(args, "--repo", url)
+	}
+	return args
+}
+
+func netArchivePush(t *testing.T, f *front, src *pgtest.Cluster, segs []string, side storeSide) {
+	initSide(t, src, side)
+	var repos []*repo.Repo
+	for _, url := range side.direct {
+		repos = append(repos, openRepo(t, url))
+	}
+	check := func(pushed []string) string {
+		for _, r := range repos {
+			if p := checkWAL(t, r, src, pushed); p != "" {
+				return r.String() + ": " + p
+			}
+		}
+		return ""
+	}
+	args := append([]string{"archive-push"}, side.repoArgs...)
+	if !side.lookAhead {
+		args = append(args, "--ahead", "0")
+	}
 	var pushed []string
+	op := side.op
 	for i, fault := range netFaults {
-		if skipKnownBug(t, fault.name, "archive-push") {
+		if skipKnownBug(t, fault.name, op) {
 			continue
 		}
 		seg := segs[i]
-		srcMu.Lock()
-		setReady(t, src, segs, map[string]bool{seg: true})
+		push := append(args[:len(args):len(args)], "pg_wal/"+seg)
+		if side.lookAhead {
+			srcMu.Lock()
+			setReady(t, src, segs, map[string]bool{seg: true})
+		}
 		end := strike(t, f, fault)
-		res := wf(t, src, segmentLimit, "archive-push", "--repo", faulty, "pg_wal/"+seg)
+		res := wf(t, src, segmentLimit, push...)
 		end()
-		srcMu.Unlock()
-		const op = "archive-push"
+		if side.lookAhead {
+			srcMu.Unlock()
+		}
 		switch {
 		case res.timedOut:
 			record(t, fault.name, op, hang, res.String())
 		case res.code == 0:
 			pushed = append(pushed, seg)
-			if p := checkWAL(t, r, src, pushed); p != "" {
+			if p := check(pushed); p != "" {
 				record(t, fault.name, op, dataLost, p)
 			} else {
 				record(t, fault.name, op, ok, fmt.Sprintf("%s archived in %s, bytes equal", seg, res.dur.Round(time.Millisecond)))
 			}
 		default:
-			if p := checkWAL(t, r, src, pushed); p != "" {
+			if p := check(pushed); p != "" {
 				record(t, fault.name, op, dataLost, "after a failed push: "+p)
 				continue
 			}
-			again := wf(t, src, segmentLimit, "archive-push", "--repo", faulty, "pg_wal/"+seg)
+			again := wf(t, src, segmentLimit, push...)
 			if again.code != 0 {
 				record(t, fault.name, op, unclear, "the push after the fault failed: "+again.String())
 				continue
 			}
 			pushed = append(pushed, seg)
-			if p := checkWAL(t, r, src, pushed); p != "" {
+			if p := check(pushed); p != "" {
 				record(t, fault.name, op, dataLost, "after the push following the fault: "+p)
-			} else if res.code == 3 && namesStore(res.stderr, s3, f.Endpoint) {
+			} else if res.code == 3 && side.names(res.stderr) {
 				record(t, fault.name, op, clearError, res.String())
 			} else {
 				record(t, fault.name, op, unclear, "want exit 3 naming the store: "+res.String())
@@ -197,22 +264,20 @@ func netArchivePush(t *testing.T, s3 testenv.S3Env, src *pgtest.Cluster, segs []
 	}
 }
 
-func netArchiveGet(t *testing.T, s3 testenv.S3Env, src *pgtest.Cluster, segs []string) {
-	f := newFront(t, s3)
-	prefix := testenv.UniquePrefix(t)
-	direct, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
-	mustWF(t, src, "repo", "init", "--repo", direct, "--pgdata", src.DataDir)
+func netArchiveGet(t *testing.T, f *front, src *pgtest.Cluster, segs []string, side storeSide) {
+	initSide(t, src, side)
 	for _, seg := range segs[:len(netFaults)] {
-		mustWF(t, src, "archive-push", "--repo", direct, "--ahead", "0", "pg_wal/"+seg)
+		mustWF(t, src, append(append([]string{"archive-push"}, directArgs(side)...), "--ahead", "0", "pg_wal/"+seg)...)
 	}
-	dir := src.MkdirOwned(t, "got")
+	dir := src.MkdirOwned(t, "got-"+strings.NewReplacer(" ", "-", "(", "", ")", "", "+", "-").Replace(side.op))
+	op := side.op
 	for i, fault := range netFaults {
 		seg := segs[i]
 		dest := filepath.Join(dir, seg)
 		end := strike(t, f, fault)
-		res := wf(t, src, segmentLimit, "archive-get", "--repo", faulty, "--prefetch", "0", seg, dest)
+		get := append(append([]string{"archive-get"}, side.repoArgs...), "--prefetch", "0", seg, dest)
+		res := wf(t, src, segmentLimit, get...)
 		end()
-		const op = "archive-get"
 		got, want := fileSum(t, dest), fileSum(t, filepath.Join(src.DataDir, "pg_wal", seg))
 		switch {
 		case res.timedOut:
@@ -223,7 +288,9 @@ func netArchiveGet(t *testing.T, s3 testenv.S3Env, src *pgtest.Cluster, segs []s
 			record(t, fault.name, op, dataLost, fmt.Sprintf("exit 0 but %s has sha256 %q, want %s", dest, got, want))
 		case got != "":
 			record(t, fault.name, op, dataLost, fmt.Sprintf("failed (%v) but left %s", res, dest))
-		case res.code == 1 && namesStore(res.stderr, s3, f.Endpoint):
+		case side.oneHealthy:
+			record(t, fault.name, op, unclear, "another repository holds the segment, want it fetched from there: "+res.String())
+		case res.code == 1 && side.names(res.stderr):
 			record(t, fault.name, op, clearError, res.String())
 		default:
 			record(t, fault.name, op, unclear, "want exit 1 naming the store: "+res.String())

@@ -233,8 +233,9 @@ func (s *settings) hookTarget(ctx context.Context) (hookTarget, error) {
 // and does the work in this process (standalone) when none is, or when the
 // daemon does not answer: a dead daemon never stops archiving or recovery.
 // standalone gets the repositories, opened and checked against t's
-// cluster, and closed when it returns.
-func (s *settings) runHook(ctx context.Context, t hookTarget, viaDaemon func(*archive.Client) error, standalone func(archive.Config) error) error {
+// cluster, and closed when it returns; when reading, those that can be
+// reached (see openArchive).
+func (s *settings) runHook(ctx context.Context, t hookTarget, reading bool, viaDaemon func(*archive.Client) error, standalone func(archive.Config) error) error {
 	if sock := s.cfg.Archive.Socket; sock != "" {
 		err := viaDaemon(&archive.Client{Socket: sock, DataDir: t.dataDir, Cluster: t.cluster})
 		if !errors.Is(err, archive.ErrDaemonUnavailable) {
@@ -242,7 +243,7 @@ func (s *settings) runHook(ctx context.Context, t hookTarget, viaDaemon func(*ar
 		}
 		s.log.Info("daemon unreachable, working standalone", "socket", sock, "err", err)
 	}
-	cfg, closeStores, err := s.openArchive(ctx, t.cluster)
+	cfg, closeStores, err := s.openArchive(ctx, t.cluster, reading)
 	if err != nil {
 		return err
 	}
@@ -281,7 +282,7 @@ func (a *app) archivePush(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.runHook(c.Context, t,
+	return s.runHook(c.Context, t, false,
 		func(d *archive.Client) error { return d.Push(c.Context, path) },
 		func(cfg archive.Config) error { return s.push(c.Context, cfg, path) })
 }
@@ -326,7 +327,7 @@ func (a *app) archiveGet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.runHook(c.Context, t,
+	return s.runHook(c.Context, t, true,
 		func(d *archive.Client) error {
 			if partial {
 				return d.GetPartial(c.Context, name, dest)
@@ -339,7 +340,11 @@ func (a *app) archiveGet(c *cli.Context) error {
 // manualGet fetches one file for a user outside a data directory, checked
 // against the first repository's own identity, without prefetch.
 func (s *settings) manualGet(ctx context.Context, name, dest string, partial bool) error {
-	set, err := s.openRepos(ctx, nil)
+	ro, err := s.reposOptions(nil)
+	if err != nil {
+		return err
+	}
+	set, unreachable, err := repos.OpenAvailable(ctx, ro, s.log)
 	if err != nil {
 		return err
 	}
@@ -348,6 +353,7 @@ func (s *settings) manualGet(ctx context.Context, name, dest string, partial boo
 	if err != nil {
 		return err
 	}
+	cfg.Unreachable = unreachable
 	o := s.getOptions()
 	o.Prefetch = 0
 	return s.get(ctx, cfg, o, name, dest, partial)
@@ -393,7 +399,7 @@ func (a *app) daemon(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg, closeStores, err := s.openArchive(c.Context, t.cluster)
+	cfg, closeStores, err := s.openArchive(c.Context, t.cluster, false)
 	if err != nil {
 		ln.Close()
 		return err
@@ -433,8 +439,21 @@ func (a *app) daemon(c *cli.Context) error {
 
 // openArchive opens every repository, checks that each belongs to cl, and
 // returns the engines' configuration and a function closing the stores.
-func (s *settings) openArchive(ctx context.Context, cl repo.Cluster) (archive.Config, func(), error) {
-	set, err := s.openRepos(ctx, &cl)
+// For reading (archive-get) it opens those that can be reached
+// (repos.OpenAvailable): the others are in the configuration's
+// Unreachable.
+func (s *settings) openArchive(ctx context.Context, cl repo.Cluster, reading bool) (archive.Config, func(), error) {
+	o, err := s.reposOptions(&cl)
+	if err != nil {
+		return archive.Config{}, nil, err
+	}
+	var set *repos.Set
+	var unreachable []error
+	if reading {
+		set, unreachable, err = repos.OpenAvailable(ctx, o, s.log)
+	} else {
+		set, err = repos.Open(ctx, o)
+	}
 	if err != nil {
 		return archive.Config{}, nil, err
 	}
@@ -443,6 +462,7 @@ func (s *settings) openArchive(ctx context.Context, cl repo.Cluster) (archive.Co
 		set.Close()
 		return archive.Config{}, nil, err
 	}
+	cfg.Unreachable = unreachable
 	return cfg, func() { set.Close() }, nil
 }
 

@@ -140,7 +140,7 @@ func readMetadata(ctx context.Context, c *codec.Codec, store storage.Store) (Met
 			ErrNotInitialized, store, MetadataKey, store)
 	}
 	if err != nil {
-		return Metadata{}, fmt.Errorf("read repository metadata: %w", err)
+		return Metadata{}, fmt.Errorf("read repository metadata %s in %s: %w", MetadataKey, store, err)
 	}
 	defer rc.Close()
 	r, err := c.NewReader(io.LimitReader(rc, maxMetadataSize), nil)

@@ -52,30 +52,72 @@ func Open(ctx context.Context, o Options) (*Set, error) {
 	s := &Set{}
 	shared := codec.New()
 	for _, url := range o.URLs {
-		st, err := OpenStore(ctx, url, o.Store)
-		if err != nil {
+		if err := s.add(ctx, url, o, shared); err != nil {
 			s.Close()
 			return nil, err
 		}
-		s.stores = append(s.stores, st)
-		r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: o.Passphrase, Compression: o.Compression, Codec: shared})
-		if err == nil {
-			cl := o.Cluster
-			if cl == nil && len(s.Repos) > 0 {
-				first := ClusterOf(s.Repos[0])
-				cl = &first
-			}
-			if cl != nil {
-				err = r.Metadata().Matches(*cl, st.String())
-			}
-		}
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		s.Repos = append(s.Repos, r)
 	}
 	return s, nil
+}
+
+// OpenAvailable opens the repositories of o that can be reached, for a
+// reader that needs only one of them to hold what it reads (archive-get):
+// a repository whose store is unreachable or failing (failure.Transient)
+// is left out, logged, and its error returned in skipped, so that one
+// cloud's outage does not stop recovery from another's copy. Any other
+// failure (credentials, no bucket, another cluster) is a configuration to
+// fix and fails as in Open; so does every repository being unreachable.
+func OpenAvailable(ctx context.Context, o Options, log *slog.Logger) (s *Set, skipped []error, err error) {
+	if len(o.URLs) == 0 {
+		return nil, nil, ErrNoRepository
+	}
+	s = &Set{}
+	shared := codec.New()
+	for _, url := range o.URLs {
+		err := s.add(ctx, url, o, shared)
+		switch {
+		case err == nil:
+		case failure.Of(err) == failure.Transient && ctx.Err() == nil:
+			skipped = append(skipped, err)
+			if len(o.URLs) > 1 && log != nil {
+				log.Warn("repository unreachable, reading from the others", "repo", url, "err", err)
+			}
+		default:
+			s.Close()
+			return nil, nil, err
+		}
+	}
+	if len(s.Repos) == 0 {
+		return nil, nil, errors.Join(skipped...)
+	}
+	return s, skipped, nil
+}
+
+// add opens the repository at url into s, checked to belong to o.Cluster,
+// or when that is nil to the cluster of the first repository in s.
+func (s *Set) add(ctx context.Context, url string, o Options, shared *codec.Codec) error {
+	st, err := OpenStore(ctx, url, o.Store)
+	if err != nil {
+		return err
+	}
+	r, err := repo.Open(ctx, st, repo.OpenOptions{Passphrase: o.Passphrase, Compression: o.Compression, Codec: shared})
+	if err == nil {
+		cl := o.Cluster
+		if cl == nil && len(s.Repos) > 0 {
+			first := ClusterOf(s.Repos[0])
+			cl = &first
+		}
+		if cl != nil {
+			err = r.Metadata().Matches(*cl, st.String())
+		}
+	}
+	if err != nil {
+		st.Close()
+		return err
+	}
+	s.stores = append(s.stores, st)
+	s.Repos = append(s.Repos, r)
+	return nil
 }
 
 // OpenPatiently is Open for a long-running process (a receiver, the
