@@ -141,11 +141,13 @@ func TestNetwork(t *testing.T) {
 	})
 	t.Run("backup-push", func(t *testing.T) {
 		t.Parallel()
-		netBackupPush(t, s3)
+		f := newFront(t, s3)
+		netBackupPush(t, f, s3Side(t, s3, f, "backup-push"))
 	})
 	t.Run("restore", func(t *testing.T) {
 		t.Parallel()
-		netRestore(t, s3)
+		f := newFront(t, s3)
+		netRestore(t, f, s3Side(t, s3, f, "restore"))
 	})
 }
 
@@ -299,21 +301,19 @@ func netArchiveGet(t *testing.T, f *front, src *pgtest.Cluster, segs []string, s
 	}
 }
 
-func netBackupPush(t *testing.T, s3 testenv.S3Env) {
-	f := newFront(t, s3)
-	prefix := testenv.UniquePrefix(t)
-	direct, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
+func netBackupPush(t *testing.T, f *front, side storeSide) {
+	direct, faulty := side.direct[0], side.repoArgs[1]
 	prim := archivingPrimary(t, direct)
 	fillItems(t, prim, 50000)
 	for _, fault := range netFaults {
-		if skipKnownBug(t, fault.name, "backup-push") {
+		op := side.op
+		if skipKnownBug(t, fault.name, op) {
 			continue
 		}
 		before := backupList(t, prim, direct)
 		end := strike(t, f, fault)
 		res := wf(t, prim, backupLimit, "backup-push", "--repo", faulty, "--json")
 		end()
-		const op = "backup-push"
 		after := backupList(t, prim, direct)
 		switch {
 		case res.timedOut:
@@ -329,7 +329,7 @@ func netBackupPush(t *testing.T, s3 testenv.S3Env) {
 			}
 		case len(after) != len(before):
 			record(t, fault.name, op, dataLost, fmt.Sprintf("a failed backup-push (%v) changed backup-list from %v to %v", res, before, after))
-		case res.code == 3 && namesStore(res.stderr, s3, f.Endpoint):
+		case res.code == 3 && side.names(res.stderr):
 			record(t, fault.name, op, clearError, res.String())
 		default:
 			record(t, fault.name, op, unclear, "want exit 3 naming the store: "+res.String())
@@ -337,24 +337,22 @@ func netBackupPush(t *testing.T, s3 testenv.S3Env) {
 	}
 }
 
-func netRestore(t *testing.T, s3 testenv.S3Env) {
-	f := newFront(t, s3)
-	prefix := testenv.UniquePrefix(t)
-	direct, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
+func netRestore(t *testing.T, f *front, side storeSide) {
+	direct, faulty := side.direct[0], side.repoArgs[1]
 	prim := archivingPrimary(t, direct)
 	want := fillItems(t, prim, 50000)
 	id := backupID(mustWF(t, prim, "backup-push", "--repo", direct, "--json").stdout)
 	psql(t, prim, "SELECT pg_switch_wal()")
 	d := newRestoreTarget(t)
 	for _, fault := range netFaults {
-		if skipKnownBug(t, fault.name, "restore") {
+		op := side.op
+		if skipKnownBug(t, fault.name, op) {
 			continue
 		}
 		d.clear(t)
 		end := strike(t, f, fault)
 		res := d.restore(t, backupLimit, nil, faulty, id)
 		end()
-		const op = "restore"
 		switch {
 		case res.timedOut:
 			record(t, fault.name, op, hang, res.String())
@@ -366,14 +364,10 @@ func netRestore(t *testing.T, s3 testenv.S3Env) {
 			}
 		case d.startable():
 			record(t, fault.name, op, dataLost, fmt.Sprintf("a failed restore (%v) left global/pg_control: PostgreSQL could start it", res))
-		case res.code == 3 && namesStore(res.stderr, s3, f.Endpoint):
+		case res.code == 3 && side.names(res.stderr):
 			record(t, fault.name, op, clearError, res.String())
 		default:
-			if strings.Contains(res.stderr, "restore incomplete") && namesStore(res.stderr, s3, f.Endpoint) && res.code != 0 {
-				record(t, fault.name, op, unclear, "want exit 3 (store failing): "+res.String())
-			} else {
-				record(t, fault.name, op, unclear, "want exit 3 naming the store: "+res.String())
-			}
+			record(t, fault.name, op, unclear, "want exit 3 naming the store: "+res.String())
 		}
 	}
 }

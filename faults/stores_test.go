@@ -19,9 +19,10 @@ import (
 // stores and against several repositories at once:
 //
 //   - GCS (fake-gcs-server) and Azure Blob (Azurite) behind the same faulty
-//     front as MinIO in TestNetwork: each trial succeeds with exact bytes
-//     or fails in time with the hook's exit code and a message naming the
-//     store.
+//     front as MinIO in TestNetwork, for archive-push, archive-get,
+//     backup-push and restore: each trial succeeds with exact data or
+//     fails in time with its documented exit code and a message naming
+//     the store.
 //   - Two MinIO repositories, one of them behind the front: archive-push
 //     needs both (a failure names the failing one, and the healthy one
 //     holds nothing partial); archive-get, with the failing one listed
@@ -31,7 +32,7 @@ func TestOtherStores(t *testing.T) {
 	gcs, az := testenv.GCS(t), testenv.Azure(t)
 	createAzureContainer(t, az)
 	src, segs := walSource(t, len(netFaults)+2)
-	for _, op := range []string{"archive-push", "archive-get"} {
+	for _, op := range []string{"archive-push", "archive-get", "backup-push", "restore"} {
 		t.Run(op+"/gcs", func(t *testing.T) {
 			t.Parallel()
 			f := newFrontTo(t, "http://"+gcs.EmulatorHost)
@@ -42,6 +43,9 @@ func TestOtherStores(t *testing.T) {
 			f := newFrontTo(t, azureBlobEndpoint(t, az))
 			runSide(t, f, src, segs, azureSide(t, az, f, op+" (azure)"))
 		})
+		if op == "backup-push" || op == "restore" {
+			continue // one repository at a time: a backup goes to one
+		}
 		t.Run(op+"/several", func(t *testing.T) {
 			t.Parallel()
 			f := newFront(t, s3)
@@ -52,10 +56,17 @@ func TestOtherStores(t *testing.T) {
 
 // runSide runs the trials of the operation side.op names.
 func runSide(t *testing.T, f *front, src *pgtest.Cluster, segs []string, side storeSide) {
-	if strings.HasPrefix(side.op, "archive-push") {
+	switch op, _, _ := strings.Cut(side.op, " "); op {
+	case "archive-push":
 		netArchivePush(t, f, src, segs, side)
-	} else {
+	case "archive-get":
 		netArchiveGet(t, f, src, segs, side)
+	case "backup-push":
+		netBackupPush(t, f, side)
+	case "restore":
+		netRestore(t, f, side)
+	default:
+		t.Fatalf("no trials for operation %q", side.op)
 	}
 }
 

@@ -432,7 +432,7 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 		return fmt.Errorf("backup %s needs object %s, which %s does not have: the backup is damaged (see walferry verify)", rs.m.ID, key, rs.r)
 	}
 	if err != nil {
-		return fmt.Errorf("backup %s: get object %s: %w", rs.m.ID, key, err)
+		return fmt.Errorf("backup %s: get object %s from %s: %w", rs.m.ID, key, rs.r, err)
 	}
 	defer obj.Close()
 	rs.objectsRead.Add(1)

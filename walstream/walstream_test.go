@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,10 +161,18 @@ func waitFor(t *testing.T, what string, d time.Duration, log *logBuf, cond func(
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; receiver log:\n%s", d, what, log)
+			t.Fatalf("timed out after %v waiting for %s; receiver log:\n%s\ngoroutines:\n%s", d, what, log, goroutines())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// goroutines is every goroutine's stack, for a test that found the
+// receiver stuck: where it waits is the first thing to know.
+func goroutines() string {
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 2)
+	return b.String()
 }
 
 func stored(t *testing.T, rp *repo.Repo, name string) ([]byte, bool) {
@@ -370,7 +379,7 @@ func TestConflict(t *testing.T) {
 			t.Fatalf("Run: got %v, want archive.ErrConflict; log:\n%s", err, log)
 		}
 	case <-ctx.Done():
-		t.Fatalf("Run did not stop on a conflict; log:\n%s", log)
+		t.Fatalf("Run did not stop on a conflict; log:\n%s\ngoroutines:\n%s", log, goroutines())
 	}
 	if got, _ := stored(t, rp, cur); !bytes.Equal(got, make([]byte, size.Bytes())) {
 		t.Errorf("the conflicting object was overwritten")
@@ -417,7 +426,7 @@ func TestFenced(t *testing.T) {
 			t.Fatalf("Run: got %v, want repo.ErrFenced naming generation 2; log:\n%s", err, log)
 		}
 	case <-ctx.Done():
-		t.Fatalf("Run did not stop when fenced; log:\n%s", log)
+		t.Fatalf("Run did not stop when fenced; log:\n%s\ngoroutines:\n%s", log, goroutines())
 	}
 	if _, ok := stored(t, rp, cur); ok {
 		t.Errorf("%s, past the fence, was stored", cur)
