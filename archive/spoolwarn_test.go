@@ -20,10 +20,7 @@ import (
 // so at warning level, the hook's default: every call meanwhile waits for
 // the store (found by faults/TestDisk: it was logged at info, invisible).
 func TestGetWarnsWhenSpoolUnusable(t *testing.T) {
-	st, _ := teststore.FS(t)
-	r := getRepo(t, st, getSegBytes)
-	size := getSegSize(t, getSegBytes)
-	segs := getSegs(t, getSegBytes, 1, 1, 3, r)
+	r, size, segs := fsSegments(t, 3)
 	wal := getPGWal(t)
 	spool := filepath.Join(t.TempDir(), "spool")
 	if err := os.WriteFile(spool, nil, 0o600); err != nil {
@@ -50,10 +47,7 @@ func TestGetWarnsWhenSpoolUnusable(t *testing.T) {
 // temporary file fails with a diskError (the local disk's fault, warned
 // about for the spool), a missing object with found false.
 func TestDownloadLocalFailureIsDiskError(t *testing.T) {
-	st, _ := teststore.FS(t)
-	r := getRepo(t, st, getSegBytes)
-	size := getSegSize(t, getSegBytes)
-	getSegs(t, getSegBytes, 1, 1, 1, r)
+	r, size, _ := fsSegments(t, 1)
 	key, err := repo.WALKey(pg.SegmentName(1, 1, size), size)
 	if err != nil {
 		t.Fatal(err)
@@ -68,4 +62,14 @@ func TestDownloadLocalFailureIsDiskError(t *testing.T) {
 	if names := getDirNames(t, filepath.Dir(missing)); len(names) != 0 {
 		t.Errorf("left %q", names)
 	}
+}
+
+// fsSegments makes a repository on the filesystem backend holding
+// segments 1..last of timeline 1 and returns it, the segment size and the
+// segments' bytes by name.
+func fsSegments(t *testing.T, last int) (*repo.Repo, pg.WALSegmentSize, map[string][]byte) {
+	t.Helper()
+	st, _ := teststore.FS(t)
+	r := getRepo(t, st, getSegBytes)
+	return r, getSegSize(t, getSegBytes), getSegs(t, getSegBytes, 1, 1, last, r)
 }

@@ -329,8 +329,9 @@ func diskPrefetch(t *testing.T, dr *diskRepo) {
 			got := fileSum(t, dest)
 			os.Remove(dest)
 			if daemon {
-				// The background prefetches end before the warnings are read.
-				time.Sleep(2 * time.Second)
+				// The daemon's prefetches run in the background: wait for
+				// them to end and to warn.
+				settleSpool(t, spool, func() bool { return strings.Contains(logs(), cond) })
 				res.stderr += logs()
 			}
 			spoolProblem, _ := dr.checkSpool(t, spool)
@@ -345,7 +346,7 @@ func diskPrefetch(t *testing.T, dr *diskRepo) {
 				os.Remove(dest)
 			}
 			if daemon {
-				time.Sleep(time.Second)
+				settleSpool(t, spool, func() bool { return true })
 			}
 			againProblem, finals := dr.checkSpool(t, spool)
 			switch {
@@ -375,6 +376,22 @@ func diskPrefetch(t *testing.T, dr *diskRepo) {
 			}
 			emptyDir(t, root)
 			remount(t, root, fmt.Sprintf("size=%d", small))
+		}
+	}
+}
+
+// settleSpool waits, 30 s at most, until no download is under way in
+// spool (no temporary file) and done reports true.
+func settleSpool(t *testing.T, spool string, done func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		busy := false
+		entries, _ := os.ReadDir(spool)
+		for _, e := range entries {
+			busy = busy || strings.HasPrefix(e.Name(), ".tmp-")
+		}
+		if !busy && done() {
+			return
 		}
 	}
 }
