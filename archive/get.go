@@ -66,6 +66,15 @@ var errStalled = errors.New("no progress")
 // errGetterClosed: Get was called after Close.
 var errGetterClosed = errors.New("archive: getter is closed")
 
+// diskError marks a failure of the local filesystem a download writes to
+// (full, read-only, not writable), as opposed to the store's: a spool
+// that cannot take prefetches stays so until someone frees space, and
+// every call meanwhile waits for the store, so it is worth a warning.
+type diskError struct{ err error }
+
+func (e *diskError) Error() string { return e.err.Error() }
+func (e *diskError) Unwrap() error { return e.err }
+
 // Getter is the archive-get engine behind restore_command: it writes
 // archived WAL files to their destination, whole and atomically, and
 // prefetches the segments that follow a requested one into a spool, so
@@ -567,7 +576,7 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 	}
 	t, err := createTemp(dir, prefix)
 	if err != nil {
-		return d, true, fmt.Errorf("create temporary file for %s: %w", key, err)
+		return d, true, &diskError{fmt.Errorf("create temporary file for %s: %w", key, err)}
 	}
 	bp := g.getBuf()
 	defer g.putBuf(bp)
@@ -579,7 +588,8 @@ func (g *Getter) download(ctx context.Context, r *repo.Repo, key, dir, prefix st
 			crc = crc32.Update(crc, castagnoli, buf[:n])
 			if _, werr := t.Write(buf[:n]); werr != nil {
 				t.discard()
-				return downloaded{size: d.size}, true, fmt.Errorf("write %s: %w", t.path, werr)
+				// werr names the file: "write <path>: no space left on device".
+				return downloaded{size: d.size}, true, &diskError{werr}
 			}
 			d.size += int64(n)
 			stall.Reset(stallAfter)
@@ -622,10 +632,11 @@ func (g *Getter) putBuf(b *[]byte) { g.bufs.Put(b) }
 
 // batch is the set of prefetches one Get started.
 type batch struct {
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	stopAt int             // offset of the first segment found missing
-	jobs   map[int]*flight // by offset from the requested segment
+	wg       sync.WaitGroup
+	warnOnce sync.Once // one warning per batch for a spool that cannot take segments
+	mu       sync.Mutex
+	stopAt   int             // offset of the first segment found missing
+	jobs     map[int]*flight // by offset from the requested segment
 }
 
 // stopped reports whether offset i lies beyond a missing segment.
@@ -671,7 +682,7 @@ func (b *batch) wait() {
 // and end with Close. It returns nil when nothing was started.
 func (g *Getter) startPrefetch(ctx context.Context, f pg.WALFile, spool string) *batch {
 	if err := os.MkdirAll(spool, spoolDirMode); err != nil {
-		g.log.Info("prefetch off: cannot create the spool", "spool", spool, "err", err)
+		g.log.Warn("prefetch off: cannot create the spool; until it can, every call waits for the store", "spool", spool, "err", err)
 		return nil
 	}
 	parent := ctx
@@ -687,7 +698,7 @@ func (g *Getter) startPrefetch(ctx context.Context, f pg.WALFile, spool string) 
 	// file is in place, so a segment is either listed or seen under way.
 	list, err := readSpool(spool, g.segSize)
 	if err != nil {
-		g.log.Info("prefetch off: cannot read the spool", "spool", spool, "err", err)
+		g.log.Warn("prefetch off: cannot read the spool; until it can, every call waits for the store", "spool", spool, "err", err)
 		return nil
 	}
 	for _, fl := range g.flights {
@@ -745,6 +756,11 @@ func (g *Getter) runPrefetch(ctx context.Context, b *batch, i int, fl *flight, s
 	case missing:
 		g.log.Debug("prefetch stops: segment not archived (yet)", "segment", fl.name)
 		b.stop(i)
+	case err != nil && ctx.Err() == nil && errors.As(err, new(*diskError)):
+		b.warnOnce.Do(func() {
+			g.log.Warn("prefetch failed: the spool cannot take segments; until it can, every call waits for the store",
+				"spool", spool, "segment", fl.name, "err", err)
+		})
 	case err != nil && ctx.Err() == nil:
 		g.log.Info("prefetch failed; the segment will be fetched when asked for", "segment", fl.name, "err", err)
 	}
@@ -772,7 +788,7 @@ func (g *Getter) prefetchOne(ctx context.Context, name, spool string) (missing b
 		}
 		final := filepath.Join(spool, spoolFileName(name, g.sysID, d.size, d.crc))
 		if err := d.tmp.commit(final); err != nil {
-			return false, fmt.Errorf("spool %s: %w", name, err)
+			return false, &diskError{fmt.Errorf("spool %s: %w", name, err)}
 		}
 		g.log.Debug("prefetched", "segment", name, "bytes", d.size, "repo", r.String())
 		return false, nil

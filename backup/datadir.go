@@ -125,7 +125,7 @@ func askServerSelf(ctx context.Context, conn *pgx.Conn) (serverSelf, error) {
 	var port string
 	var started float64
 	if err := conn.QueryRow(ctx, "SELECT current_setting('port'), extract(epoch FROM pg_postmaster_start_time())::float8").Scan(&port, &started); err != nil {
-		return s, fmt.Errorf("pg: read port and start time: %w", err)
+		return s, pg.QueryError(ctx, "read port and start time", err)
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil {

@@ -339,7 +339,7 @@ func (s *localSource) check(ctx context.Context, o Options) error {
 	// checkpoint records it (the lineage check must see the new one).
 	var walFile string
 	if err := s.conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&walFile); err != nil {
-		return fmt.Errorf("pg: read the current timeline: %w", err)
+		return pg.QueryError(ctx, "read the current timeline", err)
 	}
 	segSize, err := info.SegmentSize()
 	if err != nil {
@@ -355,7 +355,7 @@ func (s *localSource) check(ctx context.Context, o Options) error {
 	}
 	var archiveMode string
 	if err := s.conn.QueryRow(ctx, "SELECT current_setting('archive_mode')").Scan(&archiveMode); err != nil {
-		return fmt.Errorf("pg: read archive_mode: %w", err)
+		return pg.QueryError(ctx, "read archive_mode", err)
 	}
 	return checkArchiveMode(archiveMode)
 }
@@ -494,7 +494,7 @@ func startBackup(ctx context.Context, conn *pgx.Conn, versionNum int, label stri
 	}
 	var s string
 	if err := conn.QueryRow(ctx, q, label, fast).Scan(&s); err != nil {
-		return 0, fmt.Errorf("pg: start the backup: %w", err)
+		return 0, pg.QueryError(ctx, "start the backup", err)
 	}
 	return pg.ParseLSN(s)
 }
@@ -508,7 +508,7 @@ func stopBackup(ctx context.Context, conn *pgx.Conn, versionNum int) (pg.LSN, st
 	}
 	var lsn, label, spcmap string
 	if err := conn.QueryRow(ctx, q).Scan(&lsn, &label, &spcmap); err != nil {
-		return 0, "", "", fmt.Errorf("pg: stop the backup: %w", err)
+		return 0, "", "", pg.QueryError(ctx, "stop the backup", err)
 	}
 	l, err := pg.ParseLSN(lsn)
 	return l, label, spcmap, err
@@ -520,19 +520,19 @@ func nameTablespaces(ctx context.Context, conn *pgx.Conn, ts []Tablespace) error
 	}
 	rows, err := conn.Query(ctx, "SELECT oid::int8, spcname FROM pg_tablespace")
 	if err != nil {
-		return fmt.Errorf("pg: list tablespaces: %w", err)
+		return pg.QueryError(ctx, "list tablespaces", err)
 	}
 	names := map[uint32]string{}
 	for rows.Next() {
 		var oid int64
 		var name string
 		if err := rows.Scan(&oid, &name); err != nil {
-			return fmt.Errorf("pg: list tablespaces: %w", err)
+			return pg.QueryError(ctx, "list tablespaces", err)
 		}
 		names[uint32(oid)] = name
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("pg: list tablespaces: %w", err)
+		return pg.QueryError(ctx, "list tablespaces", err)
 	}
 	for i := range ts {
 		ts[i].Name = names[ts[i].OID]

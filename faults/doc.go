@@ -2,8 +2,9 @@
 // binary against real PostgreSQL 15 and MinIO while the network between
 // walferry and the store misbehaves (toxiproxy and a small HTTP front that
 // answers 500 / 503 SlowDown), while processes are killed with SIGKILL,
-// while disks fill up and while objects in the store are damaged, and
-// checks the promises of docs/guarantees.md after every trial.
+// while disks fill up or turn read-only, while PostgreSQL crashes under a
+// backup, and while objects in the store are damaged, and checks the
+// promises of docs/guarantees.md after every trial.
 //
 // Each trial ends in one of: ok (the operation succeeded and its data was
 // checked byte for byte or row for row), clear error (it failed within its

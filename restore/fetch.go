@@ -498,7 +498,7 @@ func (rs *restorer) fetchObject(ctx context.Context, m *meter, key string, ps []
 			if s < e {
 				if _, err := a.f.WriteAt(buf[s-lo:e-lo], a.off+s-a.at); err != nil {
 					a.f.Close()
-					return fmt.Errorf("write %s: %w", a.it.path, err)
+					return err // names the file: "write <path>: no space left on device"
 				}
 				if a.it.streamed != nil {
 					jobs = append(jobs, hashJob{a.it, a.off + s - a.at, buf[s-lo : e-lo]})

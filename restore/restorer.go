@@ -569,8 +569,15 @@ func (rs *restorer) abandon() {
 		return
 	}
 	for _, rel := range []string{backupLabel, tablespaceMap, recoverySig, standbySig} {
-		if err := os.Remove(rs.abs(rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			rs.log.Warn("could not remove after a failed restore", "path", rs.abs(rel), "err", err)
+		// Looked for first: on a read-only filesystem removing a file
+		// that is not there fails with EROFS, not ENOENT, and the warning
+		// would name files the restore never wrote.
+		p := rs.abs(rel)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			rs.log.Warn("could not remove after a failed restore", "path", p, "err", err)
 		}
 	}
 	final, temp := rs.abs(controlFile), rs.abs(controlTemp)

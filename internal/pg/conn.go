@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walferry/walferry/internal/failure"
 )
 
 // DefaultApplicationName is set as application_name on walferry's
@@ -67,6 +69,20 @@ func ConnectError(cfg *pgconn.Config, err error) error {
 		what = "connect for replication to "
 	}
 	return &redactedError{msg: "pg: " + what + DescribeConfig(cfg) + ": " + connectCause(err).Error(), err: err}
+}
+
+// QueryError describes a statement that failed on an open connection,
+// "pg: <what>: <cause>", classified as PostgreSQL's failure (exit 7)
+// whether the server refused it or the connection broke under it (a
+// crash, a restart): pgx reports a lost connection with the network's
+// error, which alone reads as a store unreachable (exit 3, "check the
+// endpoint"). When ctx is done the error keeps the cancellation's kind.
+func QueryError(ctx context.Context, what string, err error) error {
+	err = fmt.Errorf("pg: %s: %w", what, err)
+	if ctx.Err() != nil {
+		return err
+	}
+	return failure.Wrap(failure.Postgres, err)
 }
 
 // DescribeConfig names a connection target for messages:
@@ -188,7 +204,7 @@ func ClusterInfo(ctx context.Context, conn *pgx.Conn) (Info, error) {
 	err := conn.QueryRow(ctx, clusterInfoQuery).Scan(&sysID, &versionNum, &info.Version,
 		&segSize, &blockSize, &checksum, &info.InRecovery, &tli, &info.WALLogHints)
 	if err != nil {
-		return Info{}, fmt.Errorf("pg: query cluster info: %w", err)
+		return Info{}, QueryError(ctx, "query cluster info", err)
 	}
 	info.SystemID = uint64(sysID)
 	info.Timeline = TimeLineID(tli)
