@@ -49,6 +49,7 @@ const hookSocketUsage = "hand the call to walferry daemon on this unix socket `P
 func (a *app) archivePushCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "archive-push",
+		ArgsUsage: "<path>",
 		Aliases:   []string{"wal-push"},
 		Usage:     "archive one WAL file (archive_command)",
 		UsageText: "walferry archive-push [--repo URL]... [--ahead N] [--socket PATH] <path>",
@@ -106,6 +107,7 @@ an interrupted call (SIGINT, SIGTERM, SIGQUIT) exits 1.`,
 func (a *app) archiveGetCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "archive-get",
+		ArgsUsage: "<name> <dest>",
 		Aliases:   []string{"wal-fetch"},
 		Usage:     "fetch one WAL file (restore_command)",
 		UsageText: "walferry archive-get [--repo URL]... [--prefetch N] [--socket PATH] [--partial] <name> <dest>",

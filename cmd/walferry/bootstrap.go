@@ -148,12 +148,12 @@ func (a *app) bootstrap(c *cli.Context) error {
 			return usage(err)
 		}
 	}
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if o.RestoreCommand.Config, err = filepath.Abs(path); err != nil {
 			return usage(err)
 		}
 	}
-	if c.IsSet("encryption-passphrase-file") {
+	if s.cfg.EncryptionPassphraseFile != "" {
 		if o.RestoreCommand.PassphraseFile, err = filepath.Abs(s.cfg.EncryptionPassphraseFile); err != nil {
 			return usage(err)
 		}

@@ -142,7 +142,7 @@ func (a *app) roleSetup(c *cli.Context, name string) (*roleSetup, error) {
 func (r *roleSetup) standby(c *cli.Context, partial bool) (role.Standby, error) {
 	rc := restore.RestoreCommand{Repos: r.s.cfg.Repos, Socket: r.s.cfg.Archive.Socket, Partial: partial}
 	var err error
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if rc.Config, err = filepath.Abs(path); err != nil {
 			return role.Standby{}, usage(err)
 		}
