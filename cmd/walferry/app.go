@@ -132,6 +132,9 @@ func setUsageErrorHandler(cmds []*cli.Command) {
 		case cmd.Action != nil && cmd.ArgsUsage == "" && !cmd.SkipFlagParsing:
 			action := cmd.Action
 			cmd.Action = func(c *cli.Context) error {
+				if err := checkDurations(c); err != nil {
+					return err
+				}
 				if c.NArg() > 0 {
 					name := commandName(c)
 					return usage(fmt.Errorf("walferry %s takes no arguments, got %s (flags start with --; see: walferry %s --help)",
@@ -142,6 +145,22 @@ func setUsageErrorHandler(cmds []*cli.Command) {
 		}
 		setUsageErrorHandler(cmd.Subcommands)
 	}
+}
+
+// checkDurations refuses a duration flag given as zero or less: every
+// one is a timeout or an interval, where 0 or a negative value would be
+// taken silently for the default or for "at once".
+func checkDurations(c *cli.Context) error {
+	for _, f := range c.Command.Flags {
+		d, ok := f.(*cli.DurationFlag)
+		if !ok || !c.IsSet(d.Name) {
+			continue
+		}
+		if v := c.Duration(d.Name); v <= 0 {
+			return usage(fmt.Errorf("--%s %s: want a positive duration, e.g. %s (see: walferry %s --help)", d.Name, v, d.Value, commandName(c)))
+		}
+	}
+	return nil
 }
 
 // commandName is c's command with the groups above it ("repo init").

@@ -136,6 +136,9 @@ func (a *app) bootstrap(c *cli.Context) error {
 		RestoreCommand:  restore.RestoreCommand{Repos: s.cfg.Repos, Socket: s.cfg.Archive.Socket, Partial: c.Bool("partial")},
 		Log:             s.log.With("component", "bootstrap"),
 	}
+	if err := checkUpstream(o.SourceConn, o.Slot); err != nil {
+		return err
+	}
 	if o.Slot == "" && !o.NoSlot {
 		host, err := os.Hostname()
 		if err != nil {
