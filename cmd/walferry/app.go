@@ -105,9 +105,10 @@ EXIT CODES
 
 // setUsageErrorHandler makes flag mistakes of every command exit with the
 // usage code and point at the command's help, and refuses what a command
-// cannot take, before it runs: positional arguments given to a command
-// that takes none (one without ArgsUsage), and a command group (repo,
-// k8s) run without one of its commands or with an unknown one.
+// cannot take, before it runs: a required flag missing, a duration that is
+// not positive, positional arguments given to a command that takes none
+// (one without ArgsUsage), and a command group (repo, k8s) run without one
+// of its commands or with an unknown one.
 func setUsageErrorHandler(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
@@ -129,11 +130,28 @@ func setUsageErrorHandler(cmds []*cli.Command) {
 				name := commandName(c)
 				return usage(fmt.Errorf("walferry %s %s: %s (see: walferry %s --help)", name, what, strings.Join(names, ", "), name))
 			}
-		case cmd.Action != nil && cmd.ArgsUsage == "" && !cmd.SkipFlagParsing:
-			action := cmd.Action
+		case cmd.Action != nil && !cmd.SkipFlagParsing:
+			action, takesArgs := cmd.Action, cmd.ArgsUsage != ""
+			// Required flags are checked here, not by cli, which prints the
+			// whole help and exits 1.
+			var required []string
+			for _, f := range cmd.Flags {
+				if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
+					sf.Required = false
+					required = append(required, sf.Name)
+				}
+			}
 			cmd.Action = func(c *cli.Context) error {
+				for _, name := range required {
+					if !c.IsSet(name) {
+						return usage(fmt.Errorf("walferry %s needs --%s (see: walferry %s --help)", commandName(c), name, commandName(c)))
+					}
+				}
 				if err := checkDurations(c); err != nil {
 					return err
+				}
+				if takesArgs {
+					return action(c)
 				}
 				if c.NArg() > 0 {
 					name := commandName(c)
