@@ -11,6 +11,7 @@ package archive
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 
@@ -35,6 +36,35 @@ var (
 	// cannot help.
 	ErrNoSuchFile = failure.New(failure.NoSuchFile, "no such file to archive")
 )
+
+// CheckName checks, before any I/O, that name can be the name of a file
+// the hooks handle: a WAL segment, .history, .backup or .partial file of
+// some segment size (the cluster's is known only once its control file is
+// read; Push and Get check against it). Anything else, a path with a
+// directory, "..", a NUL byte, is the caller's mistake: the error is
+// classified as usage.
+func CheckName(name string) error {
+	if _, err := pg.ParseWALFileName(name, anySegmentSize); err != nil {
+		return badName(err)
+	}
+	return nil
+}
+
+// anySegmentSize is the segment size whose names are the widest set: the
+// smallest, 1 MiB, has 4096 segments per xlog id.
+var anySegmentSize = func() pg.WALSegmentSize {
+	s, err := pg.NewWALSegmentSize(pg.MinWALSegmentSize)
+	if err != nil {
+		panic(err) // a constant PostgreSQL accepts
+	}
+	return s
+}()
+
+// badName classifies a file name that is no WAL file name as the
+// caller's mistake, with the fix.
+func badName(err error) error {
+	return failure.Wrap(failure.Usage, fmt.Errorf("%w (want a WAL file name like 000000010000000000000001, 00000002.history or a .backup or .partial file's name, as PostgreSQL passes it)", err))
+}
 
 // Config is what pushing and getting need: the opened repositories, the
 // local cluster they were checked against, and a logger.

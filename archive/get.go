@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/repo"
 	"github.com/walferry/walferry/storage"
@@ -201,10 +202,10 @@ func (g *Getter) GetPartial(ctx context.Context, name, dest string) error {
 func (g *Getter) get(ctx context.Context, name, dest string, partial bool) error {
 	f, err := pg.ParseWALFileName(name, g.segSize)
 	if err != nil {
-		return fmt.Errorf("archive-get %s: %w", name, err)
+		return fmt.Errorf("archive-get %s: %w", name, badName(err))
 	}
 	if dest == "" {
-		return fmt.Errorf("archive-get %s: empty destination path", name)
+		return failure.Wrap(failure.Usage, fmt.Errorf("archive-get %s: empty destination path (PostgreSQL passes %%p)", name))
 	}
 	destAbs, err := filepath.Abs(dest)
 	if err != nil {

@@ -158,7 +158,7 @@ func (p *Pusher) Push(ctx context.Context, path string) error {
 	name := filepath.Base(path)
 	wf, err := pg.ParseWALFileName(name, p.cfg.SegmentSize)
 	if err != nil {
-		return fmt.Errorf("archive-push %s: %w", path, err)
+		return fmt.Errorf("archive-push %s: %w", path, badName(err))
 	}
 	dir, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {

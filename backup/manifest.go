@@ -188,6 +188,25 @@ func newID(t time.Time, typ Type) string {
 	return t.UTC().Format("20060102T150405") + suffix
 }
 
+// CheckID returns nil when id has the shape of a backup id (or is LATEST
+// when latest allows it), else an error naming id and the fix, classified
+// as a usage mistake: it is what a user typed, checked before any I/O.
+func CheckID(id string, latest bool) error {
+	if validID(id) || (latest && id == Latest) {
+		return nil
+	}
+	return badID(id, latest)
+}
+
+// badID is CheckID's error for id.
+func badID(id string, latest bool) error {
+	want := "like 20261122T101500F"
+	if latest {
+		want += ", or LATEST"
+	}
+	return failure.Wrap(failure.Usage, fmt.Errorf("%.80q is not a backup id (%s; see walferry backup-list)", id, want))
+}
+
 // validID reports whether id has the shape newID gives.
 func validID(id string) bool {
 	if len(id) != 16 || (id[15] != 'F' && id[15] != 'I') {
@@ -320,10 +339,11 @@ func Resolve(ctx context.Context, r *repo.Repo, name string) (*Manifest, error) 
 	return ReadManifest(ctx, r, id)
 }
 
-// resolveID returns the id of the backup name selects.
+// resolveID returns the id of the backup name selects; a name of another
+// shape is the user's mistake (CheckID).
 func resolveID(ctx context.Context, r *repo.Repo, name string) (string, error) {
 	if !strings.EqualFold(name, Latest) {
-		return name, nil
+		return name, CheckID(name, true)
 	}
 	ids, _, err := IDs(ctx, r)
 	if err != nil {

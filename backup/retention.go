@@ -56,8 +56,8 @@ func (o DeleteOptions) Validate() error {
 		return errors.New("--retain-full, --before and a backup id exclude each other: choose one rule")
 	case o.RetainFull < 0:
 		return fmt.Errorf("--retain-full %d: keep at least 1 full backup", o.RetainFull)
-	case o.ID != "" && !validID(o.ID):
-		return fmt.Errorf("%q is not a backup id (like 20261122T101500F; see walferry backup-list)", o.ID)
+	case o.ID != "":
+		return CheckID(o.ID, false)
 	}
 	return nil
 }

@@ -470,7 +470,9 @@ func TestFlagsMatchWalferry(t *testing.T) {
 				}
 				env := ""
 				if i := strings.LastIndex(usage, "[$"); i >= 0 {
-					env = strings.TrimSuffix(usage[i+2:], "]")
+					// A command's copy of a common flag names its variable
+					// before its default (see withCommonFlags).
+					env, _, _ = strings.Cut(usage[i+2:], "]")
 				}
 				takesValue := len(fields) > 1 && !strings.HasPrefix(fields[1], "-")
 				if alias != d.alias || env != d.env || takesValue != (d.kind != boolFlag) {

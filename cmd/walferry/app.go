@@ -104,21 +104,112 @@ EXIT CODES
 }
 
 // setUsageErrorHandler makes flag mistakes of every command exit with the
-// usage code and point at the command's help.
+// usage code and point at the command's help, and refuses what a command
+// cannot take, before it runs: a required flag missing, a duration that is
+// not positive, positional arguments given to a command that takes none
+// (one without ArgsUsage), and a command group (repo, k8s) run without one
+// of its commands or with an unknown one.
 func setUsageErrorHandler(cmds []*cli.Command) {
 	for _, cmd := range cmds {
 		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
-			return usage(fmt.Errorf("%w (see: walferry %s --help)", err, c.Command.FullName()))
+			return usage(fmt.Errorf("%w (see: walferry %s --help)", err, commandName(c)))
+		}
+		switch {
+		case len(cmd.Subcommands) > 0 && cmd.Action == nil:
+			cmd.Action = func(c *cli.Context) error {
+				var names []string
+				for _, sub := range c.Command.Subcommands {
+					if sub.Name != "help" {
+						names = append(names, sub.Name)
+					}
+				}
+				what := "needs a command"
+				if c.NArg() > 0 {
+					what = fmt.Sprintf("has no command %s", quoteArg(c.Args().First()))
+				}
+				name := commandName(c)
+				return usage(fmt.Errorf("walferry %s %s: %s (see: walferry %s --help)", name, what, strings.Join(names, ", "), name))
+			}
+		case cmd.Action != nil && !cmd.SkipFlagParsing:
+			action, takesArgs := cmd.Action, cmd.ArgsUsage != ""
+			// Required flags are checked here, not by cli, which prints the
+			// whole help and exits 1.
+			var required []string
+			for _, f := range cmd.Flags {
+				if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
+					sf.Required = false
+					required = append(required, sf.Name)
+				}
+			}
+			cmd.Action = func(c *cli.Context) error {
+				for _, name := range required {
+					if !c.IsSet(name) {
+						return usage(fmt.Errorf("walferry %s needs --%s (see: walferry %s --help)", commandName(c), name, commandName(c)))
+					}
+				}
+				if err := checkDurations(c); err != nil {
+					return err
+				}
+				if takesArgs {
+					return action(c)
+				}
+				if c.NArg() > 0 {
+					name := commandName(c)
+					return usage(fmt.Errorf("walferry %s takes no arguments, got %s (flags start with --; see: walferry %s --help)",
+						name, quoteArg(strings.Join(c.Args().Slice(), " ")), name))
+				}
+				return action(c)
+			}
 		}
 		setUsageErrorHandler(cmd.Subcommands)
 	}
+}
+
+// checkDurations refuses a duration flag given as zero or less: every
+// one is a timeout or an interval, where 0 or a negative value would be
+// taken silently for the default or for "at once".
+func checkDurations(c *cli.Context) error {
+	for _, f := range c.Command.Flags {
+		d, ok := f.(*cli.DurationFlag)
+		if !ok || !c.IsSet(d.Name) {
+			continue
+		}
+		if v := c.Duration(d.Name); v <= 0 {
+			return usage(fmt.Errorf("--%s %s: want a positive duration, e.g. %s (see: walferry %s --help)", d.Name, v, d.Value, commandName(c)))
+		}
+	}
+	return nil
+}
+
+// commandName is c's command with the groups above it ("repo init").
+func commandName(c *cli.Context) string {
+	var names []string
+	for _, p := range c.Lineage() {
+		if p.Command != nil && p.Command.Name != "" && p.Command.Name != c.App.Name {
+			names = append([]string{p.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+// quoteArg quotes what a user typed for a message, cut short when it is
+// long: an error stays one readable line.
+func quoteArg(s string) string {
+	const max = 80
+	if len(s) > max {
+		return fmt.Sprintf("%q... (%d bytes)", s[:max], len(s))
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 // Run runs the command line.
 func (a *app) Run(ctx context.Context, args []string) error {
 	if len(args) > 1 {
 		if name := args[1]; !strings.HasPrefix(name, "-") && a.cli.Command(name) == nil && name != "help" {
-			return usage(fmt.Errorf("unknown command %q; run walferry --help for the list", name))
+			return usage(fmt.Errorf("unknown command %s; run walferry --help for the list", quoteArg(name)))
+		}
+		if name := args[1]; (name == "help" || name == "h") && len(args) > 2 && a.cli.Command(args[2]) == nil {
+			return usage(fmt.Errorf("unknown command %s; run walferry --help for the list", quoteArg(args[2])))
 		}
 	}
 	err := a.cli.RunContext(ctx, args)
@@ -145,7 +236,9 @@ func (a *app) reportError(err error, code int) {
 }
 
 // commonFlags are accepted before the command and after it
-// ("walferry --repo X repo init" and "walferry repo init --repo X").
+// ("walferry --repo X repo init" and "walferry repo init --repo X"); the
+// value after the command wins, then the one before it, then the
+// environment (see commonFlag).
 func commonFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "repo", Aliases: []string{"r"}, EnvVars: []string{"WALFERRY_REPO"},
@@ -169,9 +262,55 @@ func commonFlags() []cli.Flag {
 	}
 }
 
-// withCommonFlags adds the common flags to a command's own.
+// withCommonFlags adds the common flags to a command's own. A command's
+// copies do not read the environment (the top level's do, and its help
+// names the variables): a command's flag is set only when given after
+// the command, which is how commonFlag tells the three sources apart.
 func withCommonFlags(own ...cli.Flag) []cli.Flag {
-	return append(own, commonFlags()...)
+	for _, f := range commonFlags() {
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			f.Usage, f.EnvVars = withEnvUsage(f.Usage, f.EnvVars), nil
+		case *cli.StringSliceFlag:
+			f.Usage, f.EnvVars = withEnvUsage(f.Usage, f.EnvVars), nil
+		case *cli.IntFlag:
+			f.Usage, f.EnvVars = withEnvUsage(f.Usage, f.EnvVars), nil
+		}
+		own = append(own, f)
+	}
+	return own
+}
+
+func withEnvUsage(usage string, env []string) string {
+	for _, e := range env {
+		usage += " [$" + e + "]"
+	}
+	return usage
+}
+
+// commonFlag returns the context holding the value of the common flag
+// name that applies, and false when none was given: the command's own
+// (given after the command), else the top level's (given before it, or
+// from the environment).
+func commonFlag(c *cli.Context, name string) (*cli.Context, bool) {
+	if c.IsSet(name) {
+		return c, true
+	}
+	lineage := c.Lineage()
+	for _, p := range lineage[1:] {
+		if p.IsSet(name) {
+			return p, true
+		}
+	}
+	return nil, false
+}
+
+// commonString is the value of the common flag name ("" when not given).
+func commonString(c *cli.Context, name string) string {
+	if fc, ok := commonFlag(c, name); ok {
+		return fc.String(name)
+	}
+	return ""
 }
 
 // settings is what a command's action gets: validated configuration, a
@@ -196,37 +335,37 @@ func (a *app) loadWith(c *cli.Context, defaults func(*config.Config)) (*settings
 	if defaults != nil {
 		defaults(&cfg)
 	}
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if err := cfg.LoadFile(path); err != nil {
 			return nil, err
 		}
 	}
-	if c.IsSet("repo") {
-		cfg.Repos = splitList(c.StringSlice("repo"))
+	if fc, ok := commonFlag(c, "repo"); ok {
+		cfg.Repos = splitList(fc.StringSlice("repo"))
 	}
-	if c.IsSet("pgdata") {
-		cfg.PGData = c.String("pgdata")
+	if fc, ok := commonFlag(c, "pgdata"); ok {
+		cfg.PGData = fc.String("pgdata")
 	}
-	if c.IsSet("pg-conn") {
-		cfg.PGConn = config.Secret(c.String("pg-conn"))
+	if fc, ok := commonFlag(c, "pg-conn"); ok {
+		cfg.PGConn = config.Secret(fc.String("pg-conn"))
 	}
-	if c.IsSet("compression") {
-		cfg.Compression = c.String("compression")
+	if fc, ok := commonFlag(c, "compression"); ok {
+		cfg.Compression = fc.String("compression")
 	}
 	if p := os.Getenv("WALFERRY_ENCRYPTION_PASSPHRASE"); p != "" {
 		cfg.EncryptionPassphrase = config.Secret(p)
 	}
-	if c.IsSet("encryption-passphrase-file") {
-		cfg.EncryptionPassphraseFile = c.String("encryption-passphrase-file")
+	if fc, ok := commonFlag(c, "encryption-passphrase-file"); ok {
+		cfg.EncryptionPassphraseFile = fc.String("encryption-passphrase-file")
 	}
-	if c.IsSet("concurrency") {
-		cfg.Storage.Concurrency = c.Int("concurrency")
+	if fc, ok := commonFlag(c, "concurrency"); ok {
+		cfg.Storage.Concurrency = fc.Int("concurrency")
 	}
-	if c.IsSet("log-format") {
-		cfg.LogFormat = c.String("log-format")
+	if fc, ok := commonFlag(c, "log-format"); ok {
+		cfg.LogFormat = fc.String("log-format")
 	}
-	if c.IsSet("log-level") {
-		cfg.LogLevel = c.String("log-level")
+	if fc, ok := commonFlag(c, "log-level"); ok {
+		cfg.LogLevel = fc.String("log-level")
 	}
 	if c.IsSet("ahead") {
 		cfg.Archive.PushAhead = c.Int("ahead")

@@ -49,6 +49,7 @@ const hookSocketUsage = "hand the call to walferry daemon on this unix socket `P
 func (a *app) archivePushCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "archive-push",
+		ArgsUsage: "<path>",
 		Aliases:   []string{"wal-push"},
 		Usage:     "archive one WAL file (archive_command)",
 		UsageText: "walferry archive-push [--repo URL]... [--ahead N] [--socket PATH] <path>",
@@ -106,6 +107,7 @@ an interrupted call (SIGINT, SIGTERM, SIGQUIT) exits 1.`,
 func (a *app) archiveGetCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "archive-get",
+		ArgsUsage: "<name> <dest>",
 		Aliases:   []string{"wal-fetch"},
 		Usage:     "fetch one WAL file (restore_command)",
 		UsageText: "walferry archive-get [--repo URL]... [--prefetch N] [--socket PATH] [--partial] <name> <dest>",
@@ -274,6 +276,9 @@ func (a *app) archivePush(c *cli.Context) error {
 		return usage(fmt.Errorf("archive-push takes one argument, the WAL file's path (%%p), got %d: archive_command = 'walferry archive-push %%p'", c.NArg()))
 	}
 	path := c.Args().First()
+	if err := archive.CheckName(filepath.Base(path)); err != nil {
+		return usage(fmt.Errorf("archive-push %s: %w", quoteArg(path), err))
+	}
 	s, err := a.load(c)
 	if err != nil {
 		return err
@@ -307,6 +312,12 @@ func (a *app) archiveGet(c *cli.Context) error {
 		return usage(fmt.Errorf("archive-get takes two arguments, the WAL file's name (%%f) and the destination (%%p), got %d: restore_command = 'walferry archive-get %%f %%p'", c.NArg()))
 	}
 	name, dest := c.Args().Get(0), c.Args().Get(1)
+	if err := archive.CheckName(name); err != nil {
+		return usage(fmt.Errorf("archive-get %s: %w", quoteArg(name), err))
+	}
+	if dest == "" {
+		return usage(fmt.Errorf("archive-get %s: empty destination: restore_command = 'walferry archive-get %%f %%p'", name))
+	}
 	s, err := a.load(c)
 	if err != nil {
 		return err

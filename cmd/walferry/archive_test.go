@@ -255,15 +255,15 @@ func TestHookUsageStatuses(t *testing.T) {
 		{"push two paths", []string{"archive-push", "--repo", e.repoURL, "a", "b"}, exitUsage, []string{"one argument"}},
 		{"push unknown flag", []string{"archive-push", "--bogus", "x"}, exitUsage, []string{"bogus"}},
 		{"push no repository", []string{"archive-push", "pg_wal/000000010000000000000001"}, exitUsage, []string{"no repository"}},
-		{"push bad ahead", []string{"archive-push", "--repo", e.repoURL, "--ahead", "-5", "x"}, exitUsage, []string{"archive.push_ahead"}},
+		{"push bad ahead", []string{"archive-push", "--repo", e.repoURL, "--ahead", "-5", "pg_wal/000000010000000000000001"}, exitUsage, []string{"archive.push_ahead"}},
 		{"get one argument", []string{"archive-get", "--repo", e.repoURL, "x"}, exitFailure, []string{"%f", "%p"}},
 		{"get unknown flag", []string{"archive-get", "--bogus", "a", "b"}, exitFailure, []string{"bogus"}},
 		{"get unknown flag before the command", []string{"--bogus", "archive-get", "a", "b"}, exitFailure, []string{"bogus"}},
-		{"get bad URL", []string{"wal-fetch", "--repo", "s3:/x", "a", "b"}, exitFailure, []string{"invalid repository URL"}},
+		{"get bad URL", []string{"wal-fetch", "--repo", "s3:/x", "000000010000000000000001", "b"}, exitFailure, []string{"invalid repository URL"}},
 		{"get no repository", []string{"archive-get", "000000010000000000000001", "pg_wal/RECOVERYXLOG"}, exitFailure, []string{"no repository"}},
-		{"get not a data directory", []string{"archive-get", "--repo", e.repoURL, "--pgdata", "/nonexistent", "a", "b"}, exitFailure, []string{"/nonexistent"}},
+		{"get not a data directory", []string{"archive-get", "--repo", e.repoURL, "--pgdata", "/nonexistent", "000000010000000000000001", "b"}, exitFailure, []string{"/nonexistent"}},
 		{"push a file that does not exist", []string{"archive-push", "--repo", e.repoURL, "pg_wal/000000010000000000000042"}, exitUsage, []string{"000000010000000000000042", "does not exist"}},
-		{"push not a data directory", []string{"archive-push", "--repo", e.repoURL, "--pgdata", "/nonexistent", "a"}, exitPostgres, []string{"/nonexistent"}},
+		{"push not a data directory", []string{"archive-push", "--repo", e.repoURL, "--pgdata", "/nonexistent", "pg_wal/000000010000000000000001"}, exitPostgres, []string{"/nonexistent"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

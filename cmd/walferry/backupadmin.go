@@ -45,6 +45,7 @@ leftovers of interrupted backups are removed by backup-delete.`,
 func (a *app) backupShowCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "backup-show",
+		ArgsUsage: "<id|LATEST>",
 		Usage:     "show one backup",
 		UsageText: "walferry backup-show <id|LATEST> --repo URL... [--json [--files]]",
 		Description: `Prints everything about one backup: its times, LSNs, timeline and WAL
@@ -66,6 +67,7 @@ given) with the chain added.`,
 func (a *app) backupDeleteCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "backup-delete",
+		ArgsUsage: "[<id>]",
 		Usage:     "delete backups and the WAL only they need",
 		UsageText: "walferry backup-delete (--retain-full N | --before TIME | <id>) --repo URL... [--dry-run] [--json]",
 		Description: `Applies one retention rule. A backup is only ever deleted together with
@@ -104,6 +106,7 @@ backup-push (the second one to start fails, naming the other).
 func (a *app) verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
+		ArgsUsage: "[<id>|LATEST]",
 		Usage:     "re-read and check backups and WAL continuity",
 		UsageText: "walferry verify [<id>|LATEST] --repo URL... [--wal] [--jobs N] [--json]",
 		Description: `Re-reads every object the backups need (one backup with <id>, all of

@@ -136,6 +136,9 @@ func (a *app) bootstrap(c *cli.Context) error {
 		RestoreCommand:  restore.RestoreCommand{Repos: s.cfg.Repos, Socket: s.cfg.Archive.Socket, Partial: c.Bool("partial")},
 		Log:             s.log.With("component", "bootstrap"),
 	}
+	if err := checkUpstream(o.SourceConn, o.Slot); err != nil {
+		return err
+	}
 	if o.Slot == "" && !o.NoSlot {
 		host, err := os.Hostname()
 		if err != nil {
@@ -148,12 +151,12 @@ func (a *app) bootstrap(c *cli.Context) error {
 			return usage(err)
 		}
 	}
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if o.RestoreCommand.Config, err = filepath.Abs(path); err != nil {
 			return usage(err)
 		}
 	}
-	if c.IsSet("encryption-passphrase-file") {
+	if s.cfg.EncryptionPassphraseFile != "" {
 		if o.RestoreCommand.PassphraseFile, err = filepath.Abs(s.cfg.EncryptionPassphraseFile); err != nil {
 			return usage(err)
 		}

@@ -18,6 +18,7 @@ import (
 func (a *app) restoreCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "restore",
+		ArgsUsage: "<id|LATEST>",
 		Usage:     "restore a backup into a data directory, optionally to a point in time",
 		UsageText: "walferry restore <id|LATEST> --pgdata DIR --repo URL... [--delta] [--standby] [--jobs N] [--tablespace-map OID=DIR]... [--target-time T | --target-lsn L | --target-xid X | --target-name N | --target-immediate] [--target-action promote|pause|shutdown] [--target-exclusive] [--target-timeline TL] [--use-partial] [--config-file PATH] [--alter-system-reset KEY]... [--json]",
 		Description: `Rebuilds a PostgreSQL data directory from a backup in the repository and
@@ -189,12 +190,12 @@ func (a *app) restore(c *cli.Context) error {
 		AlterSystemReset: splitList(c.StringSlice("alter-system-reset")),
 		Log:              s.log.With("component", "restore"),
 	}
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if o.RestoreCommand.Config, err = filepath.Abs(path); err != nil {
 			return usage(err)
 		}
 	}
-	if c.IsSet("encryption-passphrase-file") {
+	if s.cfg.EncryptionPassphraseFile != "" {
 		if o.RestoreCommand.PassphraseFile, err = filepath.Abs(s.cfg.EncryptionPassphraseFile); err != nil {
 			return usage(err)
 		}

@@ -9,6 +9,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walferry/walferry/internal/humanize"
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/replication"
 	"github.com/walferry/walferry/k8s/role"
 	"github.com/walferry/walferry/restore"
 )
@@ -142,7 +144,7 @@ func (a *app) roleSetup(c *cli.Context, name string) (*roleSetup, error) {
 func (r *roleSetup) standby(c *cli.Context, partial bool) (role.Standby, error) {
 	rc := restore.RestoreCommand{Repos: r.s.cfg.Repos, Socket: r.s.cfg.Archive.Socket, Partial: partial}
 	var err error
-	if path := c.String("config"); path != "" {
+	if path := commonString(c, "config"); path != "" {
 		if rc.Config, err = filepath.Abs(path); err != nil {
 			return role.Standby{}, usage(err)
 		}
@@ -156,7 +158,27 @@ func (r *roleSetup) standby(c *cli.Context, partial bool) (role.Standby, error) 
 	if app == "" {
 		app = r.instance.Name
 	}
+	if err := checkUpstream(c.String("source-conn"), c.String("slot")); err != nil {
+		return role.Standby{}, err
+	}
 	return role.Standby{SourceConn: c.String("source-conn"), ApplicationName: app, Slot: c.String("slot"), RestoreCommand: rc}, nil
+}
+
+// checkUpstream checks, before any work, how a standby would follow its
+// upstream: the connection string parses and the slot name is one
+// PostgreSQL accepts (either may be empty).
+func checkUpstream(conn, slot string) error {
+	if conn != "" {
+		if _, err := pg.ParseConnConfig(conn); err != nil {
+			return usage(fmt.Errorf("--source-conn: %w", err))
+		}
+	}
+	if slot != "" {
+		if err := replication.ValidSlotName(slot); err != nil {
+			return usage(fmt.Errorf("--slot: %w", err))
+		}
+	}
+	return nil
 }
 
 func (a *app) demote(c *cli.Context) error {

@@ -242,8 +242,14 @@ func (a *app) sidecar(c *cli.Context) error {
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		Log:             s.log,
 	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
 	if !c.Bool("no-pod-label") && (c.String("kubeconfig") != "" || podlabel.InCluster()) {
 		labeler, err := podlabel.New(podlabel.Config{Kubeconfig: c.String("kubeconfig"), Logger: s.log.With("component", "podlabel")})
+		if err != nil && c.String("kubeconfig") != "" {
+			return usage(fmt.Errorf("--kubeconfig: %w", err))
+		}
 		if err != nil {
 			return err
 		}

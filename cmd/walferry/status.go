@@ -69,11 +69,14 @@ func (a *app) status(c *cli.Context) error {
 		}
 		failOn = sev
 	}
+	addr := c.String("sidecar")
+	if err := status.CheckSidecarAddr(addr); err != nil {
+		return usage(fmt.Errorf("--sidecar: %w", err))
+	}
 	s, err := a.load(c)
 	if err != nil {
 		return err
 	}
-	addr := c.String("sidecar")
 	r, err := status.Fetch(c.Context, addr)
 	if err != nil {
 		o := status.CollectOptions{

@@ -27,10 +27,13 @@ const DefaultApplicationName = "walferry"
 func ParseConnConfig(connString string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
-		return nil, &redactedError{
-			msg: "pg: invalid connection settings: " + scrubPasswords(parseErrorDetail(err), connString),
+		// A connection string is configuration: a mistake in it is the
+		// user's to fix, whatever PostgreSQL would say.
+		return nil, failure.Wrap(failure.Usage, &redactedError{
+			msg: "pg: invalid connection settings: " + scrubPasswords(parseErrorDetail(err), connString) +
+				" (fix the connection string: key=value pairs or a postgres:// URL)",
 			err: err,
-		}
+		})
 	}
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = DefaultApplicationName

@@ -216,7 +216,7 @@ func ParseSegmentName(name string, size WALSegmentSize) (TimeLineID, SegNo, erro
 // Errors wrap ErrInvalidWALFileName.
 func ParseWALFileName(name string, size WALSegmentSize) (WALFile, error) {
 	bad := func(why string) (WALFile, error) {
-		return WALFile{}, fmt.Errorf("pg: %q: %w: %s", name, ErrInvalidWALFileName, why)
+		return WALFile{}, fmt.Errorf("pg: %.64q: %w: %s", name, ErrInvalidWALFileName, why)
 	}
 	if len(name) == hexFieldLen+len(".history") && name[hexFieldLen:] == ".history" {
 		tli, ok := parseHexField(name[:hexFieldLen])

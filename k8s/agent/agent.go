@@ -196,6 +196,22 @@ type Agent struct {
 	repoStale   atomic.Bool
 }
 
+// Validate checks what New checks of the options without the
+// repositories, so a command line can refuse them before it listens or
+// reaches a store. Errors wrap ErrUsage and name the flag.
+func (o Options) Validate() error {
+	if o.DataDir == "" {
+		return fmt.Errorf("%w: the data directory is required (--pgdata or PGDATA)", ErrUsage)
+	}
+	if o.Follow != "" {
+		if _, err := followConn(o.Upstream, o.Follow); err != nil {
+			return err
+		}
+	}
+	_, err := newScheduler(o.Backups)
+	return err
+}
+
 // New checks o and returns an agent ready to Run.
 func New(o Options) (*Agent, error) {
 	if o.DataDir == "" {

@@ -111,6 +111,11 @@ func (o *Options) Validate() error {
 	if o.Backup != "" && o.Repo == nil {
 		return invalid("--backup %s needs a repository: give --repo URL", o.Backup)
 	}
+	if o.Backup != "" {
+		if err := backup.CheckID(o.Backup, true); err != nil {
+			return fmt.Errorf("--backup: %w", err)
+		}
+	}
 	if !o.NoSlot && o.SourceConn != "" {
 		if o.Slot == "" {
 			return invalid("no slot name: give --slot NAME or --no-slot")

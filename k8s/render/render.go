@@ -30,6 +30,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/robfig/cron/v3"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/walferry/walferry/internal/failure"
 	"github.com/walferry/walferry/k8s/bootstrap"
 	"github.com/walferry/walferry/k8s/status"
@@ -158,8 +161,14 @@ func (o Options) Validate() error {
 	if !dnsLabel.MatchString(o.Namespace) {
 		return invalid("--namespace %q: want a DNS label, e.g. databases", o.Namespace)
 	}
-	if o.Instances < 1 || o.Instances > 9 || o.StandbyInstances < 1 || o.StandbyInstances > 9 {
+	if o.Instances < 1 || o.Instances > 9 {
 		return invalid("--instances %d: want 1 to 9 (one primary and its replicas, or one site's standbys)", o.Instances)
+	}
+	if o.StandbyInstances < 1 || o.StandbyInstances > 9 {
+		return invalid("--standby-instances %d: want 1 to 9 (the standby site's instances)", o.StandbyInstances)
+	}
+	if _, err := resource.ParseQuantity(o.StorageSize); err != nil || strings.HasPrefix(o.StorageSize, "-") {
+		return invalid("--storage-size %q: want a Kubernetes quantity, e.g. 10Gi or 500Mi", o.StorageSize)
 	}
 	loc, err := storage.ParseURL(o.Repo)
 	if err != nil {
@@ -190,8 +199,8 @@ func (o Options) Validate() error {
 	if !roleName.MatchString(o.ReplicationUser) {
 		return invalid("--replication-user %q: want a lower-case role name (letters, digits, '_'), e.g. replicator", o.ReplicationUser)
 	}
-	if strings.ContainsAny(o.BackupSchedule, "\n'") || strings.TrimSpace(o.BackupSchedule) == "" {
-		return invalid("--backup-schedule %q: want a cron schedule, e.g. \"0 2 * * *\"", o.BackupSchedule)
+	if _, err := cron.ParseStandard(o.BackupSchedule); err != nil || strings.ContainsAny(o.BackupSchedule, "\n'") {
+		return invalid("--backup-schedule %q: want a cron schedule of 5 fields (minute hour day-of-month month day-of-week), e.g. \"0 2 * * *\" or @daily", o.BackupSchedule)
 	}
 	for _, r := range o.LoadBalancerSourceRanges {
 		if _, err := netip.ParsePrefix(r); err != nil {

@@ -3,9 +3,12 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -55,6 +58,24 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 	}
 	r.Sidecar.Reachable, r.Sidecar.Address, r.Sidecar.Error = true, addr, ""
 	return r, nil
+}
+
+// CheckSidecarAddr checks a sidecar address (host:port or an http(s) URL)
+// before it is asked; the error names the address and the fix.
+func CheckSidecarAddr(addr string) error {
+	u, err := url.Parse(statusURL(addr))
+	if err == nil && u.Host == "" {
+		err = errors.New("no host")
+	}
+	if err == nil && u.Port() != "" {
+		if _, perr := strconv.ParseUint(u.Port(), 10, 16); perr != nil {
+			err = fmt.Errorf("port %q is not a number up to 65535", u.Port())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("sidecar address %.80q: %w; want HOST:PORT or a URL, e.g. 127.0.0.1:9898 or http://walferry-0:9898", addr, err)
+	}
+	return nil
 }
 
 func statusURL(addr string) string {
