@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/walferry/walferry/internal/testenv"
 )
 
 // secretEnv sets every secret walferry reads from its environment to a
@@ -77,17 +78,6 @@ func hasFlag(cmd *cli.Command, name string) bool {
 		}
 	}
 	return false
-}
-
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // TestSecretsNeverPrinted runs every command with every secret set in the
@@ -160,7 +150,11 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				var addr string
 				for _, f := range []string{"metrics-address", "listen"} {
 					if hasFlag(cmd, f) {
-						addr = freeAddr(t)
+						ports, err := testenv.FreePorts(1)
+						if err != nil {
+							t.Fatal(err)
+						}
+						addr = "127.0.0.1:" + ports[0]
 						argv = append(argv, "--"+f, addr)
 					}
 				}
