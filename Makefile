@@ -24,7 +24,7 @@ TEST_TMPDIR ?= /tmp
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-.PHONY: help build install image test test-unit test-with-services test-faults test-faults-with-services vet fmt deps fuzz test-fuzz demo clean
+.PHONY: help build install image test test-unit vulncheck test-with-services test-faults test-faults-with-services vet fmt deps fuzz test-fuzz demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
@@ -63,7 +63,18 @@ fmt: ## gofmt -w every Go file
 test-unit: ## unit tests only: go test -short, no services
 	TMPDIR=$(TEST_TMPDIR) $(GO) test -short -timeout $(TEST_TIMEOUT) ./...
 
-test: vet deps ## vet, install deps, start services, run all tests, stop services
+# Where scripts/install-test-deps.sh puts govulncheck and its database.
+WALFERRY_CACHE ?= $(HOME)/.cache/walferry
+export WALFERRY_CACHE
+
+vulncheck: deps ## govulncheck ./... against the local database deps builds; fails on vulnerable code we call, but those scripts/vulncheck-accept.txt accepts (docs/security.md)
+	@echo "==> govulncheck -db file://$(WALFERRY_CACHE)/vulndb ./..."
+	@out=$$(mktemp); \
+	"$(WALFERRY_CACHE)/bin/govulncheck" -db "file://$(WALFERRY_CACHE)/vulndb" -format json ./... > "$$out"; \
+	$(GO) run ./tools/vulndb findings -accept scripts/vulncheck-accept.txt < "$$out" || { rm -f "$$out"; exit 1; }; \
+	rm -f "$$out"
+
+test: vet deps vulncheck ## vet, install deps, govulncheck, start services, run all tests, stop services
 	@TMPDIR=$(TEST_TMPDIR) bash scripts/services.sh run -- $(MAKE) --no-print-directory test-with-services
 
 # The summary reads `go test -v` output, which go prints one package at a time

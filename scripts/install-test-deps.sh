@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the integration tests need, idempotently:
 #   PostgreSQL 15 (Debian package), MinIO, fake-gcs-server, Azurite, curl,
-#   and kube-apiserver + etcd built from tools/kube (internal/testenv.Kube).
+#   kube-apiserver + etcd built from tools/kube (internal/testenv.Kube), and
+#   govulncheck with a local vulnerability database (make vulncheck).
 # Tools that are not Debian packages go to a cache outside the clone,
 # ${WALFERRY_CACHE:-$HOME/.cache/walferry}, so fresh clones (CI) reuse them.
 # Whatever is already present is left alone. Any failed install exits non-zero.
@@ -64,21 +65,46 @@ fi
 log "found OS user postgres: $(id postgres)"
 
 # --- Go tools --------------------------------------------------------------------
-go_tool() { # name module version
-	local name=$1 module=$2 version=$3
+go_tool() { # name module version [the binary go install writes, when not name]
+	local name=$1 module=$2 version=$3 built=${4:-$1}
 	if [ -x "$CACHE/bin/$name" ]; then
 		log "found $name: $CACHE/bin/$name"
 		return
 	fi
 	command -v go >/dev/null 2>&1 || die "go is required to install $name"
 	log "installing $name ($module@$version) into $CACHE/bin (this takes a few minutes)"
-	(cd "$CACHE" && GOBIN="$CACHE/bin" go install "$module@$version") >&2 ||
-		die "go install $module@$version failed"
+	if [ "$built" = "$name" ]; then
+		(cd "$CACHE" && GOBIN="$CACHE/bin" go install "$module@$version") >&2 ||
+			die "go install $module@$version failed"
+	else
+		(cd "$CACHE" && GOBIN="$CACHE/bin/.install" go install "$module@$version") >&2 ||
+			die "go install $module@$version failed"
+		mv -f "$CACHE/bin/.install/$built" "$CACHE/bin/$name" || die "cannot move $built to $CACHE/bin/$name"
+	fi
 	[ -x "$CACHE/bin/$name" ] || die "go install succeeded but $CACHE/bin/$name is missing"
 	log "installed $name: $CACHE/bin/$name"
 }
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKEGCS_VERSION"
+
+# --- govulncheck and its database (make vulncheck) -----------------------------
+# vuln.go.dev cannot be reached from every machine, so the database is built
+# from the OSV entries the module golang.org/x/vulndb ships (tools/vulndb),
+# once per version, into $CACHE/vulndb-VERSION; $CACHE/vulndb points at it.
+# A newer VULNDB_VERSION brings newer advisories.
+GOVULNCHECK_VERSION="${WALFERRY_GOVULNCHECK_VERSION:-v1.9.0}"
+VULNDB_VERSION="${WALFERRY_VULNDB_VERSION:-v0.0.0-20261105234957-e22db6528018}"
+go_tool "govulncheck-$GOVULNCHECK_VERSION" golang.org/x/vuln/cmd/govulncheck "$GOVULNCHECK_VERSION" govulncheck
+ln -sfn "govulncheck-$GOVULNCHECK_VERSION" "$CACHE/bin/govulncheck" || die "cannot link $CACHE/bin/govulncheck"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -f "$CACHE/vulndb-$VULNDB_VERSION/index/modules.json" ]; then
+	log "found vulnerability database: $CACHE/vulndb-$VULNDB_VERSION"
+else
+	log "building the vulnerability database from golang.org/x/vulndb@$VULNDB_VERSION into $CACHE/vulndb-$VULNDB_VERSION"
+	(cd "$REPO_ROOT" && go run ./tools/vulndb -module "golang.org/x/vulndb@$VULNDB_VERSION" -out "$CACHE/vulndb-$VULNDB_VERSION") >&2 ||
+		die "building the vulnerability database failed"
+fi
+ln -sfn "vulndb-$VULNDB_VERSION" "$CACHE/vulndb" || die "cannot link $CACHE/vulndb"
 
 # --- kube-apiserver and etcd (tools/kube) ------------------------------------------
 # Built from source through the Go module proxy (no release downloads, no

@@ -32,7 +32,7 @@ var allowedParams = map[string][]string{
 // give a correct example, and are usage mistakes (failure.Usage).
 func ParseURL(raw string) (Location, error) {
 	bad := func(why string) (Location, error) {
-		return Location{}, failure.Wrap(failure.Usage, fmt.Errorf("invalid repository URL %q: %s (examples: file:///var/lib/walferry, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix)", raw, why))
+		return Location{}, failure.Wrap(failure.Usage, fmt.Errorf("invalid repository URL %q: %s (examples: file:///var/lib/walferry, s3://bucket/prefix, gs://bucket/prefix, azure://container/prefix)", RedactURL(raw), why))
 	}
 	if strings.TrimSpace(raw) == "" {
 		return bad("empty")
@@ -73,7 +73,10 @@ func ParseURL(raw string) (Location, error) {
 	if v := params.Get("endpoint"); v != "" {
 		e, err := url.Parse(v)
 		if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
-			return bad(fmt.Sprintf("endpoint must be an http:// or https:// URL, got %q", v))
+			return bad(fmt.Sprintf("endpoint must be an http:// or https:// URL, got %q", RedactURL(v)))
+		}
+		if e.User != nil {
+			return bad("credentials do not belong in the endpoint; use the SDK's environment variables (see README)")
 		}
 	}
 
@@ -105,6 +108,43 @@ func ParseURL(raw string) (Location, error) {
 	}
 	loc.Path = prefix
 	return loc, nil
+}
+
+// RedactURL returns a URL fit for messages and logs, the one place that
+// decides what of a URL is shown: credentials (user:password@) and the
+// values of query parameters walferry does not know (a pasted SAS token's
+// sig=, say) print as REDACTED; a URL that does not parse is not shown.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL, not shown)"
+	}
+	if u.User != nil {
+		u.User = url.User(redacted)
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for name := range q {
+			if !knownParam(name) {
+				q[name] = []string{redacted}
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+const redacted = "REDACTED"
+
+// knownParam reports a query parameter some scheme understands: its value
+// configures walferry and is no secret.
+func knownParam(name string) bool {
+	for _, names := range allowedParams {
+		if contains(names, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // String formats the location back as a URL, parameters sorted.

@@ -83,3 +83,21 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ raw, want string }{
+		{"s3://bucket/p?endpoint=https://minio:9000&region=eu", "s3://bucket/p?endpoint=https%3A%2F%2Fminio%3A9000&region=eu"},
+		{"s3://AKIA:secret@bucket/p", "s3://REDACTED@bucket/p"},
+		{"azure://c/p?sig=secret&account=a", "azure://c/p?account=a&sig=REDACTED"},
+		{"https://user:secret@minio:9000", "https://REDACTED@minio:9000"},
+		{"s3://bucket/%zz?sig=secret", "(unparsable URL, not shown)"},
+	}
+	for _, tt := range tests {
+		if got := RedactURL(tt.raw); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.raw, got, tt.want)
+		}
+		if _, err := ParseURL(tt.raw); err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseURL(%q) error shows the secret: %v", tt.raw, err)
+		}
+	}
+}

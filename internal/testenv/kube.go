@@ -71,7 +71,7 @@ func Kube(t testing.TB) KubeEnv {
 	if err != nil {
 		t.Fatalf("testenv: kube: certificates: %v", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		t.Fatalf("testenv: kube: %v", err)
 	}
@@ -181,10 +181,10 @@ func kubeBinary(t testing.TB, name, envVar string) string {
 	return ""
 }
 
-// freePorts returns n distinct ports the kernel had free on 127.0.0.1. They
+// FreePorts returns n distinct ports the kernel had free on 127.0.0.1. They
 // are released before the servers bind them, which another process could
 // race for; on this loopback-only test machine that has not been seen.
-func freePorts(n int) ([]string, error) {
+func FreePorts(n int) ([]string, error) {
 	var ports []string
 	var ls []net.Listener
 	defer func() {

@@ -107,6 +107,10 @@ func (c *Client) mapErr(ctx context.Context, op, key string, err error) error {
 		return fmt.Errorf("%s%w (%v)", where, ctxErr, err)
 	}
 
+	if ue := storage.UntrustedCertificate(err); ue != nil {
+		return fmt.Errorf("%s%w", where, ue)
+	}
+
 	var ce *credError
 	if errors.As(err, &ce) {
 		e := &opError{msg: where + "cannot get an Azure AD token: " + ce.err.Error() + "; " + c.permissionHint(), kind: storage.ErrPermission, cause: ce.err}

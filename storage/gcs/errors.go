@@ -111,6 +111,9 @@ func (c *Client) classify(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("gcs: %s %s: %w", op, key, err)
 	}
+	if ue := storage.UntrustedCertificate(err); ue != nil {
+		return fmt.Errorf("gcs: %s %s: %w", op, key, ue)
+	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		switch code := ae.Code; {

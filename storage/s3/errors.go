@@ -51,7 +51,7 @@ func (c *Client) wrap(ctx context.Context, op, key string, err error) error {
 	}
 	ce := c.classify(err)
 	out := fmt.Errorf("s3: %s %s: %w", op, key, ce)
-	if isRetryable(err) && !errors.Is(ce, storage.ErrPermission) {
+	if isRetryable(err) && !errors.Is(ce, storage.ErrPermission) && !errors.Is(ce, storage.ErrUntrustedCertificate) {
 		return storage.Retryable(out)
 	}
 	return out
@@ -60,6 +60,9 @@ func (c *Client) wrap(ctx context.Context, op, key string, err error) error {
 // classify maps an SDK error onto a *classified error, or returns err
 // unchanged when no class fits.
 func (c *Client) classify(err error) error {
+	if ue := storage.UntrustedCertificate(err); ue != nil {
+		return ue
+	}
 	var nb *noBucketError
 	if errors.As(err, &nb) {
 		return c.noBucket(err)
