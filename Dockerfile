@@ -6,7 +6,7 @@
 # Build stage: scripts/build.sh, as `make build`: libzstd through cgo when
 # a C compiler is there (the golang image has gcc and the static libc), a
 # static binary either way; CGO=0 builds the pure-Go zstd.
-FROM golang:1.26-bookworm AS build
+FROM golang:1.26.10-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
