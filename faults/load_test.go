@@ -79,7 +79,7 @@ func TestLoad(t *testing.T) {
 	c := pgtest.New(t, pgtest.Options{DataChecksums: true}) // 16 MiB segments, as users run it
 	mustWF(t, c, "repo", "init", "--repo", url, "--pgdata", c.DataDir)
 	sock := filepath.Join(c.MkdirOwned(t, "run"), "walferry.sock")
-	startDaemon(t, c, sock, url)
+	runDaemon(t, c, sock, url)
 	hook := filepath.Join(filepath.Dir(walferryBin), "walferry-hook")
 	archiveCommand := "WALFERRY_SOCKET=" + shellQuote(sock) + " WALFERRY_REPO=" + shellQuote(url) + " " + shellQuote(hook) + " archive-push %p"
 	c.AppendConf(t,
@@ -90,8 +90,8 @@ func TestLoad(t *testing.T) {
 		"log_checkpoints = off",
 	)
 	c.Start(t)
-	size := segmentSize(t, c)
-	startLSN := lsn(t, c, "SELECT pg_current_wal_lsn()")
+	size := clusterSegSize(t, c)
+	startLSN := queryLSN(t, c, "SELECT pg_current_wal_lsn()")
 	first := pg.SegmentNameOf(1, startLSN, size)
 
 	ready := filepath.Join(c.DataDir, "pg_wal", "archive_status")
@@ -101,7 +101,7 @@ func TestLoad(t *testing.T) {
 	bench := pgRunLimit(t, c, dur+2*time.Minute, "pgbench", "-n", "-M", "prepared", "-f", script,
 		"-c", strconv.Itoa(loadClients), "-j", "2", "-T", strconv.Itoa(int(dur.Seconds())))
 	elapsed := time.Since(began)
-	endLSN := lsn(t, c, "SELECT pg_switch_wal()")
+	endLSN := queryLSN(t, c, "SELECT pg_switch_wal()")
 	last := pg.SegmentName(1, size.SegNoBefore(endLSN), size)
 	maxReady, samples := sampler.stop()
 	tps := benchTPS(bench.stdout)
@@ -159,10 +159,10 @@ UPDATE wide SET v = %s WHERE id BETWEEN :id AND :id + 19;
 	return script
 }
 
-// startDaemon starts walferry daemon for c on sock, as the cluster's OS
+// runDaemon starts walferry daemon for c on sock, as the cluster's OS
 // user, and stops it (SIGTERM, then SIGKILL of its process group) when t
 // ends; its log is shown when t failed.
-func startDaemon(t *testing.T, c *pgtest.Cluster, sock, url string) {
+func runDaemon(t *testing.T, c *pgtest.Cluster, sock, url string) {
 	t.Helper()
 	cmd := c.Command(context.Background(), walferryBin, "daemon", "--socket", sock, "--pgdata", c.DataDir, "--repo", url)
 	cmd.SysProcAttr.Setpgid = true
@@ -286,8 +286,8 @@ func benchTPS(out string) string {
 	return "?"
 }
 
-// lsn runs a query returning one pg_lsn.
-func lsn(t *testing.T, c *pgtest.Cluster, sql string) pg.LSN {
+// queryLSN runs a query returning one pg_lsn.
+func queryLSN(t *testing.T, c *pgtest.Cluster, sql string) pg.LSN {
 	t.Helper()
 	l, err := pg.ParseLSN(psql(t, c, sql))
 	if err != nil {
@@ -296,8 +296,8 @@ func lsn(t *testing.T, c *pgtest.Cluster, sql string) pg.LSN {
 	return l
 }
 
-// segmentSize is c's WAL segment size.
-func segmentSize(t *testing.T, c *pgtest.Cluster) pg.WALSegmentSize {
+// clusterSegSize is c's WAL segment size.
+func clusterSegSize(t *testing.T, c *pgtest.Cluster) pg.WALSegmentSize {
 	t.Helper()
 	b, err := strconv.ParseInt(psql(t, c, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'"), 10, 64)
 	if err != nil {

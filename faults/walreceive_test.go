@@ -1,0 +1,374 @@
+//go:build faults
+
+package faults
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walferry/walferry/internal/pg"
+	"github.com/walferry/walferry/internal/pg/pgtest"
+	"github.com/walferry/walferry/internal/repo"
+	"github.com/walferry/walferry/internal/testenv"
+	"github.com/walferry/walferry/storage"
+	"github.com/walferry/walferry/walstream"
+)
+
+// wal-receive's limits (docs/configuration.md, "Retries": reconnection
+// and uploads keep trying, backoff 1 s to 1 min, until the store comes
+// back; README, wal-receive: SIGTERM finishes within --shutdown-timeout).
+const (
+	// recvFaultFor is how long each fault lasts while the server writes.
+	recvFaultFor = 8 * time.Second
+	// recvCatchUp bounds how long after a fault heals the repository may
+	// take to hold every segment the server completed: a request stuck in
+	// the fault ends by the store's own timeouts or the stall watchdog
+	// (65 s), the next attempt waits at most the longest backoff (1 min),
+	// then 30 s of transfer.
+	recvCatchUp = storeTimeouts + time.Minute + 30*time.Second
+	// recvPartialInterval is the walReceiver's --partial-interval in the
+	// suite: every trial sees several partial uploads.
+	recvPartialInterval = 2 * time.Second
+	// recvStopLimit bounds a SIGTERM with the store hanging: the shutdown
+	// timeout, then 15 s to exit.
+	recvStopLimit = walstream.DefaultShutdownTimeout + 15*time.Second
+)
+
+// TestWalReceive streams a primary into MinIO through the fault front
+// (toxiproxy and the 500/503 front of TestNetwork) with walferry
+// wal-receive, once per fault of netFaults, while the server writes WAL.
+// During each fault, what the walReceiver reported flushed to the server
+// (pg_stat_replication.flush_lsn, which a physical slot trusts) must
+// already be in the repository, read directly; after the fault heals the
+// repository must hold, within recvCatchUp, every segment the server
+// completed, each equal to pg_wal's, and every .partial equal to pg_wal's
+// segment up to its end. The walReceiver must keep running through every
+// fault (it retries forever). Last, it is stopped with SIGTERM while the
+// store hangs: it must exit within its shutdown timeout, and a walReceiver
+// started again on the same spool must complete the repository.
+func TestWalReceive(t *testing.T) {
+	s3 := needServices(t)
+	t.Parallel()
+	const op = "wal-receive"
+	f := newFront(t, s3)
+	prefix := testenv.UniquePrefix(t)
+	direct, faulty := s3URL(s3, prefix, s3.Endpoint), s3URL(s3, prefix, f.Endpoint)
+	prim := pgtest.New(t, pgtest.Options{WALSegSizeMB: segMB})
+	prim.AppendConf(t,
+		"wal_level = replica",
+		"max_wal_senders = 10",
+		// Archiving on with an empty command: pg_wal keeps every segment
+		// to compare the repository with.
+		"archive_mode = on",
+		"archive_command = ''",
+		"max_wal_size = 1GB",
+		"log_checkpoints = off",
+	)
+	prim.Start(t)
+	mustWF(t, prim, "repo", "init", "--repo", direct, "--pgdata", prim.DataDir)
+	psql(t, prim, "CREATE EXTENSION pgcrypto")
+	psql(t, prim, "CREATE TABLE noise (id bigint, a text)")
+	rp := openRepo(t, direct)
+	size := clusterSegSize(t, prim)
+	spool := prim.MkdirOwned(t, "spool")
+
+	recv := startWalReceive(t, prim, faulty, spool)
+	waitWalStreaming(t, prim)
+	writeNoise(t, prim, 2)
+
+	for _, fault := range netFaults {
+		if !recv.running() {
+			record(t, fault.name, op, unclear, "the walReceiver exited before the fault: "+recv.String())
+			continue
+		}
+		end := strike(t, f, fault)
+		writeNoise(t, prim, 3)
+		deadline := time.Now().Add(recvFaultFor)
+		acked := ""
+		for time.Now().Before(deadline) && acked == "" {
+			acked = checkAcked(t, prim, rp, size)
+			time.Sleep(500 * time.Millisecond)
+		}
+		end()
+		if acked != "" {
+			record(t, fault.name, op, dataLost, acked)
+			continue
+		}
+		if !recv.running() {
+			record(t, fault.name, op, unclear, "the walReceiver exited during the fault (it retries forever): "+recv.String())
+			continue
+		}
+		last := switchSegment(t, prim, size)
+		healed := time.Now()
+		p, timedOut := waitRepo(t, prim, rp, size, last, recvCatchUp)
+		switch {
+		case p != "":
+			record(t, fault.name, op, dataLost, p)
+		case timedOut:
+			record(t, fault.name, op, hang, fmt.Sprintf("the repository did not reach %s within %s of the fault healing", last, recvCatchUp))
+		case !recv.running():
+			record(t, fault.name, op, unclear, "the walReceiver exited after the fault: "+recv.String())
+		default:
+			record(t, fault.name, op, ok, fmt.Sprintf("every segment up to %s in the repository %s after healing, equal to pg_wal's, partials too",
+				last, time.Since(healed).Round(time.Second)))
+		}
+	}
+
+	// SIGTERM while the store hangs: the shutdown timeout bounds it.
+	const stopFault = "hang, no answer + SIGTERM"
+	writeNoise(t, prim, 2)
+	end := strike(t, f, netFault{name: stopFault, apply: func(t *testing.T, f *front) {
+		f.toxic(t, "hang", "timeout", "downstream", `"timeout":0`)
+	}})
+	time.Sleep(3 * time.Second)
+	code, took, stopped := recv.stop(recvStopLimit)
+	end()
+	if !stopped {
+		record(t, stopFault, op, hang, fmt.Sprintf("still running %s after SIGTERM: killed", recvStopLimit))
+		return
+	}
+	recv2 := startWalReceive(t, prim, faulty, spool)
+	last := switchSegment(t, prim, size)
+	p, timedOut := waitRepo(t, prim, rp, size, last, recvCatchUp)
+	_, _, _ = recv2.stop(recvStopLimit)
+	switch {
+	case p != "":
+		record(t, stopFault, op, dataLost, "after a restart: "+p)
+	case timedOut:
+		record(t, stopFault, op, hang, fmt.Sprintf("after a restart the repository did not reach %s within %s", last, recvCatchUp))
+	case code != 0 && !namesStore(recv.log(), s3, f.Endpoint):
+		record(t, stopFault, op, unclear, fmt.Sprintf("exit %d after SIGTERM, naming no store: %s", code, lastLines(recv.log(), 3)))
+	default:
+		record(t, stopFault, op, ok, fmt.Sprintf("exit %d %s after SIGTERM; restarted, every segment up to %s in the repository, equal to pg_wal's",
+			code, took.Round(time.Second), last))
+	}
+}
+
+// walReceiver is one walferry wal-receive process.
+type walReceiver struct {
+	cmd     *exec.Cmd
+	out     syncBuffer
+	started time.Time
+	done    chan struct{}
+	err     error
+}
+
+// startWalReceive starts wal-receive for c into url with a slot, as the
+// server's OS user; it is killed when t ends, its log shown if t failed.
+func startWalReceive(t *testing.T, c *pgtest.Cluster, url, spool string) *walReceiver {
+	t.Helper()
+	r := &walReceiver{done: make(chan struct{}), started: time.Now()}
+	r.cmd = c.Command(context.Background(), walferryBin, "wal-receive", "--repo", url, "--pg-conn", c.ConnString(),
+		"--slot", "walferry", "--spool-dir", spool, "--partial-interval", recvPartialInterval.String())
+	r.cmd.SysProcAttr.Setpgid = true
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start wal-receive: %v", err)
+	}
+	go func() { r.err = r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		<-r.done
+		if t.Failed() {
+			t.Logf("wal-receive log:\n%s", lastLines(r.log(), 40))
+		}
+	})
+	return r
+}
+
+func (r *walReceiver) log() string { return r.out.String() }
+
+func (r *walReceiver) running() bool {
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (r *walReceiver) String() string {
+	if r.running() {
+		return "running"
+	}
+	return fmt.Sprintf("%v after %s: %s", r.err, time.Since(r.started).Round(time.Second), lastLines(r.log(), 3))
+}
+
+// stop sends SIGTERM and waits up to limit; it returns the exit code, how
+// long the exit took, and false (after SIGKILL) when it did not exit.
+func (r *walReceiver) stop(limit time.Duration) (code int, took time.Duration, stopped bool) {
+	at := time.Now()
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-time.After(limit):
+		syscall.Kill(-r.cmd.Process.Pid, syscall.SIGKILL)
+		<-r.done
+		return -1, time.Since(at), false
+	}
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		code = ee.ExitCode()
+	}
+	return code, time.Since(at), true
+}
+
+// waitWalStreaming waits until the walReceiver streams from c.
+func waitWalStreaming(t *testing.T, c *pgtest.Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for psql(t, c, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "0" {
+		if time.Now().After(deadline) {
+			t.Fatal("wal-receive did not stream within a minute")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// writeNoise writes about n segments of poorly compressible WAL.
+func writeNoise(t *testing.T, c *pgtest.Cluster, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		psql(t, c, "INSERT INTO noise SELECT g, encode(gen_random_bytes(512), 'hex') FROM generate_series(1, 900) g")
+	}
+}
+
+// switchSegment ends the current segment and returns its name.
+func switchSegment(t *testing.T, c *pgtest.Cluster, size pg.WALSegmentSize) string {
+	t.Helper()
+	return pg.SegmentName(1, size.SegNoBefore(queryLSN(t, c, "SELECT pg_switch_wal()")), size)
+}
+
+// checkAcked returns what the walReceiver reported flushed to the server but
+// the repository does not hold: every segment before the flush position's
+// must be there.
+func checkAcked(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, size pg.WALSegmentSize) string {
+	t.Helper()
+	s := psql(t, c, "SELECT coalesce(flush_lsn::text, '') FROM pg_stat_replication WHERE application_name = 'walferry'")
+	if s == "" {
+		return ""
+	}
+	flush, err := pg.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := repoWALNames(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From the first segment the receiver stored (it starts streaming at
+	// the server's current segment) to the one before the flush position.
+	first := firstSegment(names)
+	for segNo := size.SegNoOf(flush); segNo > 0; {
+		segNo--
+		name := pg.SegmentName(1, segNo, size)
+		if first == "" || name < first {
+			break
+		}
+		if !names[name] {
+			return fmt.Sprintf("the receiver reported %s flushed to the server, but %s is not in the repository", flush, name)
+		}
+	}
+	return ""
+}
+
+// repoWALNames lists the WAL file names in the repository.
+func repoWALNames(rp *repo.Repo) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	names := map[string]bool{}
+	err := rp.Store().List(ctx, repo.WALPrefix, func(oi storage.ObjectInfo) error {
+		if name, ok := repo.WALNameFromKey(oi.Key); ok {
+			names[name] = true
+		}
+		return nil
+	})
+	return names, err
+}
+
+// firstSegment is the oldest segment name in names, "" when there is none.
+func firstSegment(names map[string]bool) string {
+	first := ""
+	for n := range names {
+		if len(n) == 24 && (first == "" || n < first) {
+			first = n
+		}
+	}
+	return first
+}
+
+// waitRepo waits up to limit for the repository to hold every segment up
+// to last, then checks them and the .partials against pg_wal; it returns
+// what is wrong ("" when nothing) and whether the wait timed out.
+func waitRepo(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, size pg.WALSegmentSize, last string, limit time.Duration) (string, bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		names, err := repoWALNames(rp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if names[last] {
+			break
+		}
+		if time.Now().After(deadline) {
+			return "", true
+		}
+		time.Sleep(time.Second)
+	}
+	names, err := repoWALNames(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := checkWAL(t, rp, c, segmentRange(t, firstSegment(names), last, size)); p != "" {
+		return p, false
+	}
+	return checkPartials(t, c, rp, size, names), false
+}
+
+// checkPartials compares every .partial in names with pg_wal's segment:
+// the stored bytes up to their end (a partial is the segment up to the
+// flush position, then zeros) must be the server's.
+func checkPartials(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, size pg.WALSegmentSize, names map[string]bool) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for n := range names {
+		seg, ok := strings.CutSuffix(n, ".partial")
+		if !ok {
+			continue
+		}
+		key, err := repo.WALKey(n, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, err := rp.Get(ctx, key)
+		if err != nil {
+			return fmt.Sprintf("get %s: %v", n, err)
+		}
+		got, err := io.ReadAll(obj)
+		obj.Close()
+		if err != nil {
+			return fmt.Sprintf("%s does not decode whole: %v", n, err)
+		}
+		want, err := os.ReadFile(filepath.Join(c.DataDir, "pg_wal", seg))
+		if err != nil {
+			return fmt.Sprintf("%s is in the repository: %v", n, err)
+		}
+		end := len(bytes.TrimRight(got, "\x00"))
+		if end > len(want) || !bytes.Equal(got[:end], want[:end]) {
+			return fmt.Sprintf("%s differs from pg_wal's %s in its first %d bytes", n, seg, end)
+		}
+	}
+	return ""
+}
