@@ -259,12 +259,27 @@ func (r *receiver) startReplication(ctx context.Context, conn *pgconn.PgConn) er
 // next timeline and where it starts), an error, or ctx ends. It waits for
 // the server without polling: a status update goes out as soon as the
 // uploader makes more WAL durable (it rings r.wake, which ends the wait),
-// when the server asks for one, and every StatusInterval otherwise.
+// when the server asks for one, and every StatusInterval otherwise. A
+// server silent for half of ReceiveTimeout is asked for a reply; silent
+// for all of it, the connection is lost (errServerSilent).
 func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
 	stop := context.AfterFunc(ctx, r.wake.ring)
 	defer stop()
+	timeout := r.o.ReceiveTimeout
+	if timeout <= 0 {
+		timeout = DefaultReceiveTimeout
+	}
 	nextStatus := time.Now()
+	heard, pinged := time.Now(), false
 	for {
+		if silent := time.Since(heard); silent >= timeout {
+			return 0, 0, fmt.Errorf("receive: %w for %s", errServerSilent, silent.Round(time.Second))
+		} else if silent >= timeout/2 && !pinged {
+			if err := r.sendStatus(true); err != nil {
+				return 0, 0, err
+			}
+			pinged = true
+		}
 		if ctx.Err() != nil {
 			return 0, 0, ctx.Err()
 		}
@@ -281,7 +296,14 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			nextStatus = time.Now().Add(r.o.StatusInterval)
 		}
-		wctx, done := r.wake.arm(context.WithoutCancel(ctx), nextStatus)
+		wait := heard.Add(timeout)
+		if !pinged {
+			wait = heard.Add(timeout / 2)
+		}
+		if nextStatus.Before(wait) {
+			wait = nextStatus
+		}
+		wctx, done := r.wake.arm(context.WithoutCancel(ctx), wait)
 		msg, err := conn.ReceiveMessage(wctx)
 		woken := wctx.Err() != nil
 		done()
@@ -292,6 +314,7 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			return 0, 0, fmt.Errorf("receive: %w", err)
 		}
+		heard, pinged = time.Now(), false
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
 			if len(m.Data) == 0 {
