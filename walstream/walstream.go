@@ -88,10 +88,12 @@ type Options struct {
 	// StatusInterval is how often a status update is sent to the server
 	// when nothing else prompts one; 0 means DefaultStatusInterval.
 	StatusInterval time.Duration
-	// ReceiveTimeout is how long the server may send nothing before the
-	// connection is taken for lost and made again, as PostgreSQL's own
-	// walreceiver does (wal_receiver_timeout): after half of it a status
-	// asking for a reply goes out. 0 means DefaultReceiveTimeout.
+	// ReceiveTimeout is how long the server may send nothing while
+	// streaming before the connection is taken for lost and made again, as
+	// PostgreSQL's own walreceiver does (wal_receiver_timeout): after half
+	// of it a status asking for a reply goes out. It also bounds
+	// connecting and each exchange before streaming starts. 0 means
+	// DefaultReceiveTimeout.
 	ReceiveTimeout time.Duration
 	// ShutdownTimeout bounds, at shutdown, the wait for the uploads of
 	// spooled segments and the last partial; 0 means DefaultShutdownTimeout.
