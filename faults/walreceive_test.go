@@ -16,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
 	"github.com/walferry/walferry/internal/pg"
 	"github.com/walferry/walferry/internal/pg/pgtest"
 	"github.com/walferry/walferry/internal/repo"
@@ -39,6 +43,10 @@ const (
 	// recvPartialInterval is the walReceiver's --partial-interval in the
 	// suite: every trial sees several partial uploads.
 	recvPartialInterval = 2 * time.Second
+	// recvReceiveTimeout is the receiver's --receive-timeout in the suite
+	// (1 min by default): a server link that hangs must be given up within
+	// it (plus one status interval's slack).
+	recvReceiveTimeout = 10 * time.Second
 	// recvStopLimit bounds a SIGTERM with the store hanging: the shutdown
 	// timeout, then 15 s to exit.
 	recvStopLimit = walstream.DefaultShutdownTimeout + 15*time.Second
@@ -82,31 +90,46 @@ func TestWalReceive(t *testing.T) {
 	size := clusterSegSize(t, prim)
 	spool := prim.MkdirOwned(t, "spool")
 
-	recv := startWalReceive(t, prim, faulty, spool)
+	pgLink := newTCPFront(t, fmt.Sprintf("127.0.0.1:%d", prim.Port))
+	conn := prim.ConnString("port=" + strings.TrimPrefix(pgLink.Endpoint, "127.0.0.1:"))
+	recv := startWalReceive(t, prim, faulty, conn, spool)
 	waitWalStreaming(t, prim)
 	writeNoise(t, prim, 2)
 
-	for _, fault := range netFaults {
+	// trial runs one fault on link while the server writes; silent, when
+	// not "", must appear in the receiver's log during the fault.
+	trial := func(link *front, fault netFault, silent string) {
 		if !recv.running() {
-			record(t, fault.name, op, unclear, "the walReceiver exited before the fault: "+recv.String())
-			continue
+			record(t, fault.name, op, unclear, "the receiver exited before the fault: "+recv.String())
+			return
 		}
-		end := strike(t, f, fault)
+		logged := len(recv.log())
+		end := strike(t, link, fault)
 		writeNoise(t, prim, 3)
-		deadline := time.Now().Add(recvFaultFor)
+		faultFor := recvFaultFor
+		if silent != "" {
+			faultFor = 3 * recvReceiveTimeout
+		}
+		deadline := time.Now().Add(faultFor)
 		acked := ""
 		for time.Now().Before(deadline) && acked == "" {
 			acked = checkAcked(t, prim, rp, size)
 			time.Sleep(500 * time.Millisecond)
 		}
+		during := recv.log()[logged:]
 		end()
 		if acked != "" {
 			record(t, fault.name, op, dataLost, acked)
-			continue
+			return
 		}
 		if !recv.running() {
-			record(t, fault.name, op, unclear, "the walReceiver exited during the fault (it retries forever): "+recv.String())
-			continue
+			record(t, fault.name, op, unclear, "the receiver exited during the fault (it retries forever): "+recv.String())
+			return
+		}
+		if silent != "" && !strings.Contains(during, silent) {
+			record(t, fault.name, op, hang, fmt.Sprintf("the server link hung for %s and the receiver did not notice (no %q in its log; --receive-timeout %s)",
+				faultFor, silent, recvReceiveTimeout))
+			return
 		}
 		last := switchSegment(t, prim, size)
 		healed := time.Now()
@@ -117,11 +140,21 @@ func TestWalReceive(t *testing.T) {
 		case timedOut:
 			record(t, fault.name, op, hang, fmt.Sprintf("the repository did not reach %s within %s of the fault healing", last, recvCatchUp))
 		case !recv.running():
-			record(t, fault.name, op, unclear, "the walReceiver exited after the fault: "+recv.String())
+			record(t, fault.name, op, unclear, "the receiver exited after the fault: "+recv.String())
 		default:
 			record(t, fault.name, op, ok, fmt.Sprintf("every segment up to %s in the repository %s after healing, equal to pg_wal's, partials too",
 				last, time.Since(healed).Round(time.Second)))
 		}
+	}
+	for _, fault := range netFaults {
+		trial(f, fault, "")
+	}
+	for _, fault := range pgLinkFaults {
+		silent := ""
+		if strings.Contains(fault.name, "hang") {
+			silent = "no message from the server"
+		}
+		trial(pgLink, fault, silent)
 	}
 
 	// SIGTERM while the store hangs: the shutdown timeout bounds it.
@@ -137,7 +170,7 @@ func TestWalReceive(t *testing.T) {
 		record(t, stopFault, op, hang, fmt.Sprintf("still running %s after SIGTERM: killed", recvStopLimit))
 		return
 	}
-	recv2 := startWalReceive(t, prim, faulty, spool)
+	recv2 := startWalReceive(t, prim, faulty, conn, spool)
 	last := switchSegment(t, prim, size)
 	p, timedOut := waitRepo(t, prim, rp, size, last, recvCatchUp)
 	_, _, _ = recv2.stop(recvStopLimit)
@@ -163,13 +196,46 @@ type walReceiver struct {
 	err     error
 }
 
-// startWalReceive starts wal-receive for c into url with a slot, as the
-// server's OS user; it is killed when t ends, its log shown if t failed.
-func startWalReceive(t *testing.T, c *pgtest.Cluster, url, spool string) *walReceiver {
+// pgLinkFaults strike the replication connection between wal-receive and
+// PostgreSQL.
+var pgLinkFaults = []netFault{
+	{name: "pg link: latency 150ms", apply: func(t *testing.T, f *front) {
+		f.toxic(t, "lat-up", "latency", "upstream", `"latency":150,"jitter":50`)
+		f.toxic(t, "lat-down", "latency", "downstream", `"latency":150,"jitter":50`)
+	}},
+	{name: "pg link: reset, 3s", healAfter: 3 * time.Second, apply: func(t *testing.T, f *front) {
+		f.toxic(t, "reset", "reset_peer", "upstream", `"timeout":0`)
+	}},
+	{name: "pg link: hang, no close", apply: func(t *testing.T, f *front) {
+		f.toxic(t, "hang-up", "timeout", "upstream", `"timeout":0`)
+		f.toxic(t, "hang-down", "timeout", "downstream", `"timeout":0`)
+	}},
+}
+
+// newTCPFront is a toxiproxy (no HTTP front) to upstream, host:port; it is
+// stopped when t ends. Its Endpoint is host:port.
+func newTCPFront(t *testing.T, upstream string) *front {
+	t.Helper()
+	zerolog.SetGlobalLevel(zerolog.Disabled) // the toxics log through the global logger
+	tsrv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	f := &front{proxy: toxiproxy.NewProxy(tsrv, "tcp", "127.0.0.1:0", upstream)}
+	if err := f.proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.proxy.Stop)
+	f.Endpoint = f.proxy.Listen
+	return f
+}
+
+// startWalReceive starts wal-receive for c (reached with conn) into url
+// with a slot, as the server's OS user; it is killed when t ends, its log
+// shown if t failed.
+func startWalReceive(t *testing.T, c *pgtest.Cluster, url, conn, spool string) *walReceiver {
 	t.Helper()
 	r := &walReceiver{done: make(chan struct{}), started: time.Now()}
-	r.cmd = c.Command(context.Background(), walferryBin, "wal-receive", "--repo", url, "--pg-conn", c.ConnString(),
-		"--slot", "walferry", "--spool-dir", spool, "--partial-interval", recvPartialInterval.String())
+	r.cmd = c.Command(context.Background(), walferryBin, "wal-receive", "--repo", url, "--pg-conn", conn,
+		"--slot", "walferry", "--spool-dir", spool, "--partial-interval", recvPartialInterval.String(),
+		"--receive-timeout", recvReceiveTimeout.String())
 	r.cmd.SysProcAttr.Setpgid = true
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
 	if err := r.cmd.Start(); err != nil {
