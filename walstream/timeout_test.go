@@ -1,13 +1,9 @@
 package walstream
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/walferry/walferry/internal/pg/replication"
 )
 
 // TestCopyLoopSilentServer: a server that sends nothing (a link that hangs
@@ -16,30 +12,9 @@ import (
 // with errServerSilent, so the receiver reconnects instead of reporting
 // itself connected forever.
 func TestCopyLoopSilentServer(t *testing.T) {
-	srv, connString := startFakeWalsender(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	conn, err := replication.ConnectString(ctx, connString)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	m, err := newMetrics(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const timeout = time.Second
-	r := &receiver{o: Options{StatusInterval: time.Hour, ReceiveTimeout: timeout}, log: slog.New(slog.DiscardHandler), m: m,
-		conn: conn, next: 0x3000000, flushed: 0x2000000}
 	start := time.Now()
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := r.copyLoop(ctx, conn.PgConn())
-		done <- err
-	}()
-	if st := srv.next(t, "first status"); st.reply {
-		t.Errorf("first status asks for a reply: %+v", st)
-	}
+	_, srv, _, done := idleReceiverWith(t, Options{StatusInterval: time.Hour, ReceiveTimeout: timeout})
 	st := srv.next(t, "ping")
 	if !st.reply {
 		t.Errorf("status after half the timeout: %+v, want one asking for a reply", st)
