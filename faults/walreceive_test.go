@@ -190,7 +190,7 @@ func TestWalReceive(t *testing.T) {
 // walReceiver is one walferry wal-receive process.
 type walReceiver struct {
 	cmd     *exec.Cmd
-	out     syncBuffer
+	log     func() string // what it wrote so far
 	started time.Time
 	done    chan struct{}
 	err     error
@@ -237,7 +237,7 @@ func startWalReceive(t *testing.T, c *pgtest.Cluster, url, conn, spool string) *
 		"--slot", "walferry", "--spool-dir", spool, "--partial-interval", recvPartialInterval.String(),
 		"--receive-timeout", recvReceiveTimeout.String())
 	r.cmd.SysProcAttr.Setpgid = true
-	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	r.log = processLog(t, r.cmd)
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start wal-receive: %v", err)
 	}
@@ -251,8 +251,6 @@ func startWalReceive(t *testing.T, c *pgtest.Cluster, url, conn, spool string) *
 	})
 	return r
 }
-
-func (r *walReceiver) log() string { return r.out.String() }
 
 func (r *walReceiver) running() bool {
 	select {
