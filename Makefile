@@ -173,7 +173,8 @@ test-with-services: ## all tests against services already started (scripts/servi
 	fi; \
 	rm -f "$$log"
 
-# go test -timeout of the fault suite (about 4 minutes on 2 cores).
+# go test -timeout of the fault suite (about 11 minutes on 2 cores: TestLoad's
+# 10 minutes of pgbench, WALFERRY_FAULT_LOAD_DURATION, beside the rest).
 FAULTS_TIMEOUT ?= 25m
 
 test-faults: deps ## fault suite (network faults, kill -9, damaged objects) against PostgreSQL 15 and MinIO; prints the fault x operation table (docs/guarantees.md)

@@ -146,7 +146,13 @@ func setReady(t *testing.T, c *pgtest.Cluster, all []string, ready map[string]bo
 // archive_command pushes into a fresh, initialized repository at url.
 func archivingPrimary(t *testing.T, url string) *pgtest.Cluster {
 	t.Helper()
-	c := pgtest.New(t, pgtest.Options{DataChecksums: true, WALSegSizeMB: segMB})
+	return archivingPrimarySeg(t, url, segMB)
+}
+
+// archivingPrimarySeg is archivingPrimary with segments of walSegMB MiB.
+func archivingPrimarySeg(t *testing.T, url string, walSegMB int) *pgtest.Cluster {
+	t.Helper()
+	c := pgtest.New(t, pgtest.Options{DataChecksums: true, WALSegSizeMB: walSegMB})
 	mustWF(t, c, "repo", "init", "--repo", url, "--pgdata", c.DataDir)
 	archiveCommand := shellQuote(walferryBin) + " archive-push --repo " + shellQuote(url) + " %p"
 	c.AppendConf(t,

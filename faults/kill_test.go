@@ -67,6 +67,7 @@ func randDelay(r *rand.Rand, max time.Duration) time.Duration {
 // restore run again gives the rows of the backup.
 func TestKill(t *testing.T) {
 	s3 := needServices(t)
+	t.Parallel() // beside TestLoad's ten minutes
 	t.Run("archive-push", func(t *testing.T) { t.Parallel(); killArchivePush(t, s3) })
 	t.Run("daemon", func(t *testing.T) { t.Parallel(); killDaemon(t, s3) })
 	t.Run("backup-push", func(t *testing.T) { t.Parallel(); killBackupPush(t, s3) })

@@ -126,6 +126,7 @@ func strike(t *testing.T, f *front, fault netFault) (end func()) {
 // name; after each failure the same operation without the fault succeeds.
 func TestNetwork(t *testing.T) {
 	s3 := needServices(t)
+	t.Parallel() // beside TestLoad's ten minutes
 	src, segs := walSource(t, len(netFaults)+2)
 	t.Run("archive-push", func(t *testing.T) {
 		t.Parallel()

@@ -26,7 +26,14 @@ type restoreTarget struct {
 
 func newRestoreTarget(t *testing.T) *restoreTarget {
 	t.Helper()
-	d := &restoreTarget{c: pgtest.New(t, pgtest.Options{WALSegSizeMB: segMB}), conf: map[string][]byte{}}
+	return newRestoreTargetSeg(t, segMB)
+}
+
+// newRestoreTargetSeg is newRestoreTarget for backups of clusters with
+// segments of walSegMB MiB (its settings must fit theirs).
+func newRestoreTargetSeg(t *testing.T, walSegMB int) *restoreTarget {
+	t.Helper()
+	d := &restoreTarget{c: pgtest.New(t, pgtest.Options{WALSegSizeMB: walSegMB}), conf: map[string][]byte{}}
 	for _, name := range []string{"postgresql.conf", "pgtest.conf"} {
 		b, err := os.ReadFile(filepath.Join(d.c.DataDir, name))
 		if err != nil {

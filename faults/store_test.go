@@ -27,6 +27,7 @@ import (
 // Each damage is repaired before the next.
 func TestStore(t *testing.T) {
 	s3 := needServices(t)
+	t.Parallel() // beside TestLoad's ten minutes
 	r := rng(t)
 	f := newFront(t, s3)
 	prefix := testenv.UniquePrefix(t)

@@ -29,6 +29,7 @@ import (
 //     first, must fetch from the healthy one whatever the fault.
 func TestOtherStores(t *testing.T) {
 	s3 := needServices(t)
+	t.Parallel() // beside TestLoad's ten minutes
 	gcs, az := testenv.GCS(t), testenv.Azure(t)
 	createAzureContainer(t, az)
 	src, segs := walSource(t, len(netFaults)+2)

@@ -77,6 +77,12 @@ func (f *fakeWalsender) next(t *testing.T, what string) status {
 // else.
 func idleReceiver(t *testing.T) (*receiver, *fakeWalsender, context.CancelFunc, chan error) {
 	t.Helper()
+	return idleReceiverWith(t, Options{StatusInterval: time.Hour})
+}
+
+// idleReceiverWith is idleReceiver with the receiver's options o.
+func idleReceiverWith(t *testing.T, o Options) (*receiver, *fakeWalsender, context.CancelFunc, chan error) {
+	t.Helper()
 	srv, connString := startFakeWalsender(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -89,7 +95,7 @@ func idleReceiver(t *testing.T) (*receiver, *fakeWalsender, context.CancelFunc, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &receiver{o: Options{StatusInterval: time.Hour}, log: slog.New(slog.DiscardHandler), m: m,
+	r := &receiver{o: o, log: slog.New(slog.DiscardHandler), m: m,
 		conn: conn, next: 0x3000000, flushed: 0x2000000}
 	done := make(chan error, 1)
 	go func() {

@@ -25,13 +25,17 @@ import (
 )
 
 // session makes one connection and streams until it fails or ctx ends.
+// Every exchange with the server is bounded by ReceiveTimeout, so a link
+// that hangs without closing fails the session instead of holding it.
 func (r *receiver) session(ctx context.Context, pending []string) error {
-	c, err := replication.Connect(ctx, r.o.Conn)
+	sctx, cancel := context.WithTimeout(ctx, r.receiveTimeout())
+	defer cancel()
+	c, err := replication.Connect(sctx, r.o.Conn)
 	if err != nil {
 		return err
 	}
 	r.conn = c
-	sys, err := c.Identify(ctx)
+	sys, err := c.Identify(sctx)
 	if err != nil {
 		return err
 	}
@@ -39,10 +43,11 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	if err := rp.Metadata().Matches(repo.ClusterFromInfo(sys.Info, c.String()), rp.String()); err != nil {
 		return fmt.Errorf("walstream: %w", err)
 	}
-	restart, err := r.ensureSlot(ctx)
+	restart, err := r.ensureSlot(sctx)
 	if err != nil {
 		return err
 	}
+	cancel()
 	conn := c.PgConn()
 	r.m.connectedTo(sys.XLogPos)
 	if r.tli == 0 {
@@ -60,10 +65,13 @@ func (r *receiver) session(ctx context.Context, pending []string) error {
 	r.next = r.size.StartLSN(r.size.SegNoOf(r.next))
 	r.m.receivedTo(r.next)
 	for {
-		if err := r.queueHistory(ctx, conn, r.tli); err != nil {
-			return err
+		sctx, cancel := context.WithTimeout(ctx, r.receiveTimeout())
+		err := r.queueHistory(sctx, conn, r.tli)
+		if err == nil {
+			err = r.startReplication(sctx, conn)
 		}
-		if err := r.startReplication(ctx, conn); err != nil {
+		cancel()
+		if err != nil {
 			return err
 		}
 		r.m.onTimeline(r.tli)
@@ -255,16 +263,36 @@ func (r *receiver) startReplication(ctx context.Context, conn *pgconn.PgConn) er
 	}
 }
 
+// receiveTimeout is Options.ReceiveTimeout, or its default.
+func (r *receiver) receiveTimeout() time.Duration {
+	if r.o.ReceiveTimeout <= 0 {
+		return DefaultReceiveTimeout
+	}
+	return r.o.ReceiveTimeout
+}
+
 // copyLoop receives the copy stream until the timeline ends (returning the
 // next timeline and where it starts), an error, or ctx ends. It waits for
 // the server without polling: a status update goes out as soon as the
 // uploader makes more WAL durable (it rings r.wake, which ends the wait),
-// when the server asks for one, and every StatusInterval otherwise.
+// when the server asks for one, and every StatusInterval otherwise. A
+// server silent for half of ReceiveTimeout is asked for a reply; silent
+// for all of it, the connection is lost (errServerSilent).
 func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLineID, pg.LSN, error) {
 	stop := context.AfterFunc(ctx, r.wake.ring)
 	defer stop()
+	timeout := r.receiveTimeout()
 	nextStatus := time.Now()
+	heard, pinged := time.Now(), false
 	for {
+		if silent := time.Since(heard); silent >= timeout {
+			return 0, 0, fmt.Errorf("receive: %w for %s", errServerSilent, silent.Round(time.Second))
+		} else if silent >= timeout/2 && !pinged {
+			if err := r.sendStatus(true); err != nil {
+				return 0, 0, err
+			}
+			pinged = true
+		}
 		if ctx.Err() != nil {
 			return 0, 0, ctx.Err()
 		}
@@ -281,7 +309,14 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			nextStatus = time.Now().Add(r.o.StatusInterval)
 		}
-		wctx, done := r.wake.arm(context.WithoutCancel(ctx), nextStatus)
+		wait := heard.Add(timeout)
+		if !pinged {
+			wait = heard.Add(timeout / 2)
+		}
+		if nextStatus.Before(wait) {
+			wait = nextStatus
+		}
+		wctx, done := r.wake.arm(context.WithoutCancel(ctx), wait)
 		msg, err := conn.ReceiveMessage(wctx)
 		woken := wctx.Err() != nil
 		done()
@@ -292,6 +327,7 @@ func (r *receiver) copyLoop(ctx context.Context, conn *pgconn.PgConn) (pg.TimeLi
 			}
 			return 0, 0, fmt.Errorf("receive: %w", err)
 		}
+		heard, pinged = time.Now(), false
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
 			if len(m.Data) == 0 {

@@ -50,8 +50,10 @@ const (
 	DefaultPartialInterval = 10 * time.Second
 	DefaultStatusInterval  = 10 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
-	defaultMinBackoff      = time.Second
-	defaultMaxBackoff      = time.Minute
+	// DefaultReceiveTimeout is PostgreSQL's wal_receiver_timeout default.
+	DefaultReceiveTimeout = time.Minute
+	defaultMinBackoff     = time.Second
+	defaultMaxBackoff     = time.Minute
 )
 
 // recvSuffix marks the spool file of the segment being received. Such a
@@ -86,6 +88,13 @@ type Options struct {
 	// StatusInterval is how often a status update is sent to the server
 	// when nothing else prompts one; 0 means DefaultStatusInterval.
 	StatusInterval time.Duration
+	// ReceiveTimeout is how long the server may send nothing while
+	// streaming before the connection is taken for lost and made again, as
+	// PostgreSQL's own walreceiver does (wal_receiver_timeout): after half
+	// of it a status asking for a reply goes out. It also bounds
+	// connecting and each exchange before streaming starts. 0 means
+	// DefaultReceiveTimeout.
+	ReceiveTimeout time.Duration
 	// ShutdownTimeout bounds, at shutdown, the wait for the uploads of
 	// spooled segments and the last partial; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
@@ -111,6 +120,11 @@ type Options struct {
 
 // ErrSpoolBusy: another receiver uses the spool directory.
 var ErrSpoolBusy = errors.New("the spool directory is in use by another wal-receive")
+
+// errServerSilent: the server sent nothing for ReceiveTimeout, not even
+// an answer to a status asking for one (a link that hangs without closing);
+// the receiver reconnects.
+var errServerSilent = errors.New("no message from the server")
 
 // errStreamEnded: the server closed the stream without a next timeline
 // (server shutdown); the receiver reconnects.
@@ -201,6 +215,9 @@ func newReceiver(o Options) (*receiver, error) {
 	}
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.ReceiveTimeout <= 0 {
+		o.ReceiveTimeout = DefaultReceiveTimeout
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = defaultMinBackoff

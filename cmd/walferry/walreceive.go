@@ -26,7 +26,7 @@ func (a *app) walReceiveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "wal-receive",
 		Usage:     "stream WAL into the repository over the replication protocol",
-		UsageText: "walferry wal-receive --repo URL... [--pg-conn STRING] [--slot NAME] [--synchronous] [--partial-interval D] [--spool-dir DIR] [--metrics-address HOST:PORT]",
+		UsageText: "walferry wal-receive --repo URL... [--pg-conn STRING] [--slot NAME] [--synchronous] [--partial-interval D] [--receive-timeout D] [--spool-dir DIR] [--metrics-address HOST:PORT]",
 		Description: `Connects to PostgreSQL with the physical replication protocol (the connection
 comes from --pg-conn or libpq's PG* variables; replication=true is added) and
 stores the WAL it receives in every --repo, until SIGTERM or SIGINT.
@@ -67,6 +67,12 @@ string or PGAPPNAME names another. A commit then waits for the next partial
 upload covering it, so --partial-interval (1s by default with --synchronous)
 bounds the commit latency added.
 
+A server that sends nothing for --receive-timeout (1m, as PostgreSQL's
+wal_receiver_timeout; asked for a reply at half of it) is taken for lost,
+like a connection that closed: a link that hangs without closing does not
+hold the receiver. The same timeout bounds connecting and each exchange
+before streaming starts.
+
 It reconnects with exponential backoff (1s to 1m) after every failure,
 forever, or --max-attempts consecutive failures; a repository that cannot
 be reached when it starts is waited for the same way. SIGTERM or SIGINT shut it
@@ -100,6 +106,8 @@ An address that cannot be listened on exits 2 before anything connects.`,
 				Usage: "working `DIR` for received segments (default: <tmp>/walferry-wal-receive-<system identifier>)"},
 			&cli.IntFlag{Name: "max-attempts", EnvVars: []string{"WALFERRY_MAX_ATTEMPTS"},
 				Usage: "give up after `N` consecutive failed connection attempts; 0 retries forever"},
+			&cli.DurationFlag{Name: "receive-timeout", EnvVars: []string{"WALFERRY_RECEIVE_TIMEOUT"}, Value: walstream.DefaultReceiveTimeout,
+				Usage: "reconnect when the server sends nothing for this long (asked for a reply at half of it); also bounds connecting"},
 			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"WALFERRY_SHUTDOWN_TIMEOUT"}, Value: walstream.DefaultShutdownTimeout,
 				Usage: "on SIGTERM, how long to finish uploading spooled segments and the last partial"},
 			&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"WALFERRY_METRICS_ADDRESS"},
@@ -135,6 +143,9 @@ func (a *app) walReceive(c *cli.Context) error {
 	}
 	if interval <= 0 {
 		return usage(errors.New("--partial-interval must be positive, e.g. 10s"))
+	}
+	if c.Duration("receive-timeout") <= 0 {
+		return usage(errors.New("--receive-timeout must be positive, e.g. 1m"))
 	}
 	connCfg, err := pg.ParseConnConfig(s.cfg.PGConn.Reveal())
 	if err != nil {
@@ -181,6 +192,7 @@ func (a *app) walReceive(c *cli.Context) error {
 		SpoolDir:        spool,
 		PartialInterval: interval,
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
+		ReceiveTimeout:  c.Duration("receive-timeout"),
 		MaxAttempts:     c.Int("max-attempts"),
 		Log:             s.log,
 		Registry:        reg,
