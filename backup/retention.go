@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -451,8 +450,8 @@ func deleteWALBefore(ctx context.Context, r *repo.Repo, segSize pg.WALSegmentSiz
 		if strings.HasPrefix(oi.Key, repo.HistoryPrefix) {
 			return nil
 		}
-		f, err := pg.ParseWALFileName(path.Base(oi.Key), segSize)
-		if err != nil || f.Kind == pg.KindHistory || f.SegNo >= boundary {
+		f, ok := repo.ParseWALKey(oi.Key, segSize)
+		if !ok || f.Kind == pg.KindHistory || f.SegNo >= boundary {
 			return nil
 		}
 		keys = append(keys, oi.Key)

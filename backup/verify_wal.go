@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -39,8 +38,8 @@ func (w *walListing) has(tli pg.TimeLineID, s pg.SegNo) bool {
 func (v *verifier) listWAL(ctx context.Context, size pg.WALSegmentSize) (*walListing, error) {
 	w := &walListing{segments: map[pg.TimeLineID]map[pg.SegNo]storage.ObjectInfo{}, history: map[pg.TimeLineID]storage.ObjectInfo{}}
 	err := v.r.Store().List(ctx, repo.WALPrefix, func(oi storage.ObjectInfo) error {
-		f, err := pg.ParseWALFileName(path.Base(oi.Key), size)
-		if err != nil {
+		f, ok := repo.ParseWALKey(oi.Key, size)
+		if !ok {
 			return nil
 		}
 		w.newest = max(w.newest, f.TLI)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -195,8 +194,8 @@ func (r *receiver) repoNext(ctx context.Context, rp *repo.Repo, tli pg.TimeLineI
 	var newest pg.SegNo
 	found := false
 	err := rp.Store().List(ctx, repo.WALPrefix+tli.Hex(), func(oi storage.ObjectInfo) error {
-		f, err := pg.ParseWALFileName(path.Base(oi.Key), r.size)
-		if err == nil && f.Kind == pg.KindSegment && f.TLI == tli && (!found || f.SegNo > newest) {
+		f, ok := repo.ParseWALKey(oi.Key, r.size)
+		if ok && f.Kind == pg.KindSegment && f.TLI == tli && (!found || f.SegNo > newest) {
 			newest, found = f.SegNo, true
 		}
 		return nil

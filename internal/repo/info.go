@@ -58,8 +58,8 @@ func (r *Repo) Inspect(ctx context.Context) (Info, error) {
 			if oi.ModTime.After(info.LastWALTime) {
 				info.LastWALTime = oi.ModTime
 			}
-			f, err := pg.ParseWALFileName(path.Base(oi.Key), size)
-			if err != nil {
+			f, ok := ParseWALKey(oi.Key, size)
+			if !ok {
 				info.OtherObjects++
 				return nil
 			}

@@ -42,12 +42,48 @@ func WALKey(name string, segSize pg.WALSegmentSize) (string, error) {
 }
 
 // WALNameFromKey is the inverse of WALKey: it returns the file name a key
-// stores, or false for keys outside the WAL area.
+// stores, or false for keys outside the WAL area and for keys WALKey
+// would not have made (another tool's objects, or a listing that names
+// "wal/x/../../evil"): a name comes back only when the key is exactly its
+// name's key, so no caller acts on a name the repository's layout does
+// not give it.
 func WALNameFromKey(key string) (string, bool) {
 	if !strings.HasPrefix(key, WALPrefix) {
 		return "", false
 	}
-	return path.Base(key), true
+	name := path.Base(key)
+	switch {
+	case strings.HasSuffix(name, ".history"):
+		if key != HistoryPrefix+name || !upperHex(strings.TrimSuffix(name, ".history")) {
+			return "", false
+		}
+	case len(name) < 24 || !upperHex(name[:24]) || key != WALPrefix+name[:16]+"/"+name:
+		return "", false
+	}
+	return name, true
+}
+
+// ParseWALKey parses the WAL file a listed key stores: false for keys
+// WALNameFromKey refuses and for names that are not WAL files of this
+// segment size. Every listing of the WAL area reads keys through it.
+func ParseWALKey(key string, segSize pg.WALSegmentSize) (pg.WALFile, bool) {
+	name, ok := WALNameFromKey(key)
+	if !ok {
+		return pg.WALFile{}, false
+	}
+	f, err := pg.ParseWALFileName(name, segSize)
+	return f, err == nil
+}
+
+// upperHex reports whether s is a non-empty run of 0-9 and A-F, the
+// digits of PostgreSQL's WAL file names.
+func upperHex(s string) bool {
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'A' || c > 'F') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // Backup keys. A backup lives under backups/<id>/; it exists only once

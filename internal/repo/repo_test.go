@@ -55,6 +55,28 @@ func TestWALKey(t *testing.T) {
 	}
 }
 
+// A listing can return any key (another tool's objects, a hostile store):
+// only the keys WALKey makes give a name back.
+func TestWALNameFromHostileKeys(t *testing.T) {
+	for _, key := range []string{
+		"wal/0000000100000000/../../../etc/passwd",
+		"wal/x/../000000010000000000000001",
+		"wal/0000000100000000/../0000000100000000/000000010000000000000001/..",
+		"wal/0000000200000000/000000010000000000000001", // in another directory
+		"wal/000000010000000000000001",
+		"wal/0000000100000000/RECOVERYXLOG",
+		"wal/0000000100000000/zzzzzzzzzzzzzzzzzzzzzzzz",
+		"wal/history/../00000002.history",
+		"wal/0000000100000000/00000002.history",
+		"wal/history/0000000G.history",
+		"backups/000000010000000000000001",
+	} {
+		if name, ok := WALNameFromKey(key); ok {
+			t.Errorf("WALNameFromKey(%q) = %q, true; want false", key, name)
+		}
+	}
+}
+
 func TestBackupIDFromDataKey(t *testing.T) {
 	for _, n := range []int{0, 7, 999999, 1234567} {
 		key := BackupDataKey("20261122T101500F", n)
