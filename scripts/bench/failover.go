@@ -231,7 +231,7 @@ func f1Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 	if err := w.waitAcks(to.name, 50, 2*time.Minute); err != nil {
 		return fail(err)
 	}
-	if err := waitStreaming(ctx, from, 2*time.Minute); err != nil {
+	if err := waitFollows(ctx, from, w.lastID(), 2*time.Minute); err != nil {
 		return fail(fmt.Errorf("old primary: %w", err))
 	}
 	r.Follow = time.Since(t0).Seconds()
@@ -285,10 +285,11 @@ func f2Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 		return fail(err)
 	}
 	t0 := time.Now()
+	newRows := w.lastID()
 	if err := p.rejoin(ctx, from, to, &r); err != nil {
 		return fail(err)
 	}
-	if err := waitStreaming(ctx, from, 3*time.Minute); err != nil {
+	if err := waitFollows(ctx, from, newRows, 3*time.Minute); err != nil {
 		return fail(fmt.Errorf("old primary: %w", err))
 	}
 	r.Rejoin = time.Since(t0).Seconds()
@@ -455,6 +456,16 @@ func (w *writer) downtime(from, to string) time.Duration {
 	return -1
 }
 
+// lastID is the highest row acknowledged so far.
+func (w *writer) lastID() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.acks) == 0 {
+		return 0
+	}
+	return w.acks[len(w.acks)-1].id
+}
+
 // ids are the rows server acknowledged ("": any server).
 func (w *writer) ids(server string) []int64 {
 	w.mu.Lock()
@@ -547,6 +558,26 @@ func primaryOf(ctx context.Context, p pair) (primary, standby *node, err error) 
 		return b, a, nil
 	}
 	return a, b, nil
+}
+
+// waitFollows waits until n streams and holds a row above after, which
+// only the new primary wrote (a server that streams for a moment before
+// its rewind, as Patroni's does, is not following yet).
+func waitFollows(ctx context.Context, n *node, after int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := waitStreaming(ctx, n, time.Until(deadline))
+		if err != nil {
+			return err
+		}
+		if k, err := missing(ctx, n, []int64{after + 1}); err == nil && k == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s streams but has not replayed row %d after %s", n.name, after+1, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitStreaming waits until n is a standby whose WAL receiver streams.

@@ -144,6 +144,7 @@ cleanup() {
 	for f in "$work"/failover/patroni/*.pid; do
 		[ -f "$f" ] || continue
 		pid=$(cat "$f")
+		[ -r "/proc/$pid/cmdline" ] || continue
 		case "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" in *patroni* | *etcd*) kill "$pid" 2>/dev/null || true ;; esac
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
 	done
@@ -168,6 +169,11 @@ log "building walferry $version ($commit), walferry-hook next to it, and the ben
 VERSION=$version COMMIT=$commit bash "$root/scripts/build.sh" "$work/bin"
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
 chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
+if [ "$failover_run" = 1 ]; then
+	# Patroni's etcd runs as postgres, which cannot read root's cache.
+	cp "$ETCD_BIN" "$work/bin/etcd" && chmod 755 "$work/bin/etcd"
+	ETCD_BIN=$work/bin/etcd
+fi
 
 # --- MinIO over TLS (W1-W5; S1-S2 use filesystem repositories only) ----------
 S3_KEY=walferry S3_SECRET= port=0
