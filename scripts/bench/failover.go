@@ -210,17 +210,11 @@ func f1Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 		r.Err = strings.ReplaceAll(err.Error(), base.c.work, "$WORK")
 		return r
 	}
-	if err := waitStreaming(ctx, to, 2*time.Minute); err != nil {
-		return fail(fmt.Errorf("before the switchover: %w", err))
-	}
-	w, err := startWriter(ctx, from, to)
+	w, err := writing(ctx, from, to)
 	if err != nil {
 		return fail(err)
 	}
 	defer w.stop()
-	if err := w.waitAcks(from.name, 100, time.Minute); err != nil {
-		return fail(err)
-	}
 	t0 := time.Now()
 	steps, err := p.switchover(ctx, from, to)
 	r.Command = time.Since(t0).Seconds()
@@ -253,17 +247,11 @@ func f2Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 		r.Err = strings.ReplaceAll(err.Error(), base.c.work, "$WORK")
 		return r
 	}
-	if err := waitStreaming(ctx, to, 2*time.Minute); err != nil {
-		return fail(fmt.Errorf("before the failover: %w", err))
-	}
-	w, err := startWriter(ctx, from, to)
+	w, err := writing(ctx, from, to)
 	if err != nil {
 		return fail(err)
 	}
 	defer w.stop()
-	if err := w.waitAcks(from.name, 100, time.Minute); err != nil {
-		return fail(err)
-	}
 	killed := time.Now()
 	if err := p.lose(from); err != nil {
 		return fail(err)
@@ -302,6 +290,23 @@ func f2Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 }
 
 // --- the writer ------------------------------------------------------------
+
+// writing waits until standby streams from primary, starts the writer and
+// waits until primary acknowledged 100 rows: the state every round starts in.
+func writing(ctx context.Context, primary, standby *node) (*writer, error) {
+	if err := waitStreaming(ctx, standby, 2*time.Minute); err != nil {
+		return nil, fmt.Errorf("before the role change: %w", err)
+	}
+	w, err := startWriter(ctx, primary, standby)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.waitAcks(primary.name, 100, time.Minute); err != nil {
+		w.stop()
+		return nil, err
+	}
+	return w, nil
+}
 
 // ack is one row a server acknowledged.
 type ack struct {
@@ -856,12 +861,6 @@ func waitPrimary(ctx context.Context, n *node, timeout time.Duration) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s not a primary after %s: %v", n.name, timeout, last)
-}
-
-// saveFailover writes the raw numbers next to results.json.
-func (c *config) saveFailover(res *failoverResults) error {
-	raw, _ := json.MarshalIndent(res, "", "  ")
-	return os.WriteFile(filepath.Join(c.work, "failover.json"), raw, 0o644)
 }
 
 // --- the report --------------------------------------------------------------

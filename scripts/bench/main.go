@@ -263,10 +263,7 @@ func allMain(args []string) error {
 	if c.standbyRun() {
 		res, err := c.runStandby()
 		c.standby = res
-		if serr := c.saveStandby(res); err == nil {
-			err = serr
-		}
-		if err != nil {
+		if err := c.saveJSON("standby.json", res, err); err != nil {
 			save()
 			return err
 		}
@@ -274,10 +271,7 @@ func allMain(args []string) error {
 	if c.failoverRun() {
 		res, err := c.runFailover()
 		c.failover = res
-		if serr := c.saveFailover(res); err == nil {
-			err = serr
-		}
-		if err != nil {
+		if err := c.saveJSON("failover.json", res, err); err != nil {
 			save()
 			return err
 		}
