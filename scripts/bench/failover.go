@@ -587,6 +587,20 @@ func waitFollows(ctx context.Context, n *node, after int64, timeout time.Duratio
 
 // waitStreaming waits until n is a standby whose WAL receiver streams.
 func waitStreaming(ctx context.Context, n *node, timeout time.Duration) error {
+	return pollNode(ctx, n, timeout, "streaming", func(ctx context.Context, db *pgx.Conn) error {
+		var status string
+		if err := db.QueryRow(ctx, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')").Scan(&status); err != nil {
+			return err
+		}
+		if status != "streaming" {
+			return fmt.Errorf("wal receiver: %s", status)
+		}
+		return nil
+	})
+}
+
+// pollNode asks check on a fresh connection to n until it returns nil.
+func pollNode(ctx context.Context, n *node, timeout time.Duration, what string, check func(context.Context, *pgx.Conn) error) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
@@ -598,22 +612,14 @@ func waitStreaming(ctx context.Context, n *node, timeout time.Duration) error {
 				return err
 			}
 			defer db.Close(ctx)
-			var status string
-			err = db.QueryRow(cctx, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')").Scan(&status)
-			if err != nil {
-				return err
-			}
-			if status != "streaming" {
-				return fmt.Errorf("wal receiver: %s", status)
-			}
-			return nil
+			return check(cctx, db)
 		}()
 		if last == nil {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return fmt.Errorf("%s not streaming after %s: %v", n.name, timeout, last)
+	return fmt.Errorf("%s not %s after %s: %v", n.name, what, timeout, last)
 }
 
 // waitDown waits until n refuses connections (its operator's probe).
@@ -822,45 +828,32 @@ func (p *walferryPair) rejoin(ctx context.Context, from, to *node, r *f2Result) 
 	return err
 }
 
-func (p *walferryPair) stop() {
-	for _, n := range []*node{p.a, p.b} {
+func (p *walferryPair) stop() { stopServers(p.k, p.a, p.b) }
+
+// stopServers stops the servers of nodes still running (pg_ctl -m immediate).
+func stopServers(k *cluster, nodes ...*node) {
+	for _, n := range nodes {
 		if n == nil {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(n.pgdata, "postmaster.pid")); err == nil {
-			p.k.asPG(filepath.Join(p.k.c.pgbin, "pg_ctl"), "-D", n.pgdata, "-m", "immediate", "-w", "stop")
+			k.asPG(filepath.Join(k.c.pgbin, "pg_ctl"), "-D", n.pgdata, "-m", "immediate", "-w", "stop")
 		}
 	}
 }
 
 // waitPrimary waits until n accepts writes.
 func waitPrimary(ctx context.Context, n *node, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		last = func() error {
-			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			defer cancel()
-			db, err := pgx.Connect(cctx, n.conn())
-			if err != nil {
-				return err
-			}
-			defer db.Close(ctx)
-			var standby bool
-			if err := db.QueryRow(cctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil {
-				return err
-			}
-			if standby {
-				return errors.New("in recovery")
-			}
-			return nil
-		}()
-		if last == nil {
-			return nil
+	return pollNode(ctx, n, timeout, "a primary", func(ctx context.Context, db *pgx.Conn) error {
+		var standby bool
+		if err := db.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not a primary after %s: %v", n.name, timeout, last)
+		if standby {
+			return errors.New("in recovery")
+		}
+		return nil
+	})
 }
 
 // --- the report --------------------------------------------------------------

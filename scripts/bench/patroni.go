@@ -259,14 +259,7 @@ func (p *patroniPair) stop() {
 		d.stop(time.Minute)
 		delete(p.agents, name)
 	}
-	for _, n := range []*node{p.a, p.b} {
-		if n == nil {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(n.pgdata, "postmaster.pid")); err == nil {
-			p.k.asPG(filepath.Join(p.k.c.pgbin, "pg_ctl"), "-D", n.pgdata, "-m", "immediate", "-w", "stop")
-		}
-	}
+	stopServers(p.k, p.a, p.b)
 	p.etcd.stop(30 * time.Second)
 	p.etcd = nil
 }
