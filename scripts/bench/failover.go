@@ -32,6 +32,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -793,7 +794,7 @@ func (p *walferryPair) switchover(ctx context.Context, from, to *node) (string, 
 		return "", err
 	}
 	d3, err := p.role(from, &rej, "rejoin", "--source-conn", to.conn())
-	steps := fmt.Sprintf("demote %.2f s, promote %.2f s (pg_promote %.2f s, then a %s backup), rejoin %.2f s (%s, %d bytes copied)",
+	steps := fmt.Sprintf("demote %.2f s, promote %.2f s (pg_promote %.2f s, then its %s backup), rejoin %.2f s (%s, %d bytes copied)",
 		d1.Seconds(), d2.Seconds(), pro.Promoted.Seconds(), pro.BackupType, d3.Seconds(), rej.Method, rej.BytesCopied)
 	return steps, err
 }
@@ -861,13 +862,13 @@ func waitPrimary(ctx context.Context, n *node, timeout time.Duration) error {
 // failoverPart is the F1-F2 block.
 func failoverPart(c config, res *failoverResults) (string, error) {
 	var b strings.Builder
-	about, err := aboutBlock(c, c.failoverAbout)
+	patroni := fmt.Sprintf("| Patroni | %s; bootstrap.dcs ttl %d, loop_wait %d, retry_timeout %d, use_pg_rewind, use_slots, asynchronous replication, watchdog off |",
+		res.Setup["Patroni"], patroniTTL, patroniLoopWait, patroniRetryTimeout)
+	about, err := aboutBlock(c, strings.TrimRight(c.failoverAbout, "\n")+"\n"+patroni)
 	if err != nil {
 		return "", err
 	}
 	b.WriteString(about)
-	fmt.Fprintf(&b, "| Patroni | %s; bootstrap.dcs ttl %d, loop_wait %d, retry_timeout %d, use_pg_rewind, use_slots, asynchronous replication, watchdog off |\n\n",
-		res.Setup["Patroni"], patroniTTL, patroniLoopWait, patroniRetryTimeout)
 	tools := []string{"Patroni", "walferry"}
 	if c.want["F1"] {
 		fmt.Fprintf(&b, "### F1: planned switchover under writes (a -> b and back, %d rounds: median of %d switchovers, fastest and slowest in parentheses)\n\n",
@@ -941,7 +942,9 @@ func failoverPart(c config, res *failoverResults) (string, error) {
 				if r.DataBytes > 0 {
 					m += fmt.Sprintf(", %.0f of %.0f MiB copied", float64(r.BytesCopied)/(1<<20), float64(r.DataBytes)/(1<<20))
 				}
-				methods = append(methods, m)
+				if !slices.Contains(methods, m) {
+					methods = append(methods, m)
+				}
 			}
 			med[tool] = medianOf(first)
 			h := how[tool]
