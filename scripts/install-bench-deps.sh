@@ -37,6 +37,8 @@ if [ -n "${PGBACKREST:-}" ]; then
 	[ -x "$PGBACKREST" ] || die "PGBACKREST=$PGBACKREST is not an executable"
 	tools="openssl:openssl python3:python3"
 fi
+# F1-F2 (BENCH_PATRONI=1 from run.sh): Patroni, walferry's peer for failover.
+[ "${BENCH_PATRONI:-0}" = 1 ] && tools="$tools patroni:patroni patronictl:patroni"
 for tool in $tools; do
 	cmd=${tool%%:*} pkg=${tool#*:}
 	if command -v "$cmd" >/dev/null 2>&1; then

@@ -218,7 +218,11 @@ func waitForToken(ctx context.Context, conn *pgx.Conn, o PromoteOptions, cd *pg.
 // fence records the failover generation: from now on the old primary's
 // WAL past the standby's position is refused.
 func fence(ctx context.Context, rec record, o PromoteOptions, cd *pg.ControlData, pos standbyPosition, prev repo.Generation, ok bool, log *slog.Logger) (repo.Generation, error) {
-	tli := max(cd.TimeLineID, cd.MinRecoveryPointTLI, pos.ReceiveTLI)
+	// A standby that followed a switchover by streaming names the new
+	// timeline in pg_control only after its next restartpoint, and its
+	// WAL receiver is gone once the primary is: the history file it
+	// received then is what says which timeline it follows.
+	tli := max(cd.TimeLineID, cd.MinRecoveryPointTLI, pos.ReceiveTLI, latestHistoryTLI(o.Server.walDir()))
 	if ok && prev.Timeline > tli {
 		return prev, fmt.Errorf("%w: the lineage record's %s is on timeline %d, after this standby's %d: another standby was promoted; "+
 			"this one stays a standby (walferry rejoin makes it follow the new primary)", repo.ErrLineageRace, prev, prev.Timeline, tli)

@@ -92,3 +92,21 @@ func timelineStart(walDir string, tli pg.TimeLineID) pg.LSN {
 	}
 	return h[len(h)-1].SwitchLSN
 }
+
+// latestHistoryTLI is the highest timeline with a history file in walDir
+// (0 when none can be read): the timeline a standby with
+// recovery_target_timeline 'latest' follows once it received that file.
+func latestHistoryTLI(walDir string) pg.TimeLineID {
+	ents, err := os.ReadDir(walDir)
+	if err != nil {
+		return 0
+	}
+	var tli pg.TimeLineID
+	for _, e := range ents {
+		f, err := pg.ParseWALFileName(e.Name(), pg.WALSegmentSize{}) // a history name has no segment number
+		if err == nil && f.Kind == pg.KindHistory {
+			tli = max(tli, f.TLI)
+		}
+	}
+	return tli
+}

@@ -26,6 +26,10 @@ type Standby struct {
 	RestoreCommand restore.RestoreCommand
 }
 
+// standbyKeys are the settings writeStandby replaces wherever they are.
+var standbyKeys = []string{"recovery_target", "recovery_target_lsn", "recovery_target_time", "recovery_target_xid",
+	"recovery_target_name", "recovery_target_action", "recovery_target_inclusive", "primary_conninfo", "primary_slot_name"}
+
 // writeStandby turns the stopped server in s into a standby: standby.signal,
 // and walferry.conf with restore_command, recovery_target_timeline 'latest'
 // (follow the new primary's history file onto its timeline) and
@@ -59,8 +63,13 @@ func writeStandby(s Server, st Standby, origin string) error {
 		return failure.Wrap(failure.Postgres, err)
 	}
 	// A recovery target left by a restore would stop the standby.
-	if _, err := files.Remove("recovery_target", "recovery_target_lsn", "recovery_target_time", "recovery_target_xid",
-		"recovery_target_name", "recovery_target_action", "recovery_target_inclusive", "primary_conninfo", "primary_slot_name"); err != nil {
+	if _, err := files.Remove(standbyKeys...); err != nil {
+		return failure.Wrap(failure.Postgres, err)
+	}
+	// postgresql.auto.conf is read last: a primary_conninfo there (pg_basebackup
+	// -R writes one; pg_rewind copies the source's) would override ours and
+	// make a rejoined server stream from itself.
+	if _, err := files.ResetAuto(standbyKeys...); err != nil {
 		return failure.Wrap(failure.Postgres, err)
 	}
 	if _, err := files.Set(settings...); err != nil {

@@ -101,13 +101,19 @@ type config struct {
 	lagSeconds    time.Duration   // S2: the window of each mode
 	lagTPS        int             // S2: pgbench -R, 0 for none
 	standby       *standbyResults // what S1-S2 measured
+	// F1-F2 (failover.go, patroni.go)
+	failoverRounds int              // each is measured this many times
+	etcd           string           // the etcd binary of Patroni's DCS
+	failoverAbout  string           // markdown table row describing the workload
+	failover       *failoverResults // what F1-F2 measured
 }
 
 // allWorkloads in order. W2 reads what W1 pushed and W4, W5 build on W3's
 // backup, so W1 runs whenever W2 does and W3 whenever W4 or W5 do. S1 and
 // S2 (standby sites, standby.go) run alone or with the others.
 // W7 builds on W6 (the many-files cluster's full backup), which then runs too.
-var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1", "S2"}
+// F1 and F2 (role changes against Patroni, failover.go) run alone or with the others.
+var allWorkloads = []string{"W1", "W2", "W3", "W4", "W5", "W6", "W7", "S1", "S2", "F1", "F2"}
 
 func (c *config) archiveRun() bool { return c.want["W1"] || c.want["W2"] }
 func (c *config) backupRun() bool {
@@ -148,6 +154,9 @@ func allMain(args []string) error {
 	fl.IntVar(&c.standbyRounds, "standby-rounds", 3, "rounds of S1 (the report gives the median)")
 	fl.DurationVar(&c.lagSeconds, "lag-duration", 180*time.Second, "S2: the measurement window of each mode")
 	fl.IntVar(&c.lagTPS, "lag-tps", 0, "S2: pgbench's rate (-R), 0 for as fast as it goes")
+	fl.IntVar(&c.failoverRounds, "failover-rounds", 3, "rounds of F1-F2 (the report gives the median)")
+	fl.StringVar(&c.etcd, "etcd", "etcd", "F1-F2: the etcd binary of Patroni's DCS")
+	fl.StringVar(&c.failoverAbout, "failover-about", "", "markdown describing the F1-F2 workload")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -254,10 +263,15 @@ func allMain(args []string) error {
 	if c.standbyRun() {
 		res, err := c.runStandby()
 		c.standby = res
-		if serr := c.saveStandby(res); err == nil {
-			err = serr
+		if err := c.saveJSON("standby.json", res, err); err != nil {
+			save()
+			return err
 		}
-		if err != nil {
+	}
+	if c.failoverRun() {
+		res, err := c.runFailover()
+		c.failover = res
+		if err := c.saveJSON("failover.json", res, err); err != nil {
 			save()
 			return err
 		}

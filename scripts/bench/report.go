@@ -100,12 +100,13 @@ func failedCell(r Result) string {
 // the run that produced it, so that a run of some workloads
 // (BENCH_WORKLOADS) replaces their block and keeps the others.
 const (
-	partArchive = "archive" // W1, W2 and the hook cost
-	partBackup  = "backup"  // W3, W4, W5
-	partStandby = "standby" // S1, S2
+	partArchive  = "archive"  // W1, W2 and the hook cost
+	partBackup   = "backup"   // W3, W4, W5
+	partStandby  = "standby"  // S1, S2
+	partFailover = "failover" // F1, F2
 )
 
-var partOrder = []string{partArchive, partBackup, partStandby}
+var partOrder = []string{partArchive, partBackup, partStandby, partFailover}
 
 func partBegin(name string) string { return "<!-- BEGIN PART " + name + " -->" }
 func partEnd(name string) string   { return "<!-- END PART " + name + " -->" }
@@ -132,6 +133,13 @@ func writeReport(c config, rs []Result) error {
 			return err
 		}
 		parts[partStandby] = s
+	}
+	if c.failoverRun() && c.failover != nil {
+		s, err := failoverPart(c, c.failover)
+		if err != nil {
+			return err
+		}
+		parts[partFailover] = s
 	}
 	return splice(c.out, parts)
 }

@@ -38,6 +38,16 @@
 #       archive only (archive_timeout 60 s), repository with .partial (the
 #       primary's walferry sidecar --wal-receive --partial-interval 1s),
 #       streaming (the standby's walferry sidecar --source-conn).
+#   F1  planned switchover under writes, walferry (demote, promote, rejoin:
+#       docs/switchover.md) vs Patroni (patronictl switchover) on a pair of
+#       servers each, a -> b and back; write downtime, rows lost, time until
+#       the old primary streams from the new one.
+#   F2  the primary lost under writes (pg_ctl stop -m immediate; Patroni's
+#       agent SIGKILLed first): walferry promote --force run by an operator
+#       script at the first failed probe vs Patroni's automatic failover;
+#       then the old primary rejoins (walferry rejoin --restart vs Patroni
+#       started again, pg_rewind). Patroni (Debian package) is installed
+#       when missing; its etcd is the one tools/kube builds.
 #
 # pgBackRest: PGBACKREST=/path/to/pgbackrest (e.g. the current release built
 # from its source, see docs/benchmarks.md) when given, else Debian's package;
@@ -57,6 +67,7 @@
 # BENCH_ROUNDS (W3-W5 rounds, each on fresh copies; the median is kept, 5;
 # S1 rounds, 3), BENCH_LAG_SECONDS (S2's window per mode, 180),
 # BENCH_LAG_TPS (S2: pgbench -R, 0 for unthrottled, 0),
+# BENCH_FAILOVER_ROUNDS (F1-F2 rounds, 3; the median is kept),
 # BENCH_STORES (fs,MinIO), BENCH_COMPRESSIONS (lz4,zstd), BENCH_OUT
 # (docs/benchmarks.md), BENCH_KEEP=1 keeps the work directory.
 # Must run as root (the hooks run as the postgres OS user, like PostgreSQL's).
@@ -69,6 +80,7 @@ SCALE=${BENCH_SCALE:-60}
 BACKUP_SCALE=${BENCH_BACKUP_SCALE:-100}
 WORKLOADS=${BENCH_WORKLOADS:-W1,W2,W3,W4,W5}
 ROUNDS=${BENCH_ROUNDS:-5}
+FAILOVER_ROUNDS=${BENCH_FAILOVER_ROUNDS:-3}
 STANDBY_ROUNDS=${BENCH_ROUNDS:-3}
 LAG_SECONDS=${BENCH_LAG_SECONDS:-180}
 LAG_TPS=${BENCH_LAG_TPS:-0}
@@ -86,15 +98,16 @@ die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
 want() { case ",${WORKLOADS^^}," in *",$1,"*) return 0 ;; esac; return 1; }
 for w in ${WORKLOADS//,/ }; do
-	case "${w^^}" in W1 | W2 | W3 | W4 | W5 | W6 | W7 | S1 | S2) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5,W6,W7,S1,S2)" ;; esac
+	case "${w^^}" in W1 | W2 | W3 | W4 | W5 | W6 | W7 | S1 | S2 | F1 | F2) ;; *) die "BENCH_WORKLOADS: unknown workload $w (want some of W1,W2,W3,W4,W5,W6,W7,S1,S2,F1,F2)" ;; esac
 done
-archive_run=0 backup_run=0 standby_run=0 pgbench_run=0 many_run=0
+archive_run=0 backup_run=0 standby_run=0 pgbench_run=0 many_run=0 failover_run=0
 if want W1 || want W2; then archive_run=1; fi
 if want W3 || want W4 || want W5; then backup_run=1 pgbench_run=1; fi
 if want W6 || want W7; then backup_run=1 many_run=1; fi
 if want S1 || want S2; then standby_run=1; fi
+if want F1 || want F2; then failover_run=1; fi
 [ "$(id -u)" = 0 ] || die "run as root: the hooks run as the postgres OS user, as PostgreSQL runs them"
-bash "$root/scripts/install-bench-deps.sh"
+BENCH_PATRONI=$failover_run bash "$root/scripts/install-bench-deps.sh"
 if [ -n "${PGBACKREST:-}" ]; then
 	[ -x "$PGBACKREST" ] || die "PGBACKREST=$PGBACKREST is not an executable"
 	PGBACKREST=$(readlink -f "$PGBACKREST")
@@ -109,6 +122,11 @@ pgbackrest:*) pb_source="Debian package $(dpkg-query -W -f '${Version}' pgbackre
 esac
 pb_version=$("$PGBACKREST" version | sed 's/pgBackRest //')
 log "pgBackRest $pb_version ($pb_source)"
+ETCD_BIN=$CACHE/bin/etcd
+if [ "$failover_run" = 1 ]; then
+	[ -x "$ETCD_BIN" ] || die "$ETCD_BIN missing (scripts/install-test-deps.sh builds it from tools/kube)"
+	log "$(patroni --version) (Debian package $(dpkg-query -W -f '${Version}' patroni 2>/dev/null || echo '?')), etcd $ETCD_BIN"
+fi
 MINIO_BIN=$CACHE/bin/minio
 [ -x "$MINIO_BIN" ] || MINIO_BIN=$(command -v minio) || die "minio not found"
 
@@ -120,6 +138,17 @@ cleanup() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -m immediate stop >/dev/null 2>&1 || true
 	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -m immediate stop >/dev/null 2>&1 || true
 	for d in "$work"/backup/*/pg "$work"/backup/*/restore* "$work"/standby/*/pg "$work"/standby/s[12]-*; do
+		[ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+	done
+	# F1-F2: Patroni's agents and etcd first (an agent restarts its server).
+	for f in "$work"/failover/patroni/*.pid; do
+		[ -f "$f" ] || continue
+		pid=$(cat "$f")
+		[ -r "/proc/$pid/cmdline" ] || continue
+		case "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" in *patroni* | *etcd*) kill "$pid" 2>/dev/null || true ;; esac
+		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+	done
+	for d in "$work"/failover/*/[ab]/pg; do
 		[ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
 	done
 	if [ -f "$work/minio.pid" ]; then
@@ -140,6 +169,11 @@ log "building walferry $version ($commit), walferry-hook next to it, and the ben
 VERSION=$version COMMIT=$commit bash "$root/scripts/build.sh" "$work/bin"
 (cd "$root" && go build -o "$work/bin/bench" ./scripts/bench)
 chmod 755 "$work/bin" "$work/bin/walferry" "$work/bin/walferry-hook"
+if [ "$failover_run" = 1 ]; then
+	# Patroni's etcd runs as postgres, which cannot read root's cache.
+	cp "$ETCD_BIN" "$work/bin/etcd" && chmod 755 "$work/bin/etcd"
+	ETCD_BIN=$work/bin/etcd
+fi
 
 # --- MinIO over TLS (W1-W5; S1-S2 use filesystem repositories only) ----------
 S3_KEY=walferry S3_SECRET= port=0
@@ -279,10 +313,15 @@ CONF
 	many_about="| workload W6-W7 | $MANY_TABLES tables \`(id int, v int)\` of one row each, data checksums on, autovacuum off: $((mf_files - mf_wal_files)) files outside pg_wal, data directory $((mf_bytes >> 20)) MiB ($((mf_wal >> 20)) MiB of it pg_wal); one stopped copy per tool, store and compression |"
 fi
 
+# --- workload F1-F2 ------------------------------------------------------------------
+if [ "$failover_run" = 1 ]; then
+	failover_about="| workload F1-F2 | per tool two PostgreSQL servers a and b (data checksums, \`pgbench -i -s 10\`, asynchronous streaming, TCP on 127.0.0.1); a writer commits numbered rows one at a time to whichever server accepts them (the last that did first; 2 ms between rows); walferry's pair archives into a filesystem repository, Patroni's does not archive |"
+fi
+
 # --- the run ---------------------------------------------------------------------
 invocation=""
 [ -z "$PGBACKREST_GIVEN" ] || invocation="PGBACKREST=$PGBACKREST_GIVEN "
-for v in BENCH_WORKLOADS BENCH_MANY_TABLES BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
+for v in BENCH_WORKLOADS BENCH_FAILOVER_ROUNDS BENCH_MANY_TABLES BENCH_SEGMENTS BENCH_SCALE BENCH_BACKUP_SCALE BENCH_ROUNDS BENCH_STORES BENCH_COMPRESSIONS BENCH_LAG_SECONDS BENCH_LAG_TPS; do
 	if [ -n "${!v:-}" ]; then invocation="$invocation$v=${!v} "; fi
 done
 invocation="${invocation}make bench"
@@ -309,6 +348,7 @@ AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1 
 	--backup-template "$([ -d "$work/bk-template" ] && echo "$work/bk-template")" --backup-about "${backup_about:-}" \
 	--many-template "$([ -d "$work/mf-template" ] && echo "$work/mf-template")" --many-about "${many_about:-}" --many-tables "$MANY_TABLES" \
 	--standby-about "${standby_about:-}" \
+	--failover-rounds "$FAILOVER_ROUNDS" --etcd "$ETCD_BIN" --failover-about "${failover_about:-}" \
 	--standby-rounds "$STANDBY_ROUNDS" --lag-duration "${LAG_SECONDS}s" --lag-tps "$LAG_TPS" \
 	--s3-endpoint "https://127.0.0.1:$port" --s3-bucket "$BUCKET" --s3-key "$S3_KEY" --s3-secret "$S3_SECRET" \
 	--ca-cert "$work/certs/public.crt" --stores "$STORES" --compressions "$COMPRESSIONS" \

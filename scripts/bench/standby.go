@@ -630,8 +630,12 @@ func (w *watcher) lags(from, to int64) (lags []float64, unseen int) {
 	return lags, unseen
 }
 
-// saveStandby writes the raw numbers next to results.json.
-func (c *config) saveStandby(res *standbyResults) error {
+// saveJSON writes a group's raw numbers next to results.json and returns
+// the group's error runErr, else the write's.
+func (c *config) saveJSON(name string, res any, runErr error) error {
 	raw, _ := json.MarshalIndent(res, "", "  ")
-	return os.WriteFile(filepath.Join(c.work, "standby.json"), raw, 0o644)
+	if err := os.WriteFile(filepath.Join(c.work, name), raw, 0o644); runErr == nil {
+		return err
+	}
+	return runErr
 }
