@@ -200,6 +200,7 @@ func badInputCases(e badInputEnv) map[string][]badCase {
 			{[]string{"--site", "primary", "--name", "../x"}, []string{"name", "../x"}},
 			{[]string{"--site", "primary", "--name", "x", "--instances", huge}, []string{"instances", huge}},
 			{[]string{"--site", "standby", "--name", "x", "--standby-instances", "-1"}, []string{"standby-instances", "-1"}},
+			{[]string{"--site", "primary", "--name", "x", "--instances", "0"}, []string{"instances", "0"}},
 			{[]string{"--site", "primary", "--name", "x", "--storage-size", "10XB"}, []string{"storage-size", "10XB"}},
 			{[]string{"--site", "primary", "--name", "x", "--repo", "s3://b/p", "--backup-schedule", "bad cron"}, []string{"backup-schedule", "bad cron"}},
 			{[]string{"--site", "primary", "--name", "x", "--repo", "s3://b/p", "--load-balancer-source-range", "1.2.3.4/99"}, []string{"load-balancer-source-range", "1.2.3.4/99"}},

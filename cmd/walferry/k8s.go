@@ -64,6 +64,13 @@ func (a *app) k8sRender(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usage(fmt.Errorf("k8s render takes no arguments, got %q", c.Args().Slice()))
 	}
+	// render.Options takes 0 for its default; given on the command line it
+	// is a mistake, not a request for the default.
+	for _, name := range []string{"instances", "standby-instances"} {
+		if c.IsSet(name) && c.Int(name) < 1 {
+			return usage(fmt.Errorf("--%s %d: a site has at least one instance (1 to 9)", name, c.Int(name)))
+		}
+	}
 	o := render.Options{
 		Site:                     c.String("site"),
 		Name:                     c.String("name"),
