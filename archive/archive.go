@@ -44,21 +44,17 @@ var (
 // directory, "..", a NUL byte, is the caller's mistake: the error is
 // classified as usage.
 func CheckName(name string) error {
-	if _, err := pg.ParseWALFileName(name, anySegmentSize); err != nil {
+	// The smallest segment size, 1 MiB, has the widest set of names:
+	// 4096 segments per xlog id.
+	anySize, err := pg.NewWALSegmentSize(pg.MinWALSegmentSize)
+	if err != nil {
+		return err
+	}
+	if _, err := pg.ParseWALFileName(name, anySize); err != nil {
 		return badName(err)
 	}
 	return nil
 }
-
-// anySegmentSize is the segment size whose names are the widest set: the
-// smallest, 1 MiB, has 4096 segments per xlog id.
-var anySegmentSize = func() pg.WALSegmentSize {
-	s, err := pg.NewWALSegmentSize(pg.MinWALSegmentSize)
-	if err != nil {
-		panic(err) // a constant PostgreSQL accepts
-	}
-	return s
-}()
 
 // badName classifies a file name that is no WAL file name as the
 // caller's mistake, with the fix.
