@@ -30,7 +30,7 @@ func ParseConnConfig(connString string) (*pgx.ConnConfig, error) {
 		// A connection string is configuration: a mistake in it is the
 		// user's to fix, whatever PostgreSQL would say.
 		return nil, failure.Wrap(failure.Usage, &redactedError{
-			msg: "pg: invalid connection settings: " + scrubPasswords(parseErrorDetail(err), connString) +
+			msg: "pg: invalid connection settings: " + scrubPasswords(unquoteURLError(parseErrorDetail(err)), connString) +
 				" (fix the connection string: key=value pairs or a postgres:// URL)",
 			err: err,
 		})
@@ -133,6 +133,19 @@ func parseErrorDetail(err error) string {
 		return msg[i+len("`: "):]
 	}
 	return msg
+}
+
+// quotedFragment is a part of the input net/url quotes in its errors.
+var quotedFragment = regexp.MustCompile(`"[^"]*"`)
+
+// unquoteURLError drops the fragments of the input that net/url's errors
+// quote ("unexpected spaces found in \"...\""): in a URL that does not
+// parse, which part is the password cannot be told, so none is shown.
+func unquoteURLError(detail string) string {
+	if !strings.Contains(detail, "failed to parse as URL") {
+		return detail
+	}
+	return quotedFragment.ReplaceAllString(detail, `"…"`)
 }
 
 var (
