@@ -204,11 +204,17 @@ func (c *config) runFailover() (*failoverResults, error) {
 	return res, nil
 }
 
+// errText is err for the report: the run's work directory, which differs
+// from run to run, shows as $WORK.
+func (base *cluster) errText(err error) string {
+	return strings.ReplaceAll(err.Error(), base.c.work, "$WORK")
+}
+
 // f1Round measures one planned switchover from -> to under writes.
 func f1Round(ctx context.Context, base *cluster, p pair, from, to *node, round int) f1Result {
 	r := f1Result{Tool: p.tool(), Round: round, From: from.name, To: to.name}
 	fail := func(err error) f1Result {
-		r.Err = strings.ReplaceAll(err.Error(), base.c.work, "$WORK")
+		r.Err = base.errText(err)
 		return r
 	}
 	w, err := writing(ctx, from, to)
@@ -245,7 +251,7 @@ func f1Round(ctx context.Context, base *cluster, p pair, from, to *node, round i
 func f2Round(ctx context.Context, base *cluster, p pair, from, to *node, round int) f2Result {
 	r := f2Result{Tool: p.tool(), Round: round, Lost: from.name, New: to.name}
 	fail := func(err error) f2Result {
-		r.Err = strings.ReplaceAll(err.Error(), base.c.work, "$WORK")
+		r.Err = base.errText(err)
 		return r
 	}
 	w, err := writing(ctx, from, to)

@@ -246,14 +246,11 @@ CONF
 	wal_about="| workload W1-W2 | $n segments written by \`pgbench -i -s $SCALE\` then \`pgbench -c 4 -j 2\` (checkpoint_timeout 30s, max_wal_size 1GB), $((raw >> 20)) MiB |"
 fi
 
-# --- workload W3-W5 (and S1-S2's source): a pgbench database in a stopped cluster
-if [ "$pgbench_run" = 1 ] || [ "$standby_run" = 1 ]; then
-	log "creating the W3-W5 cluster: pgbench -i -s $BACKUP_SCALE, data checksums on"
-	t0=$(date +%s)
-	as_pg "$PGBIN/initdb" -D "$work/bk-template" -A trust -U postgres -k >/dev/null
-	# Each tool's copy appends its port, archive_mode = on and its
-	# archive_command (scripts/bench/backup.go).
-	cat >>"$work/bk-template/postgresql.conf" <<CONF
+# init_template DIR: a stopped cluster (data checksums on) with the
+# settings every template shares: the backup workloads' sources.
+init_template() {
+	as_pg "$PGBIN/initdb" -D "$1" -A trust -U postgres -k >/dev/null
+	cat >>"$1/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$work'
 shared_buffers = 128MB
@@ -261,6 +258,15 @@ wal_level = replica
 max_wal_size = 1GB
 autovacuum = off  # the same data change on every copy, nothing else
 CONF
+}
+
+# --- workload W3-W5 (and S1-S2's source): a pgbench database in a stopped cluster
+if [ "$pgbench_run" = 1 ] || [ "$standby_run" = 1 ]; then
+	log "creating the W3-W5 cluster: pgbench -i -s $BACKUP_SCALE, data checksums on"
+	t0=$(date +%s)
+	# Each tool's copy appends its port, archive_mode = on and its
+	# archive_command (scripts/bench/backup.go).
+	init_template "$work/bk-template"
 	as_pg "$PGBIN/pg_ctl" -D "$work/bk-template" -l "$work/bk-template.log" -o "-p 5499" -w start >/dev/null
 	as_pg "$PGBIN/pgbench" -h "$work" -p 5499 -U postgres -i -q -s "$BACKUP_SCALE" postgres >/dev/null 2>&1 ||
 		die "pgbench -i -s $BACKUP_SCALE failed"
@@ -277,16 +283,8 @@ fi
 if [ "$many_run" = 1 ]; then
 	log "creating the W6-W7 cluster: $MANY_TABLES tables of one row, data checksums on"
 	t0=$(date +%s)
-	as_pg "$PGBIN/initdb" -D "$work/mf-template" -A trust -U postgres -k >/dev/null
-	cat >>"$work/mf-template/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$work'
-shared_buffers = 128MB
-wal_level = replica
-max_wal_size = 1GB
-autovacuum = off  # the same data change on every copy, nothing else
-max_locks_per_transaction = 512  # mf_digest() reads every table in one transaction
-CONF
+	init_template "$work/mf-template"
+	echo "max_locks_per_transaction = 512  # mf_digest() reads every table in one transaction" >>"$work/mf-template/postgresql.conf"
 	as_pg "$PGBIN/pg_ctl" -D "$work/mf-template" -l "$work/mf-template.log" -o "-p 5498 -c fsync=off" -w start >/dev/null
 	mf_psql() { as_pg "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h "$work" -p 5498 -U postgres -d postgres -qAt "$@"; }
 	# No text column, so no TOAST table: one 8 KiB heap file per table.
